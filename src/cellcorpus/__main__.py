@@ -1,0 +1,5 @@
+"""`python -m cellcorpus`."""
+
+from cellcorpus.cli import main
+
+main()

@@ -1,0 +1,177 @@
+"""The `cellcorpus` command: one thin command per stage; errors become one red line + exit code."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from cellcorpus import __version__
+from cellcorpus.config import Config, load_config
+from cellcorpus.errors import CellcorpusError
+from cellcorpus.exec.runner import ExecutorSpec
+from cellcorpus.log import setup_logging
+from cellcorpus.stages.base import StageSummary
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Tokenized single-cell pretraining corpora.")
+console = Console(stderr=True)
+out = Console()
+
+ConfigArg = Annotated[Path, typer.Argument(help="YAML config (seed layout).", show_default=False)]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a config key, e.g. --set output_root=/data (repeatable).")
+]
+NumProcOpt = Annotated[int | None, typer.Option("--num-proc", help="Worker processes (default: the config's num_proc).")]
+DaskOpt = Annotated[
+    str | None, typer.Option("--dask", help="Run units on Dask: scheduler address (tcp://host:port) or 'local'.")
+]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")]
+
+
+class RichReporter:
+    """Progress bar: units, cells, cells/s, ETA."""
+
+    def __init__(self) -> None:
+        self._progress: Progress | None = None
+        self._task: Any = None
+        self._cells = 0
+        self._t0 = 0.0
+
+    def start(self, description: str, total_units: int, total_cells: int) -> None:
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("units  {task.fields[cells]:,} cells  {task.fields[rate]:,.0f} cells/s"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self._progress.start()
+        self._cells, self._t0 = 0, time.perf_counter()
+        self._task = self._progress.add_task(description, total=total_units, cells=0, rate=0.0)
+
+    def advance(self, units: int, cells: int) -> None:
+        self._cells += cells
+        rate = self._cells / max(time.perf_counter() - self._t0, 1e-9)
+        assert self._progress is not None
+        self._progress.update(self._task, advance=units, cells=self._cells, rate=rate)
+
+    def stop(self) -> None:
+        if self._progress:
+            self._progress.stop()
+
+
+def _handle_errors(fn: Callable[..., None]) -> Callable[..., None]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        debug = kwargs.get("debug", False)
+        setup_logging(logging.DEBUG if debug else logging.WARNING)
+        try:
+            fn(*args, **kwargs)
+        except CellcorpusError as exc:
+            if debug:
+                console.print_exception()
+            console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+            if exc.hint:
+                console.print(f"[yellow]hint:[/] {exc.hint}", highlight=False)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper
+
+
+def _load(config: Path, overrides: list[str] | None) -> Config:
+    return load_config(config, overrides or [])
+
+
+def _spec(cfg: Config, num_proc: int | None, dask: str | None, section_num_proc: int) -> ExecutorSpec:
+    return ExecutorSpec(
+        num_proc=num_proc or section_num_proc,
+        dask=dask or cfg.executor.dask,
+        dask_workers=num_proc or cfg.executor.dask_workers,
+    )
+
+
+def _print_summary(s: StageSummary) -> None:
+    if s.skipped:
+        out.print(f"[green]{s.stage}[/]: already complete, nothing to do")
+    table = Table(title=f"{s.stage} summary", show_header=False, title_justify="left")
+    for k, v in s.counts.items():
+        table.add_row(k.replace("_", " "), f"{v:,}")
+    for k, v in s.outputs.items():
+        table.add_row(k, v)
+    out.print(table)
+    for note in s.notes:
+        out.print(f"[yellow]note:[/] {note}")
+
+
+@app.command()
+@_handle_errors
+def vocab(config: ConfigArg, set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """Build the Ensembl-keyed vocabulary (vocab.json + id -> gene symbol map)."""
+    from cellcorpus.stages.vocab import run_vocab
+
+    _print_summary(run_vocab(_load(config, set_)))
+
+
+@app.command()
+@_handle_errors
+def tokenize(
+    config: ConfigArg, set_: SetOpt = None, num_proc: NumProcOpt = None, dask: DaskOpt = None, debug: DebugOpt = False
+) -> None:
+    """Tokenize every input file into HF Arrow train/valid datasets (resumable)."""
+    from cellcorpus.stages.tokenize import run_tokenize
+
+    cfg = _load(config, set_)
+    hf = cfg.need("huggingface")
+    _print_summary(run_tokenize(cfg, _spec(cfg, num_proc, dask, hf.num_proc), RichReporter()))
+
+
+@app.command()
+@_handle_errors
+def run(
+    config: ConfigArg, set_: SetOpt = None, num_proc: NumProcOpt = None, dask: DaskOpt = None, debug: DebugOpt = False
+) -> None:
+    """Every stage the config has a section for, in order, each skipping completed work."""
+    from cellcorpus.pipeline import run_pipeline
+
+    cfg = _load(config, set_)
+    for summary in run_pipeline(cfg, num_proc=num_proc, dask=dask, reporter=RichReporter()):
+        _print_summary(summary)
+
+
+@app.command()
+@_handle_errors
+def demo(
+    directory: Annotated[Path, typer.Argument(help="Where to write the demo atlas and outputs.")] = Path("demo_out"),
+    num_proc: NumProcOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Generate a small synthetic 3-source atlas and run the whole pipeline on it."""
+    from cellcorpus.pipeline import run_demo
+
+    for name, summaries in run_demo(directory, num_proc=num_proc, reporter=RichReporter()):
+        out.rule(f"[bold]{name}")
+        for s in summaries:
+            _print_summary(s)
+    out.print(f"[bold green]demo complete[/]: everything is under {directory.resolve()}")
+
+
+@app.callback(invoke_without_command=True)
+def _main(version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False) -> None:
+    if version:
+        out.print(__version__)
+        raise typer.Exit()
+
+
+def main() -> None:
+    app()

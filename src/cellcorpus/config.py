@@ -1,0 +1,275 @@
+"""Seed-compatible YAML configs: OmegaConf load + `${}` resolve, then strict pydantic validation.
+
+One pydantic model per YAML section, `extra="forbid"` so a misspelled key is an error naming it,
+frozen so stages cannot mutate what they were given. Seed quirks are normalised here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cellcorpus.errors import ConfigError
+from cellcorpus.io.paths import join as _join
+
+__all__ = [
+    "Config",
+    "VocabConfig",
+    "CellxgeneConfig",
+    "HuggingfaceConfig",
+    "MdsConfig",
+    "RemoteSourceConfig",
+    "ExecutorConfig",
+    "SplitParameters",
+    "MetadataJoin",
+    "load_config",
+    "config_hash",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class VocabConfig(_Section):
+    """`vocab:` — build the Ensembl-keyed GeneVocab JSON from a reference h5ad."""
+
+    reference_adata: str
+    use_col: str = "index"
+    add_junk_tokens: bool = False
+    special_tokens: list[str] = Field(default_factory=lambda: ["<pad>", "<cls>", "<eoc>"])
+    output_root: str
+    output_file: str = "vocab.json"
+    id_to_gene_output_file: str | None = None
+
+    @property
+    def vocab_file(self) -> str:
+        return _join(self.output_root, self.output_file)
+
+
+class CellxgeneConfig(_Section):
+    """`cellxgene:` — Census download settings (seed keys + `census_uri` for a local/mirrored SOMA)."""
+
+    version: str = "2025-01-21"
+    census_uri: str | None = None
+    organism: str = "Homo sapiens"
+    use_col: str = "feature_id"
+    min_gene_measured_obs: int = Field(0, ge=0)
+    min_gene_nnz: int = Field(0, ge=0)
+    min_count_per_gene: int = Field(0, ge=0)
+    chunk_size: int = Field(100_000, gt=0)
+    output_root: str
+    vocab: str | None = None
+    num_proc: int = Field(1, ge=1)
+
+
+class RemoteSourceConfig(_Section):
+    """`scbasecamp:` / `tahoe:` — where to fetch h5ad files (any fsspec URL) and where to cache them."""
+
+    url: str
+    output_root: str
+    glob: str = "**/*.h5ad"
+    metadata_urls: list[str] = Field(default_factory=list)
+    requester_pays_project: str | None = None
+    num_proc: int = Field(4, ge=1)
+    retries: int = Field(3, ge=0)
+
+
+class SplitParameters(_Section):
+    """`split_parameters:` — seeded hash split of cell ids; `shuffle` = seeded global order."""
+
+    test_size: float = 0.01
+    seed: int = 42
+    shuffle: bool = False
+
+    @field_validator("test_size")
+    @classmethod
+    def _fraction(cls, v: float) -> float:
+        if not 0.0 <= v < 1.0:
+            raise ValueError(f"must be in [0, 1), got {v}")
+        return v
+
+
+class ObsFilter(_Section):
+    key: str
+    value: str | int | float | bool
+
+
+class FilterCells(_Section):
+    """Scanpy `filter_cells` semantics on the file's full gene set (before vocabulary mapping)."""
+
+    min_genes: int | None = Field(None, ge=0)
+    min_counts: float | None = Field(None, ge=0)
+
+
+class MergeKeys(_Section):
+    metadata_key: str
+    adata_key: str
+
+
+class MetadataJoin(_Section):
+    """One `additional_metadata_info` entry: left join of a CSV/parquet table onto obs."""
+
+    path: str
+    merge_keys: MergeKeys
+    columns: list[str]
+
+
+class HuggingfaceConfig(_Section):
+    """`huggingface:` — tokenization into HF Arrow datasets (seed keys + a few defaulted new ones)."""
+
+    dataset_name: str | None = None
+    adata_dir: str
+    ignore_dir: list[str] = Field(default_factory=list)
+    gene_col: str = "index"
+    cls_token: str = "<cls>"
+    add_cls_token: bool = True
+    pad_value: float = -2
+    num_chunks: int = Field(1, ge=1)
+    num_proc: int = Field(1, ge=1)
+    output_root: str
+    merged_dataset_root: str
+    vocab_output_root: str
+    vocab_path: str
+    split_parameters: SplitParameters = Field(default_factory=SplitParameters)
+    obs_filter: ObsFilter | None = None
+    filter_cells: FilterCells | None = None
+    obs_metadata_columns: list[str] = Field(default_factory=list)
+    add_obs_index: bool = True
+    additional_metadata_info: list[MetadataJoin] = Field(default_factory=list)
+    # New keys (defaults keep seed meaning):
+    input_format: Literal["h5ad", "tahoe_parquet"] = "h5ad"
+    parquet_gene_table: str | None = None
+    unit_cells: int = Field(16_384, gt=0)
+    shuffle_bucket_cells: int = Field(250_000, gt=0)
+
+    @field_validator("ignore_dir", mode="before")
+    @classmethod
+    def _seed_ignore_dir(cls, v: Any) -> Any:
+        # Seed quirk: `ignore_dir: None` is the *string* "None" (YAML has no None literal); null too.
+        if v is None or (isinstance(v, str) and v.strip() in {"None", ""}):
+            return []
+        if isinstance(v, str):
+            return [v]
+        return v
+
+    @model_validator(mode="after")
+    def _parquet_needs_gene_table(self) -> HuggingfaceConfig:
+        if self.input_format == "tahoe_parquet" and not self.parquet_gene_table:
+            raise ValueError("input_format 'tahoe_parquet' needs parquet_gene_table (token_id -> ensembl_id table)")
+        return self
+
+    @property
+    def vocab_file(self) -> str:
+        return _join(self.vocab_output_root, self.vocab_path)
+
+    def metadata_columns(self, index_name: str | None) -> list[str]:
+        """Output metadata columns in seed order: obs columns, obs index, then joined columns."""
+        cols = list(self.obs_metadata_columns)
+        if self.add_obs_index and index_name is not None and index_name not in cols:
+            cols.append(index_name)
+        for join in self.additional_metadata_info:
+            cols.extend(c for c in join.columns if c not in cols)
+        return cols
+
+
+MDS_DEFAULT_SIZE_LIMIT = 1 << 26  # mosaicml-streaming's own default shard size limit (64 MiB)
+
+
+class MdsConfig(_Section):
+    """`mds:` — MosaicML MDS export of each split."""
+
+    out_root: str
+    root_dir: str
+    splits: list[str] = Field(default_factory=lambda: ["train", "valid"])
+    columns: dict[str, str]
+    compression: str | None = "zstd"
+    hashes: list[str] = Field(default_factory=list)
+    min_length: int | None = Field(None, ge=0)
+    num_proc: int = Field(1, ge=1)
+    size_limit: int = Field(MDS_DEFAULT_SIZE_LIMIT, gt=0)
+
+    @field_validator("splits")
+    @classmethod
+    def _non_empty(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("must list at least one split")
+        return v
+
+
+class ExecutorConfig(_Section):
+    """`executor:` — where units run: local process pool (default) or a Dask scheduler."""
+
+    dask: str | None = None
+    dask_workers: int = Field(2, ge=1)
+
+
+class Config(_Section):
+    """A whole cellcorpus config; every section is optional until a stage needs it."""
+
+    output_root: str | None = None
+    vocab: VocabConfig | None = None
+    cellxgene: CellxgeneConfig | None = None
+    scbasecamp: RemoteSourceConfig | None = None
+    tahoe: RemoteSourceConfig | None = None
+    huggingface: HuggingfaceConfig | None = None
+    mds: MdsConfig | None = None
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+
+    def need(self, section: str) -> Any:
+        """Return a section or raise a ConfigError naming it (a stage needs it)."""
+        value = getattr(self, section)
+        if value is None:
+            raise ConfigError(f"{section}: section missing from the config (needed by this stage)")
+        return value
+
+
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{loc}: unknown key")
+        elif e["type"] == "missing":
+            lines.append(f"{loc}: required key missing")
+        else:
+            lines.append(f"{loc}: {e['msg']} (got {e.get('input')!r})")
+    return "; ".join(lines)
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """Load, resolve and validate a YAML config; `overrides` are OmegaConf dotlist items (`a.b=1`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = OmegaConf.load(path)
+        if not isinstance(raw, DictConfig):
+            raise ConfigError(f"{path}: the config must be a mapping of sections, got a {type(raw).__name__}")
+        if overrides:
+            raw = OmegaConf.merge(raw, OmegaConf.from_dotlist(list(overrides)))
+        data = OmegaConf.to_container(raw, resolve=True)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{path}: {str(exc).splitlines()[0]}") from exc
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {_format_validation_error(exc)}") from exc
+
+
+def config_hash(*parts: BaseModel | object) -> str:
+    """Stable short hash of config sections (and any JSON-able extras), stored in manifests so the
+    outputs of another config or other inputs are never mistaken for complete work."""
+    payload = json.dumps(
+        [p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts], sort_keys=True, default=str
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -1,0 +1,1 @@
+"""Pure numpy kernels (no I/O): vocabulary, tokenization, ids, split and shuffle hashing."""

@@ -1,0 +1,80 @@
+"""Gene vocabulary (Tahoe-x1 GeneVocab JSON: token -> index) and gene-id matching."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["VocabBuild", "VocabLookup", "strip_version", "build_vocab", "JUNK_MULTIPLE"]
+
+JUNK_MULTIPLE = 64
+# Only Ensembl-style ids lose a ".N" suffix; symbols such as "RP11-34P13.3" keep theirs.
+_ENSEMBL_VERSION = r"^(ENS[A-Z]*\d{6,})\.\d+$"
+
+
+def strip_version(ids: np.ndarray | pd.Series | list[str]) -> np.ndarray:
+    """Drop Ensembl version suffixes (`ENSG00000139618.12` -> `ENSG00000139618`); vectorised."""
+    s = pd.Series(np.asarray(ids, dtype=object)).astype(str)
+    return s.str.replace(_ENSEMBL_VERSION, r"\1", regex=True).to_numpy(dtype=object)
+
+
+@dataclass(frozen=True)
+class VocabBuild:
+    """Result of building a vocabulary, with what was dropped or duplicated (for the summary)."""
+
+    vocab: dict[str, int]
+    id_to_gene: dict[str, str]
+    n_genes: int
+    n_missing_ids: int
+    duplicated_ids: list[str]
+    n_junk: int
+
+
+def build_vocab(
+    gene_ids: np.ndarray, symbols: np.ndarray, special_tokens: list[str], add_junk_tokens: bool
+) -> VocabBuild:
+    """Specials first (given order), unique stripped ids sorted as strings, junk up to a multiple of 64."""
+    raw = pd.Series(np.asarray(gene_ids, dtype=object))
+    missing = raw.isna() | (raw.astype(str).str.strip().isin(["", "nan", "None"]))
+    ids = strip_version(raw[~missing].astype(str).str.strip().to_numpy())
+    syms = np.asarray(symbols, dtype=object)[~missing.to_numpy()]
+    dup_mask = pd.Series(ids).duplicated(keep="first").to_numpy()
+    duplicated = sorted(set(ids[dup_mask].tolist()))
+    clash = sorted(set(special_tokens) & set(ids.tolist()))
+    if clash:
+        raise ValueError(f"special tokens also appear as gene ids: {clash}")
+    if len(set(special_tokens)) != len(special_tokens):
+        raise ValueError(f"special_tokens has duplicates: {special_tokens}")
+    unique_ids = sorted(set(ids.tolist()))
+    tokens = list(special_tokens) + unique_ids
+    n_junk = 0
+    if add_junk_tokens and len(tokens) % JUNK_MULTIPLE:
+        n_junk = JUNK_MULTIPLE - len(tokens) % JUNK_MULTIPLE
+        tokens += [f"<junk{i}>" for i in range(n_junk)]
+    first = ~dup_mask
+    id_to_gene = {str(i): str(s) for i, s in zip(ids[first], syms[first], strict=True)}
+    return VocabBuild(
+        vocab={t: i for i, t in enumerate(tokens)},
+        id_to_gene=dict(sorted(id_to_gene.items())),
+        n_genes=len(unique_ids),
+        n_missing_ids=int(missing.sum()),
+        duplicated_ids=duplicated,
+        n_junk=n_junk,
+    )
+
+
+class VocabLookup:
+    """Vectorised token lookup for a vocabulary (built once per worker, reused for every unit)."""
+
+    def __init__(self, vocab: dict[str, int]) -> None:
+        self.vocab = vocab
+        self._keys = pd.Index(list(vocab.keys()))
+        self._values = np.fromiter(vocab.values(), dtype=np.int64, count=len(vocab))
+        self.size = int(self._values.max()) + 1 if len(vocab) else 0
+
+    def map_genes(self, var_ids: np.ndarray) -> np.ndarray:
+        """int32 vocabulary id per column (-1 = out of vocabulary), matching version-stripped ids."""
+        pos = self._keys.get_indexer(strip_version(var_ids))
+        return np.where(pos >= 0, self._values[pos], -1).astype(np.int32)

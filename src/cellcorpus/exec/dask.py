@@ -1,0 +1,42 @@
+"""Dask wiring in one place: a Client's `concurrent.futures` executor with a worker-init plugin."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import Executor
+from contextlib import contextmanager
+
+from cellcorpus.errors import MissingExtraError
+from cellcorpus.log import worker_init
+
+__all__ = ["dask_executor"]
+
+
+@contextmanager
+def dask_executor(address: str, n_workers: int = 2) -> Iterator[Executor]:
+    """`address` is a scheduler (tcp://host:port) or `local` for a LocalCluster of `n_workers` processes."""
+    try:
+        from distributed import Client, LocalCluster, WorkerPlugin
+    except ImportError as exc:
+        raise MissingExtraError("Dask execution needs dask.distributed", hint="pip install 'cellcorpus[dask]'") from exc
+
+    class _Init(WorkerPlugin):
+        def setup(self, worker: object) -> None:
+            worker_init()
+
+    cluster = None
+    if address == "local":
+        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        client = Client(cluster)
+    elif address == "inprocess":  # tests: threads in this process, no spawn cost
+        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=False, dashboard_address=None)
+        client = Client(cluster)
+    else:
+        client = Client(address)
+    try:
+        client.register_plugin(_Init())
+        yield client.get_executor(pure=False)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()

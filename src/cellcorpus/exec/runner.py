@@ -1,0 +1,117 @@
+"""Run a stage's pending units on an executor: skip done units, consume every result, fail fast.
+
+Completion is recorded in the ledger by this (the submitting) process only after a unit returned,
+so a crash never marks a unit done. The first failure cancels pending work and raises UnitFailed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from cellcorpus.errors import UnitFailed
+from cellcorpus.manifest import Ledger, UnitResult
+
+__all__ = ["Reporter", "ExecutorSpec", "open_executor", "run_units"]
+
+log = logging.getLogger(__name__)
+
+
+class Reporter(Protocol):
+    """Progress sink; the CLI passes a rich progress bar, library callers may pass None."""
+
+    def start(self, description: str, total_units: int, total_cells: int) -> None: ...
+
+    def advance(self, units: int, cells: int) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ExecutorSpec:
+    """Where to run: `dask` None = local pool of `num_proc`; else a scheduler address or `local`."""
+
+    num_proc: int = 1
+    dask: str | None = None
+    dask_workers: int = 2
+
+
+@contextmanager
+def open_executor(spec: ExecutorSpec) -> Iterator[Executor]:
+    if spec.dask:
+        from cellcorpus.exec.dask import dask_executor
+
+        with dask_executor(spec.dask, spec.dask_workers) as ex:
+            yield ex
+        return
+    from cellcorpus.exec.local import local_executor
+
+    ex = local_executor(spec.num_proc)
+    try:
+        yield ex
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
+
+
+def run_units(
+    fn: Callable[[Any, Any], UnitResult],
+    units: Sequence[Any],
+    context: Any,
+    ledger: Ledger,
+    spec: ExecutorSpec,
+    *,
+    description: str,
+    cells_of: Callable[[Any], int] = lambda u: 0,
+    reporter: Reporter | None = None,
+) -> dict[str, UnitResult]:
+    """Run `fn(unit, context)` for every unit not yet in `ledger`; return all results by unit id."""
+    done = ledger.done()
+    pending = [u for u in units if u.unit_id not in done]
+    if reporter:
+        reporter.start(description, len(units), sum(cells_of(u) for u in units))
+        reporter.advance(len(units) - len(pending), sum(cells_of(u) for u in units if u.unit_id in done))
+    if done and pending:
+        log.info("%s: resuming, %d of %d units already complete", description, len(done), len(units))
+    try:
+        if pending:
+            with open_executor(spec) as ex:
+                _consume(ex, fn, pending, context, ledger, done, cells_of, reporter)
+    finally:
+        if reporter:
+            reporter.stop()
+    return done
+
+
+def _consume(ex, fn, pending, context, ledger, done, cells_of, reporter) -> None:
+    # Bounded in-flight window: enough to keep workers busy, without queueing thousands of futures.
+    window = max(4, 4 * getattr(ex, "_max_workers", 2))
+    it = iter(pending)
+    inflight: dict[Future, Any] = {}
+
+    def fill() -> None:
+        while len(inflight) < window:
+            unit = next(it, None)
+            if unit is None:
+                return
+            inflight[ex.submit(fn, unit, context)] = unit
+
+    fill()
+    while inflight:
+        finished, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
+        for fut in finished:
+            unit = inflight.pop(fut)
+            try:
+                result = fut.result()
+            except BaseException as exc:
+                for other in inflight:
+                    other.cancel()
+                raise UnitFailed(unit.unit_id, getattr(unit, "path", "?"), exc) from exc
+            ledger.record(result)
+            done[result.unit_id] = result
+            if reporter:
+                reporter.advance(1, cells_of(unit))
+        fill()

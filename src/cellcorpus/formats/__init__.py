@@ -1,0 +1,1 @@
+"""On-disk formats written natively: HF Arrow dataset folders and MosaicML MDS shards."""

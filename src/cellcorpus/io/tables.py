@@ -1,0 +1,73 @@
+"""External metadata tables (CSV or parquet) and the seed's left-join semantics, vectorised.
+
+Seed semantics kept: keys compared as stripped strings, duplicate keys in the table dropped (first
+kept), left join (cells without a match get empty strings). Implemented as an index lookup instead
+of `DataFrame.merge` so row order and count can never change.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cellcorpus.errors import InputError
+
+__all__ = ["load_table", "lookup", "as_strings"]
+
+
+def as_strings(values: np.ndarray) -> np.ndarray:
+    """Object array of str; missing (None/NaN) -> ''. Numbers keep their natural text form."""
+    s = pd.Series(values, dtype=object)
+    missing = s.isna().to_numpy()
+    out = s.astype(str).to_numpy(dtype=object)
+    out[missing] = ""
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def _load(path: str, key: str, columns: tuple[str, ...], mtime_ns: int) -> tuple[pd.Index, dict[str, np.ndarray]]:
+    del mtime_ns  # part of the cache key only: a rewritten table is re-read
+    suffix = "".join(Path(path).suffixes).lower()
+    try:
+        if ".parquet" in suffix or suffix.endswith(".pq"):
+            df = pd.read_parquet(path)
+        elif suffix.endswith((".tsv", ".tsv.gz")):
+            df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_values=[""])
+        else:
+            df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    except Exception as exc:
+        raise InputError(f"{path}: cannot read metadata table: {exc}") from exc
+    missing = [c for c in (key, *columns) if c not in df.columns]
+    if missing:
+        raise InputError(
+            f"{path}: metadata table has no column(s) {missing}",
+            hint=f"available: {', '.join(map(str, df.columns))}",
+        )
+    keys = pd.Series(as_strings(df[key].to_numpy()), dtype=object).str.strip()
+    first = ~keys.duplicated(keep="first").to_numpy()
+    index = pd.Index(keys[first].to_numpy())
+    cols = {c: as_strings(df[c].to_numpy())[first] for c in columns}
+    return index, cols
+
+
+def load_table(path: str, key: str, columns: list[str]) -> tuple[pd.Index, dict[str, np.ndarray]]:
+    """(unique stripped-string key index, {column: str values aligned to it}); cached per process."""
+    if not os.path.exists(path):
+        raise InputError(f"metadata table not found: {path}")
+    return _load(path, key, tuple(columns), os.stat(path).st_mtime_ns)
+
+
+def lookup(index: pd.Index, columns: dict[str, np.ndarray], keys: np.ndarray) -> dict[str, np.ndarray]:
+    """Left join: for each key (stripped string), the table's values or '' when absent."""
+    pos = index.get_indexer(pd.Series(as_strings(keys), dtype=object).str.strip())
+    hit = pos >= 0
+    out = {}
+    for name, values in columns.items():
+        col = np.full(len(keys), "", dtype=object)
+        col[hit] = values[pos[hit]]
+        out[name] = col
+    return out

@@ -1,0 +1,97 @@
+"""Per-unit completion records and the stage manifest.
+
+A unit is recorded only after its output was renamed into place (datatrove's completion markers),
+so a rerun skips exactly the finished units. `manifest.json` is written by finalize, last.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+from cellcorpus import __version__
+from cellcorpus.errors import ConfigError
+from cellcorpus.io.atomic import read_json, write_json_atomic
+
+__all__ = ["UnitResult", "Ledger", "file_checksum", "quick_checksum", "output_record", "write_manifest", "read_manifest"]
+
+_BLOCK = 1 << 22
+
+
+@dataclass
+class UnitResult:
+    """What a unit did: counts (cells in/out per filter), outputs with checksums, free-form extra."""
+
+    unit_id: str
+    counts: dict[str, int] = field(default_factory=dict)
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, d: dict) -> UnitResult:
+        return cls(d["unit_id"], d.get("counts", {}), d.get("outputs", []), d.get("extra", {}))
+
+
+def file_checksum(path: str | Path) -> str:
+    """xxh64 of a whole file (outputs are checksummed in full)."""
+    h = xxhash.xxh64()
+    with open(path, "rb") as f:
+        while chunk := f.read(_BLOCK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def quick_checksum(path: str | Path) -> str:
+    """xxh64 of size + first and last 4 MiB: detects a changed input without re-reading terabytes."""
+    p = Path(path)
+    size = p.stat().st_size
+    h = xxhash.xxh64(str(size).encode())
+    with open(p, "rb") as f:
+        h.update(f.read(_BLOCK))
+        if size > _BLOCK:
+            f.seek(max(size - _BLOCK, _BLOCK))
+            h.update(f.read(_BLOCK))
+    return h.hexdigest()
+
+
+def output_record(path: str | Path, root: str | Path, **extra: Any) -> dict[str, Any]:
+    p = Path(path)
+    return {"path": str(p.relative_to(root)), "bytes": p.stat().st_size, "xxh64": file_checksum(p), **extra}
+
+
+class Ledger:
+    """Completion records of one stage under `<dir>/<unit_id>.json`, tied to a config hash."""
+
+    def __init__(self, directory: str | Path, config_hash: str) -> None:
+        self.dir = Path(directory)
+        self.config_hash = config_hash
+
+    def done(self) -> dict[str, UnitResult]:
+        out: dict[str, UnitResult] = {}
+        if not self.dir.is_dir():
+            return out
+        for p in sorted(self.dir.glob("*.json")):
+            rec = json.loads(p.read_text())
+            if rec.get("config_hash") != self.config_hash:
+                raise ConfigError(
+                    f"{self.dir}: holds work from a different config (hash {rec.get('config_hash')} != {self.config_hash})",
+                    hint="use a new output folder, or delete the old outputs to start over",
+                )
+            out[rec["unit_id"]] = UnitResult.from_json(rec)
+        return out
+
+    def record(self, result: UnitResult) -> None:
+        write_json_atomic(self.dir / f"{result.unit_id}.json", {**asdict(result), "config_hash": self.config_hash})
+
+
+def write_manifest(path: str | Path, *, stage: str, config_hash: str, **body: Any) -> None:
+    write_json_atomic(path, {"stage": stage, "tool_version": __version__, "config_hash": config_hash, **body})
+
+
+def read_manifest(path: str | Path) -> dict[str, Any] | None:
+    p = Path(path)
+    return read_json(p) if p.is_file() else None

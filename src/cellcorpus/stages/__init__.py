@@ -1,0 +1,1 @@
+"""Stages: deterministic plan -> picklable per-unit function -> finalize (see STYLE.md §2)."""

@@ -1,0 +1,124 @@
+"""Finalize tokenize output into HF dataset folders, per split.
+
+Unshuffled: each unit's part becomes a data file, in unit order (a rename, no copy).
+Shuffled: an external bucket shuffle. Every part is already sorted by the cell's shuffle key and
+records where each bucket starts; a shuffle unit gathers bucket b from all parts (memory-mapped
+slices, so memory ~ one bucket), sorts by key and writes `data-b-of-B`. Bucket b holds the key
+range [b/B, (b+1)/B), so bucket order + in-bucket key order is one seeded global permutation.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+
+from cellcorpus.core.split import shuffle_keys
+from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
+from cellcorpus.formats.arrow import cell_schema, data_file_name, read_arrow, write_dataset_metadata, write_stream
+from cellcorpus.manifest import Ledger, UnitResult, output_record
+from cellcorpus.stages.base import WorkUnit
+
+if TYPE_CHECKING:
+    from cellcorpus.stages.tokenize import TokenizeContext
+
+__all__ = ["ShuffleUnit", "shuffle_unit", "finalize_splits"]
+
+
+@dataclass(frozen=True, order=True)
+class ShuffleUnit:
+    """Gather bucket `bucket` of `split` from the parts' row slices `(part, lo, hi)`."""
+
+    unit_id: str
+    path: str  # the output data file (named in errors)
+    bucket: int
+    slices: tuple[tuple[str, int, int], ...]
+
+    @property
+    def n_cells(self) -> int:
+        return sum(hi - lo for _, lo, hi in self.slices)
+
+
+@dataclass(frozen=True)
+class ShuffleContext:
+    seed: int
+    metadata_columns: tuple[str, ...]
+    root: str
+
+
+def shuffle_unit(unit: ShuffleUnit, ctx: ShuffleContext) -> UnitResult:
+    """Concatenate one bucket's slices, order by shuffle key, write the data file atomically."""
+    pieces = [read_arrow(p).slice(lo, hi - lo) for p, lo, hi in unit.slices if hi > lo]
+    schema = cell_schema(list(ctx.metadata_columns))
+    table = pa.concat_tables(pieces) if pieces else schema.empty_table()
+    if table.num_rows:
+        keys = shuffle_keys(table.column("id").to_numpy(), ctx.seed)
+        table = table.take(pa.array(np.argsort(keys, kind="stable")))
+    write_stream(unit.path, table)
+    return UnitResult(unit.unit_id, {"cells": table.num_rows}, [output_record(unit.path, ctx.root, n_cells=table.num_rows)])
+
+
+def _parts(ctx: TokenizeContext, units: list[WorkUnit], results: list[UnitResult], split: str) -> list[tuple[str, dict]]:
+    out = []
+    for unit, res in zip(units, results, strict=True):
+        rec = next(o for o in res.outputs if o["split"] == split)
+        out.append((str(Path(ctx.parts_dir) / split / f"{unit.unit_id}.arrow"), rec))
+    return out
+
+
+def _finalize_unshuffled(ctx: TokenizeContext, parts: list[tuple[str, dict]], dest: Path) -> list[dict]:
+    # Empty parts are dropped, unless every part is empty (a dataset needs one file for its schema).
+    kept = [(p, r) for p, r in parts if r["n_cells"] > 0] or parts[:1]
+    records = []
+    for i, (part, rec) in enumerate(kept):
+        target = dest / data_file_name(i, len(kept))
+        if Path(part).exists():  # already moved by an interrupted earlier finalize otherwise
+            os.replace(part, target)
+        records.append({"path": target.name, "bytes": rec["bytes"], "xxh64": rec["xxh64"], "n_cells": rec["n_cells"]})
+    return records
+
+
+def finalize_splits(
+    ctx: TokenizeContext,
+    units: list[WorkUnit],
+    results: list[UnitResult],
+    spec: ExecutorSpec,
+    stage_hash: str,
+    reporter: Reporter | None,
+) -> dict[str, list[dict]]:
+    """Turn unit parts into `<split>.dataset` folders; state.json is written last in each."""
+    from cellcorpus.stages.tokenize import SPLITS, dataset_dir
+
+    buckets = dict(ctx.n_buckets)
+    shards: dict[str, list[dict]] = {}
+    for split in SPLITS:
+        dest = dataset_dir(ctx.hf, split)
+        dest.mkdir(parents=True, exist_ok=True)
+        parts = _parts(ctx, units, results, split)
+        if split not in buckets:
+            records = _finalize_unshuffled(ctx, parts, dest)
+        else:
+            n = buckets[split]
+            sunits = [
+                ShuffleUnit(
+                    f"{split}-b{b:05d}",
+                    str(dest / data_file_name(b, n)),
+                    b,
+                    tuple((p, r["bucket_bounds"][b], r["bucket_bounds"][b + 1]) for p, r in parts),
+                )
+                for b in range(n)
+            ]
+            sctx = ShuffleContext(ctx.hf.split_parameters.seed, ctx.metadata_columns, str(dest))
+            ledger = Ledger(Path(ctx.hf.output_root) / "units" / f"shuffle-{split}", stage_hash)
+            done = run_units(
+                shuffle_unit, sunits, sctx, ledger, spec, description=f"shuffle {split}",
+                cells_of=lambda u: u.n_cells, reporter=reporter,
+            )
+            records = [done[u.unit_id].outputs[0] for u in sunits]
+        write_dataset_metadata(dest, [r["path"] for r in records], list(ctx.metadata_columns))
+        shards[split] = records
+    return shards

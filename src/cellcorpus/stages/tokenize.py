@@ -1,0 +1,292 @@
+"""`cellcorpus tokenize`: input files -> tokenized cells -> HF Arrow `train.dataset` / `valid.dataset`.
+
+plan: discover inputs, cut them into (file, row range) units of `unit_cells`.
+unit: read rows, filter, tokenize (vectorised), join metadata, hash-split, write one Arrow part per
+      split (sorted by shuffle key when shuffling, with per-bucket row bounds recorded).
+finalize: unshuffled -> parts become the data files in unit order; shuffled -> one shuffle unit per
+      bucket gathers its rows from every part (bounded memory) and sorts them (stages/split.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cellcorpus.config import Config, HuggingfaceConfig, config_hash
+from cellcorpus.core.ids import make_ids
+from cellcorpus.core.shuffle import n_buckets_for, order_by_bucket
+from cellcorpus.core.split import assign_valid, shuffle_keys
+from cellcorpus.core.tokenize import check_counts, row_stats, take_rows, tokenize_csr
+from cellcorpus.core.vocab import VocabLookup
+from cellcorpus.errors import ConfigError, InputError
+from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
+from cellcorpus.formats.arrow import cell_schema, cells_table, write_stream
+from cellcorpus.io.tables import as_strings, load_table, lookup
+from cellcorpus.manifest import Ledger, UnitResult, file_checksum, output_record, read_manifest, write_manifest
+from cellcorpus.sources.base import InputFile, RawBlock
+from cellcorpus.stages.base import StageSummary, WorkUnit
+from cellcorpus.stages.vocab import load_vocab
+
+__all__ = ["SPLITS", "TokenizeContext", "plan_tokenize", "tokenize_unit", "run_tokenize", "dataset_dir"]
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid")
+COUNT_KEYS = (
+    "cells_read",
+    "filtered_obs_filter",
+    "filtered_min_genes",
+    "filtered_min_counts",
+    "written_train",
+    "written_valid",
+    "explicit_zeros_dropped",
+    "oov_entries_dropped",
+)
+
+
+@dataclass(frozen=True)
+class TokenizeContext:
+    """Everything a unit needs besides its row range; small and picklable (sent with each unit)."""
+
+    hf: HuggingfaceConfig
+    vocab_file: str
+    parts_dir: str
+    metadata_columns: tuple[str, ...]
+    index_column: str | None
+    n_buckets: tuple[tuple[str, int], ...]  # split -> shuffle buckets (empty when not shuffling)
+
+
+def dataset_dir(hf: HuggingfaceConfig, split: str) -> Path:
+    return Path(hf.merged_dataset_root) / f"{split}.dataset"
+
+
+# ---- plan ---------------------------------------------------------------------------------------
+def _discover(hf: HuggingfaceConfig) -> list[InputFile]:
+    cache = str(Path(hf.output_root) / "decompressed")
+    if hf.input_format == "tahoe_parquet":
+        from cellcorpus.sources.tahoe import discover_parquet
+
+        return discover_parquet(hf.adata_dir, hf.ignore_dir)
+    from cellcorpus.sources.local import discover_h5ad
+
+    return discover_h5ad(hf.adata_dir, hf.ignore_dir, cache)
+
+
+def _index_name(hf: HuggingfaceConfig, first: InputFile) -> str | None:
+    if not hf.add_obs_index:
+        return None
+    if hf.input_format == "tahoe_parquet":
+        return "index"
+    from cellcorpus.io.h5ad import H5adReader
+
+    with H5adReader(first.path) as r:
+        return r.obs_index_name
+
+
+def plan_tokenize(hf: HuggingfaceConfig, inputs: list[InputFile]) -> list[WorkUnit]:
+    """(file, row range) units of at most `unit_cells` rows, sorted by file then row."""
+    units = []
+    for f in inputs:
+        for start in range(0, f.n_obs, hf.unit_cells):
+            stop = min(start + hf.unit_cells, f.n_obs)
+            units.append(WorkUnit(f"f{f.file_index:05d}-r{start:010d}", f.path, f.file_index, start, stop))
+    return units
+
+
+def _preflight(hf: HuggingfaceConfig, vocab: dict[str, int]) -> None:
+    """Fail before any worker starts: CLS token in vocab, metadata tables readable with their keys."""
+    if hf.add_cls_token and hf.cls_token not in vocab:
+        raise ConfigError(f"huggingface.cls_token: '{hf.cls_token}' is not in the vocabulary {hf.vocab_file}")
+    for i, join in enumerate(hf.additional_metadata_info):
+        if not Path(join.path).is_file():
+            raise ConfigError(f"huggingface.additional_metadata_info.{i}.path: file not found: {join.path}")
+        load_table(join.path, join.merge_keys.metadata_key, join.columns)
+
+
+# ---- unit ---------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=4)
+def _lookup(vocab_file: str, mtime_ns: int) -> VocabLookup:
+    del mtime_ns  # cache key only
+    return VocabLookup(load_vocab(vocab_file))
+
+
+def _obs_names(hf: HuggingfaceConfig) -> list[str]:
+    names = list(hf.obs_metadata_columns)
+    if hf.obs_filter:
+        names.append(hf.obs_filter.key)
+    names += [j.merge_keys.adata_key for j in hf.additional_metadata_info]
+    return [n for n in dict.fromkeys(names) if n != "index"]
+
+
+def _read_block(unit: WorkUnit, hf: HuggingfaceConfig) -> RawBlock:
+    if hf.input_format == "tahoe_parquet":
+        from cellcorpus.sources.tahoe import read_parquet_block
+
+        return read_parquet_block(unit.path, unit.row_start, unit.row_stop, hf.parquet_gene_table, _obs_names(hf))
+    from cellcorpus.sources.local import read_h5ad_block
+
+    return read_h5ad_block(unit.path, unit.row_start, unit.row_stop, hf.gene_col, _obs_names(hf))
+
+
+def _metadata(block: RawBlock, ctx: TokenizeContext, path: str) -> dict[str, np.ndarray]:
+    hf = ctx.hf
+    out: dict[str, np.ndarray] = {}
+    for name in hf.obs_metadata_columns:
+        out[name] = as_strings(block.obs["index" if name == ctx.index_column else name])
+    if ctx.index_column is not None and ctx.index_column not in out:
+        out[ctx.index_column] = as_strings(block.obs["index"])
+    for join in hf.additional_metadata_info:
+        index, cols = load_table(join.path, join.merge_keys.metadata_key, join.columns)
+        joined = lookup(index, cols, block.obs[join.merge_keys.adata_key])
+        for name, values in joined.items():
+            out.setdefault(name, values)
+    return out
+
+
+def _check_duplicate_genes(gene_map: np.ndarray, var_ids: np.ndarray, path: str) -> None:
+    in_vocab = gene_map[gene_map >= 0]
+    if len(np.unique(in_vocab)) != len(in_vocab):
+        uniq, counts = np.unique(in_vocab, return_counts=True)
+        dup_tokens = set(uniq[counts > 1].tolist())
+        names = sorted({str(v) for v, t in zip(var_ids, gene_map, strict=True) if t in dup_tokens})[:5]
+        raise InputError(f"{path}: duplicated gene ids map to the same token: {', '.join(names)}")
+
+
+def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
+    """Tokenize rows [row_start, row_stop) of one file and write one Arrow part per split."""
+    hf = ctx.hf
+    where = f"{unit.path} rows {unit.row_start}-{unit.row_stop}"
+    lookup_ = _lookup(ctx.vocab_file, os.stat(ctx.vocab_file).st_mtime_ns)
+    block = _read_block(unit, hf)
+    problem = check_counts(block.data)
+    if problem:
+        raise InputError(f"{where}: {problem}")
+    gene_map = lookup_.map_genes(block.var_ids)
+    _check_duplicate_genes(gene_map, block.var_ids, unit.path)
+    n = unit.n_cells
+    counts = dict.fromkeys(COUNT_KEYS, 0)
+    counts["cells_read"] = n
+    keep = np.ones(n, dtype=bool)
+    if hf.obs_filter:
+        hit = as_strings(block.obs[hf.obs_filter.key]) == str(hf.obs_filter.value)
+        counts["filtered_obs_filter"] = int(np.count_nonzero(keep & ~hit))
+        keep &= hit
+    if hf.filter_cells and (hf.filter_cells.min_genes is not None or hf.filter_cells.min_counts is not None):
+        n_genes, totals = row_stats(block.indptr, block.data)
+        if hf.filter_cells.min_genes is not None:
+            ok = n_genes >= hf.filter_cells.min_genes
+            counts["filtered_min_genes"] = int(np.count_nonzero(keep & ~ok))
+            keep &= ok
+        if hf.filter_cells.min_counts is not None:
+            ok = totals >= hf.filter_cells.min_counts
+            counts["filtered_min_counts"] = int(np.count_nonzero(keep & ~ok))
+            keep &= ok
+    cls_id = lookup_.vocab[hf.cls_token] if hf.add_cls_token else None
+    cells = tokenize_csr(block.indptr, block.indices, block.data, gene_map, cls_id, hf.pad_value)
+    counts["explicit_zeros_dropped"] = cells.n_explicit_zeros
+    counts["oov_entries_dropped"] = cells.n_oov_entries
+    rows = np.flatnonzero(keep)
+    cells = take_rows(cells, rows)
+    ids = make_ids(unit.file_index, unit.row_start + rows)
+    meta = {k: v[rows] for k, v in _metadata(block, ctx, unit.path).items()}
+    valid = assign_valid(ids, hf.split_parameters.test_size, hf.split_parameters.seed)
+    schema = cell_schema(list(ctx.metadata_columns))
+    buckets = dict(ctx.n_buckets)
+    outputs = []
+    for split, mask in (("train", ~valid), ("valid", valid)):
+        sel = np.flatnonzero(mask)
+        extra = {"split": split, "n_cells": len(sel)}
+        if split in buckets:
+            order, bounds = order_by_bucket(shuffle_keys(ids[sel], hf.split_parameters.seed), buckets[split])
+            sel = sel[order]
+            extra["bucket_bounds"] = bounds.tolist()
+        table = cells_table(take_rows(cells, sel), ids[sel], {k: v[sel] for k, v in meta.items()}, schema)
+        part = Path(ctx.parts_dir) / split / f"{unit.unit_id}.arrow"
+        write_stream(part, table)
+        outputs.append(output_record(part, ctx.parts_dir, **extra))
+        counts[f"written_{split}"] = len(sel)
+    n_oov_genes = int(np.count_nonzero(gene_map < 0))
+    return UnitResult(unit.unit_id, counts, outputs, {"file_index": unit.file_index, "oov_genes": n_oov_genes})
+
+
+# ---- stage --------------------------------------------------------------------------------------
+def _stage_hash(hf: HuggingfaceConfig, vocab_file: str, inputs: list[InputFile]) -> str:
+    # num_proc does not change outputs, so it is not part of the identity of the work.
+    listing = [(f.rel_path, f.n_bytes, f.checksum) for f in inputs]
+    return config_hash(hf.model_dump(mode="json", exclude={"num_proc"}), listing, file_checksum(vocab_file))
+
+
+def run_tokenize(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | None = None) -> StageSummary:
+    """Plan, run pending units, finalize both splits; skips everything when already complete."""
+    hf: HuggingfaceConfig = cfg.need("huggingface")
+    spec = spec or ExecutorSpec(num_proc=hf.num_proc, dask=cfg.executor.dask, dask_workers=cfg.executor.dask_workers)
+    vocab = load_vocab(hf.vocab_file)
+    _preflight(hf, vocab)
+    inputs = _discover(hf)
+    stage_hash = _stage_hash(hf, hf.vocab_file, inputs)
+    manifest_path = Path(hf.merged_dataset_root) / "manifest.json"
+    previous = read_manifest(manifest_path)
+    if previous and previous.get("config_hash") == stage_hash and all(
+        (dataset_dir(hf, s) / "state.json").is_file() for s in SPLITS
+    ):
+        return StageSummary("tokenize", skipped=True, counts=previous["totals"], outputs=_outputs(hf))
+    for s in SPLITS:  # a stale state.json must never make a half-done run look complete
+        (dataset_dir(hf, s) / "state.json").unlink(missing_ok=True)
+    units = plan_tokenize(hf, inputs)
+    total = sum(f.n_obs for f in inputs)
+    n_buckets: tuple[tuple[str, int], ...] = ()
+    if hf.split_parameters.shuffle:
+        tsize = hf.split_parameters.test_size
+        n_buckets = tuple(
+            (s, n_buckets_for(round(total * frac), hf.shuffle_bucket_cells, hf.num_chunks))
+            for s, frac in (("train", 1 - tsize), ("valid", tsize))
+        )
+    index_column = _index_name(hf, inputs[0])
+    ctx = TokenizeContext(
+        hf=hf,
+        vocab_file=hf.vocab_file,
+        parts_dir=str(Path(hf.output_root) / "parts"),
+        metadata_columns=tuple(hf.metadata_columns(index_column)),
+        index_column=index_column,
+        n_buckets=n_buckets,
+    )
+    ledger = Ledger(Path(hf.output_root) / "units" / "tokenize", stage_hash)
+    results = run_units(
+        tokenize_unit, units, ctx, ledger, spec, description="tokenize", cells_of=lambda u: u.n_cells, reporter=reporter
+    )
+    ordered = [results[u.unit_id] for u in units]
+    totals = {k: sum(r.counts.get(k, 0) for r in ordered) for k in COUNT_KEYS}
+    if totals["written_train"] + totals["written_valid"] == 0:
+        raise InputError(
+            f"no cells left after filters ({totals['cells_read']} read)",
+            hint="check huggingface.obs_filter / filter_cells",
+        )
+    from cellcorpus.stages.split import finalize_splits
+
+    shard_records = finalize_splits(ctx, units, ordered, spec, stage_hash, reporter)
+    write_manifest(
+        manifest_path,
+        stage="tokenize",
+        config_hash=stage_hash,
+        dataset_name=hf.dataset_name,
+        metadata_columns=list(ctx.metadata_columns),
+        inputs=[
+            {"file_index": f.file_index, "path": f.rel_path, "bytes": f.n_bytes, "checksum": f.checksum, "n_obs": f.n_obs}
+            for f in inputs
+        ],
+        units=[{"unit_id": r.unit_id, **r.counts, **r.extra} for r in ordered],
+        splits=shard_records,
+        totals=totals,
+    )
+    shutil.rmtree(ctx.parts_dir, ignore_errors=True)
+    return StageSummary("tokenize", counts=totals, outputs=_outputs(hf))
+
+
+def _outputs(hf: HuggingfaceConfig) -> dict[str, str]:
+    return {s: str(dataset_dir(hf, s)) for s in SPLITS}

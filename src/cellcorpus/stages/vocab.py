@@ -1,0 +1,80 @@
+"""`cellcorpus vocab`: Ensembl-keyed GeneVocab JSON (+ id -> symbol map) from a reference h5ad."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from cellcorpus.config import Config
+from cellcorpus.core.vocab import build_vocab
+from cellcorpus.errors import ConfigError, InputError
+from cellcorpus.io.atomic import write_json_atomic
+from cellcorpus.io.h5ad import H5adReader
+from cellcorpus.io.paths import join
+from cellcorpus.stages.base import StageSummary
+
+__all__ = ["run_vocab", "load_vocab"]
+
+log = logging.getLogger(__name__)
+
+
+def run_vocab(cfg: Config) -> StageSummary:
+    """Build and write the vocabulary; rewrites it (cheap) unless the existing file is identical."""
+    vc = cfg.need("vocab")
+    if not Path(vc.reference_adata).is_file():
+        raise ConfigError(f"vocab.reference_adata: file not found: {vc.reference_adata}")
+    with H5adReader(vc.reference_adata) as r:
+        ids = r.var_column(vc.use_col)
+        symbols = r.var_column("index")
+    try:
+        built = build_vocab(ids, symbols, vc.special_tokens, vc.add_junk_tokens)
+    except ValueError as exc:
+        raise InputError(f"{vc.reference_adata}: {exc}") from exc
+    if built.n_genes == 0:
+        raise InputError(f"{vc.reference_adata}: var column '{vc.use_col}' holds no gene ids")
+    vocab_path = Path(vc.vocab_file)
+    skipped = vocab_path.is_file() and json.loads(vocab_path.read_text()) == built.vocab
+    if not skipped:
+        write_json_atomic(vocab_path, built.vocab)
+    outputs = {"vocab": str(vocab_path)}
+    if vc.id_to_gene_output_file:
+        id_path = join(vc.output_root, vc.id_to_gene_output_file)
+        write_json_atomic(id_path, built.id_to_gene)
+        outputs["id_to_gene"] = id_path
+    notes = []
+    if built.duplicated_ids:
+        shown = ", ".join(built.duplicated_ids[:5]) + (" ..." if len(built.duplicated_ids) > 5 else "")
+        notes.append(f"{len(built.duplicated_ids)} duplicated gene id(s) in the reference (first kept): {shown}")
+        log.warning(notes[-1])
+    if built.n_missing_ids:
+        notes.append(f"{built.n_missing_ids} reference gene(s) without an id dropped")
+        log.warning(notes[-1])
+    return StageSummary(
+        "vocab",
+        skipped=skipped,
+        counts={
+            "tokens": len(built.vocab),
+            "genes": built.n_genes,
+            "special": len(vc.special_tokens),
+            "junk": built.n_junk,
+            "missing_ids": built.n_missing_ids,
+            "duplicated_ids": len(built.duplicated_ids),
+        },
+        outputs=outputs,
+        notes=notes,
+    )
+
+
+def load_vocab(path: str) -> dict[str, int]:
+    """Read a GeneVocab JSON (token -> index); a clear error if it is absent or malformed."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"vocabulary not found: {path}", hint="run `cellcorpus vocab CONFIG` first")
+    try:
+        vocab = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: not valid JSON: {exc}") from exc
+    if not isinstance(vocab, dict) or not all(isinstance(v, int) for v in vocab.values()):
+        raise InputError(f"{path}: a vocabulary must map token -> integer index")
+    return vocab
