@@ -1,0 +1,137 @@
+"""`cellcorpus mds`: HF Arrow splits -> MDS shards, one writer sub-folder per Arrow data file.
+
+A unit converts one data file (memory-mapped, in row batches) into `<out_root>/<split>/<i:05d>/`
+with its own index.json; finalize merges them into `<out_root>/<split>/index.json`, written last,
+so a split is readable (and counted complete) only when every writer finished.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.compute as pc
+
+from cellcorpus.config import Config, MdsConfig, config_hash
+from cellcorpus.errors import ConfigError, InputError
+from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
+from cellcorpus.formats.arrow import dataset_files, read_arrow
+from cellcorpus.formats.mds import MdsSpec, ShardWriter, _TorchPickle, encode_samples, merge_split_index
+from cellcorpus.manifest import Ledger, UnitResult, read_manifest, write_manifest
+from cellcorpus.stages.base import StageSummary
+
+__all__ = ["MdsUnit", "MdsContext", "plan_mds", "mds_unit", "run_mds", "BATCH_ROWS"]
+
+BATCH_ROWS = 2048  # rows encoded per Arrow compute call: bounds memory to a few batches + one shard
+
+
+@dataclass(frozen=True, order=True)
+class MdsUnit:
+    unit_id: str
+    path: str  # the Arrow data file
+    split: str
+    sub_dir: str
+    n_cells: int
+
+
+@dataclass(frozen=True)
+class MdsContext:
+    spec: MdsSpec
+    out_root: str
+    min_length: int | None
+
+
+def _split_dir(mds: MdsConfig, split: str) -> Path:
+    return Path(mds.out_root) / split
+
+
+def plan_mds(mds: MdsConfig) -> list[MdsUnit]:
+    """One unit per Arrow data file of every split, in split then file order."""
+    units = []
+    for split in mds.splits:
+        ds = Path(mds.root_dir) / f"{split}.dataset"
+        if not (ds / "state.json").is_file():
+            raise ConfigError(
+                f"mds.root_dir: no complete dataset for split '{split}' at {ds}", hint="run `cellcorpus tokenize` first"
+            )
+        for i, f in enumerate(dataset_files(ds)):
+            n = read_arrow(f).num_rows
+            units.append(MdsUnit(f"{split}-{i:05d}", str(f), split, f"{i:05d}", n))
+    return units
+
+
+def mds_unit(unit: MdsUnit, ctx: MdsContext) -> UnitResult:
+    """Convert one Arrow file into MDS shards + a writer index.json in its own sub-folder."""
+    out = Path(ctx.out_root) / unit.split / unit.sub_dir
+    shutil.rmtree(out, ignore_errors=True)  # leftovers of an interrupted attempt
+    out.mkdir(parents=True)
+    table = read_arrow(unit.path)
+    n_in = table.num_rows
+    if ctx.min_length:
+        if "genes" not in table.column_names:
+            raise InputError(f"{unit.path}: mds.min_length needs a 'genes' column")
+        table = table.filter(pc.greater_equal(pc.list_value_length(table.column("genes")), ctx.min_length))
+    pickler = _TorchPickle() if any(e == "pkl" for _, e in ctx.spec.columns) else None
+    writer = ShardWriter(out, ctx.spec)
+    for start in range(0, table.num_rows, BATCH_ROWS):
+        batch = table.slice(start, BATCH_ROWS)
+        try:
+            writer.add(encode_samples(batch, ctx.spec, pickler))
+        except ValueError as exc:
+            raise InputError(f"{unit.path}: {exc}") from exc
+    index = writer.finish()
+    shards = [
+        {"sub_dir": unit.sub_dir, "samples": s["samples"], "zip_data": s["zip_data"], "raw_data": s["raw_data"]}
+        for s in index["shards"]
+    ]
+    counts = {"cells_in": n_in, "dropped_min_length": n_in - table.num_rows, "written": writer.n_samples}
+    return UnitResult(unit.unit_id, counts, shards, {"split": unit.split})
+
+
+def run_mds(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | None = None) -> StageSummary:
+    """Export every split to MDS; skips when the merged indexes already match this config + input."""
+    mds: MdsConfig = cfg.need("mds")
+    spec = spec or ExecutorSpec(num_proc=mds.num_proc, dask=cfg.executor.dask, dask_workers=cfg.executor.dask_workers)
+    wspec = MdsSpec.create(mds.columns, mds.compression, mds.hashes, mds.size_limit)
+    source = read_manifest(Path(mds.root_dir) / "manifest.json")
+    stage_hash = config_hash(mds.model_dump(mode="json", exclude={"num_proc"}), source and source["config_hash"])
+    manifest_path = Path(mds.out_root) / "manifest.json"
+    previous = read_manifest(manifest_path)
+    outputs = {s: str(_split_dir(mds, s)) for s in mds.splits}
+    if previous and previous.get("config_hash") == stage_hash and all(
+        (_split_dir(mds, s) / "index.json").is_file() for s in mds.splits
+    ):
+        return StageSummary("mds", skipped=True, counts=previous["totals"], outputs=outputs)
+    for s in mds.splits:  # a stale merged index must never make a half-done export look complete
+        (_split_dir(mds, s) / "index.json").unlink(missing_ok=True)
+    units = plan_mds(mds)
+    ctx = MdsContext(wspec, mds.out_root, mds.min_length)
+    ledger = Ledger(Path(mds.out_root) / ".units", stage_hash)
+    done = run_units(
+        mds_unit, units, ctx, ledger, spec, description="mds", cells_of=lambda u: u.n_cells, reporter=reporter
+    )
+    totals: dict[str, int] = {}
+    splits = {}
+    for split in mds.splits:
+        sunits = [u for u in units if u.split == split]
+        n = merge_split_index(_split_dir(mds, split), [u.sub_dir for u in sunits])
+        res = [done[u.unit_id] for u in sunits]
+        splits[split] = {
+            "samples": n,
+            "cells_in": sum(r.counts["cells_in"] for r in res),
+            "dropped_min_length": sum(r.counts["dropped_min_length"] for r in res),
+            "shards": [o for r in res for o in r.outputs],
+        }
+        totals[f"{split}_written"] = n
+        totals[f"{split}_dropped_min_length"] = splits[split]["dropped_min_length"]
+    write_manifest(
+        manifest_path,
+        stage="mds",
+        config_hash=stage_hash,
+        source_manifest=str(Path(mds.root_dir) / "manifest.json"),
+        columns=dict(wspec.columns),
+        splits=splits,
+        totals=totals,
+    )
+    return StageSummary("mds", counts=totals, outputs=outputs)
