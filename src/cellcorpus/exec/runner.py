@@ -99,19 +99,34 @@ def _consume(ex, fn, pending, context, ledger, done, cells_of, reporter) -> None
                 return
             inflight[ex.submit(fn, unit, context)] = unit
 
+    def record(fut: Future, unit: Any) -> None:
+        result = fut.result()
+        ledger.record(result)
+        done[result.unit_id] = result
+        if reporter:
+            reporter.advance(1, cells_of(unit))
+
     fill()
     while inflight:
         finished, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
-        for fut in finished:
+        for fut in sorted(finished, key=lambda f: inflight[f].unit_id):
             unit = inflight.pop(fut)
             try:
-                result = fut.result()
+                record(fut, unit)
             except BaseException as exc:
-                for other in inflight:
-                    other.cancel()
+                _drain(inflight, record)
                 raise UnitFailed(unit.unit_id, getattr(unit, "path", "?"), exc) from exc
-            ledger.record(result)
-            done[result.unit_id] = result
-            if reporter:
-                reporter.advance(1, cells_of(unit))
         fill()
+
+
+def _drain(inflight: dict[Future, Any], record: Callable[[Future, Any], None]) -> None:
+    """After a failure: cancel queued units, keep (record) the ones that still finish cleanly."""
+    for fut in inflight:
+        fut.cancel()
+    for fut, unit in sorted(inflight.items(), key=lambda kv: kv[1].unit_id):
+        if fut.cancelled():
+            continue
+        try:
+            record(fut, unit)
+        except BaseException as exc:  # the first failure is the one reported
+            log.warning("unit %s also failed: %s", unit.unit_id, exc)
