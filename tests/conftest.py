@@ -35,8 +35,10 @@ def make_h5ad(
         X = sp.csc_matrix(X)
     else:
         X = X.toarray() if sp.issparse(X) else np.asarray(X)
-    var = pd.DataFrame({var_col: var_ids}, index=[f"SYM{i}" for i in range(len(var_ids))]) if var_col else pd.DataFrame(
-        index=var_ids
+    var = (
+        pd.DataFrame({var_col: var_ids}, index=[f"SYM{i}" for i in range(len(var_ids))])
+        if var_col
+        else pd.DataFrame(index=var_ids)
     )
     obs_df = pd.DataFrame(obs or {}, index=obs_index or [f"cell{i}" for i in range(n)])
     path.parent.mkdir(parents=True, exist_ok=True)

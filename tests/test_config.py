@@ -30,7 +30,9 @@ def test_seed_settings_reproduced(tmp_path):
     assert (hf.obs_filter.key, hf.obs_filter.value) == ("pass_filter", "full")
     assert hf.split_parameters.test_size == 0.01 and hf.split_parameters.seed == 42 and hf.split_parameters.shuffle
     assert [j.columns for j in hf.additional_metadata_info] == [
-        ["Cell_ID_Cellosaur"], ["moa-fine", "canonical_smiles", "pubchem_cid", "targets"], ["plate"]
+        ["Cell_ID_Cellosaur"],
+        ["moa-fine", "canonical_smiles", "pubchem_cid", "targets"],
+        ["plate"],
     ]
     assert tahoe.mds.columns["genes"] == "pkl" and tahoe.mds.hashes == ["sha1", "xxh64"]
     sbc = load_config(packaged_config("tahoe_x1_v2/scbasecamp.yaml"), [f"output_root={tmp_path}"])

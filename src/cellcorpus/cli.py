@@ -29,7 +29,9 @@ ConfigArg = Annotated[Path, typer.Argument(help="YAML config (seed layout).", sh
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", help="Override a config key, e.g. --set output_root=/data (repeatable).")
 ]
-NumProcOpt = Annotated[int | None, typer.Option("--num-proc", help="Worker processes (default: the config's num_proc).")]
+NumProcOpt = Annotated[
+    int | None, typer.Option("--num-proc", help="Worker processes (default: the config's num_proc).")
+]
 DaskOpt = Annotated[
     str | None, typer.Option("--dask", help="Run units on Dask: scheduler address (tcp://host:port) or 'local'.")
 ]
@@ -109,6 +111,7 @@ def _print_summary(s: StageSummary) -> None:
         table.add_row(k.replace("_", " "), f"{v:,}")
     for k, v in s.outputs.items():
         table.add_row(k, v)
+    table.columns[1].overflow = "fold"
     out.print(table)
     for note in s.notes:
         out.print(f"[yellow]note:[/] {note}")
@@ -134,6 +137,47 @@ def tokenize(
     cfg = _load(config, set_)
     hf = cfg.need("huggingface")
     _print_summary(run_tokenize(cfg, _spec(cfg, num_proc, dask, hf.num_proc), RichReporter()))
+
+
+@app.command()
+@_handle_errors
+def mds(
+    config: ConfigArg, set_: SetOpt = None, num_proc: NumProcOpt = None, dask: DaskOpt = None, debug: DebugOpt = False
+) -> None:
+    """Export the HF Arrow splits to MosaicML MDS shards with a merged index.json per split."""
+    from cellcorpus.stages.mds import run_mds
+
+    cfg = _load(config, set_)
+    _print_summary(run_mds(cfg, _spec(cfg, num_proc, dask, cfg.need("mds").num_proc), RichReporter()))
+
+
+def _print_checks(report: Any) -> None:
+    table = Table(title="verify", title_justify="left")
+    for col in ("check", "checked", "failed", "first failure"):
+        table.add_column(col, overflow="fold")
+    for c in report.checks.values():
+        status = "[green]0[/]" if not c.failed else f"[red]{c.failed:,}[/]"
+        table.add_row(c.name, f"{c.checked:,}", status, c.first_failure or "")
+    out.print(table)
+
+
+@app.command()
+@_handle_errors
+def verify(
+    config: ConfigArg, set_: SetOpt = None, num_proc: NumProcOpt = None, dask: DaskOpt = None, debug: DebugOpt = False
+) -> None:
+    """Check every output (Arrow and MDS): hashes, counts, schema, token ids, CLS/pad, unique ids."""
+    from cellcorpus.errors import VerifyError
+    from cellcorpus.stages.verify import run_verify
+
+    cfg = _load(config, set_)
+    try:
+        report = run_verify(cfg, _spec(cfg, num_proc, dask, cfg.need("huggingface").num_proc), RichReporter())
+    except VerifyError as exc:
+        _print_checks(exc.report)  # type: ignore[attr-defined]
+        raise
+    _print_checks(report)
+    out.print("[bold green]verify: all checks passed[/]")
 
 
 @app.command()

@@ -231,8 +231,6 @@ class Config(_Section):
         return value
 
 
-
-
 def _format_validation_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():

@@ -100,7 +100,10 @@ def make_demo_atlas(root: str | Path, n_genes: int = 400, cells_per_file: int = 
         }
     ).to_csv(tables["drug"], index=False)
     pd.DataFrame(
-        {"sample": [f"smp_{p}_{k}" for p in (13, 14) for k in range(4)], "plate": [f"plate{p}" for p in (13, 14) for _ in range(4)]}
+        {
+            "sample": [f"smp_{p}_{k}" for p in (13, 14) for k in range(4)],
+            "plate": [f"plate{p}" for p in (13, 14) for _ in range(4)],
+        }
     ).to_csv(tables["sample"], index=False)
 
     # scBaseCamp-like: var index = Ensembl ids (some with version suffixes, some outside the vocab).

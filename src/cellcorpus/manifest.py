@@ -17,7 +17,15 @@ from cellcorpus import __version__
 from cellcorpus.errors import ConfigError
 from cellcorpus.io.atomic import read_json, write_json_atomic
 
-__all__ = ["UnitResult", "Ledger", "file_checksum", "quick_checksum", "output_record", "write_manifest", "read_manifest"]
+__all__ = [
+    "UnitResult",
+    "Ledger",
+    "file_checksum",
+    "quick_checksum",
+    "output_record",
+    "write_manifest",
+    "read_manifest",
+]
 
 _BLOCK = 1 << 22
 
@@ -78,7 +86,8 @@ class Ledger:
             rec = json.loads(p.read_text())
             if rec.get("config_hash") != self.config_hash:
                 raise ConfigError(
-                    f"{self.dir}: holds work from a different config (hash {rec.get('config_hash')} != {self.config_hash})",
+                    f"{self.dir}: holds work from a different config or other inputs "
+                    f"(hash {rec.get('config_hash')} != {self.config_hash})",
                     hint="use a new output folder, or delete the old outputs to start over",
                 )
             out[rec["unit_id"]] = UnitResult.from_json(rec)

@@ -29,7 +29,7 @@ def _spec(cfg: Config, section_num_proc: int, num_proc: int | None, dask: str | 
 def run_pipeline(
     cfg: Config, *, num_proc: int | None = None, dask: str | None = None, reporter: Reporter | None = None
 ) -> Iterator[StageSummary]:
-    """vocab -> tokenize -> mds, for the sections present; yields each stage's summary."""
+    """vocab -> tokenize -> mds -> verify, for the sections present; yields each stage's summary."""
     if cfg.vocab is not None:
         from cellcorpus.stages.vocab import run_vocab
 
@@ -42,6 +42,10 @@ def run_pipeline(
         from cellcorpus.stages.mds import run_mds
 
         yield run_mds(cfg, _spec(cfg, cfg.mds.num_proc, num_proc, dask), reporter)
+    if cfg.huggingface is not None:
+        from cellcorpus.stages.verify import run_verify, summary
+
+        yield summary(run_verify(cfg, _spec(cfg, cfg.huggingface.num_proc, num_proc, dask), reporter))
 
 
 def run_demo(

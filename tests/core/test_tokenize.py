@@ -18,7 +18,9 @@ def test_exact_tokens_with_cls_oov_and_explicit_zeros():
     gene_map = np.array([5, 3, -1, 7], dtype=np.int32)  # column 2 is out of vocabulary
     indptr, indices, data = _csr([[(0, 1), (2, 7), (3, 2)], [(1, 0), (3, 4)], [], [(1, 0.5)]])
     r = tokenize_csr(indptr, indices, data, gene_map, cls_id=1, pad_value=-2)
-    rows = [(r.genes[a:b].tolist(), r.expressions[a:b].tolist()) for a, b in zip(r.offsets[:-1], r.offsets[1:])]
+    rows = [
+        (r.genes[a:b].tolist(), r.expressions[a:b].tolist()) for a, b in zip(r.offsets[:-1], r.offsets[1:], strict=True)
+    ]
     assert rows == [
         ([1, 5, 7], [-2.0, 1.0, 2.0]),
         ([1, 7], [-2.0, 4.0]),

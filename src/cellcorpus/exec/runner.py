@@ -61,15 +61,18 @@ def run_units(
     fn: Callable[[Any, Any], UnitResult],
     units: Sequence[Any],
     context: Any,
-    ledger: Ledger,
+    ledger: Ledger | None,
     spec: ExecutorSpec,
     *,
     description: str,
     cells_of: Callable[[Any], int] = lambda u: 0,
     reporter: Reporter | None = None,
 ) -> dict[str, UnitResult]:
-    """Run `fn(unit, context)` for every unit not yet in `ledger`; return all results by unit id."""
-    done = ledger.done()
+    """Run `fn(unit, context)` for every unit not yet in `ledger`; return all results by unit id.
+
+    With `ledger=None` every unit runs and nothing is recorded (read-only stages such as verify).
+    """
+    done = ledger.done() if ledger else {}
     pending = [u for u in units if u.unit_id not in done]
     if reporter:
         reporter.start(description, len(units), sum(cells_of(u) for u in units))
@@ -101,7 +104,8 @@ def _consume(ex, fn, pending, context, ledger, done, cells_of, reporter) -> None
 
     def record(fut: Future, unit: Any) -> None:
         result = fut.result()
-        ledger.record(result)
+        if ledger:
+            ledger.record(result)
         done[result.unit_id] = result
         if reporter:
             reporter.advance(1, cells_of(unit))

@@ -73,10 +73,9 @@ def cells_table(cells: Ragged, ids: np.ndarray, metadata: dict[str, np.ndarray],
 
 def write_stream(path: str | Path, table: pa.Table, max_chunksize: int = 1000) -> None:
     """Write an IPC stream file atomically (batches of `max_chunksize` rows, as `datasets` does)."""
-    with atomic_path(path) as tmp:
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
-            for batch in table.to_batches(max_chunksize=max_chunksize):
-                writer.write_batch(batch)
+    with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
+        for batch in table.to_batches(max_chunksize=max_chunksize):
+            w.write_batch(batch)
 
 
 def read_arrow(path: str | Path) -> pa.Table:

@@ -100,7 +100,7 @@ class H5adReader:
         return "index" if name == "_index" else name
 
     def obs_columns(self) -> list[str]:
-        return [k for k in self._f["obs"].keys() if k != "__categories"]
+        return [k for k in self._f["obs"] if k != "__categories"]
 
     def obs_column(self, name: str, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) of an obs column; `index` (or the index name) gives the obs index."""

@@ -99,8 +99,10 @@ def run_mds(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | 
     manifest_path = Path(mds.out_root) / "manifest.json"
     previous = read_manifest(manifest_path)
     outputs = {s: str(_split_dir(mds, s)) for s in mds.splits}
-    if previous and previous.get("config_hash") == stage_hash and all(
-        (_split_dir(mds, s) / "index.json").is_file() for s in mds.splits
+    if (
+        previous
+        and previous.get("config_hash") == stage_hash
+        and all((_split_dir(mds, s) / "index.json").is_file() for s in mds.splits)
     ):
         return StageSummary("mds", skipped=True, counts=previous["totals"], outputs=outputs)
     for s in mds.splits:  # a stale merged index must never make a half-done export look complete

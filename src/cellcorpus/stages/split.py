@@ -59,10 +59,14 @@ def shuffle_unit(unit: ShuffleUnit, ctx: ShuffleContext) -> UnitResult:
         keys = shuffle_keys(table.column("id").to_numpy(), ctx.seed)
         table = table.take(pa.array(np.argsort(keys, kind="stable")))
     write_stream(unit.path, table)
-    return UnitResult(unit.unit_id, {"cells": table.num_rows}, [output_record(unit.path, ctx.root, n_cells=table.num_rows)])
+    return UnitResult(
+        unit.unit_id, {"cells": table.num_rows}, [output_record(unit.path, ctx.root, n_cells=table.num_rows)]
+    )
 
 
-def _parts(ctx: TokenizeContext, units: list[WorkUnit], results: list[UnitResult], split: str) -> list[tuple[str, dict]]:
+def _parts(
+    ctx: TokenizeContext, units: list[WorkUnit], results: list[UnitResult], split: str
+) -> list[tuple[str, dict]]:
     out = []
     for unit, res in zip(units, results, strict=True):
         rec = next(o for o in res.outputs if o["split"] == split)
@@ -115,8 +119,14 @@ def finalize_splits(
             sctx = ShuffleContext(ctx.hf.split_parameters.seed, ctx.metadata_columns, str(dest))
             ledger = Ledger(Path(ctx.hf.output_root) / "units" / f"shuffle-{split}", stage_hash)
             done = run_units(
-                shuffle_unit, sunits, sctx, ledger, spec, description=f"shuffle {split}",
-                cells_of=lambda u: u.n_cells, reporter=reporter,
+                shuffle_unit,
+                sunits,
+                sctx,
+                ledger,
+                spec,
+                description=f"shuffle {split}",
+                cells_of=lambda u: u.n_cells,
+                reporter=reporter,
             )
             records = [done[u.unit_id].outputs[0] for u in sunits]
         write_dataset_metadata(dest, [r["path"] for r in records], list(ctx.metadata_columns))

@@ -232,8 +232,10 @@ def run_tokenize(cfg: Config, spec: ExecutorSpec | None = None, reporter: Report
     stage_hash = _stage_hash(hf, hf.vocab_file, inputs)
     manifest_path = Path(hf.merged_dataset_root) / "manifest.json"
     previous = read_manifest(manifest_path)
-    if previous and previous.get("config_hash") == stage_hash and all(
-        (dataset_dir(hf, s) / "state.json").is_file() for s in SPLITS
+    if (
+        previous
+        and previous.get("config_hash") == stage_hash
+        and all((dataset_dir(hf, s) / "state.json").is_file() for s in SPLITS)
     ):
         return StageSummary("tokenize", skipped=True, counts=previous["totals"], outputs=_outputs(hf))
     for s in SPLITS:  # a stale state.json must never make a half-done run look complete
@@ -277,7 +279,13 @@ def run_tokenize(cfg: Config, spec: ExecutorSpec | None = None, reporter: Report
         dataset_name=hf.dataset_name,
         metadata_columns=list(ctx.metadata_columns),
         inputs=[
-            {"file_index": f.file_index, "path": f.rel_path, "bytes": f.n_bytes, "checksum": f.checksum, "n_obs": f.n_obs}
+            {
+                "file_index": f.file_index,
+                "path": f.rel_path,
+                "bytes": f.n_bytes,
+                "checksum": f.checksum,
+                "n_obs": f.n_obs,
+            }
             for f in inputs
         ],
         units=[{"unit_id": r.unit_id, **r.counts, **r.extra} for r in ordered],

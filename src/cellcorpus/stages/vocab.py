@@ -36,7 +36,7 @@ def run_vocab(cfg: Config) -> StageSummary:
     vocab_path = Path(vc.vocab_file)
     skipped = vocab_path.is_file() and json.loads(vocab_path.read_text()) == built.vocab
     if not skipped:
-        write_json_atomic(vocab_path, built.vocab)
+        write_json_atomic(vocab_path, built.vocab, sort_keys=False)  # index order, as GeneVocab saves
     outputs = {"vocab": str(vocab_path)}
     if vc.id_to_gene_output_file:
         id_path = join(vc.output_root, vc.id_to_gene_output_file)

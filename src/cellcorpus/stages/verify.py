@@ -1,0 +1,317 @@
+"""`cellcorpus verify`: re-read every output and check what training relies on.
+
+Arrow: file checksums vs manifest, schema, CLS + pad first, equal list lengths, token ids inside the
+vocabulary, counts vs manifest. MDS: shard bytes vs the hashes and sizes in index.json (compressed
+and raw), header/offsets well formed, encodings as configured, decoded samples hold the same
+invariants, counts agree with Arrow minus `min_length` drops. Ids: unique in the corpus and
+decodable to an input row (a per-file row bitmap keeps memory at one bit per cell).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cellcorpus.config import Config
+from cellcorpus.core.ids import decode_ids
+from cellcorpus.errors import ConfigError, VerifyError
+from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
+from cellcorpus.formats.arrow import cell_schema, read_arrow
+from cellcorpus.formats.mds import decode_value, decompress, hash_bytes, iter_samples, parse_shard
+from cellcorpus.manifest import UnitResult, file_checksum, read_manifest
+from cellcorpus.stages.base import StageSummary
+from cellcorpus.stages.vocab import load_vocab
+
+__all__ = ["Check", "VerifyReport", "run_verify"]
+
+
+@dataclass
+class Check:
+    """One kind of check: how many items passed/failed, and the first failure (where + what)."""
+
+    name: str
+    checked: int = 0
+    failed: int = 0
+    first_failure: str | None = None
+
+    def add(self, ok: bool | int, where: str, n: int = 1) -> None:
+        n_bad = (0 if ok else n) if isinstance(ok, bool) else int(ok)
+        self.checked += n
+        self.failed += n_bad
+        if n_bad and self.first_failure is None:
+            self.first_failure = where
+
+
+@dataclass
+class VerifyReport:
+    checks: dict[str, Check] = field(default_factory=dict)
+
+    def check(self, name: str) -> Check:
+        return self.checks.setdefault(name, Check(name))
+
+    def merge(self, other: dict[str, tuple[int, int, str | None]]) -> None:
+        for name, (checked, failed, first) in other.items():
+            c = self.check(name)
+            c.checked += checked
+            c.failed += failed
+            if first and c.first_failure is None:
+                c.first_failure = first
+
+    @property
+    def ok(self) -> bool:
+        return all(c.failed == 0 for c in self.checks.values())
+
+
+def _as_tuples(rep: VerifyReport) -> dict[str, tuple[int, int, str | None]]:
+    return {k: (c.checked, c.failed, c.first_failure) for k, c in rep.checks.items()}
+
+
+@dataclass(frozen=True, order=True)
+class _FileUnit:
+    unit_id: str
+    path: str
+    kind: str  # "arrow" | "mds"
+    split: str
+    expect: tuple[tuple[str, Any], ...]  # checksum / hash records for the file
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    vocab_size: int
+    cls_id: int | None
+    pad_value: float | None
+    metadata_columns: tuple[str, ...]
+    mds_columns: tuple[tuple[str, str], ...]
+    n_cells: int = 0
+
+
+def _cell_checks(rep: VerifyReport, where: str, offsets: np.ndarray, genes: np.ndarray, exprs_len: np.ndarray,
+                 first_expr: np.ndarray, ctx: _Ctx, ids: np.ndarray) -> None:  # fmt: skip
+    lengths = np.diff(offsets)
+    bad_len = np.flatnonzero(lengths != exprs_len)
+    rep.check("genes/expressions equal length").add(
+        len(bad_len), f"{where} cell id {ids[bad_len[0]]}" if len(bad_len) else "", len(lengths)
+    )
+    bad_tok = np.flatnonzero((genes < 0) | (genes >= ctx.vocab_size))
+    if len(bad_tok):
+        cell = int(np.searchsorted(offsets, bad_tok[0], side="right") - 1)
+        msg = f"{where} cell id {ids[cell]}: token {genes[bad_tok[0]]} outside vocabulary of {ctx.vocab_size}"
+    rep.check("token ids in vocabulary").add(len(bad_tok), msg if len(bad_tok) else "", len(genes))
+    if ctx.cls_id is not None:
+        nonempty = lengths > 0
+        first = np.full(len(lengths), -1, dtype=np.int64)
+        first[nonempty] = genes[offsets[:-1][nonempty]]
+        bad = np.flatnonzero((first != ctx.cls_id) | (first_expr != ctx.pad_value))
+        rep.check("starts with CLS and pad value").add(
+            len(bad), f"{where} cell id {ids[bad[0]]}" if len(bad) else "", len(lengths)
+        )
+
+
+def _verify_arrow(unit: _FileUnit, ctx: _Ctx) -> UnitResult:
+    rep = VerifyReport()
+    expect = dict(unit.expect)
+    where = f"{unit.split}/{Path(unit.path).name}"
+    if not Path(unit.path).is_file():
+        rep.check("arrow files present").add(False, f"{where}: missing")
+        return UnitResult(unit.unit_id, extra={"report": _as_tuples(rep), "ids": np.zeros(0, np.int64), "rows": 0})
+    rep.check("arrow files present").add(True, "")
+    rep.check("arrow checksums").add(
+        file_checksum(unit.path) == expect.get("xxh64"), f"{where}: checksum differs from manifest"
+    )
+    try:
+        table = read_arrow(unit.path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        rep.check("arrow readable").add(False, f"{where}: {exc}")
+        return UnitResult(unit.unit_id, extra={"report": _as_tuples(rep), "ids": np.zeros(0, np.int64), "rows": 0})
+    want = cell_schema(list(ctx.metadata_columns))
+    rep.check("arrow schema and dtypes").add(
+        table.schema.equals(want), f"{where}: schema {table.schema.types} != {want.types}"
+    )
+    genes = table.column("genes").combine_chunks()
+    exprs = table.column("expressions").combine_chunks()
+    ids = table.column("id").to_numpy()
+    offsets = genes.offsets.to_numpy().astype(np.int64)
+    offsets -= offsets[0]
+    g = (
+        genes.values.to_numpy()[genes.offsets[0].as_py() : genes.offsets[-1].as_py()]
+        if len(genes)
+        else np.zeros(0, np.int32)
+    )
+    e_len = pc.list_value_length(exprs).to_numpy(zero_copy_only=False).astype(np.int64)
+    first_e = (
+        pc.list_element(exprs, 0).to_numpy(zero_copy_only=False)
+        if len(exprs) and e_len.min() > 0
+        else np.full(len(exprs), np.nan)
+    )
+    _cell_checks(rep, where, offsets, g, e_len, first_e, ctx, ids)
+    return UnitResult(unit.unit_id, extra={"report": _as_tuples(rep), "ids": ids, "rows": table.num_rows})
+
+
+def _verify_shard(unit: _FileUnit, ctx: _Ctx) -> UnitResult:
+    rep = VerifyReport()
+    info = dict(unit.expect)
+    where = f"{unit.split}/{(info['zip_data'] or info['raw_data'])['basename']}"
+    empty = UnitResult(unit.unit_id, extra={"report": {}, "ids": np.zeros(0, np.int64), "rows": 0})
+    path = Path(unit.path)
+    if not path.is_file():
+        rep.check("mds shards present").add(False, f"{where}: missing")
+        empty.extra["report"] = _as_tuples(rep)
+        return empty
+    rep.check("mds shards present").add(True, "")
+    data = path.read_bytes()
+    stored = info["zip_data"] or info["raw_data"]
+    ok = len(data) == stored["bytes"] and all(hash_bytes(a, data) == h for a, h in stored["hashes"].items())
+    rep.check("mds shard hashes").add(ok, f"{where}: bytes/hash differ from index.json ({len(data)} bytes)")
+    if not ok:
+        empty.extra["report"] = _as_tuples(rep)
+        return empty
+    try:
+        raw = decompress(data) if info["zip_data"] else data
+        r = info["raw_data"]
+        raw_ok = len(raw) == r["bytes"] and all(hash_bytes(a, raw) == h for a, h in r["hashes"].items())
+        rep.check("mds raw hashes").add(raw_ok, f"{where}: decompressed bytes differ from index.json")
+        config, offsets = parse_shard(raw)
+    except Exception as exc:  # any malformed shard lands here, named
+        rep.check("mds shard structure").add(False, f"{where}: {exc}")
+        empty.extra["report"] = _as_tuples(rep)
+        return empty
+    rep.check("mds shard structure").add(
+        len(offsets) - 1 == info["samples"], f"{where}: {len(offsets) - 1} samples, index says {info['samples']}"
+    )
+    encs = dict(zip(config["column_names"], config["column_encodings"], strict=True))
+    rep.check("mds encodings as configured").add(encs == dict(ctx.mds_columns), f"{where}: encodings {encs}")
+    ids, g_all, lens, e_lens, first_e = [], [], [], [], []
+    dtype_bad = 0
+    for k, sample in enumerate(iter_samples(raw, config, offsets)):
+        sid = int(decode_value(encs["id"], sample["id"])) if "id" in sample else k
+        ids.append(sid)
+        if "genes" in sample and "expressions" in sample:
+            gv = np.asarray(decode_value(encs["genes"], sample["genes"]))
+            ev = np.asarray(decode_value(encs["expressions"], sample["expressions"]))
+            want_g = np.int64 if encs["genes"] == "pkl" else np.dtype(encs["genes"].split(":")[1])
+            want_e = np.float32 if encs["expressions"] == "pkl" else np.dtype(encs["expressions"].split(":")[1])
+            dtype_bad += int(gv.dtype != want_g or ev.dtype != want_e)
+            g_all.append(gv.astype(np.int64))
+            lens.append(len(gv))
+            e_lens.append(len(ev))
+            first_e.append(ev[0] if len(ev) else np.nan)
+    rep.check("mds sample dtypes").add(dtype_bad, f"{where}: genes/expressions dtype differs from encoding", len(lens))
+    if lens:
+        offs = np.zeros(len(lens) + 1, np.int64)
+        np.cumsum(lens, out=offs[1:])
+        _cell_checks(rep, where, offs, np.concatenate(g_all), np.array(e_lens), np.array(first_e), ctx, np.array(ids))
+    return UnitResult(unit.unit_id, extra={"report": _as_tuples(rep), "ids": np.array(ids, np.int64), "rows": len(ids)})
+
+
+def _verify_unit(unit: _FileUnit, ctx: _Ctx) -> UnitResult:
+    return _verify_arrow(unit, ctx) if unit.kind == "arrow" else _verify_shard(unit, ctx)
+
+
+def _id_checks(rep: VerifyReport, label: str, ids: list[tuple[str, np.ndarray]], inputs: dict[int, int]) -> None:
+    """Unique + decodable ids with one bit per input row (bounded memory)."""
+    seen = {fi: np.zeros(n, dtype=bool) for fi, n in inputs.items()}
+    uniq, valid = rep.check(f"{label} ids unique"), rep.check(f"{label} ids decode to an input row")
+    for where, arr in ids:
+        f, r = decode_ids(arr)
+        ok = np.isin(f, np.fromiter(seen, dtype=np.int64, count=len(seen)))
+        for fi in np.unique(f[ok]).tolist():
+            m = f == fi
+            ok[m] = r[m] < len(seen[fi])
+        bad = np.flatnonzero(~ok)
+        valid.add(len(bad), f"{where}: id {arr[bad[0]]}" if len(bad) else "", len(arr))
+        dup_first = None
+        n_dup = 0
+        for fi in np.unique(f[ok]).tolist():
+            rows = r[ok & (f == fi)]
+            u, c = np.unique(rows, return_counts=True)
+            again = seen[fi][u] | (c > 1)
+            n_dup += int(again.sum())
+            if again.any() and dup_first is None:
+                dup_first = f"{where}: id {(fi << 32) | int(u[again][0])} repeats"
+            seen[fi][u] = True
+        uniq.add(n_dup, dup_first or "", len(arr))
+
+
+def run_verify(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | None = None) -> VerifyReport:
+    """Check the HF Arrow output (and the MDS output when the config has `mds`); raise VerifyError on failure."""
+    hf = cfg.need("huggingface")
+    spec = spec or ExecutorSpec(num_proc=hf.num_proc, dask=cfg.executor.dask, dask_workers=cfg.executor.dask_workers)
+    manifest = read_manifest(Path(hf.merged_dataset_root) / "manifest.json")
+    if manifest is None:
+        raise ConfigError(
+            f"nothing to verify: no manifest in {hf.merged_dataset_root}", hint="run `cellcorpus tokenize`"
+        )
+    vocab = load_vocab(hf.vocab_file)
+    ctx = _Ctx(
+        vocab_size=max(vocab.values()) + 1,
+        cls_id=vocab.get(hf.cls_token) if hf.add_cls_token else None,
+        pad_value=hf.pad_value if hf.add_cls_token else None,
+        metadata_columns=tuple(manifest["metadata_columns"]),
+        mds_columns=tuple(sorted(cfg.mds.columns.items())) if cfg.mds else (),
+    )
+    rep = VerifyReport()
+    units: list[_FileUnit] = []
+    for split, records in manifest["splits"].items():
+        d = Path(hf.merged_dataset_root) / f"{split}.dataset"
+        rep.check("arrow split complete (state.json)").add((d / "state.json").is_file(), f"{d}: no state.json")
+        for rec in records:
+            path = str(d / rec["path"])
+            units.append(_FileUnit(f"arrow-{split}-{rec['path']}", path, "arrow", split, tuple(sorted(rec.items()))))
+    mds_manifest = None
+    if cfg.mds:
+        mds_manifest = read_manifest(Path(cfg.mds.out_root) / "manifest.json")
+        for split in cfg.mds.splits:
+            index_path = Path(cfg.mds.out_root) / split / "index.json"
+            rep.check("mds split complete (index.json)").add(index_path.is_file(), f"{index_path}: missing")
+            if not index_path.is_file():
+                continue
+            for k, shard in enumerate(json.loads(index_path.read_text())["shards"]):
+                stored = shard["zip_data"] or shard["raw_data"]
+                path = str(index_path.parent / stored["basename"])
+                units.append(_FileUnit(f"mds-{split}-{k:06d}", path, "mds", split, tuple(sorted(shard.items()))))
+    results = run_units(_verify_unit, units, ctx, None, spec, description="verify", reporter=reporter)
+    inputs = {f["file_index"]: f["n_obs"] for f in manifest["inputs"]}
+    rows: dict[tuple[str, str], int] = {}
+    arrow_ids, mds_ids = [], []
+    for u in units:
+        res = results[u.unit_id]
+        rep.merge(res.extra["report"])
+        rows[(u.kind, u.split)] = rows.get((u.kind, u.split), 0) + res.extra["rows"]
+        (arrow_ids if u.kind == "arrow" else mds_ids).append((f"{u.split}/{Path(u.path).name}", res.extra["ids"]))
+    _id_checks(rep, "arrow", arrow_ids, inputs)
+    counts = rep.check("cell counts agree (manifest, Arrow, MDS)")
+    for split in manifest["splits"]:
+        n_arrow = rows.get(("arrow", split), 0)
+        want = manifest["totals"][f"written_{split}"]
+        counts.add(n_arrow == want, f"{split}: Arrow has {n_arrow} cells, manifest says {want}")
+    if cfg.mds:
+        _id_checks(rep, "mds", mds_ids, inputs)
+        for split in cfg.mds.splits:
+            n_mds = rows.get(("mds", split), 0)
+            dropped = mds_manifest["splits"][split]["dropped_min_length"] if mds_manifest else 0
+            n_arrow = rows.get(("arrow", split), 0)
+            counts.add(
+                n_mds == n_arrow - dropped,
+                f"{split}: MDS has {n_mds}, Arrow {n_arrow} - {dropped} dropped by min_length",
+            )
+            if mds_manifest:
+                counts.add(
+                    n_mds == mds_manifest["splits"][split]["samples"],
+                    f"{split}: MDS has {n_mds}, mds manifest says {mds_manifest['splits'][split]['samples']}",
+                )
+    if not rep.ok:
+        failed = [c for c in rep.checks.values() if c.failed]
+        err = VerifyError(f"verify failed: {failed[0].name}: {failed[0].first_failure}")
+        err.report = rep  # type: ignore[attr-defined]
+        raise err
+    return rep
+
+
+def summary(rep: VerifyReport) -> StageSummary:
+    return StageSummary("verify", counts={c.name: c.checked for c in rep.checks.values()})

@@ -1,0 +1,99 @@
+"""The CLI as a user sees it: exit codes, one-line errors, the demo end to end."""
+
+from __future__ import annotations
+
+import json
+
+import datasets
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cellcorpus.cli import app
+from tests.streaming_compat import import_streaming
+
+runner = CliRunner()
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    result = runner.invoke(app, ["demo", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "demo complete" in result.output
+    streaming = import_streaming()
+    for merged, mds, n_min in (
+        ("tahoe_merged_w_metadata", "tahoe_merged_MDS_v2", 400),
+        ("scbasecamp_merged", "scbasecamp_merged_MDS", 500),
+        ("cellxgene_merged", "cellxgene_merged_MDS", 590),
+    ):
+        train = datasets.load_from_disk(str(out / merged / "train.dataset"))
+        valid = datasets.load_from_disk(str(out / merged / "valid.dataset"))
+        assert len(train) + len(valid) >= n_min
+        ds = streaming.StreamingDataset(
+            local=str(out / mds / "train"), shuffle=False, batch_size=1, allow_unsafe_types=True
+        )
+        assert len(ds) > 0
+        assert int(ds[0]["genes"][0]) == 1  # <cls>
+    tahoe = datasets.load_from_disk(str(out / "tahoe_merged_w_metadata" / "train.dataset"))
+    assert set(tahoe.column_names) >= {"drug", "sample", "Cell_ID_Cellosaur", "moa-fine", "plate"}
+    manifest = json.loads((out / "tahoe_merged_w_metadata" / "manifest.json").read_text())
+    t = manifest["totals"]
+    assert t["cells_read"] == t["filtered_obs_filter"] + t["written_train"] + t["written_valid"]
+    # rerun: nothing to do
+    again = runner.invoke(app, ["run", "configs/tahoe_x1_v2/tahoe_100m.yaml", "--set", f"output_root={out}"])
+    assert again.exit_code == 0, again.output
+    assert "tokenize: already complete" in again.output and "mds: already complete" in again.output
+    assert "verify: all checks passed" not in again.output  # run prints the summary table instead
+    checked = runner.invoke(app, ["verify", "configs/tahoe_x1_v2/scbasecamp.yaml", "--set", f"output_root={out}"])
+    assert checked.exit_code == 0 and "all checks passed" in checked.output
+
+
+def test_misspelled_key_exit_2_names_key(write_config):
+    path = write_config(**{"huggingface.obs_filtr": {"key": "a", "value": "b"}})
+    result = runner.invoke(app, ["tokenize", str(path)])
+    assert result.exit_code == 2
+    assert "huggingface.obs_filtr: unknown key" in result.output
+
+
+def test_missing_input_exit_1_with_hint(write_config, tiny_vocab, tmp_path):
+    result = runner.invoke(app, ["tokenize", str(write_config())])
+    assert result.exit_code == 2
+    assert "adata_dir: folder not found" in result.output
+    (tmp_path / "raw").mkdir()
+    result = runner.invoke(app, ["tokenize", str(write_config())])
+    assert result.exit_code == 1
+    assert "no .h5ad files found" in result.output and "hint:" in result.output
+
+
+def test_verify_before_tokenize_is_clear(write_config):
+    result = runner.invoke(app, ["verify", str(write_config())])
+    assert result.exit_code == 2 and "nothing to verify" in result.output
+
+
+def test_vocab_command(tmp_path, write_config):
+    from tests.conftest import GENES, make_h5ad
+
+    ref = make_h5ad(tmp_path / "ref.h5ad", np.array([[1.0, 0, 0]]), [GENES[2], GENES[0], GENES[0] + ".3"])
+    cfg = write_config(
+        vocab={
+            "reference_adata": str(ref),
+            "use_col": "gene_id",
+            "add_junk_tokens": True,
+            "special_tokens": ["<pad>", "<cls>", "<eoc>"],
+            "output_root": str(tmp_path / "vocab"),
+            "output_file": "v.json",
+            "id_to_gene_output_file": "names.json",
+        }
+    )
+    result = runner.invoke(app, ["vocab", str(cfg)])
+    assert result.exit_code == 0, result.output
+    vocab = json.loads((tmp_path / "vocab" / "v.json").read_text())
+    assert list(vocab)[:5] == ["<pad>", "<cls>", "<eoc>", GENES[0], GENES[2]] and len(vocab) == 64
+    assert json.loads((tmp_path / "vocab" / "names.json").read_text()) == {GENES[0]: "SYM1", GENES[2]: "SYM0"}
+    assert "1 duplicated gene id" in result.output
+
+
+@pytest.mark.parametrize("cmd", ["vocab", "tokenize", "mds", "verify", "run", "demo"])
+def test_help_for_every_command(cmd):
+    result = runner.invoke(app, [cmd, "--help"])
+    assert result.exit_code == 0 and "Usage" in result.output

@@ -1,0 +1,152 @@
+"""The native MDS writer against the real mosaicml-streaming writer and reader."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from cellcorpus.errors import ConfigError, MissingExtraError
+from cellcorpus.formats.mds import MdsSpec, ShardWriter, _TorchPickle, encode_samples, merge_split_index
+from tests.streaming_compat import import_streaming
+
+
+def _table(n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 700, n)  # crosses the uint8/uint16 shape-header boundary
+    offsets = np.zeros(n + 1, np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    genes = rng.integers(0, 60000, offsets[-1]).astype(np.int32)
+    exprs = rng.random(offsets[-1]).astype(np.float32)
+    return pa.table(
+        {
+            "genes": pa.ListArray.from_arrays(pa.array(offsets), pa.array(genes)),
+            "expressions": pa.ListArray.from_arrays(pa.array(offsets), pa.array(exprs)),
+            "id": pa.array(np.arange(n, dtype=np.int64) * 7),
+            "drug": pa.array([f"drug-{i % 5}-é" for i in range(n)]),
+        }
+    )
+
+
+COLUMNS = {"genes": "ndarray:int32", "expressions": "ndarray:float32", "id": "int64", "drug": "str"}
+
+
+def _write_native(tmp_path, table, columns, compression, size_limit=1 << 16, hashes=("sha1", "xxh64")):
+    spec = MdsSpec.create(columns, compression, list(hashes), size_limit)
+    pickler = _TorchPickle() if "pkl" in columns.values() else None
+    w = ShardWriter(tmp_path, spec)
+    for start in range(0, table.num_rows, 97):  # odd batches: shards must not depend on batching
+        w.add(encode_samples(table.slice(start, 97), spec, pickler))
+    return w.finish()
+
+
+def _write_reference(tmp_path, table, columns, compression, size_limit=1 << 16):
+    streaming = import_streaming()
+    with streaming.MDSWriter(
+        out=str(tmp_path), columns=columns, compression=compression, hashes=["sha1", "xxh64"], size_limit=size_limit
+    ) as w:
+        for row in table.to_pylist():
+            sample = dict(row)
+            sample["genes"] = np.array(row["genes"], np.int32)
+            sample["expressions"] = np.array(row["expressions"], np.float32)
+            w.write(sample)
+    return json.loads((tmp_path / "index.json").read_text())
+
+
+@pytest.mark.parametrize("compression", [None, "zstd"])
+def test_shard_bytes_equal_mdswriter(tmp_path, compression):
+    table = _table()
+    ours = _write_native(tmp_path / "ours", table, COLUMNS, compression)
+    ref = _write_reference(tmp_path / "ref", table, COLUMNS, compression)
+    assert len(ours["shards"]) == len(ref["shards"]) > 3
+    for a, b in zip(ours["shards"], ref["shards"], strict=True):
+        assert a["raw_data"] == b["raw_data"]  # same uncompressed bytes: same size and hashes
+        assert a["samples"] == b["samples"]
+        assert {k: v for k, v in a.items() if k not in ("raw_data", "zip_data")} == {
+            k: v for k, v in b.items() if k not in ("raw_data", "zip_data")
+        }
+    if compression is None:
+        for s in ours["shards"]:
+            name = s["raw_data"]["basename"]
+            assert (tmp_path / "ours" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes()
+    else:
+        from cellcorpus.formats.mds import decompress
+
+        for s in ours["shards"]:
+            raw = decompress((tmp_path / "ours" / s["zip_data"]["basename"]).read_bytes())
+            import zstandard
+
+            ref_raw = zstandard.ZstdDecompressor().decompress(
+                (tmp_path / "ref" / s["zip_data"]["basename"]).read_bytes()
+            )
+            assert raw == ref_raw
+
+
+def test_streaming_dataset_reads_ndarray_and_pkl(tmp_path):
+    streaming = import_streaming()
+    torch = pytest.importorskip("torch")
+    table = _table(n=120)
+    for name, columns in (
+        ("nd", COLUMNS),
+        ("pkl", {"genes": "pkl", "expressions": "pkl", "id": "int64", "drug": "str"}),
+    ):
+        out = tmp_path / name / "train"
+        _write_native(out / "00000", table.slice(0, 50), columns, "zstd")
+        _write_native(out / "00001", table.slice(50), columns, "zstd")
+        merge_split_index(out, ["00000", "00001"])
+        ds = streaming.StreamingDataset(local=str(out), shuffle=False, batch_size=1, allow_unsafe_types=True)
+        assert len(ds) == 120
+        rows = table.to_pylist()
+        for i in range(120):
+            s = ds[i]
+            assert s["id"] == rows[i]["id"] and s["drug"] == rows[i]["drug"]
+            if name == "nd":
+                assert isinstance(s["genes"], np.ndarray) and s["genes"].dtype == np.int32
+                assert s["expressions"].dtype == np.float32
+            else:
+                assert isinstance(s["genes"], torch.Tensor) and s["genes"].dtype == torch.int64
+                assert s["expressions"].dtype == torch.float32 and s["genes"].dim() == 1
+            assert np.asarray(s["genes"]).tolist() == rows[i]["genes"]
+            assert np.allclose(np.asarray(s["expressions"]), rows[i]["expressions"])
+
+
+def test_pkl_bytes_identical_across_processes(tmp_path):
+    import subprocess
+
+    code = (
+        "import numpy as np, sys; from cellcorpus.formats.mds import _TorchPickle;"
+        "sys.stdout.buffer.write(_TorchPickle().dumps(np.arange(9, dtype=np.int64)))"
+    )
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, check=True).stdout for _ in range(2)}
+    assert len(outs) == 1
+
+
+def test_missing_torch_with_pkl_is_clear(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(MissingExtraError, match=r"'pkl' MDS encoding writes torch tensors.*") as e:
+        MdsSpec.create({"genes": "pkl"}, "zstd", [], 1 << 26)
+    assert "cellcorpus[torch]" in e.value.hint and "ndarray:int32" in e.value.hint
+
+
+@pytest.mark.parametrize(
+    "columns, compression, hashes, message",
+    [
+        ({"genes": "jpeg"}, "zstd", [], r"mds\.columns\.genes: encoding 'jpeg' is not supported"),
+        ({"genes": "ndarray:complex64"}, "zstd", [], r"encoding 'ndarray:complex64' is not supported"),
+        ({"id": "int64"}, "lz4", [], r"mds\.compression: 'lz4' is not supported"),
+        ({"id": "int64"}, "zstd", ["xxh64", "sha1"], r"mds\.hashes: must be sorted"),
+        ({"id": "int64"}, "zstd", ["md42"], r"unknown hash algorithm 'md42'"),
+    ],
+)
+def test_bad_writer_settings_are_clear(columns, compression, hashes, message):
+    with pytest.raises(ConfigError, match=message):
+        MdsSpec.create(columns, compression, hashes, 1 << 26)
+
+
+def test_column_missing_from_dataset_is_named():
+    spec = MdsSpec.create({"genes": "ndarray:int32", "tissue": "str"}, None, [], 1 << 26)
+    with pytest.raises(ConfigError, match=r"\['tissue'\] not in the dataset"):
+        encode_samples(_table(5), spec, None)

@@ -1,0 +1,155 @@
+"""mds + verify stages end to end on a small tokenized corpus."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from cellcorpus.config import load_config
+from cellcorpus.errors import VerifyError
+from cellcorpus.stages.mds import run_mds
+from cellcorpus.stages.tokenize import run_tokenize
+from cellcorpus.stages.verify import run_verify
+from tests.conftest import GENES, arrow_rows, make_h5ad, write_vocab
+from tests.streaming_compat import import_streaming
+
+PKL = {"genes": "pkl", "expressions": "pkl", "id": "int64", "drug": "str"}
+
+
+def _corpus(root: Path, write_config, **overrides):
+    write_vocab(root / "vocab" / "vocab.json")
+    rng = np.random.default_rng(1)
+    for f in range(2):
+        m = sp.random(300, 5, density=0.5, random_state=rng, format="csr", dtype=np.float32)
+        m.data = np.ceil(m.data * 9)
+        make_h5ad(root / "raw" / f"f{f}.h5ad", m, GENES, {"drug": [f"d{i % 4}" for i in range(300)]})
+    settings = {
+        "huggingface.unit_cells": 128,
+        "huggingface.obs_metadata_columns": ["drug"],
+        "mds.size_limit": 1 << 13,
+        **overrides,
+    }
+    cfg = load_config(write_config(root, **settings))
+    run_tokenize(cfg)
+    return cfg
+
+
+def _samples(ds):
+    return [ds[i] for i in range(len(ds))]
+
+
+@pytest.mark.parametrize("columns", [PKL, {"genes": "ndarray:int32", "expressions": "ndarray:float32", "id": "int64"}])
+def test_streaming_reads_every_sample_like_arrow(tmp_path, write_config, columns):
+    streaming = import_streaming()
+    cfg = _corpus(tmp_path, write_config, **{"mds.columns": columns})
+    s = run_mds(cfg)
+    for split in ("train", "valid"):
+        rows = arrow_rows(tmp_path / "merged" / f"{split}.dataset")
+        ds = streaming.StreamingDataset(
+            local=str(tmp_path / "mds" / split), shuffle=False, batch_size=1, allow_unsafe_types=True
+        )
+        got = _samples(ds)
+        assert len(got) == len(rows) == s.counts[f"{split}_written"]
+        for g, r in zip(got, rows, strict=True):
+            assert int(g["id"]) == r["id"]
+            assert np.asarray(g["genes"]).tolist() == r["genes"]
+            assert np.asarray(g["expressions"]).tolist() == r["expressions"]
+            if "drug" in columns:
+                assert g["drug"] == r["drug"]
+    assert len(json.loads((tmp_path / "mds" / "train" / "index.json").read_text())["shards"]) > 3
+    run_verify(cfg)
+
+
+def test_min_length_drops_exactly_the_short_cells(tmp_path, write_config):
+    cfg = _corpus(tmp_path, write_config, **{"mds.min_length": 4, "mds.columns": PKL})
+    s = run_mds(cfg)
+    manifest = json.loads((tmp_path / "mds" / "manifest.json").read_text())
+    for split in ("train", "valid"):
+        rows = arrow_rows(tmp_path / "merged" / f"{split}.dataset")
+        short = sum(len(r["genes"]) < 4 for r in rows)
+        assert short > 0 or split == "valid"
+        assert s.counts[f"{split}_dropped_min_length"] == short == manifest["splits"][split]["dropped_min_length"]
+        assert s.counts[f"{split}_written"] == len(rows) - short == manifest["splits"][split]["samples"]
+    run_verify(cfg)  # counts agree: MDS = Arrow - min_length drops
+
+
+def test_num_proc_1_and_2_byte_identical_and_rerun_skips(tmp_path, write_config):
+    outs = []
+    for name, n in (("a", 1), ("b", 2)):
+        cfg = _corpus(tmp_path / name, write_config, **{"mds.num_proc": n, "mds.columns": PKL})
+        run_mds(cfg)
+        outs.append({p.relative_to(tmp_path / name / "mds").as_posix(): p.read_bytes()
+                     for p in sorted((tmp_path / name / "mds").rglob("*")) if p.is_file() and ".units" not in p.parts
+                     and p.name != "manifest.json"})  # fmt: skip
+    assert outs[0] == outs[1] and any(k.endswith(".mds.zstd") for k in outs[0])
+    assert run_mds(cfg).skipped
+
+
+def _shards(root: Path) -> list[Path]:
+    return sorted((root / "mds" / "train").rglob("shard.*.mds.zstd"))
+
+
+@pytest.fixture
+def produced(tmp_path, write_config):
+    cfg = _corpus(tmp_path, write_config, **{"mds.columns": PKL})
+    run_mds(cfg)
+    run_verify(cfg)
+    return cfg, tmp_path
+
+
+@pytest.mark.parametrize("where", ["start", "offsets", "middle", "end"])
+def test_verify_names_shard_with_a_flipped_byte(produced, where):
+    cfg, root = produced
+    shard = _shards(root)[1]
+    data = bytearray(shard.read_bytes())
+    pos = {"start": 0, "offsets": 10, "middle": len(data) // 2, "end": len(data) - 1}[where]
+    data[pos] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(VerifyError, match=rf"mds shard hashes: train/{shard.parent.name}/{shard.name}") as e:
+        run_verify(cfg)
+    assert e.value.report.checks["mds shard hashes"].failed == 1
+
+
+def test_verify_flags_flipped_raw_byte_when_uncompressed(tmp_path, write_config):
+    cfg = _corpus(tmp_path, write_config, **{"mds.columns": PKL, "mds.compression": None})
+    run_mds(cfg)
+    shard = sorted((tmp_path / "mds" / "train").rglob("shard.*.mds"))[0]
+    data = bytearray(shard.read_bytes())
+    data[6] ^= 0x01  # inside the offsets table
+    shard.write_bytes(bytes(data))
+    with pytest.raises(VerifyError, match=shard.name):
+        run_verify(cfg)
+
+
+def test_verify_missing_and_truncated_shard(produced):
+    cfg, root = produced
+    shards = _shards(root)
+    shards[0].write_bytes(shards[0].read_bytes()[:-10])
+    shards[2].unlink()
+    with pytest.raises(VerifyError) as e:
+        run_verify(cfg)
+    checks = e.value.report.checks
+    assert checks["mds shards present"].failed == 1 and shards[2].name in checks["mds shards present"].first_failure
+    assert checks["mds shard hashes"].failed == 1 and shards[0].name in checks["mds shard hashes"].first_failure
+    assert checks["cell counts agree (manifest, Arrow, MDS)"].failed >= 1
+
+
+def test_verify_names_cell_with_token_out_of_range(produced):
+    cfg, root = produced
+    write_vocab(root / "vocab" / "vocab.json", genes=GENES[:2])  # ids 5..7 now outside a 5-token vocab
+    with pytest.raises(
+        VerifyError, match=r"token ids in vocabulary: .*cell id \d+: token [567] outside vocabulary of 5"
+    ):
+        run_verify(cfg)
+
+
+def test_verify_arrow_checksum_mismatch(produced):
+    cfg, root = produced
+    f = sorted((root / "merged" / "valid.dataset").glob("data-*.arrow"))[0]
+    f.write_bytes(f.read_bytes() + b"\0")
+    with pytest.raises(VerifyError, match=rf"arrow checksums: valid/{f.name}"):
+        run_verify(cfg)
