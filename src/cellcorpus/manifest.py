@@ -74,9 +74,11 @@ def output_record(path: str | Path, root: str | Path, **extra: Any) -> dict[str,
 class Ledger:
     """Completion records of one stage under `<dir>/<unit_id>.json`, tied to a config hash."""
 
-    def __init__(self, directory: str | Path, config_hash: str) -> None:
+    def __init__(self, directory: str | Path, config_hash: str, derived: bool = False) -> None:
+        """`derived=True`: records of another hash are stale derived work and are dropped, not refused."""
         self.dir = Path(directory)
         self.config_hash = config_hash
+        self.derived = derived
 
     def done(self) -> dict[str, UnitResult]:
         out: dict[str, UnitResult] = {}
@@ -84,6 +86,9 @@ class Ledger:
             return out
         for p in sorted(self.dir.glob("*.json")):
             rec = json.loads(p.read_text())
+            if rec.get("config_hash") != self.config_hash and self.derived:
+                p.unlink()
+                continue
             if rec.get("config_hash") != self.config_hash:
                 raise ConfigError(
                     f"{self.dir}: holds work from a different config or other inputs "

@@ -67,12 +67,17 @@ def run_units(
     description: str,
     cells_of: Callable[[Any], int] = lambda u: 0,
     reporter: Reporter | None = None,
+    is_current: Callable[[Any, UnitResult], bool] = lambda u, r: True,
 ) -> dict[str, UnitResult]:
     """Run `fn(unit, context)` for every unit not yet in `ledger`; return all results by unit id.
 
     With `ledger=None` every unit runs and nothing is recorded (read-only stages such as verify).
+    A recorded unit for which `is_current(unit, record)` is False (its input changed) runs again.
     """
-    done = ledger.done() if ledger else {}
+    recorded = ledger.done() if ledger else {}
+    done = {
+        u.unit_id: recorded[u.unit_id] for u in units if u.unit_id in recorded and is_current(u, recorded[u.unit_id])
+    }
     pending = [u for u in units if u.unit_id not in done]
     if reporter:
         reporter.start(description, len(units), sum(cells_of(u) for u in units))

@@ -16,6 +16,7 @@ class WorkUnit:
     file_index: int
     row_start: int
     row_stop: int
+    checksum: str = ""  # of the input file: a unit recorded for other bytes is redone
 
     @property
     def n_cells(self) -> int:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
+from cellcorpus.config import config_hash
 from cellcorpus.core.split import shuffle_keys
 from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
 from cellcorpus.formats.arrow import cell_schema, data_file_name, read_arrow, write_dataset_metadata, write_stream
@@ -117,7 +118,9 @@ def finalize_splits(
                 for b in range(n)
             ]
             sctx = ShuffleContext(ctx.hf.split_parameters.seed, ctx.metadata_columns, str(dest))
-            ledger = Ledger(Path(ctx.hf.output_root) / "units" / f"shuffle-{split}", stage_hash)
+            # derived work: its identity is the exact parts it reads; stale records are dropped
+            parts_hash = config_hash(stage_hash, [r["xxh64"] for _, r in parts])
+            ledger = Ledger(Path(ctx.hf.output_root) / "units" / f"shuffle-{split}", parts_hash, derived=True)
             done = run_units(
                 shuffle_unit,
                 sunits,

@@ -95,7 +95,8 @@ def plan_tokenize(hf: HuggingfaceConfig, inputs: list[InputFile]) -> list[WorkUn
     for f in inputs:
         for start in range(0, f.n_obs, hf.unit_cells):
             stop = min(start + hf.unit_cells, f.n_obs)
-            units.append(WorkUnit(f"f{f.file_index:05d}-r{start:010d}", f.path, f.file_index, start, stop))
+            uid = f"f{f.file_index:05d}-r{start:010d}"
+            units.append(WorkUnit(uid, f.path, f.file_index, start, stop, f.checksum))
     return units
 
 
@@ -212,14 +213,18 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
         outputs.append(output_record(part, ctx.parts_dir, **extra))
         counts[f"written_{split}"] = len(sel)
     n_oov_genes = int(np.count_nonzero(gene_map < 0))
-    return UnitResult(unit.unit_id, counts, outputs, {"file_index": unit.file_index, "oov_genes": n_oov_genes})
+    extra = {"file_index": unit.file_index, "oov_genes": n_oov_genes, "input_checksum": unit.checksum}
+    return UnitResult(unit.unit_id, counts, outputs, extra)
 
 
 # ---- stage --------------------------------------------------------------------------------------
-def _stage_hash(hf: HuggingfaceConfig, vocab_file: str, inputs: list[InputFile]) -> str:
-    # num_proc does not change outputs, so it is not part of the identity of the work.
-    listing = [(f.rel_path, f.n_bytes, f.checksum) for f in inputs]
-    return config_hash(hf.model_dump(mode="json", exclude={"num_proc"}), listing, file_checksum(vocab_file))
+def _work_hash(hf: HuggingfaceConfig, vocab_file: str) -> str:
+    """Identity of the work minus the inputs (num_proc does not change outputs, so it is left out)."""
+    return config_hash(hf.model_dump(mode="json", exclude={"num_proc"}), file_checksum(vocab_file))
+
+
+def _stage_hash(work_hash: str, inputs: list[InputFile]) -> str:
+    return config_hash(work_hash, [(f.rel_path, f.n_bytes, f.checksum) for f in inputs])
 
 
 def run_tokenize(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | None = None) -> StageSummary:
@@ -229,7 +234,8 @@ def run_tokenize(cfg: Config, spec: ExecutorSpec | None = None, reporter: Report
     vocab = load_vocab(hf.vocab_file)
     _preflight(hf, vocab)
     inputs = _discover(hf)
-    stage_hash = _stage_hash(hf, hf.vocab_file, inputs)
+    work_hash = _work_hash(hf, hf.vocab_file)
+    stage_hash = _stage_hash(work_hash, inputs)
     manifest_path = Path(hf.merged_dataset_root) / "manifest.json"
     previous = read_manifest(manifest_path)
     if (
@@ -258,9 +264,17 @@ def run_tokenize(cfg: Config, spec: ExecutorSpec | None = None, reporter: Report
         index_column=index_column,
         n_buckets=n_buckets,
     )
-    ledger = Ledger(Path(hf.output_root) / "units" / "tokenize", stage_hash)
+    ledger = Ledger(Path(hf.output_root) / "units" / "tokenize", work_hash)
     results = run_units(
-        tokenize_unit, units, ctx, ledger, spec, description="tokenize", cells_of=lambda u: u.n_cells, reporter=reporter
+        tokenize_unit,
+        units,
+        ctx,
+        ledger,
+        spec,
+        description="tokenize",
+        cells_of=lambda u: u.n_cells,
+        reporter=reporter,
+        is_current=lambda u, r: r.extra.get("input_checksum") == u.checksum,
     )
     ordered = [results[u.unit_id] for u in units]
     totals = {k: sum(r.counts.get(k, 0) for r in ordered) for k in COUNT_KEYS}
