@@ -128,6 +128,25 @@ def vocab(config: ConfigArg, set_: SetOpt = None, debug: DebugOpt = False) -> No
 
 @app.command()
 @_handle_errors
+def download(
+    source: Annotated[str, typer.Argument(help="cellxgene, scbasecamp or tahoe.", show_default=False)],
+    config: ConfigArg,
+    set_: SetOpt = None,
+    num_proc: NumProcOpt = None,
+    dask: DaskOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Download a source into its local folder (parallel, resumable, size-checked)."""
+    from cellcorpus.stages.download import run_download
+
+    cfg = _load(config, set_)
+    section = getattr(cfg, source, None)
+    spec = _spec(cfg, num_proc, dask, section.num_proc if section is not None else 1)
+    _print_summary(run_download(source, cfg, spec, RichReporter()))
+
+
+@app.command()
+@_handle_errors
 def tokenize(
     config: ConfigArg, set_: SetOpt = None, num_proc: NumProcOpt = None, dask: DaskOpt = None, debug: DebugOpt = False
 ) -> None:

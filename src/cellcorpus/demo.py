@@ -64,7 +64,7 @@ def make_demo_atlas(root: str | Path, n_genes: int = 400, cells_per_file: int = 
     meta.mkdir(parents=True, exist_ok=True)
 
     # Tahoe-like plates: var index = symbol, gene_id column; the first plate is the vocab reference.
-    tahoe_dir = raw / "tahoe_100m"
+    tahoe_dir = raw / "tahoe_100m" / "h5ad"
     for plate in (13, 14):
         n = cells_per_file
         obs = pd.DataFrame(
