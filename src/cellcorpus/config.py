@@ -195,6 +195,7 @@ class MdsConfig(_Section):
     min_length: int | None = Field(None, ge=0)
     num_proc: int = Field(1, ge=1)
     size_limit: int = Field(MDS_DEFAULT_SIZE_LIMIT, gt=0)
+    staging_dir: str | None = None  # local folder for shards before upload when out_root is a URL
 
     @field_validator("splits")
     @classmethod

@@ -385,12 +385,17 @@ class ShardWriter:
         return index
 
 
-def merge_split_index(split_dir: str | Path, sub_dirs: list[str]) -> int:
-    """Write `<split>/index.json` from the writers' indexes, basenames prefixed by sub-folder."""
+def merge_split_index(split_dir: str | Path, sub_dirs: list[str], indexes: list[dict] | None = None) -> int:
+    """Write `<split>/index.json` from the writers' indexes, basenames prefixed by sub-folder.
+
+    `indexes` (one per sub-folder) may be passed when they are not on local disk (remote outputs).
+    Returns the number of samples in the split.
+    """
     split_dir = Path(split_dir)
+    if indexes is None:
+        indexes = [json.loads((split_dir / sub / "index.json").read_text()) for sub in sub_dirs]
     shards = []
-    for sub in sub_dirs:
-        index = json.loads((split_dir / sub / "index.json").read_text())
+    for sub, index in zip(sub_dirs, indexes, strict=True):
         for shard in index["shards"]:
             for key in ("raw_data", "zip_data"):
                 if shard.get(key):

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import fsspec
 
-__all__ = ["is_url", "join", "filesystem", "exists"]
+__all__ = ["is_url", "join", "filesystem", "exists", "Publisher", "local_copy"]
 
 
 def is_url(path: str) -> bool:
@@ -33,3 +38,59 @@ def exists(path: str) -> bool:
         return Path(path).exists()
     fs, p = filesystem(path)
     return fs.exists(p)
+
+
+class Publisher:
+    """An output root that may be remote: stages write under `local_dir`, then `publish` each finished file.
+
+    For a local root `local_dir` is the root itself and publishing does nothing. For a URL root,
+    files are staged in a local folder and uploaded one by one when complete (then removed locally, so
+    staging holds about one unit of data); marker files (state.json, index.json, manifest.json) are
+    published last by the stages, so a remote split becomes visible only when it is whole.
+    """
+
+    def __init__(self, root: str, staging: str | Path) -> None:
+        self.root = root
+        self.remote = is_url(root)
+        self.local_dir = Path(staging) if self.remote else Path(root)
+
+    def url(self, rel: str) -> str:
+        return join(self.root, rel)
+
+    def publish(self, local_file: str | Path) -> None:
+        if not self.remote:
+            return
+        local_file = Path(local_file)
+        rel = local_file.relative_to(self.local_dir).as_posix()
+        fs, path = filesystem(self.url(rel))
+        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        fs.put_file(str(local_file), path)
+        local_file.unlink()
+
+    def exists(self, rel: str) -> bool:
+        return exists(self.url(rel))
+
+    def remove(self, rel: str) -> None:
+        fs, path = filesystem(self.url(rel))
+        if fs.exists(path):
+            fs.rm(path)
+
+    def read_json(self, rel: str) -> Any:
+        fs, path = filesystem(self.url(rel))
+        if not fs.exists(path):
+            return None
+        with fs.open(path, "rb") as f:
+            return json.loads(f.read())
+
+
+@contextmanager
+def local_copy(path: str) -> Iterator[Path]:
+    """A local path for `path`; a URL is downloaded to a temporary file for the duration (bounded: one file)."""
+    if not is_url(path):
+        yield Path(path)
+        return
+    fs, p = filesystem(path)
+    with tempfile.TemporaryDirectory(prefix="cellcorpus-") as d:
+        target = Path(d) / Path(p).name
+        fs.get_file(p, str(target))
+        yield target

@@ -8,17 +8,20 @@ so a split is readable (and counted complete) only when every writer finished.
 from __future__ import annotations
 
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from cellcorpus.config import Config, MdsConfig, config_hash
 from cellcorpus.errors import ConfigError, InputError
 from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
-from cellcorpus.formats.arrow import dataset_files, read_arrow
+from cellcorpus.formats.arrow import read_arrow
 from cellcorpus.formats.mds import MdsSpec, ShardWriter, _TorchPickle, encode_samples, merge_split_index
-from cellcorpus.manifest import Ledger, UnitResult, read_manifest, write_manifest
+from cellcorpus.io.paths import Publisher, local_copy
+from cellcorpus.manifest import Ledger, UnitResult, write_manifest
 from cellcorpus.stages.base import StageSummary
 
 __all__ = ["MdsUnit", "MdsContext", "plan_mds", "mds_unit", "run_mds", "BATCH_ROWS"]
@@ -38,35 +41,46 @@ class MdsUnit:
 @dataclass(frozen=True)
 class MdsContext:
     spec: MdsSpec
-    out_root: str
+    out: Publisher
     min_length: int | None
 
 
-def _split_dir(mds: MdsConfig, split: str) -> Path:
-    return Path(mds.out_root) / split
+def publisher(mds: MdsConfig) -> Publisher:
+    """Where MDS output goes; a URL `out_root` is staged locally and uploaded file by file."""
+    staging = mds.staging_dir or str(Path(tempfile.gettempdir()) / "cellcorpus-mds" / config_hash(mds.out_root))
+    return Publisher(mds.out_root, staging)
 
 
 def plan_mds(mds: MdsConfig) -> list[MdsUnit]:
-    """One unit per Arrow data file of every split, in split then file order."""
+    """One unit per Arrow data file of every split, in split then file order (sizes from the manifest)."""
+    src = Publisher(mds.root_dir, staging=".")
+    manifest = src.read_json("manifest.json") or {}
     units = []
     for split in mds.splits:
-        ds = Path(mds.root_dir) / f"{split}.dataset"
-        if not (ds / "state.json").is_file():
+        state = src.read_json(f"{split}.dataset/state.json")
+        if state is None:
             raise ConfigError(
-                f"mds.root_dir: no complete dataset for split '{split}' at {ds}", hint="run `cellcorpus tokenize` first"
+                f"mds.root_dir: no complete dataset for split '{split}' at {src.url(f'{split}.dataset')}",
+                hint="run `cellcorpus tokenize` first",
             )
-        for i, f in enumerate(dataset_files(ds)):
-            n = read_arrow(f).num_rows
-            units.append(MdsUnit(f"{split}-{i:05d}", str(f), split, f"{i:05d}", n))
+        sizes = {r["path"]: r["n_cells"] for r in manifest.get("splits", {}).get(split, [])}
+        for i, f in enumerate(state["_data_files"]):
+            path = src.url(f"{split}.dataset/{f['filename']}")
+            n = sizes[f["filename"]] if f["filename"] in sizes else read_arrow(path).num_rows
+            units.append(MdsUnit(f"{split}-{i:05d}", path, split, f"{i:05d}", n))
     return units
 
 
 def mds_unit(unit: MdsUnit, ctx: MdsContext) -> UnitResult:
     """Convert one Arrow file into MDS shards + a writer index.json in its own sub-folder."""
-    out = Path(ctx.out_root) / unit.split / unit.sub_dir
+    out = ctx.out.local_dir / unit.split / unit.sub_dir
     shutil.rmtree(out, ignore_errors=True)  # leftovers of an interrupted attempt
     out.mkdir(parents=True)
-    table = read_arrow(unit.path)
+    with local_copy(unit.path) as local:
+        return _convert(unit, ctx, read_arrow(local), out)
+
+
+def _convert(unit: MdsUnit, ctx: MdsContext, table: pa.Table, out: Path) -> UnitResult:
     n_in = table.num_rows
     if ctx.min_length:
         if "genes" not in table.column_names:
@@ -81,6 +95,9 @@ def mds_unit(unit: MdsUnit, ctx: MdsContext) -> UnitResult:
         except ValueError as exc:
             raise InputError(f"{unit.path}: {exc}") from exc
     index = writer.finish()
+    for shard in index["shards"]:
+        ctx.out.publish(out / (shard["zip_data"] or shard["raw_data"])["basename"])
+    ctx.out.publish(out / "index.json")  # after its shards
     shards = [
         {"sub_dir": unit.sub_dir, "samples": s["samples"], "zip_data": s["zip_data"], "raw_data": s["raw_data"]}
         for s in index["shards"]
@@ -94,22 +111,23 @@ def run_mds(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | 
     mds: MdsConfig = cfg.need("mds")
     spec = spec or ExecutorSpec(num_proc=mds.num_proc, dask=cfg.executor.dask, dask_workers=cfg.executor.dask_workers)
     wspec = MdsSpec.create(mds.columns, mds.compression, mds.hashes, mds.size_limit)
-    source = read_manifest(Path(mds.root_dir) / "manifest.json")
-    stage_hash = config_hash(mds.model_dump(mode="json", exclude={"num_proc"}), source and source["config_hash"])
-    manifest_path = Path(mds.out_root) / "manifest.json"
-    previous = read_manifest(manifest_path)
-    outputs = {s: str(_split_dir(mds, s)) for s in mds.splits}
-    if (
-        previous
-        and previous.get("config_hash") == stage_hash
-        and all((_split_dir(mds, s) / "index.json").is_file() for s in mds.splits)
-    ):
+    source = Publisher(mds.root_dir, staging=".")
+    source_manifest = source.read_json("manifest.json")
+    stage_hash = config_hash(
+        mds.model_dump(mode="json", exclude={"num_proc", "staging_dir"}),
+        source_manifest and source_manifest["config_hash"],
+    )
+    out = publisher(mds)
+    previous = out.read_json("manifest.json")
+    outputs = {s: out.url(s) for s in mds.splits}
+    complete = all(out.exists(f"{s}/index.json") for s in mds.splits)
+    if previous and previous.get("config_hash") == stage_hash and complete:
         return StageSummary("mds", skipped=True, counts=previous["totals"], outputs=outputs)
     for s in mds.splits:  # a stale merged index must never make a half-done export look complete
-        (_split_dir(mds, s) / "index.json").unlink(missing_ok=True)
+        out.remove(f"{s}/index.json")
     units = plan_mds(mds)
-    ctx = MdsContext(wspec, mds.out_root, mds.min_length)
-    ledger = Ledger(Path(mds.out_root) / ".units", stage_hash)
+    ctx = MdsContext(wspec, out, mds.min_length)
+    ledger = Ledger(out.local_dir / ".units", stage_hash)
     done = run_units(
         mds_unit, units, ctx, ledger, spec, description="mds", cells_of=lambda u: u.n_cells, reporter=reporter
     )
@@ -117,7 +135,9 @@ def run_mds(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | 
     splits = {}
     for split in mds.splits:
         sunits = [u for u in units if u.split == split]
-        n = merge_split_index(_split_dir(mds, split), [u.sub_dir for u in sunits])
+        subs = [u.sub_dir for u in sunits]
+        n = merge_split_index(out.local_dir / split, subs, [out.read_json(f"{split}/{d}/index.json") for d in subs])
+        out.publish(out.local_dir / split / "index.json")  # last in the split: now it is readable
         res = [done[u.unit_id] for u in sunits]
         splits[split] = {
             "samples": n,
@@ -127,13 +147,15 @@ def run_mds(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | 
         }
         totals[f"{split}_written"] = n
         totals[f"{split}_dropped_min_length"] = splits[split]["dropped_min_length"]
+    manifest_path = out.local_dir / "manifest.json"
     write_manifest(
         manifest_path,
         stage="mds",
         config_hash=stage_hash,
-        source_manifest=str(Path(mds.root_dir) / "manifest.json"),
+        source_manifest=source.url("manifest.json"),
         columns=dict(wspec.columns),
         splits=splits,
         totals=totals,
     )
+    out.publish(manifest_path)
     return StageSummary("mds", counts=totals, outputs=outputs)

@@ -21,6 +21,7 @@ from cellcorpus.config import config_hash
 from cellcorpus.core.split import shuffle_keys
 from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
 from cellcorpus.formats.arrow import cell_schema, data_file_name, read_arrow, write_dataset_metadata, write_stream
+from cellcorpus.io.paths import Publisher
 from cellcorpus.manifest import Ledger, UnitResult, output_record
 from cellcorpus.stages.base import WorkUnit
 
@@ -48,7 +49,8 @@ class ShuffleUnit:
 class ShuffleContext:
     seed: int
     metadata_columns: tuple[str, ...]
-    root: str
+    root: str  # the split's local folder (output record paths are relative to it)
+    publisher: Publisher
 
 
 def shuffle_unit(unit: ShuffleUnit, ctx: ShuffleContext) -> UnitResult:
@@ -60,9 +62,9 @@ def shuffle_unit(unit: ShuffleUnit, ctx: ShuffleContext) -> UnitResult:
         keys = shuffle_keys(table.column("id").to_numpy(), ctx.seed)
         table = table.take(pa.array(np.argsort(keys, kind="stable")))
     write_stream(unit.path, table)
-    return UnitResult(
-        unit.unit_id, {"cells": table.num_rows}, [output_record(unit.path, ctx.root, n_cells=table.num_rows)]
-    )
+    record = output_record(unit.path, ctx.root, n_cells=table.num_rows)
+    ctx.publisher.publish(unit.path)
+    return UnitResult(unit.unit_id, {"cells": table.num_rows}, [record])
 
 
 def _parts(
@@ -75,14 +77,15 @@ def _parts(
     return out
 
 
-def _finalize_unshuffled(ctx: TokenizeContext, parts: list[tuple[str, dict]], dest: Path) -> list[dict]:
+def _finalize_unshuffled(parts: list[tuple[str, dict]], dest: Path, out: Publisher) -> list[dict]:
     # Empty parts are dropped, unless every part is empty (a dataset needs one file for its schema).
     kept = [(p, r) for p, r in parts if r["n_cells"] > 0] or parts[:1]
     records = []
     for i, (part, rec) in enumerate(kept):
         target = dest / data_file_name(i, len(kept))
-        if Path(part).exists():  # already moved by an interrupted earlier finalize otherwise
+        if Path(part).exists():  # already moved (and published) by an interrupted earlier finalize otherwise
             os.replace(part, target)
+            out.publish(target)
         records.append({"path": target.name, "bytes": rec["bytes"], "xxh64": rec["xxh64"], "n_cells": rec["n_cells"]})
     return records
 
@@ -96,8 +99,9 @@ def finalize_splits(
     reporter: Reporter | None,
 ) -> dict[str, list[dict]]:
     """Turn unit parts into `<split>.dataset` folders; state.json is written last in each."""
-    from cellcorpus.stages.tokenize import SPLITS, dataset_dir
+    from cellcorpus.stages.tokenize import SPLITS, dataset_dir, publisher
 
+    out = publisher(ctx.hf)
     buckets = dict(ctx.n_buckets)
     shards: dict[str, list[dict]] = {}
     for split in SPLITS:
@@ -105,7 +109,7 @@ def finalize_splits(
         dest.mkdir(parents=True, exist_ok=True)
         parts = _parts(ctx, units, results, split)
         if split not in buckets:
-            records = _finalize_unshuffled(ctx, parts, dest)
+            records = _finalize_unshuffled(parts, dest, out)
         else:
             n = buckets[split]
             sunits = [
@@ -117,7 +121,7 @@ def finalize_splits(
                 )
                 for b in range(n)
             ]
-            sctx = ShuffleContext(ctx.hf.split_parameters.seed, ctx.metadata_columns, str(dest))
+            sctx = ShuffleContext(ctx.hf.split_parameters.seed, ctx.metadata_columns, str(dest), out)
             # derived work: its identity is the exact parts it reads; stale records are dropped
             parts_hash = config_hash(stage_hash, [r["xxh64"] for _, r in parts])
             ledger = Ledger(Path(ctx.hf.output_root) / "units" / f"shuffle-{split}", parts_hash, derived=True)
@@ -133,5 +137,7 @@ def finalize_splits(
             )
             records = [done[u.unit_id].outputs[0] for u in sunits]
         write_dataset_metadata(dest, [r["path"] for r in records], list(ctx.metadata_columns))
+        out.publish(dest / "dataset_info.json")
+        out.publish(dest / "state.json")  # last: the split is visible only when whole
         shards[split] = records
     return shards

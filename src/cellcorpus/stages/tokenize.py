@@ -27,8 +27,9 @@ from cellcorpus.core.vocab import VocabLookup
 from cellcorpus.errors import ConfigError, InputError
 from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
 from cellcorpus.formats.arrow import cell_schema, cells_table, write_stream
+from cellcorpus.io.paths import Publisher, is_url
 from cellcorpus.io.tables import as_strings, load_table, lookup
-from cellcorpus.manifest import Ledger, UnitResult, file_checksum, output_record, read_manifest, write_manifest
+from cellcorpus.manifest import Ledger, UnitResult, file_checksum, output_record, write_manifest
 from cellcorpus.sources.base import InputFile, RawBlock
 from cellcorpus.stages.base import StageSummary, WorkUnit
 from cellcorpus.stages.vocab import load_vocab
@@ -62,8 +63,14 @@ class TokenizeContext:
     n_buckets: tuple[tuple[str, int], ...]  # split -> shuffle buckets (empty when not shuffling)
 
 
+def publisher(hf: HuggingfaceConfig) -> Publisher:
+    """Where the final datasets go; a URL `merged_dataset_root` is staged under the scratch folder."""
+    return Publisher(hf.merged_dataset_root, Path(hf.output_root) / "staging")
+
+
 def dataset_dir(hf: HuggingfaceConfig, split: str) -> Path:
-    return Path(hf.merged_dataset_root) / f"{split}.dataset"
+    """The local folder a split is written into (the final folder, or its staging copy for a URL root)."""
+    return publisher(hf).local_dir / f"{split}.dataset"
 
 
 # ---- plan ---------------------------------------------------------------------------------------
@@ -230,22 +237,24 @@ def _stage_hash(work_hash: str, inputs: list[InputFile]) -> str:
 def run_tokenize(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | None = None) -> StageSummary:
     """Plan, run pending units, finalize both splits; skips everything when already complete."""
     hf: HuggingfaceConfig = cfg.need("huggingface")
+    if is_url(hf.output_root):
+        raise ConfigError(f"huggingface.output_root: must be a local scratch folder, got {hf.output_root}")
     spec = spec or ExecutorSpec(num_proc=hf.num_proc, dask=cfg.executor.dask, dask_workers=cfg.executor.dask_workers)
     vocab = load_vocab(hf.vocab_file)
     _preflight(hf, vocab)
     inputs = _discover(hf)
     work_hash = _work_hash(hf, hf.vocab_file)
     stage_hash = _stage_hash(work_hash, inputs)
-    manifest_path = Path(hf.merged_dataset_root) / "manifest.json"
-    previous = read_manifest(manifest_path)
+    out = publisher(hf)
+    previous = out.read_json("manifest.json")
     if (
         previous
         and previous.get("config_hash") == stage_hash
-        and all((dataset_dir(hf, s) / "state.json").is_file() for s in SPLITS)
+        and all(out.exists(f"{s}.dataset/state.json") for s in SPLITS)
     ):
         return StageSummary("tokenize", skipped=True, counts=previous["totals"], outputs=_outputs(hf))
     for s in SPLITS:  # a stale state.json must never make a half-done run look complete
-        (dataset_dir(hf, s) / "state.json").unlink(missing_ok=True)
+        out.remove(f"{s}.dataset/state.json")
     units = plan_tokenize(hf, inputs)
     total = sum(f.n_obs for f in inputs)
     n_buckets: tuple[tuple[str, int], ...] = ()
@@ -286,6 +295,7 @@ def run_tokenize(cfg: Config, spec: ExecutorSpec | None = None, reporter: Report
     from cellcorpus.stages.split import finalize_splits
 
     shard_records = finalize_splits(ctx, units, ordered, spec, stage_hash, reporter)
+    manifest_path = out.local_dir / "manifest.json"
     write_manifest(
         manifest_path,
         stage="tokenize",
@@ -306,9 +316,10 @@ def run_tokenize(cfg: Config, spec: ExecutorSpec | None = None, reporter: Report
         splits=shard_records,
         totals=totals,
     )
+    out.publish(manifest_path)
     shutil.rmtree(ctx.parts_dir, ignore_errors=True)
     return StageSummary("tokenize", counts=totals, outputs=_outputs(hf))
 
 
 def _outputs(hf: HuggingfaceConfig) -> dict[str, str]:
-    return {s: str(dataset_dir(hf, s)) for s in SPLITS}
+    return {s: publisher(hf).url(f"{s}.dataset") for s in SPLITS}

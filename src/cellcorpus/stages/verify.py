@@ -9,7 +9,7 @@ decodable to an input row (a per-file row bitmap keeps memory at one bit per cel
 
 from __future__ import annotations
 
-import json
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +24,11 @@ from cellcorpus.errors import ConfigError, VerifyError
 from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
 from cellcorpus.formats.arrow import cell_schema, read_arrow
 from cellcorpus.formats.mds import decode_value, decompress, hash_bytes, iter_samples, parse_shard
-from cellcorpus.manifest import UnitResult, file_checksum, read_manifest
+from cellcorpus.io.paths import exists, is_url, local_copy
+from cellcorpus.manifest import UnitResult, file_checksum
 from cellcorpus.stages.base import StageSummary
+from cellcorpus.stages.mds import publisher as mds_publisher
+from cellcorpus.stages.tokenize import publisher as tokenize_publisher
 from cellcorpus.stages.vocab import load_vocab
 
 __all__ = ["Check", "VerifyReport", "run_verify"]
@@ -113,19 +116,19 @@ def _cell_checks(rep: VerifyReport, where: str, offsets: np.ndarray, genes: np.n
         )
 
 
-def _verify_arrow(unit: _FileUnit, ctx: _Ctx) -> UnitResult:
+def _verify_arrow(unit: _FileUnit, ctx: _Ctx, path: Path) -> UnitResult:
     rep = VerifyReport()
     expect = dict(unit.expect)
     where = f"{unit.split}/{Path(unit.path).name}"
-    if not Path(unit.path).is_file():
+    if not path.is_file():
         rep.check("arrow files present").add(False, f"{where}: missing")
         return UnitResult(unit.unit_id, extra={"report": _as_tuples(rep), "ids": np.zeros(0, np.int64), "rows": 0})
     rep.check("arrow files present").add(True, "")
     rep.check("arrow checksums").add(
-        file_checksum(unit.path) == expect.get("xxh64"), f"{where}: checksum differs from manifest"
+        file_checksum(path) == expect.get("xxh64"), f"{where}: checksum differs from manifest"
     )
     try:
-        table = read_arrow(unit.path)
+        table = read_arrow(path)
     except (pa.ArrowInvalid, OSError) as exc:
         rep.check("arrow readable").add(False, f"{where}: {exc}")
         return UnitResult(unit.unit_id, extra={"report": _as_tuples(rep), "ids": np.zeros(0, np.int64), "rows": 0})
@@ -153,12 +156,11 @@ def _verify_arrow(unit: _FileUnit, ctx: _Ctx) -> UnitResult:
     return UnitResult(unit.unit_id, extra={"report": _as_tuples(rep), "ids": ids, "rows": table.num_rows})
 
 
-def _verify_shard(unit: _FileUnit, ctx: _Ctx) -> UnitResult:
+def _verify_shard(unit: _FileUnit, ctx: _Ctx, path: Path) -> UnitResult:
     rep = VerifyReport()
     info = dict(unit.expect)
     where = f"{unit.split}/{(info['zip_data'] or info['raw_data'])['basename']}"
     empty = UnitResult(unit.unit_id, extra={"report": {}, "ids": np.zeros(0, np.int64), "rows": 0})
-    path = Path(unit.path)
     if not path.is_file():
         rep.check("mds shards present").add(False, f"{where}: missing")
         empty.extra["report"] = _as_tuples(rep)
@@ -210,7 +212,11 @@ def _verify_shard(unit: _FileUnit, ctx: _Ctx) -> UnitResult:
 
 
 def _verify_unit(unit: _FileUnit, ctx: _Ctx) -> UnitResult:
-    return _verify_arrow(unit, ctx) if unit.kind == "arrow" else _verify_shard(unit, ctx)
+    fn = _verify_arrow if unit.kind == "arrow" else _verify_shard
+    if is_url(unit.path) and not exists(unit.path):
+        return fn(unit, ctx, Path(tempfile.gettempdir()) / "cellcorpus-missing" / Path(unit.path).name)
+    with local_copy(unit.path) as local:  # remote outputs: one file at a time in a temp folder
+        return fn(unit, ctx, local)
 
 
 def _id_checks(rep: VerifyReport, label: str, ids: list[tuple[str, np.ndarray]], inputs: dict[int, int]) -> None:
@@ -242,7 +248,8 @@ def run_verify(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter
     """Check the HF Arrow output (and the MDS output when the config has `mds`); raise VerifyError on failure."""
     hf = cfg.need("huggingface")
     spec = spec or ExecutorSpec(num_proc=hf.num_proc, dask=cfg.executor.dask, dask_workers=cfg.executor.dask_workers)
-    manifest = read_manifest(Path(hf.merged_dataset_root) / "manifest.json")
+    out = tokenize_publisher(hf)
+    manifest = out.read_json("manifest.json")
     if manifest is None:
         raise ConfigError(
             f"nothing to verify: no manifest in {hf.merged_dataset_root}", hint="run `cellcorpus tokenize`"
@@ -258,22 +265,23 @@ def run_verify(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter
     rep = VerifyReport()
     units: list[_FileUnit] = []
     for split, records in manifest["splits"].items():
-        d = Path(hf.merged_dataset_root) / f"{split}.dataset"
-        rep.check("arrow split complete (state.json)").add((d / "state.json").is_file(), f"{d}: no state.json")
+        d = f"{split}.dataset"
+        rep.check("arrow split complete (state.json)").add(out.exists(f"{d}/state.json"), f"{d}: no state.json")
         for rec in records:
-            path = str(d / rec["path"])
+            path = out.url(f"{d}/{rec['path']}")
             units.append(_FileUnit(f"arrow-{split}-{rec['path']}", path, "arrow", split, tuple(sorted(rec.items()))))
     mds_manifest = None
     if cfg.mds:
-        mds_manifest = read_manifest(Path(cfg.mds.out_root) / "manifest.json")
+        mout = mds_publisher(cfg.mds)
+        mds_manifest = mout.read_json("manifest.json")
         for split in cfg.mds.splits:
-            index_path = Path(cfg.mds.out_root) / split / "index.json"
-            rep.check("mds split complete (index.json)").add(index_path.is_file(), f"{index_path}: missing")
-            if not index_path.is_file():
+            index = mout.read_json(f"{split}/index.json")
+            rep.check("mds split complete (index.json)").add(index is not None, f"{split}/index.json: missing")
+            if index is None:
                 continue
-            for k, shard in enumerate(json.loads(index_path.read_text())["shards"]):
+            for k, shard in enumerate(index["shards"]):
                 stored = shard["zip_data"] or shard["raw_data"]
-                path = str(index_path.parent / stored["basename"])
+                path = mout.url(f"{split}/{stored['basename']}")
                 units.append(_FileUnit(f"mds-{split}-{k:06d}", path, "mds", split, tuple(sorted(shard.items()))))
     results = run_units(_verify_unit, units, ctx, None, spec, description="verify", reporter=reporter)
     inputs = {f["file_index"]: f["n_obs"] for f in manifest["inputs"]}

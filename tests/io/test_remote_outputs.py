@@ -1,0 +1,101 @@
+"""Output roots as fsspec URLs (memory:// in-process, file:// across processes), including resume."""
+
+from __future__ import annotations
+
+import fsspec
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from cellcorpus.config import load_config
+from cellcorpus.errors import UnitFailed
+from cellcorpus.stages import mds as mds_stage
+from cellcorpus.stages.mds import run_mds
+from cellcorpus.stages.tokenize import run_tokenize
+from cellcorpus.stages.verify import run_verify
+from tests.conftest import GENES, make_h5ad, write_vocab
+
+SETTINGS = {
+    "huggingface.unit_cells": 100,
+    "huggingface.obs_metadata_columns": ["drug"],
+    "mds.size_limit": 1 << 12,
+    "mds.columns": {"genes": "pkl", "expressions": "pkl", "id": "int64", "drug": "str"},
+}
+
+
+def _inputs(root):
+    write_vocab(root / "vocab" / "vocab.json")
+    rng = np.random.default_rng(2)
+    for f in range(2):
+        m = sp.random(250, 5, density=0.5, random_state=rng, format="csr", dtype=np.float32)
+        m.data = np.ceil(m.data * 9)
+        make_h5ad(root / "raw" / f"f{f}.h5ad", m, GENES, {"drug": [f"d{i % 3}" for i in range(250)]})
+
+
+def _tree(url: str) -> dict[str, bytes]:
+    fs, root = fsspec.core.url_to_fs(url)
+    out = {}
+    for p in fs.find(root):
+        rel = p[len(root) :].lstrip("/")
+        if rel.endswith("manifest.json") or rel.startswith(".units"):
+            continue
+        out[rel] = fs.cat_file(p)
+    return out
+
+
+def _local_run(tmp_path, write_config, shuffle):
+    root = tmp_path / "local"
+    _inputs(root)
+    split = {"test_size": 0.2, "seed": 1, "shuffle": shuffle}
+    cfg = load_config(write_config(root, **SETTINGS, **{"huggingface.split_parameters": split}))
+    run_tokenize(cfg)
+    run_mds(cfg)
+    return _tree(str(root / "merged")), _tree(str(root / "mds"))
+
+
+@pytest.mark.parametrize("scheme, num_proc, shuffle", [("memory", 1, True), ("file", 2, False)])
+def test_remote_roots_end_to_end_with_resume(tmp_path, write_config, monkeypatch, scheme, num_proc, shuffle):
+    want_hf, want_mds = _local_run(tmp_path, write_config, shuffle)
+    root = tmp_path / "remote"
+    _inputs(root)
+    base = f"memory://{tmp_path.name}" if scheme == "memory" else f"file://{tmp_path}/bucket"
+    cfg_path = write_config(
+        root,
+        **SETTINGS,
+        **{
+            "huggingface.split_parameters": {"test_size": 0.2, "seed": 1, "shuffle": shuffle},
+            "huggingface.merged_dataset_root": f"{base}/merged",
+            "huggingface.num_proc": num_proc,
+            "mds.root_dir": f"{base}/merged",
+            "mds.out_root": f"{base}/mds",
+            "mds.staging_dir": str(root / "mds_staging"),
+            "mds.num_proc": 1,
+        },
+    )
+    cfg = load_config(cfg_path)
+    run_tokenize(cfg)
+    fs, _ = fsspec.core.url_to_fs(base)
+    assert fs.exists(f"{base}/merged/train.dataset/state.json")
+    assert not list((root / "work" / "staging").rglob("*.arrow"))  # uploaded, not kept locally
+    # MDS with an interruption after the first unit: no merged index yet, rerun resumes
+    real = mds_stage.mds_unit
+    seen = []
+
+    def crash_second(unit, ctx):
+        seen.append(unit.unit_id)
+        if len(seen) == 2:
+            raise RuntimeError("killed")
+        return real(unit, ctx)
+
+    monkeypatch.setattr(mds_stage, "mds_unit", crash_second)
+    with pytest.raises(UnitFailed, match="killed"):
+        run_mds(cfg)
+    assert not fs.exists(f"{base}/mds/train/index.json")
+    monkeypatch.setattr(mds_stage, "mds_unit", real)
+    run_mds(cfg)
+    assert _tree(f"{base}/merged") == want_hf
+    assert _tree(f"{base}/mds") == want_mds
+    run_verify(cfg)
+    assert run_tokenize(cfg).skipped and run_mds(cfg).skipped
+    if scheme == "memory":
+        fs.rm(f"memory://{tmp_path.name}", recursive=True)
