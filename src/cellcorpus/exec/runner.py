@@ -129,13 +129,25 @@ def _consume(ex, fn, pending, context, ledger, done, cells_of, reporter) -> None
 
 
 def _drain(inflight: dict[Future, Any], record: Callable[[Future, Any], None]) -> None:
-    """After a failure: cancel queued units, keep (record) the ones that still finish cleanly."""
-    for fut in inflight:
-        fut.cancel()
-    for fut, unit in sorted(inflight.items(), key=lambda kv: kv[1].unit_id):
-        if fut.cancelled():
-            continue
-        try:
-            record(fut, unit)
-        except BaseException as exc:  # the first failure is the one reported
-            log.warning("unit %s also failed: %s", unit.unit_id, exc)
+    """After a failure: keep (record) units that already finished cleanly, cancel the rest.
+
+    Finished results are taken first because cancelling a finished Dask future discards its result;
+    a pool only cancels queued work, so what is running there is waited for and kept too.
+    """
+    ordered = sorted(inflight.items(), key=lambda kv: kv[1].unit_id)
+    for fut, unit in ordered:
+        if fut.done():
+            _record_quietly(fut, unit, record)
+    for fut, _ in ordered:
+        if not fut.done():
+            fut.cancel()
+    for fut, unit in ordered:
+        if not fut.cancelled() and not fut.done():
+            _record_quietly(fut, unit, record)
+
+
+def _record_quietly(fut: Future, unit: Any, record: Callable[[Future, Any], None]) -> None:
+    try:
+        record(fut, unit)
+    except BaseException as exc:  # the first failure is the one reported
+        log.warning("unit %s also failed: %s", unit.unit_id, exc)
