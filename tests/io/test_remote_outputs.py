@@ -99,3 +99,28 @@ def test_remote_roots_end_to_end_with_resume(tmp_path, write_config, monkeypatch
     assert run_tokenize(cfg).skipped and run_mds(cfg).skipped
     if scheme == "memory":
         fs.rm(f"memory://{tmp_path.name}", recursive=True)
+
+
+def test_inputs_from_a_url(tmp_path, write_config):
+    """adata_dir as an fsspec URL: same cells as the same files read from disk."""
+
+    from tests.conftest import arrow_rows
+
+    local = tmp_path / "local"
+    _inputs(local)
+    cfg = load_config(write_config(local, **SETTINGS))
+    run_tokenize(cfg)
+    remote_root = tmp_path / "remote"
+    write_vocab(remote_root / "vocab" / "vocab.json")
+    fs = fsspec.filesystem("memory")
+    for p in sorted((local / "raw").glob("*.h5ad")):
+        fs.put_file(str(p), f"/{tmp_path.name}-in/raw/{p.name}")
+    cfg2 = load_config(
+        write_config(remote_root, **SETTINGS, **{"huggingface.adata_dir": f"memory://{tmp_path.name}-in/raw"})
+    )
+    run_tokenize(cfg2)
+    for split in ("train", "valid"):
+        a = arrow_rows(local / "merged" / f"{split}.dataset")
+        b = arrow_rows(remote_root / "merged" / f"{split}.dataset")
+        assert a == b and len(a) > 0
+    fs.rm(f"/{tmp_path.name}-in", recursive=True)

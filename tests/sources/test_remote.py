@@ -138,3 +138,29 @@ def test_gcs_needs_gcsfs_or_fails_fast_offline(monkeypatch):
     monkeypatch.setitem(sys.modules, "gcsfs", None)
     with pytest.raises(MissingExtraError, match="gcsfs"):
         remote.open_bucket("gs://bucket/path")
+
+
+def test_tahoe_plates_download_then_tokenize_with_shipped_config(tmp_path, bucket):
+    atlas, b = bucket
+    root = tmp_path / "out"
+    shutil.copytree(atlas.root / "metadata", root / "metadata")  # the seed's three Tahoe tables
+    overrides = [f"output_root={root}", f"tahoe.url=file://{b}/tahoe/h5ad", "huggingface.num_proc=1"]
+    cfg = load_config(packaged_config("tahoe_x1_v2/tahoe_100m.yaml"), overrides)
+    assert run_download("tahoe", cfg).counts["files"] == 2
+    run_vocab(cfg)
+    s = run_tokenize(cfg)
+    assert s.counts["cells_read"] == 600 and s.counts["filtered_obs_filter"] > 0
+    import anndata as ad
+
+    plates = [ad.read_h5ad(p) for p in sorted((root / "raw" / "tahoe_100m" / "h5ad").glob("*.h5ad"))]
+    want = sum(int((p.obs["pass_filter"] == "full").sum()) for p in plates)
+    assert s.counts["written_train"] + s.counts["written_valid"] == want
+    rows = arrow_rows(root / "tahoe_merged_w_metadata" / "train.dataset")
+    cols = set(rows[0])
+    assert {"drug", "sample", "index", "Cell_ID_Cellosaur", "moa-fine", "canonical_smiles", "pubchem_cid", "plate"} <= cols
+    obs = {i: p.obs.loc[i] for p in plates for i in p.obs_names}
+    for r in rows[:50]:
+        o = obs[r["index"]]
+        assert r["drug"] == o["drug"] and r["sample"] == o["sample"]
+        assert r["plate"] == r["sample"].rsplit("_", 1)[0].replace("smp_", "plate")
+        assert r["Cell_ID_Cellosaur"] == ("" if o["cell_line"] == "CVCL_UNKNOWN" else f"{o['cell_line']}_cellosaurus")

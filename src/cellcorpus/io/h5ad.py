@@ -11,11 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import h5py
 import numpy as np
 import pandas as pd
 
 from cellcorpus.errors import InputError
+from cellcorpus.io.paths import is_url
 
 __all__ = ["H5adReader", "CSC_BLOCK_COLS"]
 
@@ -27,9 +29,18 @@ class H5adReader:
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
+        self._remote = None
         try:
-            self._f = h5py.File(self.path, "r")
+            if is_url(self.path):
+                # Remote input (s3://, gs://, ...): h5py reads through an fsspec file with range requests,
+                # so a unit still fetches only its rows' bytes (plus HDF5 metadata).
+                self._remote = fsspec.open(self.path, "rb", block_size=1 << 22).open()
+                self._f = h5py.File(self._remote, "r")
+            else:
+                self._f = h5py.File(self.path, "r")
         except (OSError, ValueError) as exc:
+            if self._remote is not None:
+                self._remote.close()
             raise InputError(f"{self.path}: not a readable .h5ad (HDF5) file: {exc}") from exc
         for key in ("X", "obs", "var"):
             if key not in self._f:
@@ -46,6 +57,8 @@ class H5adReader:
 
     def close(self) -> None:
         self._f.close()
+        if self._remote is not None:
+            self._remote.close()
 
     # ---- layout -------------------------------------------------------------------------------
     @property

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import gzip
-import os
 import shutil
 from pathlib import Path
+
+import fsspec
+import xxhash
 
 from cellcorpus.errors import ConfigError, InputError
 from cellcorpus.io.atomic import atomic_path
 from cellcorpus.io.h5ad import H5adReader
+from cellcorpus.io.paths import exists, filesystem, is_url, join
 from cellcorpus.manifest import quick_checksum
 from cellcorpus.sources.base import InputFile, RawBlock
 
@@ -18,24 +20,29 @@ __all__ = ["find_h5ad_files", "discover_h5ad", "read_h5ad_block"]
 SUFFIXES = (".h5ad", ".h5ad.gz")
 
 
-def find_h5ad_files(directory: str, ignore_dir: list[str]) -> list[Path]:
-    """All .h5ad/.h5ad.gz files below `directory`, skipping folders named in `ignore_dir`; sorted."""
-    root = Path(directory)
-    if not root.is_dir():
+def find_h5ad_files(directory: str, ignore_dir: list[str]) -> list[str]:
+    """All .h5ad/.h5ad.gz files below `directory` (a folder or fsspec URL), skipping folders named in
+    `ignore_dir` and hidden entries; sorted by relative path (this order defines file_index)."""
+    if not exists(directory):
         raise ConfigError(f"huggingface.adata_dir: folder not found: {directory}")
+    fs, root = filesystem(directory)
+    root = root.rstrip("/")
     found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in ignore_dir and not d.startswith("."))
-        found += [Path(dirpath) / f for f in filenames if f.endswith(SUFFIXES) and not f.startswith(".")]
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+    for path in fs.find(root):
+        rel = path[len(root) :].lstrip("/")
+        parts = rel.split("/")
+        hidden_or_ignored = any(p.startswith(".") or p in ignore_dir for p in parts[:-1]) or parts[-1].startswith(".")
+        if rel.endswith(SUFFIXES) and not hidden_or_ignored:
+            found.append(rel)
+    return sorted(found)
 
 
-def _decompressed(path: Path, cache_dir: Path, rel: str) -> Path:
+def _decompressed(path: str, cache_dir: Path, rel: str) -> Path:
     """h5py cannot read gzip streams: decompress once into the cache (atomic, reused on rerun)."""
     target = cache_dir / rel[: -len(".gz")]
     if target.is_file():
         return target
-    with atomic_path(target) as tmp, gzip.open(path, "rb") as src, open(tmp, "wb") as dst:
+    with atomic_path(target) as tmp, fsspec.open(path, "rb", compression="gzip") as src, open(tmp, "wb") as dst:
         try:
             shutil.copyfileobj(src, dst, length=1 << 22)
         except (OSError, EOFError) as exc:
@@ -43,21 +50,31 @@ def _decompressed(path: Path, cache_dir: Path, rel: str) -> Path:
     return target
 
 
+def _remote_checksum(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """Object stores give size + ETag/mtime without reading the object."""
+    info = fs.info(path)
+    key = [info.get("size"), info.get("ETag") or info.get("etag") or info.get("md5Hash"), str(info.get("mtime"))]
+    return xxhash.xxh64(repr(key).encode()).hexdigest()
+
+
 def discover_h5ad(adata_dir: str, ignore_dir: list[str], cache_dir: str) -> list[InputFile]:
     """List inputs with their cell counts; unreadable or empty files are errors naming the file."""
-    files = find_h5ad_files(adata_dir, ignore_dir)
-    if not files:
+    rels = find_h5ad_files(adata_dir, ignore_dir)
+    if not rels:
         raise InputError(f"no .h5ad files found under {adata_dir}", hint="check huggingface.adata_dir / ignore_dir")
+    fs, root = filesystem(adata_dir)
     out = []
-    for i, path in enumerate(files):
-        rel = path.relative_to(adata_dir).as_posix()
-        readable = _decompressed(path, Path(cache_dir), rel) if rel.endswith(".gz") else path
+    for i, rel in enumerate(rels):
+        path = join(adata_dir, rel)
+        readable = str(_decompressed(path, Path(cache_dir), rel)) if rel.endswith(".gz") else path
         with H5adReader(readable) as r:
             n_obs = r.n_obs
             r.x_encoding  # noqa: B018 - validates the X layout now, before any worker starts
         if n_obs == 0:
             raise InputError(f"{path}: file has no cells")
-        out.append(InputFile(str(readable), rel, i, n_obs, path.stat().st_size, quick_checksum(path)))
+        full = f"{root.rstrip('/')}/{rel}"
+        checksum = _remote_checksum(fs, full) if is_url(adata_dir) else quick_checksum(full)
+        out.append(InputFile(readable, rel, i, n_obs, int(fs.size(full)), checksum))
     return out
 
 
