@@ -157,7 +157,16 @@ def test_tahoe_plates_download_then_tokenize_with_shipped_config(tmp_path, bucke
     assert s.counts["written_train"] + s.counts["written_valid"] == want
     rows = arrow_rows(root / "tahoe_merged_w_metadata" / "train.dataset")
     cols = set(rows[0])
-    assert {"drug", "sample", "index", "Cell_ID_Cellosaur", "moa-fine", "canonical_smiles", "pubchem_cid", "plate"} <= cols
+    assert {
+        "drug",
+        "sample",
+        "index",
+        "Cell_ID_Cellosaur",
+        "moa-fine",
+        "canonical_smiles",
+        "pubchem_cid",
+        "plate",
+    } <= cols
     obs = {i: p.obs.loc[i] for p in plates for i in p.obs_names}
     for r in rows[:50]:
         o = obs[r["index"]]
