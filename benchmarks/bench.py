@@ -32,7 +32,11 @@ def make_input(out: Path, cells: int, per_file: int, genes_per_cell: int, seed: 
     from cellcorpus.demo import ensembl_ids
 
     raw = out / "raw"
-    if (out / "input.json").exists() and json.loads((out / "input.json").read_text()) == [cells, per_file, genes_per_cell]:
+    if (out / "input.json").exists() and json.loads((out / "input.json").read_text()) == [
+        cells,
+        per_file,
+        genes_per_cell,
+    ]:
         return raw
     raw.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -77,7 +81,9 @@ def make_input(out: Path, cells: int, per_file: int, genes_per_cell: int, seed: 
     return ref.parent
 
 
-def write_config(out: Path, num_proc: int, columns: dict, unit_cells: int, shuffle: bool) -> Path:
+def write_config(
+    out: Path, num_proc: int, columns: dict, unit_cells: int, shuffle: bool, dask: str | None = None
+) -> Path:
     import yaml
 
     cfg = {
@@ -110,6 +116,7 @@ def write_config(out: Path, num_proc: int, columns: dict, unit_cells: int, shuff
             "hashes": ["sha1", "xxh64"],
             "num_proc": num_proc,
         },
+        "executor": {"dask": dask, "dask_workers": num_proc},
     }
     path = out / f"cfg_{num_proc}_{abs(hash(json.dumps(cfg, sort_keys=True))) % 10**8}.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -117,7 +124,16 @@ def write_config(out: Path, num_proc: int, columns: dict, unit_cells: int, shuff
 
 
 def _peak_rss_mb() -> tuple[float, float]:
-    me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """(this process's peak RSS, the largest child's) in MiB.
+
+    VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork+exec, so a job started by a big parent
+    would report the parent's size. Children (pool workers) are spawned from this small process.
+    """
+    me = 0.0
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                me = int(line.split()[1]) / 1024
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return me, kids
 
@@ -186,7 +202,10 @@ def _mdswriter(cfg, encoding: str) -> dict:
     table = read_arrow(dataset_files(Path(cfg.mds.root_dir) / "train.dataset")[0]).slice(0, 10_000)
     cols = {"genes": encoding, "expressions": encoding, "id": "int64"}
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as d, MDSWriter(out=d, columns=cols, compression="zstd", hashes=["sha1", "xxh64"]) as w:
+    with (
+        tempfile.TemporaryDirectory() as d,
+        MDSWriter(out=d, columns=cols, compression="zstd", hashes=["sha1", "xxh64"]) as w,
+    ):
         g = table.column("genes").to_pylist()
         e = table.column("expressions").to_pylist()
         ids = table.column("id").to_pylist()
@@ -216,6 +235,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench_out"))
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--skip-mdswriter", action="store_true")
+    ap.add_argument("--dask", action="store_true", help="also time tokenize on a Dask LocalCluster")
+    ap.add_argument("--only", choices=["rss"], help="rss: floor, tokenize and mds ndarray with 1 process only")
     ap.add_argument("--job", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.job:
@@ -234,11 +255,28 @@ def main() -> None:
     floor = run_job("floor", str(raw))
     mb = floor["bytes"] / 1e6
     rows = [("floor: h5py read + zstd write", floor)]
+    if args.only == "rss":
+        rows.append(
+            ("tokenize (num_proc=1)", run_job("tokenize", str(write_config(out, 1, nd, args.unit_cells, False))))
+        )
+        rows.append(("mds ndarray (num_proc=1)", run_job("mds", str(write_config(out, 1, nd, args.unit_cells, False)))))
+        _print(rows, floor, mb)
+        return
     for n in args.workers:
-        rows.append((f"tokenize (num_proc={n})", run_job("tokenize", str(write_config(out, n, nd, args.unit_cells, False)))))
-    rows.append(("tokenize shuffle (num_proc=1)", run_job("tokenize", str(write_config(out, 1, nd, args.unit_cells, True)))))
+        rows.append(
+            (f"tokenize (num_proc={n})", run_job("tokenize", str(write_config(out, n, nd, args.unit_cells, False))))
+        )
+    rows.append(
+        ("tokenize shuffle (num_proc=1)", run_job("tokenize", str(write_config(out, 1, nd, args.unit_cells, True))))
+    )
+    if args.dask:
+        for n in args.workers:
+            cfgp = write_config(out, n, nd, args.unit_cells, False, dask="local")
+            rows.append((f"tokenize Dask LocalCluster ({n} workers)", run_job("tokenize", str(cfgp))))
     for n in args.workers:
-        rows.append((f"mds ndarray (num_proc={n})", run_job("mds", str(write_config(out, n, nd, args.unit_cells, False)))))
+        rows.append(
+            (f"mds ndarray (num_proc={n})", run_job("mds", str(write_config(out, n, nd, args.unit_cells, False))))
+        )
     rows.append(("mds pkl (num_proc=1)", run_job("mds", str(write_config(out, 1, pk, args.unit_cells, False)))))
     if not args.skip_mdswriter:
         for enc in ("ndarray", "pkl"):
@@ -247,6 +285,10 @@ def main() -> None:
             r = run_job(f"mdswriter:{enc_name}", str(cfgp))
             r["seconds"] = r.pop("seconds_inner")
             rows.append((f"streaming.MDSWriter {enc} (1 proc, 10k cells)", r))
+    _print(rows, floor, mb)
+
+
+def _print(rows: list, floor: dict, mb: float) -> None:
     print(f"\n{'job':48} {'cells/s':>10} {'MB/s':>8} {'x floor':>8} {'RSS main':>9} {'RSS wkr':>8}")
     for name, r in rows:
         cps = r["cells"] / r["seconds"]

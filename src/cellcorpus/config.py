@@ -148,7 +148,7 @@ class HuggingfaceConfig(_Section):
     input_format: Literal["h5ad", "tahoe_parquet"] = "h5ad"
     parquet_gene_table: str | None = None
     unit_cells: int = Field(16_384, gt=0)
-    shuffle_bucket_cells: int = Field(250_000, gt=0)
+    shuffle_bucket_cells: int = Field(32_768, gt=0)
 
     @field_validator("ignore_dir", mode="before")
     @classmethod

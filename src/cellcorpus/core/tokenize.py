@@ -32,15 +32,21 @@ class Ragged:
 
 
 def _segment_sums(values: np.ndarray, indptr: np.ndarray) -> np.ndarray:
-    """Per-row sums of a flat array split by indptr (cumsum difference; empty rows give 0)."""
-    cs = np.zeros(len(values) + 1, dtype=np.float64 if values.dtype.kind == "f" else np.int64)
-    np.cumsum(values, out=cs[1:])
-    return cs[indptr[1:]] - cs[indptr[:-1]]
+    """Per-row sums of a flat array split by indptr (`np.add.reduceat`; empty rows give 0)."""
+    n = len(indptr) - 1
+    acc = np.float64 if values.dtype.kind == "f" else np.int64
+    out = np.zeros(n, dtype=acc)
+    nonempty = indptr[1:] > indptr[:-1]
+    if nonempty.any():
+        # reduceat sums values[start_i : start_{i+1}] over the non-empty rows' starts only
+        out[nonempty] = np.add.reduceat(values, indptr[:-1][nonempty], dtype=acc)
+    return out
 
 
 def row_stats(indptr: np.ndarray, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(non-zero genes per cell, total counts per cell) over all stored genes — scanpy's filter_cells basis."""
-    return _segment_sums(data != 0, indptr), _segment_sums(data.astype(np.float64, copy=False), indptr)
+    indptr = np.asarray(indptr, dtype=np.int64)
+    return _segment_sums(data != 0, indptr), _segment_sums(data, indptr)
 
 
 def check_counts(data: np.ndarray) -> str | None:
@@ -70,13 +76,23 @@ def tokenize_csr(
     """
     indptr = np.asarray(indptr, dtype=np.int64)
     tok = gene_map[indices]
-    nonzero = data != 0
-    keep = nonzero & (tok >= 0)
-    n_zero = int(nonzero.size - np.count_nonzero(nonzero))
-    n_oov = int(np.count_nonzero(nonzero & (tok < 0)))
-    kept_per_row = _segment_sums(keep, indptr)
-    genes_body = tok[keep]
-    expr_body = data[keep].astype(np.float32, copy=False)
+    drop = (data == 0) | (tok < 0)
+    n_drop = int(np.count_nonzero(drop))
+    per_row = np.diff(indptr)
+    if n_drop == 0:  # common case (all genes known, no stored zeros): no compaction pass at all
+        n_zero = n_oov = 0
+        kept_per_row = per_row
+        genes_body = tok
+        expr_body = data.astype(np.float32, copy=False)
+    else:
+        n_zero = int(np.count_nonzero(data == 0))
+        n_oov = n_drop - n_zero  # non-zero entries outside the vocabulary
+        dropped = np.flatnonzero(drop)
+        dropped_rows = np.searchsorted(indptr, dropped, side="right") - 1
+        kept_per_row = per_row - np.bincount(dropped_rows, minlength=len(per_row))
+        keep = ~drop
+        genes_body = tok[keep]
+        expr_body = data[keep].astype(np.float32, copy=False)
     n = len(indptr) - 1
     if cls_id is None:
         offsets = np.zeros(n + 1, dtype=np.int64)
@@ -97,15 +113,27 @@ def tokenize_csr(
 
 
 def take_rows(r: Ragged, rows: np.ndarray) -> Ragged:
-    """Select rows (boolean mask or sorted/unsorted int positions) from a Ragged batch, vectorised."""
-    rows = np.flatnonzero(rows) if rows.dtype == bool else np.asarray(rows, dtype=np.int64)
-    lengths = r.lengths()[rows]
-    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    """Select rows from a Ragged batch, vectorised.
+
+    A boolean mask keeps order and uses an element mask (cheap compress); integer positions (any
+    order) use an index gather.
+    """
+    lengths_all = r.lengths()
+    if rows.dtype == bool:
+        if rows.all():
+            return r
+        lengths = lengths_all[rows]
+        elem = np.repeat(rows, lengths_all)
+        genes, expressions = r.genes[elem], r.expressions[elem]
+    else:
+        rows = np.asarray(rows, dtype=np.int64)
+        lengths = lengths_all[rows]
+        starts = np.repeat(r.offsets[:-1][rows] - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+        src = starts + np.arange(int(lengths.sum()), dtype=np.int64)
+        genes, expressions = r.genes[src], r.expressions[src]
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    # element index = start of source row + position within row
-    starts = np.repeat(r.offsets[:-1][rows] - offsets[:-1], lengths)
-    src = starts + np.arange(int(offsets[-1]), dtype=np.int64)
-    return Ragged(offsets, r.genes[src], r.expressions[src], r.n_explicit_zeros, r.n_oov_entries)
+    return Ragged(offsets, genes, expressions, r.n_explicit_zeros, r.n_oov_entries)
 
 
 def concat_ragged(parts: list[Ragged]) -> Ragged:

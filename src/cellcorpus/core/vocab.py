@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,8 +74,19 @@ class VocabLookup:
         self._keys = pd.Index(list(vocab.keys()))
         self._values = np.fromiter(vocab.values(), dtype=np.int64, count=len(vocab))
         self.size = int(self._values.max()) + 1 if len(vocab) else 0
+        self._cache: dict[bytes, np.ndarray] = {}
 
     def map_genes(self, var_ids: np.ndarray) -> np.ndarray:
-        """int32 vocabulary id per column (-1 = out of vocabulary), matching version-stripped ids."""
-        pos = self._keys.get_indexer(strip_version(var_ids))
-        return np.where(pos >= 0, self._values[pos], -1).astype(np.int32)
+        """int32 vocabulary id per column (-1 = out of vocabulary), matching version-stripped ids.
+
+        Every unit of a file has the same columns, so the last few mappings are memoised by content.
+        """
+        key = hashlib.blake2b("\0".join(map(str, var_ids)).encode(), digest_size=16).digest()
+        hit = self._cache.get(key)
+        if hit is None:
+            pos = self._keys.get_indexer(strip_version(var_ids))
+            hit = np.where(pos >= 0, self._values[pos], -1).astype(np.int32)
+            if len(self._cache) >= 8:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = hit
+        return hit

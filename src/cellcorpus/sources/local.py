@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import fsspec
+import numpy as np
 import xxhash
 
 from cellcorpus.errors import ConfigError, InputError
@@ -83,4 +84,22 @@ def read_h5ad_block(path: str, row_start: int, row_stop: int, gene_col: str, obs
     with H5adReader(path) as r:
         indptr, indices, data = r.read_rows(row_start, row_stop)
         obs = {name: r.obs_column(name, row_start, row_stop) for name in dict.fromkeys(["index", *obs_names])}
-        return RawBlock(indptr, indices, data, r.var_column(gene_col), obs, r.obs_index_name)
+        var_ids = _var_ids(path, gene_col, _stamp(path), r)
+        return RawBlock(indptr, indices, data, var_ids, obs, r.obs_index_name)
+
+
+def _stamp(path: str) -> str:
+    return "" if is_url(path) else str(Path(path).stat().st_mtime_ns)
+
+
+_VAR_CACHE: dict[tuple[str, str, str], np.ndarray] = {}
+
+
+def _var_ids(path: str, gene_col: str, stamp: str, reader: H5adReader) -> np.ndarray:
+    """A file's gene ids, read once per worker (every unit of a file has the same var)."""
+    key = (path, gene_col, stamp)
+    if key not in _VAR_CACHE:
+        if len(_VAR_CACHE) >= 4:
+            _VAR_CACHE.pop(next(iter(_VAR_CACHE)))
+        _VAR_CACHE[key] = reader.var_column(gene_col)
+    return _VAR_CACHE[key]
