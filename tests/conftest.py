@@ -53,6 +53,17 @@ def write_vocab(path: Path, genes: list[str] = GENES, specials: list[str] = SPEC
     return vocab
 
 
+def random_corpus(root: Path, n_files: int = 2, n_cells: int = 250, seed: int = 0, n_drugs: int = 0) -> None:
+    """A vocabulary + `n_files` random CSR h5ad files of integer counts over GENES (optional drug column)."""
+    write_vocab(root / "vocab" / "vocab.json")
+    rng = np.random.default_rng(seed)
+    for f in range(n_files):
+        m = sp.random(n_cells, len(GENES), density=0.5, random_state=rng, format="csr", dtype=np.float32)
+        m.data = np.ceil(m.data * 9)
+        obs = {"drug": [f"d{i % n_drugs}" for i in range(n_cells)]} if n_drugs else None
+        make_h5ad(root / "raw" / f"f{f}.h5ad", m, GENES, obs)
+
+
 def _set(d: dict, dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     for k in keys[:-1]:

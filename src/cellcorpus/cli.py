@@ -96,11 +96,7 @@ def _load(config: Path, overrides: list[str] | None) -> Config:
 
 
 def _spec(cfg: Config, num_proc: int | None, dask: str | None, section_num_proc: int) -> ExecutorSpec:
-    return ExecutorSpec(
-        num_proc=num_proc or section_num_proc,
-        dask=dask or cfg.executor.dask,
-        dask_workers=num_proc or cfg.executor.dask_workers,
-    )
+    return ExecutorSpec.resolve(cfg, section_num_proc, num_proc, dask)
 
 
 def _print_summary(s: StageSummary) -> None:
@@ -197,6 +193,15 @@ def verify(
         raise
     _print_checks(report)
     out.print("[bold green]verify: all checks passed[/]")
+
+
+@app.command()
+@_handle_errors
+def report(config: ConfigArg, set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """Write stats.json, PNG plots and report.html about the corpus (next to the datasets)."""
+    from cellcorpus.stages.report import run_report
+
+    _print_summary(run_report(_load(config, set_)))
 
 
 @app.command()

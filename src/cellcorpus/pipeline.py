@@ -20,16 +20,10 @@ def packaged_config(name: str) -> Path:
     return Path(str(resources.files("cellcorpus") / "configs" / name))
 
 
-def _spec(cfg: Config, section_num_proc: int, num_proc: int | None, dask: str | None) -> ExecutorSpec:
-    return ExecutorSpec(
-        num_proc=num_proc or section_num_proc, dask=dask or cfg.executor.dask, dask_workers=cfg.executor.dask_workers
-    )
-
-
 def run_pipeline(
     cfg: Config, *, num_proc: int | None = None, dask: str | None = None, reporter: Reporter | None = None
 ) -> Iterator[StageSummary]:
-    """vocab -> tokenize -> mds -> verify, for the sections present; yields each stage's summary."""
+    """vocab -> tokenize -> mds -> verify -> report, for the sections present; yields each stage's summary."""
     if cfg.vocab is not None:
         from cellcorpus.stages.vocab import run_vocab
 
@@ -37,15 +31,18 @@ def run_pipeline(
     if cfg.huggingface is not None:
         from cellcorpus.stages.tokenize import run_tokenize
 
-        yield run_tokenize(cfg, _spec(cfg, cfg.huggingface.num_proc, num_proc, dask), reporter)
+        yield run_tokenize(cfg, ExecutorSpec.resolve(cfg, cfg.huggingface.num_proc, num_proc, dask), reporter)
     if cfg.mds is not None:
         from cellcorpus.stages.mds import run_mds
 
-        yield run_mds(cfg, _spec(cfg, cfg.mds.num_proc, num_proc, dask), reporter)
+        yield run_mds(cfg, ExecutorSpec.resolve(cfg, cfg.mds.num_proc, num_proc, dask), reporter)
     if cfg.huggingface is not None:
         from cellcorpus.stages.verify import run_verify, summary
 
-        yield summary(run_verify(cfg, _spec(cfg, cfg.huggingface.num_proc, num_proc, dask), reporter))
+        yield summary(run_verify(cfg, ExecutorSpec.resolve(cfg, cfg.huggingface.num_proc, num_proc, dask), reporter))
+        from cellcorpus.stages.report import run_report
+
+        yield run_report(cfg)
 
 
 def run_demo(

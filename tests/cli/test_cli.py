@@ -93,7 +93,7 @@ def test_vocab_command(tmp_path, write_config):
     assert "1 duplicated gene id" in result.output
 
 
-@pytest.mark.parametrize("cmd", ["vocab", "tokenize", "mds", "verify", "run", "demo"])
+@pytest.mark.parametrize("cmd", ["download", "vocab", "tokenize", "mds", "verify", "report", "run", "demo"])
 def test_help_for_every_command(cmd):
     result = runner.invoke(app, [cmd, "--help"])
     assert result.exit_code == 0 and "Usage" in result.output

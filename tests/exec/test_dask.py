@@ -4,26 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 
 from cellcorpus.config import load_config
 from cellcorpus.errors import UnitFailed
 from cellcorpus.exec.runner import ExecutorSpec
 from cellcorpus.stages.mds import run_mds
 from cellcorpus.stages.tokenize import run_tokenize
-from tests.conftest import GENES, make_h5ad, write_vocab
+from tests.conftest import GENES, make_h5ad, random_corpus
 
 pytest.importorskip("distributed")
 pytestmark = pytest.mark.dask
 
 
 def _inputs(root):
-    write_vocab(root / "vocab" / "vocab.json")
-    rng = np.random.default_rng(5)
-    for f in range(2):
-        m = sp.random(250, 5, density=0.5, random_state=rng, format="csr", dtype=np.float32)
-        m.data = np.ceil(m.data * 9)
-        make_h5ad(root / "raw" / f"f{f}.h5ad", m, GENES)
+    random_corpus(root, seed=5)
 
 
 def _files(root):

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import fsspec
-import numpy as np
 import pytest
-import scipy.sparse as sp
 
 from cellcorpus.config import load_config
 from cellcorpus.errors import UnitFailed
@@ -13,7 +11,7 @@ from cellcorpus.stages import mds as mds_stage
 from cellcorpus.stages.mds import run_mds
 from cellcorpus.stages.tokenize import run_tokenize
 from cellcorpus.stages.verify import run_verify
-from tests.conftest import GENES, make_h5ad, write_vocab
+from tests.conftest import random_corpus, write_vocab
 
 SETTINGS = {
     "huggingface.unit_cells": 100,
@@ -24,12 +22,7 @@ SETTINGS = {
 
 
 def _inputs(root):
-    write_vocab(root / "vocab" / "vocab.json")
-    rng = np.random.default_rng(2)
-    for f in range(2):
-        m = sp.random(250, 5, density=0.5, random_state=rng, format="csr", dtype=np.float32)
-        m.data = np.ceil(m.data * 9)
-        make_h5ad(root / "raw" / f"f{f}.h5ad", m, GENES, {"drug": [f"d{i % 3}" for i in range(250)]})
+    random_corpus(root, seed=2, n_drugs=3)
 
 
 def _tree(url: str) -> dict[str, bytes]:

@@ -7,26 +7,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 
 from cellcorpus.config import load_config
 from cellcorpus.errors import VerifyError
 from cellcorpus.stages.mds import run_mds
 from cellcorpus.stages.tokenize import run_tokenize
 from cellcorpus.stages.verify import run_verify
-from tests.conftest import GENES, arrow_rows, make_h5ad, write_vocab
+from tests.conftest import GENES, arrow_rows, random_corpus, write_vocab
 from tests.streaming_compat import import_streaming
 
 PKL = {"genes": "pkl", "expressions": "pkl", "id": "int64", "drug": "str"}
 
 
 def _corpus(root: Path, write_config, **overrides):
-    write_vocab(root / "vocab" / "vocab.json")
-    rng = np.random.default_rng(1)
-    for f in range(2):
-        m = sp.random(300, 5, density=0.5, random_state=rng, format="csr", dtype=np.float32)
-        m.data = np.ceil(m.data * 9)
-        make_h5ad(root / "raw" / f"f{f}.h5ad", m, GENES, {"drug": [f"d{i % 4}" for i in range(300)]})
+    random_corpus(root, n_cells=300, seed=1, n_drugs=4)
     settings = {
         "huggingface.unit_cells": 128,
         "huggingface.obs_metadata_columns": ["drug"],

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from cellcorpus.config import Config
 from cellcorpus.errors import UnitFailed
 from cellcorpus.manifest import Ledger, UnitResult
 
@@ -38,6 +39,17 @@ class ExecutorSpec:
     num_proc: int = 1
     dask: str | None = None
     dask_workers: int = 2
+
+    @classmethod
+    def resolve(
+        cls, cfg: Config, section_num_proc: int, num_proc: int | None = None, dask: str | None = None
+    ) -> ExecutorSpec:
+        """Command-line choices over the config's: `num_proc` also sizes a `--dask local` cluster."""
+        return cls(
+            num_proc=num_proc or section_num_proc,
+            dask=dask or cfg.executor.dask,
+            dask_workers=num_proc or cfg.executor.dask_workers,
+        )
 
 
 @contextmanager

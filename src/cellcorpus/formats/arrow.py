@@ -71,11 +71,27 @@ def cells_table(cells: Ragged, ids: np.ndarray, metadata: dict[str, np.ndarray],
     return pa.Table.from_arrays(cols, schema=schema)
 
 
-def write_stream(path: str | Path, table: pa.Table, max_chunksize: int = 1000) -> None:
-    """Write an IPC stream file atomically (batches of `max_chunksize` rows, as `datasets` does)."""
+BATCH_ROWS = 1000  # rows per record batch, as `datasets` writes them
+
+
+def write_stream(
+    path: str | Path, table: pa.Table, rows: np.ndarray | None = None, mask: np.ndarray | None = None
+) -> int:
+    """Write `table` (or its rows `rows` in that order, or the rows where `mask`) as an IPC stream file,
+    atomically. Rows are gathered one record batch at a time, so memory holds one batch, never a
+    second copy of the table. Returns the number of rows written."""
+    if mask is not None:
+        rows = np.flatnonzero(mask)
+    n = table.num_rows if rows is None else len(rows)
     with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
-        for batch in table.to_batches(max_chunksize=max_chunksize):
-            w.write_batch(batch)
+        for start in range(0, n, BATCH_ROWS):
+            if rows is None:
+                chunk = table.slice(start, BATCH_ROWS)
+            else:
+                chunk = table.take(pa.array(rows[start : start + BATCH_ROWS]))
+            for batch in chunk.combine_chunks().to_batches():
+                w.write_batch(batch)
+    return n
 
 
 def read_arrow(path: str | Path) -> pa.Table:

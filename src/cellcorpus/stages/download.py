@@ -44,9 +44,7 @@ def run_download(
     if source not in SOURCES:
         raise ConfigError(f"unknown source '{source}'", hint=f"one of: {', '.join(SOURCES)}")
     section = cfg.need(source)
-    spec = spec or ExecutorSpec(
-        num_proc=section.num_proc, dask=cfg.executor.dask, dask_workers=cfg.executor.dask_workers
-    )
+    spec = spec or ExecutorSpec.resolve(cfg, section.num_proc)
     if source == "cellxgene":
         from cellcorpus.sources.census import run_census_download
 

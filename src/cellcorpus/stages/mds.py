@@ -109,7 +109,7 @@ def _convert(unit: MdsUnit, ctx: MdsContext, table: pa.Table, out: Path) -> Unit
 def run_mds(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | None = None) -> StageSummary:
     """Export every split to MDS; skips when the merged indexes already match this config + input."""
     mds: MdsConfig = cfg.need("mds")
-    spec = spec or ExecutorSpec(num_proc=mds.num_proc, dask=cfg.executor.dask, dask_workers=cfg.executor.dask_workers)
+    spec = spec or ExecutorSpec.resolve(cfg, mds.num_proc)
     wspec = MdsSpec.create(mds.columns, mds.compression, mds.hashes, mds.size_limit)
     source = Publisher(mds.root_dir, staging=".")
     source_manifest = source.read_json("manifest.json")

@@ -57,11 +57,9 @@ def shuffle_unit(unit: ShuffleUnit, ctx: ShuffleContext) -> UnitResult:
     """Concatenate one bucket's slices, order by shuffle key, write the data file atomically."""
     pieces = [read_arrow(p).slice(lo, hi - lo) for p, lo, hi in unit.slices if hi > lo]
     schema = cell_schema(list(ctx.metadata_columns))
-    table = pa.concat_tables(pieces) if pieces else schema.empty_table()
-    if table.num_rows:
-        keys = shuffle_keys(table.column("id").to_numpy(), ctx.seed)
-        table = table.take(pa.array(np.argsort(keys, kind="stable")))
-    write_stream(unit.path, table)
+    table = pa.concat_tables(pieces) if pieces else schema.empty_table()  # zero-copy over memory maps
+    order = np.argsort(shuffle_keys(table.column("id").to_numpy(), ctx.seed), kind="stable")
+    write_stream(unit.path, table, rows=order)
     record = output_record(unit.path, ctx.root, n_cells=table.num_rows)
     ctx.publisher.publish(unit.path)
     return UnitResult(unit.unit_id, {"cells": table.num_rows}, [record])

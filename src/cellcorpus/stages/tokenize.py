@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
 from cellcorpus.config import Config, HuggingfaceConfig, config_hash
 from cellcorpus.core.ids import make_ids
@@ -143,7 +142,7 @@ def _read_block(unit: WorkUnit, hf: HuggingfaceConfig) -> RawBlock:
     return read_h5ad_block(unit.path, unit.row_start, unit.row_stop, hf.gene_col, _obs_names(hf))
 
 
-def _metadata(block: RawBlock, ctx: TokenizeContext, path: str) -> dict[str, np.ndarray]:
+def _metadata(block: RawBlock, ctx: TokenizeContext) -> dict[str, np.ndarray]:
     hf = ctx.hf
     out: dict[str, np.ndarray] = {}
     for name in hf.obs_metadata_columns:
@@ -167,59 +166,61 @@ def _check_duplicate_genes(gene_map: np.ndarray, var_ids: np.ndarray, path: str)
         raise InputError(f"{path}: duplicated gene ids map to the same token: {', '.join(names)}")
 
 
-def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
-    """Tokenize rows [row_start, row_stop) of one file and write one Arrow part per split."""
-    hf = ctx.hf
-    where = f"{unit.path} rows {unit.row_start}-{unit.row_stop}"
-    lookup_ = _lookup(ctx.vocab_file, os.stat(ctx.vocab_file).st_mtime_ns)
-    block = _read_block(unit, hf)
-    problem = check_counts(block.data)
-    if problem:
-        raise InputError(f"{where}: {problem}")
-    gene_map = lookup_.map_genes(block.var_ids)
-    _check_duplicate_genes(gene_map, block.var_ids, unit.path)
-    n = unit.n_cells
-    counts = dict.fromkeys(COUNT_KEYS, 0)
-    counts["cells_read"] = n
-    keep = np.ones(n, dtype=bool)
+def _apply_filters(block: RawBlock, hf: HuggingfaceConfig, counts: dict[str, int]) -> np.ndarray:
+    """Row mask after obs_filter, then min_genes, then min_counts; each drop counted where it happens."""
+    keep = np.ones(len(block.indptr) - 1, dtype=bool)
     if hf.obs_filter:
         hit = as_strings(block.obs[hf.obs_filter.key]) == str(hf.obs_filter.value)
         counts["filtered_obs_filter"] = int(np.count_nonzero(keep & ~hit))
         keep &= hit
-    if hf.filter_cells and (hf.filter_cells.min_genes is not None or hf.filter_cells.min_counts is not None):
+    fc = hf.filter_cells
+    if fc and (fc.min_genes is not None or fc.min_counts is not None):
         n_genes, totals = row_stats(block.indptr, block.data)
-        if hf.filter_cells.min_genes is not None:
-            ok = n_genes >= hf.filter_cells.min_genes
-            counts["filtered_min_genes"] = int(np.count_nonzero(keep & ~ok))
-            keep &= ok
-        if hf.filter_cells.min_counts is not None:
-            ok = totals >= hf.filter_cells.min_counts
-            counts["filtered_min_counts"] = int(np.count_nonzero(keep & ~ok))
-            keep &= ok
+        for key, value, minimum in (("min_genes", n_genes, fc.min_genes), ("min_counts", totals, fc.min_counts)):
+            if minimum is not None:
+                ok = value >= minimum
+                counts[f"filtered_{key}"] = int(np.count_nonzero(keep & ~ok))
+                keep &= ok
+    return keep
+
+
+def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
+    """Tokenize rows [row_start, row_stop) of one file and write one Arrow part per split."""
+    hf = ctx.hf
+    lookup_ = _lookup(ctx.vocab_file, os.stat(ctx.vocab_file).st_mtime_ns)
+    block = _read_block(unit, hf)
+    problem = check_counts(block.data)
+    if problem:
+        raise InputError(f"{unit.path} rows {unit.row_start}-{unit.row_stop}: {problem}")
+    gene_map = lookup_.map_genes(block.var_ids)
+    _check_duplicate_genes(gene_map, block.var_ids, unit.path)
+    counts = dict.fromkeys(COUNT_KEYS, 0)
+    counts["cells_read"] = unit.n_cells
+    keep = _apply_filters(block, hf, counts)
+    rows = np.flatnonzero(keep)
+    meta = {k: v[rows] for k, v in _metadata(block, ctx).items()}
     cls_id = lookup_.vocab[hf.cls_token] if hf.add_cls_token else None
     cells = tokenize_csr(block.indptr, block.indices, block.data, gene_map, cls_id, hf.pad_value)
+    del block  # raw rows no longer needed: peak memory is one copy of the unit, not two
     counts["explicit_zeros_dropped"] = cells.n_explicit_zeros
     counts["oov_entries_dropped"] = cells.n_oov_entries
     cells = take_rows(cells, keep)
-    rows = np.flatnonzero(keep)
     ids = make_ids(unit.file_index, unit.row_start + rows)
-    meta = {k: v[rows] for k, v in _metadata(block, ctx, unit.path).items()}
     valid = assign_valid(ids, hf.split_parameters.test_size, hf.split_parameters.seed)
     table = cells_table(cells, ids, meta, cell_schema(list(ctx.metadata_columns)))
-    del cells, block
+    del cells
     buckets = dict(ctx.n_buckets)
     outputs = []
     for split, mask in (("train", ~valid), ("valid", valid)):
-        part_table = table.filter(pa.array(mask))  # Arrow's C++ filter: cheaper than numpy gathers on lists
-        extra = {"split": split, "n_cells": part_table.num_rows}
+        sel = np.flatnonzero(mask)
+        extra = {"split": split, "n_cells": len(sel)}
         if split in buckets:
-            order, bounds = order_by_bucket(shuffle_keys(ids[mask], hf.split_parameters.seed), buckets[split])
-            part_table = part_table.take(pa.array(order))
+            order, bounds = order_by_bucket(shuffle_keys(ids[sel], hf.split_parameters.seed), buckets[split])
+            sel = sel[order]
             extra["bucket_bounds"] = bounds.tolist()
         part = Path(ctx.parts_dir) / split / f"{unit.unit_id}.arrow"
-        write_stream(part, part_table)
+        counts[f"written_{split}"] = write_stream(part, table, rows=sel)
         outputs.append(output_record(part, ctx.parts_dir, **extra))
-        counts[f"written_{split}"] = part_table.num_rows
     n_oov_genes = int(np.count_nonzero(gene_map < 0))
     extra = {"file_index": unit.file_index, "oov_genes": n_oov_genes, "input_checksum": unit.checksum}
     return UnitResult(unit.unit_id, counts, outputs, extra)
@@ -240,7 +241,7 @@ def run_tokenize(cfg: Config, spec: ExecutorSpec | None = None, reporter: Report
     hf: HuggingfaceConfig = cfg.need("huggingface")
     if is_url(hf.output_root):
         raise ConfigError(f"huggingface.output_root: must be a local scratch folder, got {hf.output_root}")
-    spec = spec or ExecutorSpec(num_proc=hf.num_proc, dask=cfg.executor.dask, dask_workers=cfg.executor.dask_workers)
+    spec = spec or ExecutorSpec.resolve(cfg, hf.num_proc)
     vocab = load_vocab(hf.vocab_file)
     _preflight(hf, vocab)
     inputs = _discover(hf)

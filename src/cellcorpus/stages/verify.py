@@ -247,7 +247,7 @@ def _id_checks(rep: VerifyReport, label: str, ids: list[tuple[str, np.ndarray]],
 def run_verify(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | None = None) -> VerifyReport:
     """Check the HF Arrow output (and the MDS output when the config has `mds`); raise VerifyError on failure."""
     hf = cfg.need("huggingface")
-    spec = spec or ExecutorSpec(num_proc=hf.num_proc, dask=cfg.executor.dask, dask_workers=cfg.executor.dask_workers)
+    spec = spec or ExecutorSpec.resolve(cfg, hf.num_proc)
     out = tokenize_publisher(hf)
     manifest = out.read_json("manifest.json")
     if manifest is None:
