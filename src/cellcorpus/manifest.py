@@ -15,7 +15,7 @@ import xxhash
 
 from cellcorpus import __version__
 from cellcorpus.errors import ConfigError
-from cellcorpus.io.atomic import read_json, write_json_atomic
+from cellcorpus.io.atomic import write_json_atomic
 
 __all__ = [
     "UnitResult",
@@ -24,7 +24,6 @@ __all__ = [
     "quick_checksum",
     "output_record",
     "write_manifest",
-    "read_manifest",
 ]
 
 _BLOCK = 1 << 22
@@ -104,8 +103,3 @@ class Ledger:
 
 def write_manifest(path: str | Path, *, stage: str, config_hash: str, **body: Any) -> None:
     write_json_atomic(path, {"stage": stage, "tool_version": __version__, "config_hash": config_hash, **body})
-
-
-def read_manifest(path: str | Path) -> dict[str, Any] | None:
-    p = Path(path)
-    return read_json(p) if p.is_file() else None

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Ragged", "row_stats", "check_counts", "tokenize_csr", "take_rows", "concat_ragged"]
+__all__ = ["Ragged", "row_stats", "check_counts", "tokenize_csr", "take_rows"]
 
 
 @dataclass(frozen=True)
@@ -134,19 +134,3 @@ def take_rows(r: Ragged, rows: np.ndarray) -> Ragged:
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     return Ragged(offsets, genes, expressions, r.n_explicit_zeros, r.n_oov_entries)
-
-
-def concat_ragged(parts: list[Ragged]) -> Ragged:
-    """Concatenate batches in order (offsets rebased)."""
-    if len(parts) == 1:
-        return parts[0]
-    lengths = np.concatenate([p.lengths() for p in parts]) if parts else np.zeros(0, np.int64)
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    return Ragged(
-        offsets,
-        np.concatenate([p.genes for p in parts]) if parts else np.zeros(0, np.int32),
-        np.concatenate([p.expressions for p in parts]) if parts else np.zeros(0, np.float32),
-        sum(p.n_explicit_zeros for p in parts),
-        sum(p.n_oov_entries for p in parts),
-    )

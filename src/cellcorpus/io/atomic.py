@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "write_json_atomic", "read_json"]
+__all__ = ["atomic_path", "write_json_atomic"]
 
 
 @contextmanager
@@ -30,7 +30,3 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
 def write_json_atomic(path: str | Path, obj: Any, sort_keys: bool = True) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n")
-
-
-def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
