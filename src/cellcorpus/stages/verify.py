@@ -211,6 +211,11 @@ def _verify_shard(unit: _FileUnit, ctx: _Ctx, path: Path) -> UnitResult:
     return UnitResult(unit.unit_id, extra={"report": _as_tuples(rep), "ids": np.array(ids, np.int64), "rows": len(ids)})
 
 
+def _cells_of(unit: _FileUnit) -> int:
+    expect = dict(unit.expect)
+    return int(expect.get("n_cells", expect.get("samples", 0)))
+
+
 def _verify_unit(unit: _FileUnit, ctx: _Ctx) -> UnitResult:
     fn = _verify_arrow if unit.kind == "arrow" else _verify_shard
     if is_url(unit.path) and not exists(unit.path):
@@ -283,7 +288,9 @@ def run_verify(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter
                 stored = shard["zip_data"] or shard["raw_data"]
                 path = mout.url(f"{split}/{stored['basename']}")
                 units.append(_FileUnit(f"mds-{split}-{k:06d}", path, "mds", split, tuple(sorted(shard.items()))))
-    results = run_units(_verify_unit, units, ctx, None, spec, description="verify", reporter=reporter)
+    results = run_units(
+        _verify_unit, units, ctx, None, spec, description="verify", reporter=reporter, cells_of=_cells_of
+    )
     inputs = {f["file_index"]: f["n_obs"] for f in manifest["inputs"]}
     rows: dict[tuple[str, str], int] = {}
     arrow_ids, mds_ids = [], []
