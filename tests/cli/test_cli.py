@@ -97,3 +97,17 @@ def test_vocab_command(tmp_path, write_config):
 def test_help_for_every_command(cmd):
     result = runner.invoke(app, [cmd, "--help"])
     assert result.exit_code == 0 and "Usage" in result.output
+
+
+@pytest.mark.dask
+def test_tokenize_on_a_local_dask_cluster_matches_the_pool(tmp_path, write_config):
+    from tests.conftest import data_bytes, random_corpus
+
+    outs = []
+    for name, extra in (("pool", ["--num-proc", "2"]), ("dask", ["--dask", "local", "--num-proc", "2"])):
+        root = tmp_path / name
+        random_corpus(root, seed=9)
+        result = runner.invoke(app, ["tokenize", str(write_config(root, **{"huggingface.unit_cells": 100})), *extra])
+        assert result.exit_code == 0, result.output
+        outs.append(data_bytes(root / "merged" / "train.dataset"))
+    assert outs[0] == outs[1]

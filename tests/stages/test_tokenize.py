@@ -14,7 +14,7 @@ from cellcorpus.core.ids import decode_ids
 from cellcorpus.errors import ConfigError, InputError, UnitFailed
 from cellcorpus.stages import tokenize as tok
 from cellcorpus.stages.tokenize import run_tokenize
-from tests.conftest import GENES, arrow_rows, data_bytes, make_h5ad
+from tests.conftest import GENES, arrow_rows, data_bytes, make_h5ad, write_vocab
 
 # columns: ENSG..3 (versioned) -> 5, ENSG..1 -> 3, OOV, ENSG..5 -> 7
 VAR = [GENES[2] + ".4", GENES[0], "ENSG99999999999", GENES[4]]
@@ -145,6 +145,8 @@ def test_parquet_join_table(tmp_path, tiny_vocab, write_config):
 
 
 def _many_cells(root, n_files=3, n=400, seed=0):
+    """Vocabulary + 3 files of random counts in two sub-folders (sorted listing: sub0/f0, sub0/f2, sub1/f1)."""
+    write_vocab(root / "vocab" / "vocab.json")
     rng = np.random.default_rng(seed)
     for f in range(n_files):
         m = sp.random(n, 4, density=0.6, random_state=rng, format="csr", dtype=np.float32)
@@ -183,12 +185,9 @@ def test_conservation_ids_and_counts(tmp_path, tiny_vocab, write_config):
 
 
 def test_split_independent_of_chunking_and_num_proc(tmp_path, write_config):
-    from tests.conftest import write_vocab
-
     outs = {}
     for name, unit_cells, num_proc in (("a", 1000, 1), ("b", 70, 1), ("c", 70, 2)):
         root = tmp_path / name
-        write_vocab(root / "vocab" / "vocab.json")
         _many_cells(root)
         _run(write_config(root, **{"huggingface.unit_cells": unit_cells, "huggingface.num_proc": num_proc}))
         outs[name] = {
@@ -201,38 +200,26 @@ def test_split_independent_of_chunking_and_num_proc(tmp_path, write_config):
 
 
 def test_shuffle_is_seeded_global_order_and_keeps_cells(tmp_path, write_config):
-    from tests.conftest import write_vocab
-
     orders = {}
-    for name, seed, unit_cells in (("a", 1, 1000), ("b", 1, 90), ("c", 2, 90)):
+    for name, seed, unit_cells, shuffle in (("a", 1, 1000, True), ("b", 1, 90, True), ("c", 2, 90, True),
+                                            ("plain", 1, 90, False)):  # fmt: skip
         root = tmp_path / name
-        write_vocab(root / "vocab" / "vocab.json")
         _many_cells(root)
-        _run(
-            write_config(
-                root,
-                **{
-                    "huggingface.unit_cells": unit_cells,
-                    "huggingface.shuffle_bucket_cells": 250,
-                    "huggingface.split_parameters": {"test_size": 0.2, "seed": seed, "shuffle": True},
-                },
-            )
-        )
+        split = {"test_size": 0.2, "seed": seed, "shuffle": shuffle}
+        settings = {"huggingface.unit_cells": unit_cells, "huggingface.shuffle_bucket_cells": 250}
+        _run(write_config(root, **settings, **{"huggingface.split_parameters": split}))
         orders[name] = [(r["id"], tuple(r["genes"])) for r in arrow_rows(root / "merged" / "train.dataset")]
-    plain = sorted(orders["a"])
     assert orders["a"] == orders["b"]  # same seed: same order whatever the chunking
-    assert orders["a"] != plain  # actually shuffled
-    assert sorted(orders["c"]) != sorted(orders["a"]) or orders["c"] != orders["a"]  # other seed, other split/order
+    assert sorted(orders["a"]) == sorted(orders["plain"])  # the same cells (and tokens) as unshuffled
+    assert orders["a"] != orders["plain"]  # ... in another order
+    assert orders["c"] != orders["a"]  # another seed: another split and order
     files = sorted((tmp_path / "a" / "merged" / "train.dataset").glob("data-*.arrow"))
     assert len(files) == 4  # ~960 train cells / 250 per bucket
     assert not (tmp_path / "a" / "work" / "parts").exists()  # intermediates removed
 
 
 def test_resume_after_failure_is_byte_identical_and_rerun_does_nothing(tmp_path, write_config, monkeypatch):
-    from tests.conftest import write_vocab
-
     for name in ("clean", "crash"):
-        write_vocab(tmp_path / name / "vocab" / "vocab.json")
         _many_cells(tmp_path / name)
     shuffled = {"huggingface.unit_cells": 100, "huggingface.shuffle_bucket_cells": 300,
                 "huggingface.split_parameters": {"test_size": 0.2, "seed": 3, "shuffle": True}}  # fmt: skip
