@@ -13,8 +13,11 @@ __all__ = ["dask_executor"]
 
 
 @contextmanager
-def dask_executor(address: str, n_workers: int = 2) -> Iterator[Executor]:
-    """`address` is a scheduler (tcp://host:port) or `local` for a LocalCluster of `n_workers` processes."""
+def dask_executor(address: str, n_workers: int = 2) -> Iterator[tuple[Executor, int]]:
+    """`address` is a scheduler (tcp://host:port) or `local` for a LocalCluster of `n_workers` processes.
+
+    Yields the executor and the number of workers the scheduler knows (to size the in-flight window).
+    """
     try:
         from distributed import Client, LocalCluster, WorkerPlugin
     except ImportError as exc:
@@ -35,7 +38,8 @@ def dask_executor(address: str, n_workers: int = 2) -> Iterator[Executor]:
         client = Client(address)
     try:
         client.register_plugin(_Init())
-        yield client.get_executor(pure=False)
+        workers = len(client.scheduler_info().get("workers", {})) or n_workers
+        yield client.get_executor(pure=False), workers
     finally:
         client.close()
         if cluster is not None:

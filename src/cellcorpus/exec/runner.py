@@ -53,18 +53,19 @@ class ExecutorSpec:
 
 
 @contextmanager
-def open_executor(spec: ExecutorSpec) -> Iterator[Executor]:
+def open_executor(spec: ExecutorSpec) -> Iterator[tuple[Executor, int]]:
+    """(executor, number of workers) for the spec; the pool is shut down on exit."""
     if spec.dask:
         from cellcorpus.exec.dask import dask_executor
 
-        with dask_executor(spec.dask, spec.dask_workers) as ex:
-            yield ex
+        with dask_executor(spec.dask, spec.dask_workers) as pair:
+            yield pair
         return
     from cellcorpus.exec.local import local_executor
 
     ex = local_executor(spec.num_proc)
     try:
-        yield ex
+        yield ex, spec.num_proc
     finally:
         ex.shutdown(wait=True, cancel_futures=True)
 
@@ -98,17 +99,17 @@ def run_units(
         log.info("%s: resuming, %d of %d units already complete", description, len(done), len(units))
     try:
         if pending:
-            with open_executor(spec) as ex:
-                _consume(ex, fn, pending, context, ledger, done, cells_of, reporter)
+            with open_executor(spec) as (ex, n_workers):
+                # Bounded in-flight window: every worker busy with queued work, no thousands of futures.
+                window = 4 * max(n_workers, 1)
+                _consume(ex, window, fn, pending, context, ledger, done, cells_of, reporter)
     finally:
         if reporter:
             reporter.stop()
     return done
 
 
-def _consume(ex, fn, pending, context, ledger, done, cells_of, reporter) -> None:
-    # Bounded in-flight window: enough to keep workers busy, without queueing thousands of futures.
-    window = max(4, 4 * getattr(ex, "_max_workers", 2))
+def _consume(ex, window, fn, pending, context, ledger, done, cells_of, reporter) -> None:
     it = iter(pending)
     inflight: dict[Future, Any] = {}
 
