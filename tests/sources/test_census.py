@@ -26,8 +26,8 @@ N_CELLS, N_GENES = 60, 10
 GENE_IDS = [f"ENSG{i:011d}" for i in range(1, N_GENES + 1)]
 
 
-def build_census(uri, seed=0) -> ad.AnnData:
-    """census_data/homo_sapiens with obs is_primary_data/suspension_type, var feature_id/nnz/n_measured_obs, X raw."""
+def source_anndata(seed: int = 0) -> ad.AnnData:
+    """The cells the local Census holds (also the reference the tests compare against)."""
     rng = np.random.default_rng(seed)
     X = sp.random(N_CELLS, N_GENES, density=0.5, random_state=rng, format="csr", dtype=np.float32)
     X.data = np.ceil(X.data * 6)
@@ -52,13 +52,34 @@ def build_census(uri, seed=0) -> ad.AnnData:
         },
         index=[str(i) for i in range(N_GENES)],
     )
-    adata = ad.AnnData(X=X, obs=obs, var=var)
-    with tiledbsoma.Collection.create(str(uri)) as c:
-        c.add_new_collection("census_data")
-    exp_uri = f"{uri}/census_data/homo_sapiens"
-    tiledbsoma.io.from_anndata(exp_uri, adata, measurement_name="RNA", X_layer_name="raw")
-    with tiledbsoma.Collection.open(f"{uri}/census_data", "w") as cd, tiledbsoma.Experiment.open(exp_uri) as e:
-        cd.set("homo_sapiens", e, use_relative_uri=True)
+    return ad.AnnData(X=X, obs=obs, var=var)
+
+
+_BUILD = """
+import sys, anndata as ad, tiledbsoma, tiledbsoma.io
+uri, h5ad = sys.argv[1], sys.argv[2]
+with tiledbsoma.Collection.create(uri) as c:
+    c.add_new_collection("census_data")
+exp_uri = uri + "/census_data/homo_sapiens"
+tiledbsoma.io.from_anndata(exp_uri, ad.read_h5ad(h5ad), measurement_name="RNA", X_layer_name="raw")
+with tiledbsoma.Collection.open(uri + "/census_data", "w") as cd, tiledbsoma.Experiment.open(exp_uri) as e:
+    cd.set("homo_sapiens", e, use_relative_uri=True)
+"""
+
+
+def build_census(uri, seed=0) -> ad.AnnData:
+    """census_data/homo_sapiens with obs is_primary_data/suspension_type, var feature_id/nnz/n_measured_obs, X raw.
+
+    Written by a separate Python process: writing and then reading a SOMA experiment in one process
+    occasionally crashed tiledbsoma here, and a download reads a Census somebody else wrote anyway.
+    """
+    import subprocess
+    import sys
+
+    adata = source_anndata(seed)
+    h5ad = f"{uri}.h5ad"
+    adata.write_h5ad(h5ad)
+    subprocess.run([sys.executable, "-c", _BUILD, str(uri), h5ad], check=True)
     return adata
 
 
@@ -134,17 +155,23 @@ def test_resume_after_killed_chunk_and_tokenize_matches(tmp_path, census, monkey
     monkeypatch.setattr(census_mod, "census_chunk_unit", lambda u, c: (calls.append(u.unit_id), real(u, c))[1])
     run_download("cellxgene", cfg)
     assert calls == ["chunk_00001"]  # only the killed chunk again
-    # tokenize the chunks: same cells and counts as reading the AnnData directly
+    # tokenize the chunks: the same cells, tokens and counts as reading the source AnnData directly
     run_tokenize(cfg)
     rows = arrow_rows(tmp_path / "merged" / "train.dataset") + arrow_rows(tmp_path / "merged" / "valid.dataset")
     assert len(rows) == 36
-    totals = {}
-    for i, c in enumerate(sorted((tmp_path / "raw").glob("chunk_*.h5ad"))):
-        a = ad.read_h5ad(c)
-        for r in range(a.n_obs):
-            totals[(i, r)] = float(a.X[r].sum())
+    vocab = json.loads((tmp_path / "vocab" / "vocab.json").read_text())
+    chunks = [ad.read_h5ad(c) for c in sorted((tmp_path / "raw").glob("chunk_*.h5ad"))]
     from cellcorpus.core.ids import decode_ids
 
+    seen = set()
     for row in rows:
-        f, r = decode_ids(np.array([row["id"]]))
-        assert sum(row["expressions"][1:]) == totals[(int(f[0]), int(r[0]))]
+        f, r = (int(x[0]) for x in decode_ids(np.array([row["id"]])))
+        chunk = chunks[f]
+        sid = int(chunk.obs["soma_joinid"].iloc[r])
+        seen.add(sid)
+        var_sids = chunk.var["soma_joinid"].to_numpy().astype(int)
+        source = adata.X[sid].toarray().ravel()[var_sids]  # the cell as stored in the source AnnData
+        ids = [GENE_IDS[v] for v in var_sids]
+        want = [(vocab[g], float(x)) for g, x in zip(ids, source, strict=True) if x != 0]
+        assert list(zip(row["genes"][1:], row["expressions"][1:], strict=True)) == want
+    assert sorted(seen) == _expected_cells(adata).tolist()
