@@ -56,3 +56,18 @@ def import_streaming():
             del sys.modules[name]
         sys.meta_path.insert(0, _TorchvisionStub())
         return importlib.import_module("streaming")
+
+
+def streaming_dataset(local: str, attempts: int = 5):
+    """`StreamingDataset(local=...)` with shuffling off, as a training job would read a split.
+
+    streaming picks a free shared-memory name prefix by scanning /dev/shm, which races when two
+    processes on the machine do it at once (FileExistsError); retrying picks the next free prefix.
+    """
+    streaming = import_streaming()
+    for attempt in range(attempts):
+        try:
+            return streaming.StreamingDataset(local=local, shuffle=False, batch_size=1, allow_unsafe_types=True)
+        except FileExistsError:
+            if attempt == attempts - 1:
+                raise

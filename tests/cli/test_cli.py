@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cellcorpus.cli import app
-from tests.streaming_compat import import_streaming
+from tests.streaming_compat import streaming_dataset
 
 runner = CliRunner()
 
@@ -20,7 +20,6 @@ def test_demo_runs_end_to_end(tmp_path):
     result = runner.invoke(app, ["demo", str(out)])
     assert result.exit_code == 0, result.output
     assert "demo complete" in result.output
-    streaming = import_streaming()
     for merged, mds, n_min in (
         ("tahoe_merged_w_metadata", "tahoe_merged_MDS_v2", 400),
         ("scbasecamp_merged", "scbasecamp_merged_MDS", 500),
@@ -29,9 +28,7 @@ def test_demo_runs_end_to_end(tmp_path):
         train = datasets.load_from_disk(str(out / merged / "train.dataset"))
         valid = datasets.load_from_disk(str(out / merged / "valid.dataset"))
         assert len(train) + len(valid) >= n_min
-        ds = streaming.StreamingDataset(
-            local=str(out / mds / "train"), shuffle=False, batch_size=1, allow_unsafe_types=True
-        )
+        ds = streaming_dataset(str(out / mds / "train"))
         assert len(ds) > 0
         assert int(ds[0]["genes"][0]) == 1  # <cls>
     tahoe = datasets.load_from_disk(str(out / "tahoe_merged_w_metadata" / "train.dataset"))

@@ -11,7 +11,7 @@ import pytest
 
 from cellcorpus.errors import ConfigError, MissingExtraError
 from cellcorpus.formats.mds import MdsSpec, ShardWriter, _TorchPickle, encode_samples, merge_split_index
-from tests.streaming_compat import import_streaming
+from tests.streaming_compat import import_streaming, streaming_dataset
 
 
 def _table(n=300, seed=0):
@@ -86,7 +86,6 @@ def test_shard_bytes_equal_mdswriter(tmp_path, compression):
 
 
 def test_streaming_dataset_reads_ndarray_and_pkl(tmp_path):
-    streaming = import_streaming()
     torch = pytest.importorskip("torch")
     table = _table(n=120)
     for name, columns in (
@@ -97,7 +96,7 @@ def test_streaming_dataset_reads_ndarray_and_pkl(tmp_path):
         _write_native(out / "00000", table.slice(0, 50), columns, "zstd")
         _write_native(out / "00001", table.slice(50), columns, "zstd")
         merge_split_index(out, ["00000", "00001"])
-        ds = streaming.StreamingDataset(local=str(out), shuffle=False, batch_size=1, allow_unsafe_types=True)
+        ds = streaming_dataset(str(out))
         assert len(ds) == 120
         rows = table.to_pylist()
         for i in range(120):

@@ -14,7 +14,7 @@ from cellcorpus.stages.mds import run_mds
 from cellcorpus.stages.tokenize import run_tokenize
 from cellcorpus.stages.verify import run_verify
 from tests.conftest import GENES, arrow_rows, random_corpus, write_vocab
-from tests.streaming_compat import import_streaming
+from tests.streaming_compat import streaming_dataset
 
 PKL = {"genes": "pkl", "expressions": "pkl", "id": "int64", "drug": "str"}
 
@@ -38,14 +38,11 @@ def _samples(ds):
 
 @pytest.mark.parametrize("columns", [PKL, {"genes": "ndarray:int32", "expressions": "ndarray:float32", "id": "int64"}])
 def test_streaming_reads_every_sample_like_arrow(tmp_path, write_config, columns):
-    streaming = import_streaming()
     cfg = _corpus(tmp_path, write_config, **{"mds.columns": columns})
     s = run_mds(cfg)
     for split in ("train", "valid"):
         rows = arrow_rows(tmp_path / "merged" / f"{split}.dataset")
-        ds = streaming.StreamingDataset(
-            local=str(tmp_path / "mds" / split), shuffle=False, batch_size=1, allow_unsafe_types=True
-        )
+        ds = streaming_dataset(str(tmp_path / "mds" / split))
         got = _samples(ds)
         assert len(got) == len(rows) == s.counts[f"{split}_written"]
         for g, r in zip(got, rows, strict=True):
