@@ -95,10 +95,6 @@ def _load(config: Path, overrides: list[str] | None) -> Config:
     return load_config(config, overrides or [])
 
 
-def _spec(cfg: Config, num_proc: int | None, dask: str | None, section_num_proc: int) -> ExecutorSpec:
-    return ExecutorSpec.resolve(cfg, section_num_proc, num_proc, dask)
-
-
 def _print_summary(s: StageSummary) -> None:
     if s.skipped:
         out.print(f"[green]{s.stage}[/]: already complete, nothing to do")
@@ -137,7 +133,7 @@ def download(
 
     cfg = _load(config, set_)
     section = getattr(cfg, source, None)
-    spec = _spec(cfg, num_proc, dask, section.num_proc if section is not None else 1)
+    spec = ExecutorSpec.resolve(cfg, section.num_proc if section is not None else 1, num_proc, dask)
     _print_summary(run_download(source, cfg, spec, RichReporter()))
 
 
@@ -151,7 +147,7 @@ def tokenize(
 
     cfg = _load(config, set_)
     hf = cfg.need("huggingface")
-    _print_summary(run_tokenize(cfg, _spec(cfg, num_proc, dask, hf.num_proc), RichReporter()))
+    _print_summary(run_tokenize(cfg, ExecutorSpec.resolve(cfg, hf.num_proc, num_proc, dask), RichReporter()))
 
 
 @app.command()
@@ -163,7 +159,7 @@ def mds(
     from cellcorpus.stages.mds import run_mds
 
     cfg = _load(config, set_)
-    _print_summary(run_mds(cfg, _spec(cfg, num_proc, dask, cfg.need("mds").num_proc), RichReporter()))
+    _print_summary(run_mds(cfg, ExecutorSpec.resolve(cfg, cfg.need("mds").num_proc, num_proc, dask), RichReporter()))
 
 
 def _print_checks(report: Any) -> None:
@@ -187,7 +183,9 @@ def verify(
 
     cfg = _load(config, set_)
     try:
-        report = run_verify(cfg, _spec(cfg, num_proc, dask, cfg.need("huggingface").num_proc), RichReporter())
+        report = run_verify(
+            cfg, ExecutorSpec.resolve(cfg, cfg.need("huggingface").num_proc, num_proc, dask), RichReporter()
+        )
     except VerifyError as exc:
         _print_checks(exc.report)  # type: ignore[attr-defined]
         raise

@@ -73,7 +73,6 @@ class VocabLookup:
         self.vocab = vocab
         self._keys = pd.Index(list(vocab.keys()))
         self._values = np.fromiter(vocab.values(), dtype=np.int64, count=len(vocab))
-        self.size = int(self._values.max()) + 1 if len(vocab) else 0
         self._cache: dict[bytes, np.ndarray] = {}
 
     def map_genes(self, var_ids: np.ndarray) -> np.ndarray:

@@ -65,8 +65,7 @@ class H5adReader:
     def x_encoding(self) -> str:
         if isinstance(self._x, h5py.Dataset):
             return "dense"
-        enc = self._x.attrs.get("encoding-type", "")
-        enc = enc.decode() if isinstance(enc, bytes) else str(enc)
+        enc = _decode(self._x.attrs.get("encoding-type", ""))
         if enc not in ("csr_matrix", "csc_matrix"):
             raise InputError(f"{self.path}: unsupported X encoding '{enc}'")
         return enc
@@ -106,11 +105,15 @@ class H5adReader:
 
     # ---- obs ----------------------------------------------------------------------------------
     @property
+    def _index_key(self) -> str:
+        """The obs dataset holding the index (anndata's `_index` attribute)."""
+        return _decode(self._f["obs"].attrs.get("_index", "_index"))
+
+    @property
     def obs_index_name(self) -> str:
         """Column name the obs index is stored under (anndata's `_index` -> `index`, as pandas)."""
-        name = self._f["obs"].attrs.get("_index", "_index")
-        name = name.decode() if isinstance(name, bytes) else str(name)
-        return "index" if name == "_index" else name
+        key = self._index_key
+        return "index" if key == "_index" else key
 
     def obs_columns(self) -> list[str]:
         return [k for k in self._f["obs"] if k != "__categories"]
@@ -118,10 +121,8 @@ class H5adReader:
     def obs_column(self, name: str, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) of an obs column; `index` (or the index name) gives the obs index."""
         obs = self._f["obs"]
-        key = self._f["obs"].attrs.get("_index", "_index")
-        key = key.decode() if isinstance(key, bytes) else str(key)
         if name in ("index", self.obs_index_name) and name not in obs:
-            name = key
+            name = self._index_key
         if name not in obs:
             raise InputError(
                 f"{self.path}: obs has no column '{name}'", hint=f"available: {', '.join(self.obs_columns())}"

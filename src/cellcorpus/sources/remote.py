@@ -69,10 +69,6 @@ class DownloadUnit:
     requester_pays_project: str | None
     retries: int
 
-    @property
-    def n_cells(self) -> int:
-        return 0
-
 
 def plan_download(src: RemoteSourceConfig) -> list[DownloadUnit]:
     """List `glob` under the URL (+ metadata URLs); one unit per file, sorted by path."""
