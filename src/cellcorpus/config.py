@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -31,6 +32,8 @@ __all__ = [
     "MetadataJoin",
     "load_config",
     "config_hash",
+    "HF_LOCATION_KEYS",
+    "MDS_LOCATION_KEYS",
 ]
 
 
@@ -149,6 +152,12 @@ class HuggingfaceConfig(_Section):
     parquet_gene_table: str | None = None
     unit_cells: int = Field(16_384, gt=0)
     shuffle_bucket_cells: int = Field(32_768, gt=0)
+    # A cell with no gene in the vocabulary becomes `[<cls>]` alone, which the Tahoe-x1 collator rejects
+    # (torch.squeeze makes it 0-d): such cells are dropped and counted (`filtered_min_vocab_genes`).
+    min_vocab_genes: int = Field(1, ge=0)
+    # A file whose gene ids barely match the vocabulary is keyed by something else (symbols, another
+    # species): stop before tokenizing when fewer than this share of its genes are in the vocabulary.
+    min_gene_coverage: float = Field(0.01, ge=0.0, le=1.0)
 
     @field_validator("ignore_dir", mode="before")
     @classmethod
@@ -252,6 +261,14 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
         raise ConfigError(f"config file not found: {path}")
     try:
         raw = OmegaConf.load(path)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}:{where}: not valid YAML: {problem}") from exc
+    except (UnicodeDecodeError, OSError) as exc:
+        raise ConfigError(f"{path}: cannot read the config: {exc}") from exc
+    try:
         if not isinstance(raw, DictConfig):
             raise ConfigError(f"{path}: the config must be a mapping of sections, got a {type(raw).__name__}")
         if overrides:
@@ -263,6 +280,14 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
         return Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{path}: {_format_validation_error(exc)}") from exc
+
+
+# Keys that only say *where* things are. They never change an output's bytes, so a relative vs absolute
+# spelling, or a finished output moved to another folder, must not look like another config.
+HF_LOCATION_KEYS = frozenset(
+    {"adata_dir", "output_root", "merged_dataset_root", "vocab_output_root", "vocab_path", "num_proc", "dataset_name"}
+)
+MDS_LOCATION_KEYS = frozenset({"out_root", "root_dir", "num_proc", "staging_dir"})
 
 
 def config_hash(*parts: BaseModel | object) -> str:

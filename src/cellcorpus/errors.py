@@ -46,6 +46,9 @@ class UnitFailed(CellcorpusError):  # noqa: N818 - name fixed by the design (STY
         self.unit_id = unit_id
         self.path = path
         self.cause = cause
+        # A config-class problem found inside a unit (a column missing from one file) is still a config
+        # error: the exit code is the cause's, so scripts see the same code wherever it was found.
+        self.exit_code = cause.exit_code if isinstance(cause, CellcorpusError) else 1
 
     def __reduce__(self):  # keep picklable across process / Dask boundaries
         return (UnitFailed, (self.unit_id, self.path, self.cause))

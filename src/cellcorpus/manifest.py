@@ -7,6 +7,7 @@ so a rerun skips exactly the finished units. `manifest.json` is written by final
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ __all__ = [
     "output_record",
     "write_manifest",
 ]
+
+log = logging.getLogger(__name__)
 
 _BLOCK = 1 << 22
 
@@ -88,7 +91,14 @@ class Ledger:
         if not self.dir.is_dir():
             return out
         for p in sorted(self.dir.glob("*.json")):
-            rec = json.loads(p.read_text())
+            try:
+                rec = json.loads(p.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                # Records are written atomically, so a damaged one was damaged from outside: the unit
+                # is simply redone (its output is rewritten by name), never trusted.
+                log.warning("%s: damaged completion record, the unit will be redone", p)
+                p.unlink()
+                continue
             if rec.get("config_hash") != self.config_hash and self.derived:
                 p.unlink()
                 continue

@@ -48,6 +48,9 @@ def _cfg(tmp_path, write_config, unit_cells=2):
                 "huggingface.parquet_gene_table": str(tmp_path / "gene_metadata.parquet"),
                 "huggingface.obs_metadata_columns": ["drug", "sample"],
                 "huggingface.unit_cells": unit_cells,
+                # three cells: all to train (an empty valid split is an error)
+                "huggingface.split_parameters.test_size": 0,
+                "mds.splits": ["train"],
             }
         )
     )

@@ -31,6 +31,15 @@ def _run(path, **kw):
     return run_tokenize(load_config(path), **kw)
 
 
+# A handful of cells rarely lands one in a 20% valid split, and an empty split is an error: tiny inputs go
+# all to train (test_size 0, and so no 'valid' MDS split either).
+ALL_TRAIN = ["huggingface.split_parameters.test_size=0", "mds.splits=[train]"]
+
+
+def _run_tiny(path, **kw):
+    return run_tokenize(load_config(path, ALL_TRAIN), **kw)
+
+
 def _all_rows(root):
     return arrow_rows(root / "merged" / "train.dataset") + arrow_rows(root / "merged" / "valid.dataset")
 
@@ -39,7 +48,7 @@ def _all_rows(root):
 @pytest.mark.parametrize("dtype", [np.float32, np.int32])
 def test_exact_tokens(tmp_path, tiny_vocab, write_config, fmt, dtype):
     make_h5ad(tmp_path / "raw" / "a.h5ad", X.astype(dtype), VAR, fmt=fmt)
-    s = _run(write_config())
+    s = _run_tiny(write_config())
     rows = {decode_ids(np.array([r["id"]]))[1][0]: r for r in _all_rows(tmp_path)}
     assert {k: (r["genes"], r["expressions"]) for k, r in rows.items()} == EXPECTED
     assert s.counts["cells_read"] == 4 and s.counts["oov_entries_dropped"] == 2
@@ -49,17 +58,40 @@ def test_exact_tokens(tmp_path, tiny_vocab, write_config, fmt, dtype):
 def test_explicit_zeros_dropped_and_counted(tmp_path, tiny_vocab, write_config):
     m = sp.csr_matrix((np.array([0.0, 5.0, 0.0], np.float32), np.array([0, 3, 1]), np.array([0, 2, 3])), shape=(2, 4))
     make_h5ad(tmp_path / "raw" / "a.h5ad", m, VAR)
-    s = _run(write_config())
+    s = _run_tiny(write_config())
     rows = sorted(_all_rows(tmp_path), key=lambda r: r["id"])
-    assert [r["genes"] for r in rows] == [[1, 7], [1]]
-    assert s.counts["explicit_zeros_dropped"] == 2
+    # cell 1 holds only an explicit zero: no gene left, so it is dropped (a lone <cls> stops Tahoe-x1 training)
+    assert [r["genes"] for r in rows] == [[1, 7]]
+    assert s.counts["explicit_zeros_dropped"] == 2 and s.counts["filtered_min_vocab_genes"] == 1
+
+
+def test_cells_without_vocab_genes_dropped_by_default_kept_on_request(tmp_path, tiny_vocab, write_config):
+    # cell 1 has only an out-of-vocabulary gene, cell 2 nothing at all
+    X2 = np.array([[1, 0, 0, 0], [0, 0, 5, 0], [0, 0, 0, 0]], dtype=np.float32)
+    make_h5ad(tmp_path / "raw" / "a.h5ad", X2, VAR)
+    s = _run_tiny(write_config())
+    assert [r["genes"] for r in _all_rows(tmp_path)] == [[1, 5]]
+    assert s.counts["filtered_min_vocab_genes"] == 2 and s.counts["written_train"] == 1
+    assert s.counts["cells_read"] == 3
+    s = _run_tiny(
+        write_config(
+            tmp_path / "keep",
+            **{
+                "huggingface.min_vocab_genes": 0,
+                "huggingface.adata_dir": str(tmp_path / "raw"),
+                "huggingface.vocab_output_root": str(tmp_path / "vocab"),
+            },
+        )
+    )
+    assert sorted(r["genes"] for r in _all_rows(tmp_path / "keep")) == [[1], [1], [1, 5]]
+    assert s.counts["filtered_min_vocab_genes"] == 0
 
 
 def test_obs_filter_min_genes_min_counts_counted(tmp_path, tiny_vocab, write_config):
     obs = {"pass_filter": pd.Categorical(["full", "full", "minimal", "full"])}
     make_h5ad(tmp_path / "raw" / "a.h5ad", X, VAR, obs)
     # cell1: 1 gene, 4 counts; cell2 filtered by obs; cell0: 3 genes (incl. OOV), 10 counts; cell3: 4 genes, 8
-    s = _run(
+    s = _run_tiny(
         write_config(
             **{
                 "huggingface.obs_filter": {"key": "pass_filter", "value": "full"},
@@ -101,7 +133,7 @@ def test_metadata_join_semantics(tmp_path, tiny_vocab, write_config):
             ],
         }
     )
-    _run(cfg)
+    _run_tiny(cfg)
     rows = sorted(_all_rows(tmp_path), key=lambda r: r["id"])
     got = [(r["drug"], r["plate"], r["moa"], r["smiles"]) for r in rows]
     # stripped keys match, first duplicate kept, unmatched -> "", numbers as text
@@ -120,8 +152,10 @@ def test_join_table_without_key_column_is_clear_error(tmp_path, tiny_vocab, writ
             ]
         }
     )
-    with pytest.raises(InputError, match=r"drugs\.csv: metadata table has no column\(s\) \['drug'\]"):
-        _run(cfg)
+    with pytest.raises(
+        ConfigError, match=r"additional_metadata_info.0: .*drugs\.csv: metadata table has no column\(s\) \['drug'\]"
+    ):
+        _run_tiny(cfg)
 
 
 def test_parquet_join_table(tmp_path, tiny_vocab, write_config):
@@ -139,7 +173,7 @@ def test_parquet_join_table(tmp_path, tiny_vocab, write_config):
             ]
         }
     )
-    _run(cfg)
+    _run_tiny(cfg)
     rows = sorted(_all_rows(tmp_path), key=lambda r: r["id"])
     assert [r["tissue"] for r in rows] == ["lung", "blood", "lung", ""]
 
@@ -299,10 +333,11 @@ def test_truncated_file_is_named(tmp_path, tiny_vocab, write_config):
 
 def test_missing_columns_and_paths(tmp_path, tiny_vocab, write_config):
     make_h5ad(tmp_path / "raw" / "a.h5ad", X, VAR)
-    with pytest.raises(UnitFailed, match=r"var has no column 'feature_id'"):
-        _run(write_config(**{"huggingface.gene_col": "feature_id"}))
-    with pytest.raises(UnitFailed, match=r"obs has no column 'drug'"):
-        _run(write_config(**{"huggingface.obs_metadata_columns": ["drug"]}))
+    with pytest.raises(ConfigError, match=r"huggingface.gene_col: 'feature_id' is not a var column of .*a.h5ad"):
+        _run_tiny(write_config(**{"huggingface.gene_col": "feature_id"}))
+    with pytest.raises(ConfigError, match=r"obs_metadata_columns.0: 'drug' is not an obs column of .*a.h5ad"):
+        _run_tiny(write_config(**{"huggingface.obs_metadata_columns": ["drug"]}))
+    assert not (tmp_path / "work" / "parts").exists()  # found before any unit ran
     with pytest.raises(ConfigError, match="adata_dir: folder not found"):
         _run(write_config(**{"huggingface.adata_dir": str(tmp_path / "nope")}))
     with pytest.raises(ConfigError, match="additional_metadata_info.0.path: file not found"):
@@ -341,7 +376,7 @@ def test_ignore_dir_and_gz_inputs(tmp_path, tiny_vocab, write_config):
     make_h5ad(tmp_path / "raw" / "skip" / "b.h5ad", X, VAR)
     gz = tmp_path / "raw" / "keep" / "c.h5ad.gz"
     gz.write_bytes(gzip.compress(p.read_bytes()))
-    s = _run(write_config(**{"huggingface.ignore_dir": ["skip"]}))
+    s = _run_tiny(write_config(**{"huggingface.ignore_dir": ["skip"]}))
     assert s.counts["cells_read"] == 8
     manifest = json.loads((tmp_path / "merged" / "manifest.json").read_text())
     assert [f["path"] for f in manifest["inputs"]] == ["keep/a.h5ad", "keep/c.h5ad.gz"]
@@ -350,7 +385,7 @@ def test_ignore_dir_and_gz_inputs(tmp_path, tiny_vocab, write_config):
 def test_hf_datasets_loads_output(tmp_path, tiny_vocab, write_config):
     datasets = pytest.importorskip("datasets")
     make_h5ad(tmp_path / "raw" / "a.h5ad", X, VAR, {"drug": ["a", "b", "c", "d"]})
-    _run(write_config(**{"huggingface.obs_metadata_columns": ["drug"]}))
+    _run_tiny(write_config(**{"huggingface.obs_metadata_columns": ["drug"]}))
     ds = datasets.load_from_disk(str(tmp_path / "merged" / "train.dataset"))
     assert ds.column_names == ["genes", "expressions", "id", "drug", "index"]
     row = ds[0]

@@ -81,27 +81,27 @@ class H5adReader:
         return int(shape[0]), int(shape[1])
 
     # ---- var ----------------------------------------------------------------------------------
-    def var_frame(self) -> pd.DataFrame:
-        import anndata
-
-        try:
-            return anndata.io.read_elem(self._f["var"])
-        except Exception as exc:  # anndata raises many types for malformed frames
-            raise InputError(f"{self.path}: cannot read var: {exc}") from exc
+    def var_columns(self) -> list[str]:
+        """Names of the var columns (without the index), read from the HDF5 keys only."""
+        var = self._f["var"]
+        index_key = _decode(var.attrs.get("_index", "_index"))
+        return [k for k in var if k not in (index_key, "__categories")]
 
     def var_column(self, name: str) -> np.ndarray:
-        """Values of a var column (`index` = the var index) as an object array of str."""
-        var = self.var_frame()
-        if name == "index":
-            values = var.index
-        elif name in var.columns:
-            values = var[name]
-        else:
+        """Values of a var column (`index` = the var index) as an object array of str; reads that column only."""
+        var = self._f["var"]
+        key = _decode(var.attrs.get("_index", "_index")) if name == "index" else name
+        if key not in var or key == "__categories":
             raise InputError(
                 f"{self.path}: var has no column '{name}'",
-                hint=f"available: index, {', '.join(map(str, var.columns))}",
+                hint=f"available: index, {', '.join(self.var_columns())}",
             )
-        return np.asarray(values.astype(str), dtype=object)
+        node = var[key]
+        n = node["codes"].shape[0] if isinstance(node, h5py.Group) and "codes" in node else None
+        if n is None:
+            n = node["values"].shape[0] if isinstance(node, h5py.Group) else node.shape[0]
+        values = _read_column(node, 0, n, var)
+        return np.asarray(pd.Series(values, dtype=object).astype(str), dtype=object)
 
     # ---- obs ----------------------------------------------------------------------------------
     @property

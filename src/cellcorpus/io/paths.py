@@ -11,6 +11,8 @@ from typing import Any
 
 import fsspec
 
+from cellcorpus.errors import InputError
+
 __all__ = ["is_url", "join", "filesystem", "exists", "Publisher", "local_copy"]
 
 
@@ -76,11 +78,19 @@ class Publisher:
             fs.rm(path)
 
     def read_json(self, rel: str) -> Any:
+        """The parsed JSON file, None when absent; a damaged (truncated, edited) file is an InputError."""
         fs, path = filesystem(self.url(rel))
         if not fs.exists(path):
             return None
         with fs.open(path, "rb") as f:
-            return json.loads(f.read())
+            raw = f.read()
+        try:
+            return json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(
+                f"{self.url(rel)}: damaged file, not valid JSON ({exc})",
+                hint="it was truncated or edited; restore it, or delete this output folder to rebuild it",
+            ) from exc
 
 
 @contextmanager

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cellcorpus.config import Config, MdsConfig, config_hash
+from cellcorpus.config import MDS_LOCATION_KEYS, Config, MdsConfig, config_hash
 from cellcorpus.errors import ConfigError, InputError
 from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
 from cellcorpus.formats.arrow import read_arrow
@@ -23,6 +23,7 @@ from cellcorpus.formats.mds import MdsSpec, ShardWriter, _TorchPickle, encode_sa
 from cellcorpus.io.paths import Publisher, local_copy
 from cellcorpus.manifest import Ledger, UnitResult, write_manifest
 from cellcorpus.stages.base import StageSummary
+from cellcorpus.stages.preflight import preflight
 
 __all__ = ["MdsUnit", "MdsContext", "plan_mds", "mds_unit", "run_mds", "BATCH_ROWS"]
 
@@ -36,6 +37,7 @@ class MdsUnit:
     split: str
     sub_dir: str
     n_cells: int
+    checksum: str = ""  # xxh64 of the Arrow file (from the tokenize manifest): a changed file is redone
 
 
 @dataclass(frozen=True)
@@ -63,11 +65,12 @@ def plan_mds(mds: MdsConfig) -> list[MdsUnit]:
                 f"mds.root_dir: no complete dataset for split '{split}' at {src.url(f'{split}.dataset')}",
                 hint="run `cellcorpus tokenize` first",
             )
-        sizes = {r["path"]: r["n_cells"] for r in manifest.get("splits", {}).get(split, [])}
+        records = {r["path"]: r for r in manifest.get("splits", {}).get(split, [])}
         for i, f in enumerate(state["_data_files"]):
             path = src.url(f"{split}.dataset/{f['filename']}")
-            n = sizes[f["filename"]] if f["filename"] in sizes else read_arrow(path).num_rows
-            units.append(MdsUnit(f"{split}-{i:05d}", path, split, f"{i:05d}", n))
+            rec = records.get(f["filename"])
+            n = rec["n_cells"] if rec else read_arrow(path).num_rows
+            units.append(MdsUnit(f"{split}-{i:05d}", path, split, f"{i:05d}", n, rec["xxh64"] if rec else ""))
     return units
 
 
@@ -103,34 +106,73 @@ def _convert(unit: MdsUnit, ctx: MdsContext, table: pa.Table, out: Path) -> Unit
         for s in index["shards"]
     ]
     counts = {"cells_in": n_in, "dropped_min_length": n_in - table.num_rows, "written": writer.n_samples}
-    return UnitResult(unit.unit_id, counts, shards, {"split": unit.split})
+    return UnitResult(unit.unit_id, counts, shards, {"split": unit.split, "input_checksum": unit.checksum})
+
+
+def _decide(mds: MdsConfig, out: Publisher, settings_hash: str, stage_hash: str, ledger: Ledger) -> dict | None:
+    """Skip, refuse or rebuild, decided before anything on disk is touched (see tokenize's `_decide`)."""
+    previous = out.read_json("manifest.json")
+    complete = [s for s in mds.splits if out.exists(f"{s}/index.json")]
+    recorded = ledger.done()
+    if previous and len(complete) == len(mds.splits):
+        if previous.get("config_hash") == stage_hash:
+            return previous
+        if previous.get("settings_hash") != settings_hash:
+            raise ConfigError(
+                f"mds.out_root: {mds.out_root} holds a finished MDS export made with other settings; "
+                "it is left untouched",
+                hint="use a new mds.out_root, or delete the old export to rebuild",
+            )
+    elif complete and not previous and not recorded:
+        raise ConfigError(
+            f"mds.out_root: {out.url(complete[0])} holds an MDS dataset without a cellcorpus manifest; "
+            "it is left untouched",
+            hint="use a new mds.out_root, or delete that dataset",
+        )
+    return None
 
 
 def run_mds(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | None = None) -> StageSummary:
     """Export every split to MDS; skips when the merged indexes already match this config + input."""
     mds: MdsConfig = cfg.need("mds")
     spec = spec or ExecutorSpec.resolve(cfg, mds.num_proc)
+    notes = preflight(cfg, spec, "mds")
     wspec = MdsSpec.create(mds.columns, mds.compression, mds.hashes, mds.size_limit)
     source = Publisher(mds.root_dir, staging=".")
     source_manifest = source.read_json("manifest.json")
-    stage_hash = config_hash(
-        mds.model_dump(mode="json", exclude={"num_proc", "staging_dir"}),
-        source_manifest and source_manifest["config_hash"],
-    )
+    # Where things are never enters the identity (a moved export is still complete), the source's does.
+    settings_hash = config_hash(mds.model_dump(mode="json", exclude=set(MDS_LOCATION_KEYS)))
+    stage_hash = config_hash(settings_hash, source_manifest and source_manifest["config_hash"])
     out = publisher(mds)
-    previous = out.read_json("manifest.json")
     outputs = {s: out.url(s) for s in mds.splits}
-    complete = all(out.exists(f"{s}/index.json") for s in mds.splits)
-    if previous and previous.get("config_hash") == stage_hash and complete:
-        return StageSummary("mds", skipped=True, counts=previous["totals"], outputs=outputs)
-    for s in mds.splits:  # a stale merged index must never make a half-done export look complete
-        out.remove(f"{s}/index.json")
+    ledger = Ledger(out.local_dir / ".units", settings_hash)
+    previous = _decide(mds, out, settings_hash, stage_hash, ledger)
+    if previous is not None:
+        return StageSummary("mds", skipped=True, counts=previous["totals"], outputs=outputs, notes=notes)
     units = plan_mds(mds)
+    for s in mds.splits:  # decided to rebuild: a stale merged index must never make a half-done export look complete
+        out.remove(f"{s}/index.json")
     ctx = MdsContext(wspec, out, mds.min_length)
-    ledger = Ledger(out.local_dir / ".units", stage_hash)
     done = run_units(
-        mds_unit, units, ctx, ledger, spec, description="mds", cells_of=lambda u: u.n_cells, reporter=reporter
+        mds_unit,
+        units,
+        ctx,
+        ledger,
+        spec,
+        description="mds",
+        cells_of=lambda u: u.n_cells,
+        reporter=reporter,
+        is_current=lambda u, r: r.extra.get("input_checksum") == u.checksum,
     )
+    for split in mds.splits:  # an empty split is an error, found before any merged index is written
+        res = [done[u.unit_id] for u in units if u.split == split]
+        if sum(r.counts["written"] for r in res) == 0:
+            n_in = sum(r.counts["cells_in"] for r in res)
+            raise InputError(
+                f"mds: the {split} split would have 0 samples ({n_in:,} cells in the Arrow split, "
+                f"{sum(r.counts['dropped_min_length'] for r in res):,} shorter than mds.min_length)",
+                hint="lower mds.min_length, or remove the split from mds.splits",
+            )
     totals: dict[str, int] = {}
     splits = {}
     for split in mds.splits:
@@ -152,10 +194,11 @@ def run_mds(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | 
         manifest_path,
         stage="mds",
         config_hash=stage_hash,
+        settings_hash=settings_hash,
         source_manifest=source.url("manifest.json"),
         columns=dict(wspec.columns),
         splits=splits,
         totals=totals,
     )
     out.publish(manifest_path)
-    return StageSummary("mds", counts=totals, outputs=outputs)
+    return StageSummary("mds", counts=totals, outputs=outputs, notes=notes)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cellcorpus.config import Config, HuggingfaceConfig, config_hash
+from cellcorpus.config import HF_LOCATION_KEYS, Config, HuggingfaceConfig, config_hash
 from cellcorpus.core.ids import make_ids
 from cellcorpus.core.shuffle import n_buckets_for, order_by_bucket
 from cellcorpus.core.split import assign_valid, shuffle_keys
@@ -31,7 +31,9 @@ from cellcorpus.io.paths import Publisher, is_url
 from cellcorpus.io.tables import as_strings, load_table, lookup
 from cellcorpus.manifest import Ledger, UnitResult, file_checksum, output_record, write_manifest
 from cellcorpus.sources.base import InputFile, RawBlock
+from cellcorpus.sources.inputs import discover_inputs, inspect_inputs, obs_index_column, required_obs_columns
 from cellcorpus.stages.base import StageSummary, WorkUnit
+from cellcorpus.stages.preflight import preflight
 from cellcorpus.stages.vocab import load_vocab
 
 __all__ = ["SPLITS", "TokenizeContext", "plan_tokenize", "tokenize_unit", "run_tokenize", "dataset_dir"]
@@ -44,6 +46,7 @@ COUNT_KEYS = (
     "filtered_obs_filter",
     "filtered_min_genes",
     "filtered_min_counts",
+    "filtered_min_vocab_genes",
     "written_train",
     "written_valid",
     "explicit_zeros_dropped",
@@ -74,28 +77,6 @@ def dataset_dir(hf: HuggingfaceConfig, split: str) -> Path:
 
 
 # ---- plan ---------------------------------------------------------------------------------------
-def _discover(hf: HuggingfaceConfig) -> list[InputFile]:
-    cache = str(Path(hf.output_root) / "decompressed")
-    if hf.input_format == "tahoe_parquet":
-        from cellcorpus.sources.tahoe import discover_parquet
-
-        return discover_parquet(hf.adata_dir, hf.ignore_dir)
-    from cellcorpus.sources.local import discover_h5ad
-
-    return discover_h5ad(hf.adata_dir, hf.ignore_dir, cache)
-
-
-def _index_name(hf: HuggingfaceConfig, first: InputFile) -> str | None:
-    if not hf.add_obs_index:
-        return None
-    if hf.input_format == "tahoe_parquet":
-        return "index"
-    from cellcorpus.io.h5ad import H5adReader
-
-    with H5adReader(first.path) as r:
-        return r.obs_index_name
-
-
 def plan_tokenize(hf: HuggingfaceConfig, inputs: list[InputFile]) -> list[WorkUnit]:
     """(file, row range) units of at most `unit_cells` rows, sorted by file then row."""
     units = []
@@ -107,14 +88,18 @@ def plan_tokenize(hf: HuggingfaceConfig, inputs: list[InputFile]) -> list[WorkUn
     return units
 
 
-def _preflight(hf: HuggingfaceConfig, vocab: dict[str, int]) -> None:
+def _check_vocab_and_tables(hf: HuggingfaceConfig, vocab: dict[str, int]) -> None:
     """Fail before any worker starts: CLS token in vocab, metadata tables readable with their keys."""
     if hf.add_cls_token and hf.cls_token not in vocab:
         raise ConfigError(f"huggingface.cls_token: '{hf.cls_token}' is not in the vocabulary {hf.vocab_file}")
     for i, join in enumerate(hf.additional_metadata_info):
         if not Path(join.path).is_file():
             raise ConfigError(f"huggingface.additional_metadata_info.{i}.path: file not found: {join.path}")
-        load_table(join.path, join.merge_keys.metadata_key, join.columns)
+        try:
+            load_table(join.path, join.merge_keys.metadata_key, join.columns)
+        except InputError as exc:
+            # the key or a column named by the config is absent from the table: the config's problem
+            raise ConfigError(f"huggingface.additional_metadata_info.{i}: {exc.message}", hint=exc.hint) from exc
 
 
 # ---- unit ---------------------------------------------------------------------------------------
@@ -125,11 +110,7 @@ def _lookup(vocab_file: str, mtime_ns: int) -> VocabLookup:
 
 
 def _obs_names(hf: HuggingfaceConfig) -> list[str]:
-    names = list(hf.obs_metadata_columns)
-    if hf.obs_filter:
-        names.append(hf.obs_filter.key)
-    names += [j.merge_keys.adata_key for j in hf.additional_metadata_info]
-    return [n for n in dict.fromkeys(names) if n != "index"]
+    return list(required_obs_columns(hf))
 
 
 def _read_block(unit: WorkUnit, hf: HuggingfaceConfig) -> RawBlock:
@@ -198,12 +179,19 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
     counts["cells_read"] = unit.n_cells
     keep = _apply_filters(block, hf, counts)
     rows = np.flatnonzero(keep)
-    meta = {k: v[rows] for k, v in _metadata(block, ctx).items()}
+    meta = _metadata(block, ctx)
     cls_id = lookup_.vocab[hf.cls_token] if hf.add_cls_token else None
+    n_fractional = int(np.count_nonzero(block.data != np.floor(block.data))) if block.data.dtype.kind == "f" else 0
     cells = tokenize_csr(block.indptr, block.indices, block.data, gene_map, cls_id, hf.pad_value)
     del block  # raw rows no longer needed: peak memory is one copy of the unit, not two
     counts["explicit_zeros_dropped"] = cells.n_explicit_zeros
     counts["oov_entries_dropped"] = cells.n_oov_entries
+    if hf.min_vocab_genes:  # after the other filters, so each drop is counted once, where it happens
+        enough = cells.lengths() - (cls_id is not None) >= hf.min_vocab_genes
+        counts["filtered_min_vocab_genes"] = int(np.count_nonzero(keep & ~enough))
+        keep &= enough
+        rows = np.flatnonzero(keep)
+    meta = {k: v[rows] for k, v in meta.items()}
     cells = take_rows(cells, keep)
     ids = make_ids(unit.file_index, unit.row_start + rows)
     valid = assign_valid(ids, hf.split_parameters.test_size, hf.split_parameters.seed)
@@ -222,40 +210,118 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
         counts[f"written_{split}"] = write_stream(part, table, rows=sel)
         outputs.append(output_record(part, ctx.parts_dir, **extra))
     n_oov_genes = int(np.count_nonzero(gene_map < 0))
-    extra = {"file_index": unit.file_index, "oov_genes": n_oov_genes, "input_checksum": unit.checksum}
+    extra = {
+        "file_index": unit.file_index,
+        "oov_genes": n_oov_genes,
+        "input_checksum": unit.checksum,
+        "fractional_values": n_fractional,
+    }
     return UnitResult(unit.unit_id, counts, outputs, extra)
 
 
 # ---- stage --------------------------------------------------------------------------------------
-def _work_hash(hf: HuggingfaceConfig, vocab_file: str) -> str:
-    """Identity of the work minus the inputs (num_proc does not change outputs, so it is left out)."""
-    return config_hash(hf.model_dump(mode="json", exclude={"num_proc"}), file_checksum(vocab_file))
+def _work_hash(hf: HuggingfaceConfig) -> str:
+    """Identity of the settings: everything that decides the output bytes, nothing that only says where.
+
+    Paths are replaced by the content of what they point at (vocabulary, join tables, gene table), so a
+    relative vs absolute spelling or a moved folder is the same work; num_proc never changes outputs.
+    """
+    settings = hf.model_dump(mode="json", exclude=set(HF_LOCATION_KEYS) | {"parquet_gene_table"})
+    for join in settings["additional_metadata_info"]:
+        join["path"] = file_checksum(join["path"])
+    gene_table = file_checksum(hf.parquet_gene_table) if hf.parquet_gene_table else None
+    return config_hash(settings, file_checksum(hf.vocab_file), gene_table)
 
 
 def _stage_hash(work_hash: str, inputs: list[InputFile]) -> str:
     return config_hash(work_hash, [(f.rel_path, f.n_bytes, f.checksum) for f in inputs])
 
 
+def _decide(hf: HuggingfaceConfig, work_hash: str, stage_hash: str, ledger: Ledger) -> dict | None:
+    """Whether this run may proceed, decided before anything on disk is touched.
+
+    Returns the finished run's manifest when it is already complete for these settings and inputs;
+    raises when proceeding would overwrite a finished dataset made with other settings (or not by
+    cellcorpus); returns None when the run should (re)build.
+    """
+    out = publisher(hf)
+    previous = out.read_json("manifest.json")  # a damaged manifest is an error here, before any change
+    complete = [s for s in SPLITS if out.exists(f"{s}.dataset/state.json")]
+    recorded = ledger.done()  # records of other settings raise here, before any change
+    if previous and len(complete) == len(SPLITS):
+        if previous.get("config_hash") == stage_hash:
+            return previous
+        if previous.get("settings_hash") != work_hash:
+            raise ConfigError(
+                f"huggingface.merged_dataset_root: {hf.merged_dataset_root} holds a finished dataset made with "
+                "other settings; it is left untouched",
+                hint="use a new merged_dataset_root (and output_root), or delete the old dataset to rebuild",
+            )
+        log.warning("inputs changed since the finished run: rebuilding %s", hf.merged_dataset_root)
+    elif complete and not previous and not recorded:
+        raise ConfigError(
+            f"huggingface.merged_dataset_root: {out.url(f'{complete[0]}.dataset')} holds a dataset without a "
+            "cellcorpus manifest; it is left untouched",
+            hint="use a new merged_dataset_root, or delete that dataset",
+        )
+    return None
+
+
+def _file_notes(inputs: list[InputFile], results: list[UnitResult]) -> list[str]:
+    fractional: dict[int, int] = {}
+    for r in results:
+        if r.extra.get("fractional_values"):
+            fi = r.extra["file_index"]
+            fractional[fi] = fractional.get(fi, 0) + r.extra["fractional_values"]
+    return [
+        f"{inputs[fi].rel_path}: {n:,} non-integer count value(s); tokenized as they are (raw counts expected)"
+        for fi, n in sorted(fractional.items())
+    ]
+
+
+def _check_split_sizes(hf: HuggingfaceConfig, totals: dict[str, int]) -> None:
+    """A split with no cells is an error (an empty corpus is never a success), unless test_size is 0."""
+    n_written = totals["written_train"] + totals["written_valid"]
+    if n_written == 0:
+        raise InputError(
+            f"no cells left after filters ({totals['cells_read']:,} read: "
+            + ", ".join(f"{k.removeprefix('filtered_')} {totals[k]:,}" for k in COUNT_KEYS if k.startswith("filtered"))
+            + ")",
+            hint="check huggingface.obs_filter / filter_cells / min_vocab_genes and the inputs' gene ids",
+        )
+    test_size = hf.split_parameters.test_size
+    for split in SPLITS:
+        if totals[f"written_{split}"] == 0 and not (split == "valid" and test_size == 0):
+            raise InputError(
+                f"the {split} split would have 0 cells ({n_written:,} written in all, test_size {test_size})",
+                hint="more input cells or another huggingface.split_parameters.test_size (0 = no valid split)",
+            )
+
+
 def run_tokenize(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | None = None) -> StageSummary:
-    """Plan, run pending units, finalize both splits; skips everything when already complete."""
+    """Plan, run pending units, finalize both splits; skips everything when already complete.
+
+    Every check (config, inputs' columns and gene coverage, whether finished output may be replaced)
+    happens before the first unit and before anything on disk is changed.
+    """
     hf: HuggingfaceConfig = cfg.need("huggingface")
     if is_url(hf.output_root):
         raise ConfigError(f"huggingface.output_root: must be a local scratch folder, got {hf.output_root}")
     spec = spec or ExecutorSpec.resolve(cfg, hf.num_proc)
     vocab = load_vocab(hf.vocab_file)
-    _preflight(hf, vocab)
-    inputs = _discover(hf)
-    work_hash = _work_hash(hf, hf.vocab_file)
+    _check_vocab_and_tables(hf, vocab)
+    inputs = discover_inputs(hf)
+    notes = preflight(cfg, spec, "tokenize", inputs)
+    notes += inspect_inputs(hf, inputs, vocab).notes
+    work_hash = _work_hash(hf)
     stage_hash = _stage_hash(work_hash, inputs)
+    scratch = Path(hf.output_root)
+    ledger = Ledger(scratch / "units" / "tokenize", work_hash)
+    previous = _decide(hf, work_hash, stage_hash, ledger)
+    if previous is not None:
+        return StageSummary("tokenize", skipped=True, counts=previous["totals"], outputs=_outputs(hf), notes=notes)
     out = publisher(hf)
-    previous = out.read_json("manifest.json")
-    if (
-        previous
-        and previous.get("config_hash") == stage_hash
-        and all(out.exists(f"{s}.dataset/state.json") for s in SPLITS)
-    ):
-        return StageSummary("tokenize", skipped=True, counts=previous["totals"], outputs=_outputs(hf))
-    for s in SPLITS:  # a stale state.json must never make a half-done run look complete
+    for s in SPLITS:  # decided to rebuild: a stale state.json must never make a half-done run look complete
         out.remove(f"{s}.dataset/state.json")
     units = plan_tokenize(hf, inputs)
     total = sum(f.n_obs for f in inputs)
@@ -266,16 +332,15 @@ def run_tokenize(cfg: Config, spec: ExecutorSpec | None = None, reporter: Report
             (s, n_buckets_for(round(total * frac), hf.shuffle_bucket_cells, hf.num_chunks))
             for s, frac in (("train", 1 - tsize), ("valid", tsize))
         )
-    index_column = _index_name(hf, inputs[0])
+    index_column = obs_index_column(hf, inputs[0])
     ctx = TokenizeContext(
         hf=hf,
         vocab_file=hf.vocab_file,
-        parts_dir=str(Path(hf.output_root) / "parts"),
+        parts_dir=str(scratch / "parts"),
         metadata_columns=tuple(hf.metadata_columns(index_column)),
         index_column=index_column,
         n_buckets=n_buckets,
     )
-    ledger = Ledger(Path(hf.output_root) / "units" / "tokenize", work_hash)
     results = run_units(
         tokenize_unit,
         units,
@@ -289,11 +354,8 @@ def run_tokenize(cfg: Config, spec: ExecutorSpec | None = None, reporter: Report
     )
     ordered = [results[u.unit_id] for u in units]
     totals = {k: sum(r.counts.get(k, 0) for r in ordered) for k in COUNT_KEYS}
-    if totals["written_train"] + totals["written_valid"] == 0:
-        raise InputError(
-            f"no cells left after filters ({totals['cells_read']} read)",
-            hint="check huggingface.obs_filter / filter_cells",
-        )
+    _check_split_sizes(hf, totals)
+    notes += _file_notes(inputs, ordered)
     from cellcorpus.stages.split import finalize_splits
 
     shard_records = finalize_splits(ctx, units, ordered, spec, stage_hash, reporter)
@@ -302,6 +364,7 @@ def run_tokenize(cfg: Config, spec: ExecutorSpec | None = None, reporter: Report
         manifest_path,
         stage="tokenize",
         config_hash=stage_hash,
+        settings_hash=work_hash,
         dataset_name=hf.dataset_name,
         metadata_columns=list(ctx.metadata_columns),
         inputs=[
@@ -319,8 +382,11 @@ def run_tokenize(cfg: Config, spec: ExecutorSpec | None = None, reporter: Report
         totals=totals,
     )
     out.publish(manifest_path)
+    # The manifest is now the completion record: unit parts were moved or shuffled into the datasets, so
+    # their completion records would point at nothing; a later rebuild redoes every unit.
     shutil.rmtree(ctx.parts_dir, ignore_errors=True)
-    return StageSummary("tokenize", counts=totals, outputs=_outputs(hf))
+    shutil.rmtree(scratch / "units", ignore_errors=True)
+    return StageSummary("tokenize", counts=totals, outputs=_outputs(hf), notes=notes)
 
 
 def _outputs(hf: HuggingfaceConfig) -> dict[str, str]:

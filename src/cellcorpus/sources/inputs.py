@@ -1,0 +1,162 @@
+"""The tokenize inputs of a config: discover them, and inspect each one before any unit runs.
+
+Inspection opens every input once (HDF5 keys and the gene-id column only; the parquet schema) and
+finds what would otherwise fail hours later inside a worker: a `gene_col` or obs column missing from a
+file, a file with no genes, a file whose gene ids barely match the vocabulary (keyed by symbols, or
+another species), empty gene ids.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cellcorpus.config import HuggingfaceConfig
+from cellcorpus.core.vocab import VocabLookup
+from cellcorpus.errors import ConfigError, InputError
+from cellcorpus.sources.base import InputFile
+
+__all__ = ["discover_inputs", "obs_index_column", "required_obs_columns", "InputsReport", "inspect_inputs"]
+
+_ENSEMBL = re.compile(r"^ENS[A-Z]*\d{6,}(\.\d+)?$")
+
+
+def discover_inputs(hf: HuggingfaceConfig) -> list[InputFile]:
+    """Every input file of the config, sorted (the order defines `file_index`)."""
+    if hf.input_format == "tahoe_parquet":
+        from cellcorpus.sources.tahoe import discover_parquet
+
+        return discover_parquet(hf.adata_dir, hf.ignore_dir)
+    from cellcorpus.sources.local import discover_h5ad
+
+    return discover_h5ad(hf.adata_dir, hf.ignore_dir, str(Path(hf.output_root) / "decompressed"))
+
+
+def obs_index_column(hf: HuggingfaceConfig, first: InputFile) -> str | None:
+    """The output column the obs index is written under (named after the first file's obs index)."""
+    if not hf.add_obs_index:
+        return None
+    if hf.input_format == "tahoe_parquet":
+        return "index"
+    from cellcorpus.io.h5ad import H5adReader
+
+    with H5adReader(first.path) as r:
+        return r.obs_index_name
+
+
+def required_obs_columns(hf: HuggingfaceConfig) -> dict[str, str]:
+    """obs column -> the config key that asks for it (for messages), `index` excluded."""
+    need: dict[str, str] = {}
+    for i, name in enumerate(hf.obs_metadata_columns):
+        need.setdefault(name, f"huggingface.obs_metadata_columns.{i}")
+    if hf.obs_filter:
+        need.setdefault(hf.obs_filter.key, "huggingface.obs_filter.key")
+    for i, join in enumerate(hf.additional_metadata_info):
+        need.setdefault(join.merge_keys.adata_key, f"huggingface.additional_metadata_info.{i}.merge_keys.adata_key")
+    need.pop("index", None)
+    return need
+
+
+@dataclass
+class InputsReport:
+    """Per-file gene coverage and the warnings worth one line each."""
+
+    coverage: dict[str, float] = field(default_factory=dict)  # relative path -> share of genes in vocab
+    notes: list[str] = field(default_factory=list)
+
+
+def _shown(values: np.ndarray, k: int = 4) -> str:
+    return ", ".join(repr(str(v)) for v in values[:k])
+
+
+def _coverage_error(
+    hf: HuggingfaceConfig, f: InputFile, ids: np.ndarray, share: float, lookup: VocabLookup, alternatives: dict
+) -> ConfigError:
+    vocab_ids = [t for t in list(lookup.vocab)[:200] if not t.startswith("<")][:3]
+    better = {c: s for c, s in alternatives.items() if s >= max(hf.min_gene_coverage, 0.5)}
+    if better:
+        best = max(better, key=better.__getitem__)
+        hint = f"set huggingface.gene_col: {best} ({better[best]:.0%} of that column is in the vocabulary)"
+    elif ids.size and np.mean([not _ENSEMBL.match(str(v)) for v in ids[:1000]]) > 0.5:
+        hint = (
+            "these look like gene symbols while the vocabulary holds Ensembl ids: point gene_col at a column of "
+            "Ensembl ids, or map the symbols to Ensembl ids first"
+        )
+    else:
+        hint = "point huggingface.gene_col at the var column holding the vocabulary's ids, or exclude the file"
+    return ConfigError(
+        f"huggingface.gene_col: only {share:.2%} of the genes of {f.path} ('{hf.gene_col}': {_shown(ids)}) are in "
+        f"the vocabulary ({', '.join(vocab_ids)}, ...); at least {hf.min_gene_coverage:.0%} is required",
+        hint=hint,
+    )
+
+
+def _inspect_h5ad(hf: HuggingfaceConfig, f: InputFile, lookup: VocabLookup | None, rep: InputsReport) -> None:
+    from cellcorpus.io.h5ad import H5adReader
+
+    need = required_obs_columns(hf)
+    with H5adReader(f.path) as r:
+        if r.n_vars == 0:
+            raise InputError(f"{f.path}: file has no genes (var is empty)")
+        var_cols = r.var_columns()
+        if hf.gene_col != "index" and hf.gene_col not in var_cols:
+            raise ConfigError(
+                f"huggingface.gene_col: '{hf.gene_col}' is not a var column of {f.path}",
+                hint=f"var columns: index, {', '.join(var_cols)}",
+            )
+        obs_cols = set(r.obs_columns()) | {r.obs_index_name}
+        for name, key in need.items():
+            if name not in obs_cols:
+                raise ConfigError(
+                    f"{key}: '{name}' is not an obs column of {f.path}",
+                    hint=f"obs columns: {', '.join(sorted(map(str, obs_cols)))}",
+                )
+        ids = r.var_column(hf.gene_col)
+        n_empty = int(np.count_nonzero(np.char.str_len(ids.astype(str)) == 0)) if ids.size else 0
+        if n_empty:
+            rep.notes.append(f"{f.rel_path}: {n_empty} gene(s) with an empty id in '{hf.gene_col}' (not tokenized)")
+        if lookup is None:
+            return
+        share = float(np.mean(lookup.map_genes(ids) >= 0))
+        rep.coverage[f.rel_path] = share
+        if share < hf.min_gene_coverage:
+            alternatives = {}
+            for col in ["index", *var_cols]:
+                if col != hf.gene_col:
+                    alternatives[col] = float(np.mean(lookup.map_genes(r.var_column(col)) >= 0))
+            raise _coverage_error(hf, f, ids, share, lookup, alternatives)
+
+
+def _inspect_parquet(hf: HuggingfaceConfig, f: InputFile, lookup: VocabLookup | None, rep: InputsReport) -> None:
+    import pyarrow.parquet as pq
+
+    from cellcorpus.sources.tahoe import INDEX_COLUMN, load_gene_table
+
+    names = set(pq.ParquetFile(f.path).schema_arrow.names)
+    for col in ("genes", "expressions"):
+        if col not in names:
+            raise InputError(f"{f.path}: parquet has no '{col}' column", hint=f"columns: {', '.join(sorted(names))}")
+    for name, key in required_obs_columns(hf).items():
+        if name not in names | {INDEX_COLUMN}:
+            raise ConfigError(
+                f"{key}: '{name}' is not a column of {f.path}", hint=f"columns: {', '.join(sorted(names))}"
+            )
+    if lookup is not None and hf.parquet_gene_table:
+        ids = load_gene_table(hf.parquet_gene_table)
+        share = float(np.mean(lookup.map_genes(ids[ids != ""]) >= 0)) if (ids != "").any() else 0.0
+        rep.coverage[f.rel_path] = share
+        if share < hf.min_gene_coverage:
+            raise _coverage_error(hf, f, ids[ids != ""], share, lookup, {})
+
+
+def inspect_inputs(hf: HuggingfaceConfig, inputs: list[InputFile], vocab: dict[str, int] | None) -> InputsReport:
+    """Check every input's columns (and, with a vocabulary, its gene coverage); raise on the first problem."""
+    rep = InputsReport()
+    lookup = VocabLookup(vocab) if vocab is not None else None
+    inspect = _inspect_parquet if hf.input_format == "tahoe_parquet" else _inspect_h5ad
+    for f in inputs:
+        inspect(hf, f, lookup, rep)
+    return rep

@@ -1,0 +1,143 @@
+"""One preflight before any unit runs: what a later stage would trip over, found while it is cheap.
+
+`run`, `tokenize`, `mds` and `download` call `preflight` first. It checks the whole config (every MDS
+encoding, compression and hash; the columns the MDS stage will see, from obs columns + obs index +
+joins; settings that contradict each other), the optional extras the settings need, the Dask scheduler,
+and that every output root is writable. Problems that are the config's are ConfigErrors (exit 2);
+legal-but-odd settings become one note each. Per-input checks (columns, gene coverage) need the
+vocabulary and run at the start of tokenize (`sources.inputs.inspect_inputs`), still before any unit.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from pathlib import Path
+from urllib.parse import urlparse
+
+from cellcorpus.config import Config, HuggingfaceConfig
+from cellcorpus.errors import ConfigError, MissingExtraError
+from cellcorpus.exec.runner import ExecutorSpec
+from cellcorpus.formats.mds import MdsSpec
+from cellcorpus.io.paths import filesystem, is_url
+from cellcorpus.sources.base import InputFile
+
+__all__ = ["preflight", "check_writable", "check_dask_reachable", "mds_input_columns", "PRODUCED_COLUMNS"]
+
+PRODUCED_COLUMNS = ("genes", "expressions", "id")
+_SMALL_SHARD = 1 << 20  # an MDS size_limit below 1 MiB makes shards of a handful of cells
+
+
+def check_writable(path: str, key: str) -> None:
+    """Create `path` if needed and prove a file can be written there (then remove it)."""
+    if is_url(path):
+        try:
+            fs, p = filesystem(path)
+            fs.makedirs(p, exist_ok=True)
+        except Exception as exc:  # every fsspec backend raises its own types
+            raise ConfigError(f"{key}: cannot create {path}: {exc}") from exc
+        return
+    probe = Path(path) / f".cellcorpus-write-test-{uuid.uuid4().hex[:8]}"
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ConfigError(f"{key}: cannot write to {path} ({reason})") from exc
+
+
+def check_dask_reachable(address: str, timeout: float = 3.0) -> None:
+    """A `tcp://host:port` scheduler must accept a connection within seconds (Dask itself waits ~30 s)."""
+    try:
+        import distributed  # noqa: F401
+    except ImportError as exc:
+        raise MissingExtraError("Dask execution needs dask.distributed", hint="pip install 'cellcorpus[dask]'") from exc
+    if address in ("local", "inprocess"):
+        return
+    url = urlparse(address if "://" in address else f"tcp://{address}")
+    if url.scheme not in ("tcp", "tls") or not url.hostname or not url.port:
+        raise ConfigError(f"--dask / executor.dask: '{address}' is not a scheduler address (tcp://host:port or local)")
+    try:
+        with socket.create_connection((url.hostname, url.port), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (os.strerror(exc.errno) if exc.errno else str(exc))
+        raise ConfigError(
+            f"--dask / executor.dask: no Dask scheduler reachable at {address} ({reason})",
+            hint="start one with `dask scheduler`, or use --dask local",
+        ) from exc
+
+
+def mds_input_columns(hf: HuggingfaceConfig, index_column: str | None) -> list[str]:
+    """The columns tokenize writes, i.e. what the MDS stage can export."""
+    return [*PRODUCED_COLUMNS, *hf.metadata_columns(index_column)]
+
+
+def _check_mds(cfg: Config, columns: list[str] | None, notes: list[str]) -> None:
+    mds = cfg.mds
+    if mds is None:
+        return
+    MdsSpec.create(mds.columns, mds.compression, mds.hashes, mds.size_limit)  # encodings, hashes, torch for pkl
+    if columns is not None:
+        missing = [c for c in mds.columns if c not in columns]
+        if missing:
+            raise ConfigError(
+                f"mds.columns: {', '.join(repr(c) for c in missing)} will not be in the dataset",
+                hint=f"tokenize writes: {', '.join(columns)} (add the column to huggingface.obs_metadata_columns "
+                "or a join, or remove it from mds.columns)",
+            )
+    hf = cfg.huggingface
+    if hf is not None and hf.split_parameters.test_size == 0 and "valid" in mds.splits:
+        raise ConfigError(
+            "mds.splits: 'valid' would be empty because huggingface.split_parameters.test_size is 0",
+            hint="remove 'valid' from mds.splits, or set a test_size above 0",
+        )
+    if mds.size_limit < _SMALL_SHARD:
+        notes.append(f"mds.size_limit is {mds.size_limit:,} bytes: shards will hold only a few cells each")
+    if hf is not None and hf.min_vocab_genes == 0 and "pkl" in mds.columns.values():
+        notes.append(
+            "huggingface.min_vocab_genes is 0: cells with no gene in the vocabulary are kept, and the Tahoe-x1 "
+            "collator rejects them"
+        )
+
+
+def _index_column_of_inputs(hf: HuggingfaceConfig, inputs: list[InputFile] | None) -> str | None:
+    from cellcorpus.sources.inputs import obs_index_column
+
+    return obs_index_column(hf, inputs[0]) if inputs else None
+
+
+def preflight(cfg: Config, spec: ExecutorSpec | None, command: str, inputs: list[InputFile] | None = None) -> list[str]:
+    """Check everything `command` (run / tokenize / mds / download) will need; return notes for the user.
+
+    `inputs` (the discovered tokenize inputs) lets the MDS column check know the obs index name.
+    """
+    notes: list[str] = []
+    hf = cfg.huggingface
+    if spec is not None and spec.dask:
+        check_dask_reachable(spec.dask)
+    columns: list[str] | None = None
+    if command in ("run", "tokenize") and hf is not None:
+        columns = mds_input_columns(hf, _index_column_of_inputs(hf, inputs)) if inputs else None
+        if hf.split_parameters.test_size == 0:
+            notes.append("huggingface.split_parameters.test_size is 0: the valid split will be empty")
+        for i, join in enumerate(hf.additional_metadata_info):
+            if not Path(join.path).is_file():
+                raise ConfigError(f"huggingface.additional_metadata_info.{i}.path: file not found: {join.path}")
+        check_writable(hf.output_root, "huggingface.output_root")
+        check_writable(hf.merged_dataset_root, "huggingface.merged_dataset_root")
+    if command == "mds" and cfg.mds is not None:
+        from cellcorpus.io.paths import Publisher
+
+        manifest = Publisher(cfg.mds.root_dir, staging=".").read_json("manifest.json")
+        if manifest and "metadata_columns" in manifest:
+            columns = [*PRODUCED_COLUMNS, *manifest["metadata_columns"]]
+    if command in ("run", "tokenize", "mds") and cfg.mds is not None:
+        _check_mds(cfg, columns, notes)
+        if command != "tokenize":
+            check_writable(cfg.mds.out_root, "mds.out_root")
+    if command == "run" and cfg.vocab is not None and not Path(cfg.vocab.reference_adata).is_file():
+        raise ConfigError(f"vocab.reference_adata: file not found: {cfg.vocab.reference_adata}")
+    return notes
