@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import time
@@ -11,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -30,7 +32,7 @@ SetOpt = Annotated[
     list[str] | None, typer.Option("--set", help="Override a config key, e.g. --set output_root=/data (repeatable).")
 ]
 NumProcOpt = Annotated[
-    int | None, typer.Option("--num-proc", help="Worker processes (default: the config's num_proc).")
+    int | None, typer.Option("--num-proc", min=1, help="Worker processes, 1 or more (default: the config's num_proc).")
 ]
 DaskOpt = Annotated[
     str | None, typer.Option("--dask", help="Run units on Dask: scheduler address (tcp://host:port) or 'local'.")
@@ -45,11 +47,12 @@ class RichReporter:
         self._progress: Progress | None = None
         self._task: Any = None
         self._cells = 0
+        self._processed = 0
         self._t0 = 0.0
 
     def start(self, description: str, total_units: int, total_cells: int) -> None:
         self._progress = Progress(
-            TextColumn("[bold]{task.description}"),
+            TextColumn("[bold]{task.description}", markup=False),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("units  {task.fields[cells]:,} cells  {task.fields[rate]:,.0f} cells/s"),
@@ -59,18 +62,32 @@ class RichReporter:
             transient=False,
         )
         self._progress.start()
-        self._cells, self._t0 = 0, time.perf_counter()
+        self._cells, self._processed, self._t0 = 0, 0, time.perf_counter()
         self._task = self._progress.add_task(description, total=total_units, cells=0, rate=0.0)
 
-    def advance(self, units: int, cells: int) -> None:
+    def advance(self, units: int, cells: int, *, skipped: bool = False) -> None:
         self._cells += cells
-        rate = self._cells / max(time.perf_counter() - self._t0, 1e-9)
+        if skipped:  # done by an earlier run: shown as done, never as speed
+            self._t0 = time.perf_counter()
+        else:
+            self._processed += cells
+        rate = self._processed / max(time.perf_counter() - self._t0, 1e-9)
         assert self._progress is not None
         self._progress.update(self._task, advance=units, cells=self._cells, rate=rate)
 
     def stop(self) -> None:
         if self._progress:
             self._progress.stop()
+
+
+_STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _print_error(message: str, hint: str | None) -> None:
+    # User text is escaped: rich would read `[torch]` in a pip hint as markup and drop it.
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    if hint:
+        console.print(f"[yellow]hint:[/] {escape(hint)}", highlight=False, soft_wrap=True)
 
 
 def _handle_errors(fn: Callable[..., None]) -> Callable[..., None]:
@@ -83,10 +100,18 @@ def _handle_errors(fn: Callable[..., None]) -> Callable[..., None]:
         except CellcorpusError as exc:
             if debug:
                 console.print_exception()
-            console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
-            if exc.hint:
-                console.print(f"[yellow]hint:[/] {exc.hint}", highlight=False)
+            _print_error(exc.message, exc.hint)
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:
+            # Storage faults (full disk, read-only or forbidden folder) are the environment's, not a bug:
+            # one line naming the file; anything else keeps its traceback.
+            if exc.errno not in _STORAGE_ERRNOS:
+                raise
+            if debug:
+                console.print_exception()
+            where = f"{exc.filename}: " if exc.filename else ""
+            _print_error(f"{where}{exc.strerror or exc}", "free space or choose another output folder, then rerun")
+            raise typer.Exit(1) from None
 
     return wrapper
 
@@ -97,16 +122,16 @@ def _load(config: Path, overrides: list[str] | None) -> Config:
 
 def _print_summary(s: StageSummary) -> None:
     if s.skipped:
-        out.print(f"[green]{s.stage}[/]: already complete, nothing to do")
-    table = Table(title=f"{s.stage} summary", show_header=False, title_justify="left")
+        out.print(f"[green]{escape(s.stage)}[/]: already complete, nothing to do")
+    table = Table(title=escape(f"{s.stage} summary"), show_header=False, title_justify="left")
     for k, v in s.counts.items():
-        table.add_row(k.replace("_", " "), f"{v:,}")
+        table.add_row(escape(k.replace("_", " ")), f"{v:,}")
     for k, v in s.outputs.items():
-        table.add_row(k, v)
+        table.add_row(escape(k), escape(str(v)))
     table.columns[1].overflow = "fold"
     out.print(table)
     for note in s.notes:
-        out.print(f"[yellow]note:[/] {note}")
+        out.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -168,7 +193,7 @@ def _print_checks(report: Any) -> None:
         table.add_column(col, overflow="fold")
     for c in report.checks.values():
         status = "[green]0[/]" if not c.failed else f"[red]{c.failed:,}[/]"
-        table.add_row(c.name, f"{c.checked:,}", status, c.first_failure or "")
+        table.add_row(escape(c.name), f"{c.checked:,}", status, escape(c.first_failure or ""))
     out.print(table)
 
 
@@ -226,10 +251,10 @@ def demo(
     from cellcorpus.pipeline import run_demo
 
     for name, summaries in run_demo(directory, num_proc=num_proc, reporter=RichReporter()):
-        out.rule(f"[bold]{name}")
+        out.rule(f"[bold]{escape(name)}")
         for s in summaries:
             _print_summary(s)
-    out.print(f"[bold green]demo complete[/]: everything is under {directory.resolve()}")
+    out.print(f"[bold green]demo complete[/]: everything is under {escape(str(directory.resolve()))}")
 
 
 @app.callback(invoke_without_command=True)

@@ -23,7 +23,15 @@ def packaged_config(name: str) -> Path:
 def run_pipeline(
     cfg: Config, *, num_proc: int | None = None, dask: str | None = None, reporter: Reporter | None = None
 ) -> Iterator[StageSummary]:
-    """vocab -> tokenize -> mds -> verify -> report, for the sections present; yields each stage's summary."""
+    """vocab -> tokenize -> mds -> verify -> report, for the sections present; yields each stage's summary.
+
+    The whole config is checked first (preflight), so a setting the MDS stage would reject stops the run
+    before tokenization, not after it.
+    """
+    from cellcorpus.stages.preflight import preflight
+
+    hf_proc = cfg.huggingface.num_proc if cfg.huggingface else 1
+    preflight(cfg, ExecutorSpec.resolve(cfg, hf_proc, num_proc, dask), "run")
     if cfg.vocab is not None:
         from cellcorpus.stages.vocab import run_vocab
 

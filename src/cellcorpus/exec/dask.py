@@ -2,14 +2,39 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Iterator
 from concurrent.futures import Executor
 from contextlib import contextmanager
+from urllib.parse import urlparse
 
-from cellcorpus.errors import MissingExtraError
+from cellcorpus.errors import ConfigError, MissingExtraError
 from cellcorpus.log import worker_init
 
-__all__ = ["dask_executor"]
+__all__ = ["dask_executor", "check_dask_reachable"]
+
+
+def check_dask_reachable(address: str, timeout: float = 3.0) -> None:
+    """A `tcp://host:port` scheduler must accept a connection within seconds (Dask itself waits ~30 s)."""
+    try:
+        import distributed  # noqa: F401
+    except ImportError as exc:
+        raise MissingExtraError("Dask execution needs dask.distributed", hint="pip install 'cellcorpus[dask]'") from exc
+    if address in ("local", "inprocess"):
+        return
+    url = urlparse(address if "://" in address else f"tcp://{address}")
+    if url.scheme not in ("tcp", "tls") or not url.hostname or not url.port:
+        raise ConfigError(f"--dask / executor.dask: '{address}' is not a scheduler address (tcp://host:port or local)")
+    try:
+        with socket.create_connection((url.hostname, url.port), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (os.strerror(exc.errno) if exc.errno else str(exc))
+        raise ConfigError(
+            f"--dask / executor.dask: no Dask scheduler reachable at {address} ({reason})",
+            hint="start one with `dask scheduler`, or use --dask local",
+        ) from exc
 
 
 @contextmanager
@@ -18,10 +43,8 @@ def dask_executor(address: str, n_workers: int = 2) -> Iterator[tuple[Executor, 
 
     Yields the executor and the number of workers the scheduler knows (to size the in-flight window).
     """
-    try:
-        from distributed import Client, LocalCluster, WorkerPlugin
-    except ImportError as exc:
-        raise MissingExtraError("Dask execution needs dask.distributed", hint="pip install 'cellcorpus[dask]'") from exc
+    check_dask_reachable(address)  # seconds, not Dask's 30 s connect timeout and a page of traceback
+    from distributed import Client, LocalCluster, WorkerPlugin
 
     class _Init(WorkerPlugin):
         def setup(self, worker: object) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cellcorpus.config import Config
-from cellcorpus.errors import UnitFailed
+from cellcorpus.errors import ConfigError, UnitFailed
 from cellcorpus.manifest import Ledger, UnitResult
 
 __all__ = ["Reporter", "ExecutorSpec", "open_executor", "run_units"]
@@ -27,7 +27,9 @@ class Reporter(Protocol):
 
     def start(self, description: str, total_units: int, total_cells: int) -> None: ...
 
-    def advance(self, units: int, cells: int) -> None: ...
+    def advance(self, units: int, cells: int, *, skipped: bool = False) -> None:
+        """`skipped=True`: units found complete from an earlier run (they count as done, not as speed)."""
+        ...
 
     def stop(self) -> None: ...
 
@@ -45,6 +47,8 @@ class ExecutorSpec:
         cls, cfg: Config, section_num_proc: int, num_proc: int | None = None, dask: str | None = None
     ) -> ExecutorSpec:
         """Command-line choices over the config's: `num_proc` also sizes a `--dask local` cluster."""
+        if num_proc is not None and num_proc < 1:
+            raise ConfigError(f"--num-proc: must be 1 or more, got {num_proc}")
         return cls(
             num_proc=num_proc or section_num_proc,
             dask=dask or cfg.executor.dask,
@@ -94,7 +98,7 @@ def run_units(
     pending = [u for u in units if u.unit_id not in done]
     if reporter:
         reporter.start(description, len(units), sum(cells_of(u) for u in units))
-        reporter.advance(len(units) - len(pending), sum(cells_of(u) for u in units if u.unit_id in done))
+        reporter.advance(len(units) - len(pending), sum(cells_of(u) for u in units if u.unit_id in done), skipped=True)
     if done and pending:
         log.info("%s: resuming, %d of %d units already complete", description, len(done), len(units))
     try:

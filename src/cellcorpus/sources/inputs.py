@@ -19,7 +19,14 @@ from cellcorpus.core.vocab import VocabLookup
 from cellcorpus.errors import ConfigError, InputError
 from cellcorpus.sources.base import InputFile
 
-__all__ = ["discover_inputs", "obs_index_column", "required_obs_columns", "InputsReport", "inspect_inputs"]
+__all__ = [
+    "discover_inputs",
+    "peek_first_input",
+    "obs_index_column",
+    "required_obs_columns",
+    "InputsReport",
+    "inspect_inputs",
+]
 
 _ENSEMBL = re.compile(r"^ENS[A-Z]*\d{6,}(\.\d+)?$")
 
@@ -33,6 +40,22 @@ def discover_inputs(hf: HuggingfaceConfig) -> list[InputFile]:
     from cellcorpus.sources.local import discover_h5ad
 
     return discover_h5ad(hf.adata_dir, hf.ignore_dir, str(Path(hf.output_root) / "decompressed"))
+
+
+def peek_first_input(hf: HuggingfaceConfig) -> InputFile | None:
+    """The first input by listing only (None before the inputs exist, e.g. ahead of a download)."""
+    from cellcorpus.io.paths import exists
+
+    if hf.input_format == "tahoe_parquet" or not exists(hf.adata_dir):
+        return None
+    from cellcorpus.sources.local import find_h5ad_files
+
+    rels = [r for r in find_h5ad_files(hf.adata_dir, hf.ignore_dir) if not r.endswith(".gz")]
+    if not rels:
+        return None
+    from cellcorpus.io.paths import join
+
+    return InputFile(join(hf.adata_dir, rels[0]), rels[0], 0, 0, 0, "")
 
 
 def obs_index_column(hf: HuggingfaceConfig, first: InputFile) -> str | None:

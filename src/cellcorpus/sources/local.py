@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import zlib
 from pathlib import Path
 
 import fsspec
@@ -46,7 +47,7 @@ def _decompressed(path: str, cache_dir: Path, rel: str) -> Path:
     with atomic_path(target) as tmp, fsspec.open(path, "rb", compression="gzip") as src, open(tmp, "wb") as dst:
         try:
             shutil.copyfileobj(src, dst, length=1 << 22)
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, zlib.error) as exc:
             raise InputError(f"{path}: corrupt gzip file: {exc}") from exc
     return target
 

@@ -35,8 +35,9 @@ def check_reachable(url: str, timeout: float = 3.0) -> None:
     host = _HOSTS.get(parsed.scheme) or (parsed.hostname if parsed.scheme in ("http", "https") else None)
     if not host:
         return
+    port = (parsed.port or (80 if parsed.scheme == "http" else 443)) if parsed.scheme in ("http", "https") else 443
     try:
-        socket.create_connection((host, 443), timeout=timeout).close()
+        socket.create_connection((host, port), timeout=timeout).close()
     except OSError as exc:
         raise InputError(
             f"cannot reach {host} for {url}: {exc}", hint="check the network or use a local mirror URL"

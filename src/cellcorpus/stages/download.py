@@ -9,6 +9,7 @@ from cellcorpus.errors import ConfigError
 from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
 from cellcorpus.manifest import write_manifest
 from cellcorpus.stages.base import StageSummary
+from cellcorpus.stages.preflight import preflight
 
 __all__ = ["SOURCES", "run_download"]
 
@@ -45,6 +46,7 @@ def run_download(
         raise ConfigError(f"unknown source '{source}'", hint=f"one of: {', '.join(SOURCES)}")
     section = cfg.need(source)
     spec = spec or ExecutorSpec.resolve(cfg, section.num_proc)
+    preflight(cfg, spec, "download", source=source)
     if source == "cellxgene":
         from cellcorpus.sources.census import run_census_download
 

@@ -11,13 +11,12 @@ vocabulary and run at the start of tokenize (`sources.inputs.inspect_inputs`), s
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from pathlib import Path
-from urllib.parse import urlparse
 
 from cellcorpus.config import Config, HuggingfaceConfig
-from cellcorpus.errors import ConfigError, MissingExtraError
+from cellcorpus.errors import ConfigError
+from cellcorpus.exec.dask import check_dask_reachable
 from cellcorpus.exec.runner import ExecutorSpec
 from cellcorpus.formats.mds import MdsSpec
 from cellcorpus.io.paths import filesystem, is_url
@@ -46,28 +45,6 @@ def check_writable(path: str, key: str) -> None:
     except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         raise ConfigError(f"{key}: cannot write to {path} ({reason})") from exc
-
-
-def check_dask_reachable(address: str, timeout: float = 3.0) -> None:
-    """A `tcp://host:port` scheduler must accept a connection within seconds (Dask itself waits ~30 s)."""
-    try:
-        import distributed  # noqa: F401
-    except ImportError as exc:
-        raise MissingExtraError("Dask execution needs dask.distributed", hint="pip install 'cellcorpus[dask]'") from exc
-    if address in ("local", "inprocess"):
-        return
-    url = urlparse(address if "://" in address else f"tcp://{address}")
-    if url.scheme not in ("tcp", "tls") or not url.hostname or not url.port:
-        raise ConfigError(f"--dask / executor.dask: '{address}' is not a scheduler address (tcp://host:port or local)")
-    try:
-        with socket.create_connection((url.hostname, url.port), timeout=timeout):
-            pass
-    except OSError as exc:
-        reason = "timed out" if isinstance(exc, TimeoutError) else (os.strerror(exc.errno) if exc.errno else str(exc))
-        raise ConfigError(
-            f"--dask / executor.dask: no Dask scheduler reachable at {address} ({reason})",
-            hint="start one with `dask scheduler`, or use --dask local",
-        ) from exc
 
 
 def mds_input_columns(hf: HuggingfaceConfig, index_column: str | None) -> list[str]:
@@ -103,24 +80,38 @@ def _check_mds(cfg: Config, columns: list[str] | None, notes: list[str]) -> None
         )
 
 
-def _index_column_of_inputs(hf: HuggingfaceConfig, inputs: list[InputFile] | None) -> str | None:
-    from cellcorpus.sources.inputs import obs_index_column
+def _tokenize_columns(hf: HuggingfaceConfig, inputs: list[InputFile] | None) -> list[str] | None:
+    """Columns tokenize will write; None when the obs index name cannot be known yet (no input found)."""
+    from cellcorpus.sources.inputs import obs_index_column, peek_first_input
 
-    return obs_index_column(hf, inputs[0]) if inputs else None
+    first = inputs[0] if inputs else peek_first_input(hf)
+    if first is None and hf.add_obs_index and hf.input_format == "h5ad":
+        return None
+    return mds_input_columns(hf, obs_index_column(hf, first) if first is not None else "index")
 
 
-def preflight(cfg: Config, spec: ExecutorSpec | None, command: str, inputs: list[InputFile] | None = None) -> list[str]:
+def preflight(
+    cfg: Config,
+    spec: ExecutorSpec | None,
+    command: str,
+    inputs: list[InputFile] | None = None,
+    source: str | None = None,
+) -> list[str]:
     """Check everything `command` (run / tokenize / mds / download) will need; return notes for the user.
 
-    `inputs` (the discovered tokenize inputs) lets the MDS column check know the obs index name.
+    `inputs` (the discovered tokenize inputs) tells the MDS column check the obs index name; without
+    them the first input file is looked up. `source` is the section `download` fetches.
     """
     notes: list[str] = []
     hf = cfg.huggingface
     if spec is not None and spec.dask:
         check_dask_reachable(spec.dask)
+    if command == "download" and source is not None:
+        section = cfg.need(source)
+        check_writable(section.output_root, f"{source}.output_root")
     columns: list[str] | None = None
     if command in ("run", "tokenize") and hf is not None:
-        columns = mds_input_columns(hf, _index_column_of_inputs(hf, inputs)) if inputs else None
+        columns = _tokenize_columns(hf, inputs)
         if hf.split_parameters.test_size == 0:
             notes.append("huggingface.split_parameters.test_size is 0: the valid split will be empty")
         for i, join in enumerate(hf.additional_metadata_info):

@@ -20,11 +20,11 @@ import pyarrow.compute as pc
 
 from cellcorpus.config import Config
 from cellcorpus.core.ids import decode_ids
-from cellcorpus.errors import ConfigError, VerifyError
+from cellcorpus.errors import ConfigError, InputError, VerifyError
 from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
-from cellcorpus.formats.arrow import cell_schema, read_arrow
+from cellcorpus.formats.arrow import cell_schema, hf_features, read_arrow
 from cellcorpus.formats.mds import decode_value, decompress, hash_bytes, iter_samples, parse_shard
-from cellcorpus.io.paths import exists, is_url, local_copy
+from cellcorpus.io.paths import Publisher, exists, is_url, local_copy
 from cellcorpus.manifest import UnitResult, file_checksum
 from cellcorpus.stages.base import StageSummary
 from cellcorpus.stages.mds import publisher as mds_publisher
@@ -249,6 +249,49 @@ def _id_checks(rep: VerifyReport, label: str, ids: list[tuple[str, np.ndarray]],
         uniq.add(n_dup, dup_first or "", len(arr))
 
 
+def _read_checked(rep: VerifyReport, name: str, pub: Publisher, rel: str) -> Any:
+    """A JSON file a reader depends on: missing or damaged is a failed check (named), not a crash."""
+    try:
+        obj = pub.read_json(rel)
+    except InputError as exc:
+        rep.check(name).add(False, exc.message)
+        return None
+    rep.check(name).add(obj is not None, f"{pub.url(rel)}: missing")
+    return obj
+
+
+def _check_dataset_metadata(rep: VerifyReport, out: Publisher, d: str, records: list[dict], meta: list[str]) -> None:
+    """What `datasets.load_from_disk` reads: state.json (listing exactly our files) and dataset_info.json."""
+    state = _read_checked(rep, "arrow split complete (state.json)", out, f"{d}/state.json")
+    if state is not None:
+        listed = [f.get("filename") for f in state.get("_data_files", [])]
+        rep.check("state.json lists the manifest's files").add(
+            listed == [r["path"] for r in records],
+            f"{d}/state.json: lists {len(listed)} file(s), manifest {len(records)}",
+        )
+    info = _read_checked(rep, "arrow dataset_info.json", out, f"{d}/dataset_info.json")
+    if info is not None:
+        rep.check("dataset_info.json features").add(
+            info.get("features") == hf_features(meta), f"{d}/dataset_info.json: features differ from the schema"
+        )
+
+
+def _check_writer_indexes(rep: VerifyReport, out: Publisher, split: str, index: dict) -> None:
+    """Each writer's own index.json (read when the export is resumed or re-merged) agrees with the merged one."""
+    merged: dict[str, list[tuple[str, int]]] = {}
+    for shard in index["shards"]:
+        sub, _, name = (shard["zip_data"] or shard["raw_data"])["basename"].partition("/")
+        merged.setdefault(sub, []).append((name, shard["samples"]))
+    for sub, want in merged.items():
+        own = _read_checked(rep, "mds writer indexes", out, f"{split}/{sub}/index.json")
+        if own is None:
+            continue
+        got = [((s["zip_data"] or s["raw_data"])["basename"], s["samples"]) for s in own.get("shards", [])]
+        rep.check("mds writer indexes agree with index.json").add(
+            got == want, f"{split}/{sub}/index.json: differs from {split}/index.json"
+        )
+
+
 def run_verify(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | None = None) -> VerifyReport:
     """Check the HF Arrow output (and the MDS output when the config has `mds`); raise VerifyError on failure."""
     hf = cfg.need("huggingface")
@@ -271,19 +314,19 @@ def run_verify(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter
     units: list[_FileUnit] = []
     for split, records in manifest["splits"].items():
         d = f"{split}.dataset"
-        rep.check("arrow split complete (state.json)").add(out.exists(f"{d}/state.json"), f"{d}: no state.json")
+        _check_dataset_metadata(rep, out, d, records, list(ctx.metadata_columns))
         for rec in records:
             path = out.url(f"{d}/{rec['path']}")
             units.append(_FileUnit(f"arrow-{split}-{rec['path']}", path, "arrow", split, tuple(sorted(rec.items()))))
     mds_manifest = None
     if cfg.mds:
         mout = mds_publisher(cfg.mds)
-        mds_manifest = mout.read_json("manifest.json")
+        mds_manifest = _read_checked(rep, "mds manifest (manifest.json)", mout, "manifest.json")
         for split in cfg.mds.splits:
-            index = mout.read_json(f"{split}/index.json")
-            rep.check("mds split complete (index.json)").add(index is not None, f"{split}/index.json: missing")
+            index = _read_checked(rep, "mds split complete (index.json)", mout, f"{split}/index.json")
             if index is None:
                 continue
+            _check_writer_indexes(rep, mout, split, index)
             for k, shard in enumerate(index["shards"]):
                 stored = shard["zip_data"] or shard["raw_data"]
                 path = mout.url(f"{split}/{stored['basename']}")
