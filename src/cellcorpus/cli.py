@@ -52,7 +52,7 @@ class RichReporter:
 
     def start(self, description: str, total_units: int, total_cells: int) -> None:
         self._progress = Progress(
-            TextColumn("[bold]{task.description}", markup=False),
+            TextColumn("{task.description}", style="bold", markup=False),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("units  {task.fields[cells]:,} cells  {task.fields[rate]:,.0f} cells/s"),

@@ -167,4 +167,4 @@ def _record_quietly(fut: Future, unit: Any, record: Callable[[Future, Any], None
     try:
         record(fut, unit)
     except BaseException as exc:  # the first failure is the one reported
-        log.warning("unit %s also failed: %s", unit.unit_id, exc)
+        log.info("unit %s also failed: %s", unit.unit_id, exc)

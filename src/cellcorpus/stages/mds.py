@@ -113,7 +113,6 @@ def _decide(mds: MdsConfig, out: Publisher, settings_hash: str, stage_hash: str,
     """Skip, refuse or rebuild, decided before anything on disk is touched (see tokenize's `_decide`)."""
     previous = out.read_json("manifest.json")
     complete = [s for s in mds.splits if out.exists(f"{s}/index.json")]
-    recorded = ledger.done()
     if previous and len(complete) == len(mds.splits):
         if previous.get("config_hash") == stage_hash:
             return previous
@@ -123,12 +122,13 @@ def _decide(mds: MdsConfig, out: Publisher, settings_hash: str, stage_hash: str,
                 "it is left untouched",
                 hint="use a new mds.out_root, or delete the old export to rebuild",
             )
-    elif complete and not previous and not recorded:
+    elif complete and not previous and not ledger.done():
         raise ConfigError(
             f"mds.out_root: {out.url(complete[0])} holds an MDS dataset without a cellcorpus manifest; "
             "it is left untouched",
             hint="use a new mds.out_root, or delete that dataset",
         )
+    ledger.done()  # completion records of other settings raise here, before any change
     return None
 
 

@@ -247,7 +247,6 @@ def _decide(hf: HuggingfaceConfig, work_hash: str, stage_hash: str, ledger: Ledg
     out = publisher(hf)
     previous = out.read_json("manifest.json")  # a damaged manifest is an error here, before any change
     complete = [s for s in SPLITS if out.exists(f"{s}.dataset/state.json")]
-    recorded = ledger.done()  # records of other settings raise here, before any change
     if previous and len(complete) == len(SPLITS):
         if previous.get("config_hash") == stage_hash:
             return previous
@@ -258,12 +257,13 @@ def _decide(hf: HuggingfaceConfig, work_hash: str, stage_hash: str, ledger: Ledg
                 hint="use a new merged_dataset_root (and output_root), or delete the old dataset to rebuild",
             )
         log.warning("inputs changed since the finished run: rebuilding %s", hf.merged_dataset_root)
-    elif complete and not previous and not recorded:
+    elif complete and not previous and not ledger.done():
         raise ConfigError(
             f"huggingface.merged_dataset_root: {out.url(f'{complete[0]}.dataset')} holds a dataset without a "
             "cellcorpus manifest; it is left untouched",
             hint="use a new merged_dataset_root, or delete that dataset",
         )
+    ledger.done()  # completion records of other settings raise here, before any change
     return None
 
 
