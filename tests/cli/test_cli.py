@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -15,7 +16,7 @@ from tests.streaming_compat import streaming_dataset
 runner = CliRunner()
 
 
-def test_demo_runs_end_to_end(tmp_path):
+def test_demo_runs_end_to_end(tmp_path, monkeypatch):
     out = tmp_path / "demo"
     result = runner.invoke(app, ["demo", str(out)])
     assert result.exit_code == 0, result.output
@@ -41,6 +42,18 @@ def test_demo_runs_end_to_end(tmp_path):
     assert again.exit_code == 0, again.output
     assert "tokenize: already complete" in again.output and "mds: already complete" in again.output
     assert "verify: all checks passed" not in again.output  # run prints the summary table instead
+    # the same folder spelled relative to the working directory is the same work (it once was refused,
+    # after the finished datasets' state.json had been removed)
+    config = str(Path("configs/tahoe_x1_v2/tahoe_100m.yaml").resolve())
+    monkeypatch.chdir(tmp_path)
+    relative = runner.invoke(app, ["run", config, "--set", "output_root=demo"])
+    assert relative.exit_code == 0, relative.output
+    assert "tokenize: already complete" in relative.output and "mds: already complete" in relative.output
+    # other settings on the finished output: refused, and the finished dataset still loads
+    other = runner.invoke(app, ["run", config, "--set", "output_root=demo", "--set", "huggingface.pad_value=-1"])
+    assert other.exit_code == 2 and "made with other settings" in other.output
+    assert len(datasets.load_from_disk(str(out / "tahoe_merged_w_metadata" / "train.dataset"))) == len(tahoe)
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
     checked = runner.invoke(app, ["verify", "configs/tahoe_x1_v2/scbasecamp.yaml", "--set", f"output_root={out}"])
     assert checked.exit_code == 0 and "all checks passed" in checked.output
 

@@ -1,0 +1,91 @@
+"""The runner directly: skipped units are shown as done (never as speed), failures stop with the unit
+named and the cause's exit code, finished units are kept for the rerun."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from cellcorpus.errors import ConfigError, InputError, UnitFailed
+from cellcorpus.exec.runner import ExecutorSpec, run_units
+from cellcorpus.manifest import Ledger, UnitResult
+
+
+@dataclass(frozen=True, order=True)
+class _Unit:
+    unit_id: str
+    path: str
+    n: int
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def start(self, description: str, total_units: int, total_cells: int) -> None:
+        self.calls.append(("start", total_units, total_cells))
+
+    def advance(self, units: int, cells: int, *, skipped: bool = False) -> None:
+        self.calls.append(("advance", units, cells, skipped))
+
+    def stop(self) -> None:
+        self.calls.append(("stop",))
+
+
+def _work(unit: _Unit, fail_at: str | None) -> UnitResult:
+    if unit.unit_id == fail_at:
+        raise InputError(f"{unit.path}: broken")
+    if fail_at == "config" and unit.unit_id == "u2":
+        raise ConfigError("huggingface.gene_col: missing in this file")
+    return UnitResult(unit.unit_id, {"cells": unit.n})
+
+
+UNITS = [_Unit(f"u{i}", f"/data/f{i}.h5ad", 10 * (i + 1)) for i in range(5)]
+
+
+def test_resumed_units_count_as_done_not_as_processed(tmp_path):
+    ledger = Ledger(tmp_path / "units", "h")
+    for u in UNITS[:3]:
+        ledger.record(UnitResult(u.unit_id, {"cells": u.n}))
+    rep = _Recorder()
+    done = run_units(_work, UNITS, None, ledger, ExecutorSpec(), description="t", cells_of=lambda u: u.n, reporter=rep)
+    assert sorted(done) == [u.unit_id for u in UNITS]
+    assert rep.calls[0] == ("start", 5, 150)
+    assert rep.calls[1] == ("advance", 3, 60, True)  # the three recorded units, flagged as skipped
+    assert [c for c in rep.calls[2:-1]] == [("advance", 1, 40, False), ("advance", 1, 50, False)]
+
+
+def test_failure_names_the_unit_keeps_finished_units_and_resumes(tmp_path):
+    ledger = Ledger(tmp_path / "units", "h")
+    with pytest.raises(UnitFailed, match=r"unit u3 \(/data/f3\.h5ad\) failed: /data/f3\.h5ad: broken") as info:
+        run_units(_work, UNITS, "u3", ledger, ExecutorSpec(), description="t")
+    assert info.value.exit_code == 1
+    assert sorted(ledger.done()) == ["u0", "u1", "u2"]
+    ran: list[str] = []
+
+    def again(unit: _Unit, ctx: None) -> UnitResult:
+        ran.append(unit.unit_id)
+        return _work(unit, ctx)
+
+    run_units(again, UNITS, None, ledger, ExecutorSpec(), description="t")
+    assert ran == ["u3", "u4"]
+
+
+def test_a_config_error_inside_a_unit_keeps_exit_code_2(tmp_path):
+    with pytest.raises(UnitFailed) as info:
+        run_units(_work, UNITS, "config", None, ExecutorSpec(), description="t")
+    assert info.value.exit_code == 2 and "huggingface.gene_col" in str(info.value)
+
+
+def test_damaged_completion_record_is_redone(tmp_path):
+    ledger = Ledger(tmp_path / "units", "h")
+    ledger.record(UnitResult("u0", {"cells": 10}))
+    (tmp_path / "units" / "u0.json").write_text('{"unit_id": "u0", "cou')
+    assert ledger.done() == {}
+
+
+def test_other_settings_records_are_refused(tmp_path):
+    Ledger(tmp_path / "units", "old").record(UnitResult("u0"))
+    with pytest.raises(ConfigError, match="holds work from a different config"):
+        Ledger(tmp_path / "units", "new").done()
