@@ -145,6 +145,56 @@ def vocab(config: ConfigArg, set_: SetOpt = None, debug: DebugOpt = False) -> No
 
 @app.command()
 @_handle_errors
+def genes(config: ConfigArg, set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """Dry run: how each input's gene ids match the vocabulary (directly, via gene_id_map, or not)."""
+    from cellcorpus.stages.genes import run_genes
+
+    rows = run_genes(_load(config, set_))
+    table = Table(title="gene ids per input file", title_justify="left")
+    for col in ("file", "genes", "direct", "via map", "ambiguous", "unmapped", "share an id", "coverage"):
+        table.add_column(col, justify="left" if col == "file" else "right", overflow="fold")
+    for r in rows:
+        cov = f"{r.coverage:.1%}"
+        table.add_row(
+            escape(r.path),
+            f"{r.n_genes:,}",
+            f"{r.direct:,}",
+            f"{r.via_map:,}",
+            f"{r.ambiguous:,}",
+            f"{r.unmapped:,}",
+            f"{r.colliding:,}",
+            f"[red]{cov}[/]" if r.below_minimum else cov,
+        )
+    out.print(table)
+    for r in rows:
+        if r.examples_unmapped or r.examples_ambiguous:
+            parts = []
+            if r.examples_unmapped:
+                parts.append("unmapped e.g. " + ", ".join(r.examples_unmapped))
+            if r.examples_ambiguous:
+                parts.append("ambiguous e.g. " + ", ".join(r.examples_ambiguous))
+            out.print(f"{escape(r.path)}: {escape('; '.join(parts))}", highlight=False, soft_wrap=True)
+    low = [r.path for r in rows if r.below_minimum]
+    if low:
+        out.print(
+            f"[yellow]note:[/] {len(low)} file(s) below huggingface.min_gene_coverage: tokenize would stop on "
+            f"{escape(low[0])}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+@app.command()
+@_handle_errors
+def drugs(config: ConfigArg, set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """Drug ids + Morgan fingerprints (drug_to_id.json, drug_fps.npy) for the Tahoe-x1 chemistry token."""
+    from cellcorpus.stages.drugs import run_drugs
+
+    _print_summary(run_drugs(_load(config, set_)))
+
+
+@app.command()
+@_handle_errors
 def download(
     source: Annotated[str, typer.Argument(help="cellxgene, scbasecamp or tahoe.", show_default=False)],
     config: ConfigArg,
@@ -215,6 +265,8 @@ def verify(
         _print_checks(exc.report)  # type: ignore[attr-defined]
         raise
     _print_checks(report)
+    for note in report.notes:
+        out.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
     out.print("[bold green]verify: all checks passed[/]")
 
 

@@ -28,6 +28,8 @@ __all__ = [
     "MdsConfig",
     "RemoteSourceConfig",
     "ExecutorConfig",
+    "DrugsConfig",
+    "GeneIdMap",
     "SplitParameters",
     "MetadataJoin",
     "load_config",
@@ -125,6 +127,25 @@ class MetadataJoin(_Section):
     columns: list[str]
 
 
+class GeneIdMap(_Section):
+    """`gene_id_map:` — a table mapping the inputs' gene ids (symbols, old or versioned Ensembl ids) to the
+    vocabulary's. Column names, or 0-based positions for a headerless table (GENCODE exports)."""
+
+    path: str
+    from_column: str | int = "gene_name"
+    to_column: str | int = "gene_id"
+
+    @model_validator(mode="after")
+    def _same_kind(self) -> GeneIdMap:
+        if isinstance(self.from_column, int) != isinstance(self.to_column, int):
+            raise ValueError("from_column and to_column must both be names or both be positions")
+        return self
+
+    @property
+    def has_header(self) -> bool:
+        return not isinstance(self.from_column, int)
+
+
 class HuggingfaceConfig(_Section):
     """`huggingface:` — tokenization into HF Arrow datasets (seed keys + a few defaulted new ones)."""
 
@@ -158,6 +179,7 @@ class HuggingfaceConfig(_Section):
     # A file whose gene ids barely match the vocabulary is keyed by something else (symbols, another
     # species): stop before tokenizing when fewer than this share of its genes are in the vocabulary.
     min_gene_coverage: float = Field(0.01, ge=0.0, le=1.0)
+    gene_id_map: GeneIdMap | None = None
 
     @field_validator("ignore_dir", mode="before")
     @classmethod
@@ -214,6 +236,32 @@ class MdsConfig(_Section):
         return v
 
 
+class DrugsConfig(_Section):
+    """`drugs:` — Morgan fingerprints of the perturbing drugs, for the Tahoe-x1 chemistry token.
+
+    Writes `drug_to_id` (`<pad>` = 0, then the table's drugs in order) and `drug_fps` (n_drugs + 1 rows of
+    `n_bits`, row 0 zeros), as the reference `generate_fingerprints.py` does, without its defects.
+    """
+
+    table: str  # CSV / TSV / parquet, local or fsspec URL (the release's drug_metadata, tahoe_drug_smiles.csv)
+    name_column: str = "drug"
+    smiles_column: str = "canonical_smiles"
+    radius: int = Field(2, ge=0)
+    n_bits: int = Field(2048, gt=0)
+    on_invalid_smiles: Literal["error", "skip"] = "error"
+    output_root: str
+    drug_to_id_file: str = "drug_to_id.json"
+    fingerprints_file: str = "drug_fps.npy"
+
+    @property
+    def drug_to_id_path(self) -> str:
+        return _join(self.output_root, self.drug_to_id_file)
+
+    @property
+    def fingerprints_path(self) -> str:
+        return _join(self.output_root, self.fingerprints_file)
+
+
 class ExecutorConfig(_Section):
     """`executor:` — where units run: local process pool (default) or a Dask scheduler."""
 
@@ -231,6 +279,7 @@ class Config(_Section):
     tahoe: RemoteSourceConfig | None = None
     huggingface: HuggingfaceConfig | None = None
     mds: MdsConfig | None = None
+    drugs: DrugsConfig | None = None
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
 
     def need(self, section: str) -> Any:

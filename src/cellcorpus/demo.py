@@ -18,6 +18,17 @@ import scipy.sparse as sp
 __all__ = ["DemoAtlas", "make_demo_atlas", "ensembl_ids", "random_counts", "write_h5ad"]
 
 DRUGS = ["DMSO_TF", "Bortezomib", "Trametinib", "Paclitaxel", "Ibrutinib"]
+# Real SMILES (PubChem canonical forms), so the drugs stage computes real fingerprints; the table also lists
+# one drug whose SMILES does not parse, which the shipped Tahoe config skips and reports.
+SMILES = {
+    "DMSO_TF": "CS(C)=O",
+    "Bortezomib": "CC(C)C[C@H](NC(=O)[C@H](Cc1ccccc1)NC(=O)c1cnccn1)B(O)O",
+    "Trametinib": "CC(=O)Nc1cccc(c1)-n1c2c(C)c(=O)n(C)c(Nc3ccc(I)cc3F)c2c(=O)n(C2CC2)c1=O",
+    "Paclitaxel": "CC(=O)O[C@@H]1C(=O)[C@]2(C)[C@@H](O)C[C@H]3OC[C@@]3(OC(C)=O)[C@H]2[C@H](OC(=O)c2ccccc2)"
+    "[C@]2(O)C[C@H](OC(=O)[C@H](O)[C@@H](NC(=O)c3ccccc3)c3ccccc3)C(C)=C1C2(C)C",
+    "Ibrutinib": "C=CC(=O)N1CCC[C@@H](C1)n1nc(-c2ccc(Oc3ccccc3)cc2)c2c(N)ncnc21",
+}
+UNPARSEABLE = ("Unparseable-1", "C1CC(C")
 CELL_LINES = ["CVCL_0023", "CVCL_0028", "CVCL_0062"]
 
 
@@ -92,11 +103,11 @@ def make_demo_atlas(root: str | Path, n_genes: int = 400, cells_per_file: int = 
     )
     pd.DataFrame(
         {
-            "drug": DRUGS,
-            "moa-fine": ["vehicle", "proteasome", "MEK", "tubulin", "BTK"],
-            "canonical_smiles": ["CS(C)=O", "CC(C)CC(NC(=O)C)B(O)O", "CC1=C", "CC(=O)O", "C=CC(=O)N"],
-            "pubchem_cid": ["679", "387447", "11707110", "36314", "24821094"],
-            "targets": ["", "PSMB5", "MAP2K1", "TUBB", "BTK"],
+            "drug": [*DRUGS, UNPARSEABLE[0]],
+            "moa-fine": ["vehicle", "proteasome", "MEK", "tubulin", "BTK", "unclear"],
+            "canonical_smiles": [*(SMILES[d] for d in DRUGS), UNPARSEABLE[1]],
+            "pubchem_cid": ["679", "387447", "11707110", "36314", "24821094", ""],
+            "targets": ["", "PSMB5", "MAP2K1", "TUBB", "BTK", ""],
         }
     ).to_csv(tables["drug"], index=False)
     pd.DataFrame(

@@ -23,7 +23,7 @@ def packaged_config(name: str) -> Path:
 def run_pipeline(
     cfg: Config, *, num_proc: int | None = None, dask: str | None = None, reporter: Reporter | None = None
 ) -> Iterator[StageSummary]:
-    """vocab -> tokenize -> mds -> verify -> report, for the sections present; yields each stage's summary.
+    """vocab -> drugs -> tokenize -> mds -> verify -> report, for the sections present; yields each stage's summary.
 
     The whole config is checked first (preflight), so a setting the MDS stage would reject stops the run
     before tokenization, not after it.
@@ -36,6 +36,10 @@ def run_pipeline(
         from cellcorpus.stages.vocab import run_vocab
 
         yield run_vocab(cfg)
+    if cfg.drugs is not None:
+        from cellcorpus.stages.drugs import run_drugs
+
+        yield run_drugs(cfg)
     if cfg.huggingface is not None:
         from cellcorpus.stages.tokenize import run_tokenize
 

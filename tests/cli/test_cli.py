@@ -34,6 +34,13 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch):
         assert int(ds[0]["genes"][0]) == 1  # <cls>
     tahoe = datasets.load_from_disk(str(out / "tahoe_merged_w_metadata" / "train.dataset"))
     assert set(tahoe.column_names) >= {"drug", "sample", "Cell_ID_Cellosaur", "moa-fine", "plate"}
+    # the chemistry token: every drug a training sample carries has an id and a fingerprint row
+    drug_to_id = json.loads((out / "tahoe_drugs" / "drug_to_id_pad.json").read_text())
+    fps = np.load(out / "tahoe_drugs" / "drug_fps_pad.npy")
+    tahoe_mds = streaming_dataset(str(out / "tahoe_merged_MDS_v2" / "train"))
+    mds_drugs = {tahoe_mds[i]["drug"] for i in range(len(tahoe_mds))}
+    assert mds_drugs and mds_drugs <= set(drug_to_id) and fps.shape == (len(drug_to_id), 2048)
+    assert "Unparseable-1" not in drug_to_id and "skipped (not given an id): Unparseable-1" in result.output
     manifest = json.loads((out / "tahoe_merged_w_metadata" / "manifest.json").read_text())
     t = manifest["totals"]
     assert t["cells_read"] == t["filtered_obs_filter"] + t["written_train"] + t["written_valid"]
@@ -103,7 +110,9 @@ def test_vocab_command(tmp_path, write_config):
     assert "1 duplicated gene id" in result.output
 
 
-@pytest.mark.parametrize("cmd", ["download", "vocab", "tokenize", "mds", "verify", "report", "run", "demo"])
+@pytest.mark.parametrize(
+    "cmd", ["download", "vocab", "drugs", "tokenize", "mds", "verify", "report", "run", "demo", "genes"]
+)
 def test_help_for_every_command(cmd):
     result = runner.invoke(app, [cmd, "--help"])
     assert result.exit_code == 0 and "Usage" in result.output

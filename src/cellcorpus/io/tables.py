@@ -16,7 +16,7 @@ import pandas as pd
 
 from cellcorpus.errors import InputError
 
-__all__ = ["load_table", "lookup", "as_strings"]
+__all__ = ["load_table", "lookup", "as_strings", "read_frame", "read_columns"]
 
 
 def as_strings(values: np.ndarray) -> np.ndarray:
@@ -28,19 +28,27 @@ def as_strings(values: np.ndarray) -> np.ndarray:
     return out
 
 
+def read_frame(path: str, header: bool = True) -> pd.DataFrame:
+    """A CSV / TSV / parquet table (local path or fsspec URL) as read by every table-taking setting.
+
+    Text cells stay strings ('' and missing are both missing), so ids such as '0012' keep their zeros.
+    """
+    suffix = "".join(Path(path.split("?")[0]).suffixes).lower()
+    opts = {"dtype": str, "keep_default_na": False, "na_values": [""], "header": 0 if header else None}
+    try:
+        if ".parquet" in suffix or suffix.endswith(".pq"):
+            return pd.read_parquet(path)
+        if suffix.endswith((".tsv", ".tsv.gz", ".txt", ".txt.gz")):
+            return pd.read_csv(path, sep="\t", **opts)
+        return pd.read_csv(path, **opts)
+    except Exception as exc:
+        raise InputError(f"{path}: cannot read table: {exc}") from exc
+
+
 @functools.lru_cache(maxsize=16)
 def _load(path: str, key: str, columns: tuple[str, ...], mtime_ns: int) -> tuple[pd.Index, dict[str, np.ndarray]]:
     del mtime_ns  # part of the cache key only: a rewritten table is re-read
-    suffix = "".join(Path(path).suffixes).lower()
-    try:
-        if ".parquet" in suffix or suffix.endswith(".pq"):
-            df = pd.read_parquet(path)
-        elif suffix.endswith((".tsv", ".tsv.gz")):
-            df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_values=[""])
-        else:
-            df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-    except Exception as exc:
-        raise InputError(f"{path}: cannot read metadata table: {exc}") from exc
+    df = read_frame(path)
     missing = [c for c in (key, *columns) if c not in df.columns]
     if missing:
         raise InputError(
@@ -52,6 +60,21 @@ def _load(path: str, key: str, columns: tuple[str, ...], mtime_ns: int) -> tuple
     index = pd.Index(keys[first].to_numpy())
     cols = {c: as_strings(df[c].to_numpy())[first] for c in columns}
     return index, cols
+
+
+def read_columns(path: str, from_column: str | int, to_column: str | int) -> tuple[np.ndarray, np.ndarray]:
+    """Two columns of a table by name, or by 0-based position for a headerless table (as strings)."""
+    by_position = isinstance(from_column, int)
+    df = read_frame(path, header=not by_position)
+    out = []
+    for key, col in (("from_column", from_column), ("to_column", to_column)):
+        if (by_position and not 0 <= int(col) < df.shape[1]) or (not by_position and col not in df.columns):
+            raise InputError(
+                f"{path}: no column {col!r} (huggingface.gene_id_map.{key})",
+                hint=f"columns: {', '.join(map(str, df.columns))}",
+            )
+        out.append(as_strings(df.iloc[:, int(col)].to_numpy() if by_position else df[col].to_numpy()))
+    return out[0], out[1]
 
 
 def load_table(path: str, key: str, columns: list[str]) -> tuple[pd.Index, dict[str, np.ndarray]]:

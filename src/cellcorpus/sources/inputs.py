@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from cellcorpus.config import HuggingfaceConfig
+from cellcorpus.core.genemap import GeneMapping, IdMap, harmonize
 from cellcorpus.core.vocab import VocabLookup
 from cellcorpus.errors import ConfigError, InputError
+from cellcorpus.io.tables import read_columns
 from cellcorpus.sources.base import InputFile
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
     "required_obs_columns",
     "InputsReport",
     "inspect_inputs",
+    "gene_mapping",
 ]
 
 _ENSEMBL = re.compile(r"^ENS[A-Z]*\d{6,}(\.\d+)?$")
@@ -83,11 +86,38 @@ def required_obs_columns(hf: HuggingfaceConfig) -> dict[str, str]:
     return need
 
 
+_ID_MAPS: dict[tuple, tuple[VocabLookup, IdMap]] = {}
+
+
+def gene_mapping(hf: HuggingfaceConfig, var_ids: np.ndarray, lookup: VocabLookup) -> GeneMapping:
+    """A file's genes mapped into the vocabulary: directly, then through `gene_id_map` when configured.
+
+    The map table is read once per process and vocabulary (every unit of every file shares it).
+    """
+    id_map = None
+    if hf.gene_id_map is not None:
+        m = hf.gene_id_map
+        if not Path(m.path).is_file():
+            raise ConfigError(f"huggingface.gene_id_map.path: file not found: {m.path}")
+        key = (m.path, Path(m.path).stat().st_mtime_ns, m.from_column, m.to_column, id(lookup))
+        if key not in _ID_MAPS:
+            if len(_ID_MAPS) >= 4:
+                _ID_MAPS.pop(next(iter(_ID_MAPS)))
+            try:
+                sources, targets = read_columns(m.path, m.from_column, m.to_column)
+            except InputError as exc:
+                raise ConfigError(exc.message, hint=exc.hint) from exc
+            _ID_MAPS[key] = (lookup, IdMap(sources, targets, lookup))  # the lookup is kept alive with its id
+        id_map = _ID_MAPS[key][1]
+    return harmonize(var_ids, lookup, id_map)
+
+
 @dataclass
 class InputsReport:
     """Per-file gene coverage and the warnings worth one line each."""
 
     coverage: dict[str, float] = field(default_factory=dict)  # relative path -> share of genes in vocab
+    mappings: dict[str, GeneMapping] = field(default_factory=dict)  # relative path -> how its genes map
     notes: list[str] = field(default_factory=list)
 
 
@@ -106,7 +136,8 @@ def _coverage_error(
     elif ids.size and np.mean([not _ENSEMBL.match(str(v)) for v in ids[:1000]]) > 0.5:
         hint = (
             "these look like gene symbols while the vocabulary holds Ensembl ids: point gene_col at a column of "
-            "Ensembl ids, or map the symbols to Ensembl ids first"
+            "Ensembl ids, or set huggingface.gene_id_map to a symbol -> Ensembl id table (`cellcorpus genes` "
+            "shows the coverage first)"
         )
     else:
         hint = "point huggingface.gene_col at the var column holding the vocabulary's ids, or exclude the file"
@@ -143,13 +174,15 @@ def _inspect_h5ad(hf: HuggingfaceConfig, f: InputFile, lookup: VocabLookup | Non
             rep.notes.append(f"{f.rel_path}: {n_empty} gene(s) with an empty id in '{hf.gene_col}' (not tokenized)")
         if lookup is None:
             return
-        share = float(np.mean(lookup.map_genes(ids) >= 0))
+        mapping = gene_mapping(hf, ids, lookup)
+        rep.mappings[f.rel_path] = mapping
+        share = float(np.mean(mapping.gene_map >= 0))
         rep.coverage[f.rel_path] = share
         if share < hf.min_gene_coverage:
             alternatives = {}
             for col in ["index", *var_cols]:
                 if col != hf.gene_col:
-                    alternatives[col] = float(np.mean(lookup.map_genes(r.var_column(col)) >= 0))
+                    alternatives[col] = float(np.mean(gene_mapping(hf, r.var_column(col), lookup).gene_map >= 0))
             raise _coverage_error(hf, f, ids, share, lookup, alternatives)
 
 
@@ -169,14 +202,23 @@ def _inspect_parquet(hf: HuggingfaceConfig, f: InputFile, lookup: VocabLookup | 
             )
     if lookup is not None and hf.parquet_gene_table:
         ids = load_gene_table(hf.parquet_gene_table)
-        share = float(np.mean(lookup.map_genes(ids[ids != ""]) >= 0)) if (ids != "").any() else 0.0
+        mapping = gene_mapping(hf, ids[ids != ""], lookup)
+        rep.mappings[f.rel_path] = mapping
+        share = float(np.mean(mapping.gene_map >= 0)) if len(mapping.gene_map) else 0.0
         rep.coverage[f.rel_path] = share
         if share < hf.min_gene_coverage:
             raise _coverage_error(hf, f, ids[ids != ""], share, lookup, {})
 
 
-def inspect_inputs(hf: HuggingfaceConfig, inputs: list[InputFile], vocab: dict[str, int] | None) -> InputsReport:
-    """Check every input's columns (and, with a vocabulary, its gene coverage); raise on the first problem."""
+def inspect_inputs(
+    hf: HuggingfaceConfig, inputs: list[InputFile], vocab: dict[str, int] | None, *, strict: bool = True
+) -> InputsReport:
+    """Check every input's columns (and, with a vocabulary, its gene coverage); raise on the first problem.
+
+    `strict=False` (the `genes` dry run) reports coverage below `min_gene_coverage` instead of raising.
+    """
+    if not strict:
+        hf = hf.model_copy(update={"min_gene_coverage": 0.0})
     rep = InputsReport()
     lookup = VocabLookup(vocab) if vocab is not None else None
     inspect = _inspect_parquet if hf.input_format == "tahoe_parquet" else _inspect_h5ad

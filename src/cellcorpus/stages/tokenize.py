@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from cellcorpus.config import HF_LOCATION_KEYS, Config, HuggingfaceConfig, config_hash
+from cellcorpus.core.genemap import merge_duplicate_tokens
 from cellcorpus.core.ids import make_ids
 from cellcorpus.core.shuffle import n_buckets_for, order_by_bucket
 from cellcorpus.core.split import assign_valid, shuffle_keys
-from cellcorpus.core.tokenize import check_counts, row_stats, take_rows, tokenize_csr
+from cellcorpus.core.tokenize import Ragged, check_counts, row_stats, take_rows, tokenize_csr
 from cellcorpus.core.vocab import VocabLookup
 from cellcorpus.errors import ConfigError, InputError
 from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
@@ -31,7 +32,13 @@ from cellcorpus.io.paths import Publisher, is_url
 from cellcorpus.io.tables import as_strings, load_table, lookup
 from cellcorpus.manifest import Ledger, UnitResult, file_checksum, output_record, write_manifest
 from cellcorpus.sources.base import InputFile, RawBlock
-from cellcorpus.sources.inputs import discover_inputs, inspect_inputs, obs_index_column, required_obs_columns
+from cellcorpus.sources.inputs import (
+    discover_inputs,
+    gene_mapping,
+    inspect_inputs,
+    obs_index_column,
+    required_obs_columns,
+)
 from cellcorpus.stages.base import StageSummary, WorkUnit
 from cellcorpus.stages.preflight import preflight
 from cellcorpus.stages.vocab import load_vocab
@@ -173,8 +180,14 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
     problem = check_counts(block.data)
     if problem:
         raise InputError(f"{unit.path} rows {unit.row_start}-{unit.row_stop}: {problem}")
-    gene_map = lookup_.map_genes(block.var_ids)
-    _check_duplicate_genes(gene_map, block.var_ids, unit.path)
+    if hf.gene_id_map is None:
+        gene_map = lookup_.map_genes(block.var_ids)
+        _check_duplicate_genes(gene_map, block.var_ids, unit.path)
+        mapping_counts: dict[str, int] = {}
+        collisions = False
+    else:  # harmonized: genes reaching the same id collide, and their counts are summed per cell below
+        mapping = gene_mapping(hf, block.var_ids, lookup_)
+        gene_map, mapping_counts, collisions = mapping.gene_map, mapping.counts(), mapping.n_colliding > 0
     counts = dict.fromkeys(COUNT_KEYS, 0)
     counts["cells_read"] = unit.n_cells
     keep = _apply_filters(block, hf, counts)
@@ -186,6 +199,10 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
     del block  # raw rows no longer needed: peak memory is one copy of the unit, not two
     counts["explicit_zeros_dropped"] = cells.n_explicit_zeros
     counts["oov_entries_dropped"] = cells.n_oov_entries
+    n_summed = 0
+    if collisions:
+        offsets, genes, values, n_summed = merge_duplicate_tokens(cells.offsets, cells.genes, cells.expressions)
+        cells = Ragged(offsets, genes, values, cells.n_explicit_zeros, cells.n_oov_entries)
     if hf.min_vocab_genes:  # after the other filters, so each drop is counted once, where it happens
         enough = cells.lengths() - (cls_id is not None) >= hf.min_vocab_genes
         counts["filtered_min_vocab_genes"] = int(np.count_nonzero(keep & ~enough))
@@ -215,6 +232,8 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
         "oov_genes": n_oov_genes,
         "input_checksum": unit.checksum,
         "fractional_values": n_fractional,
+        "colliding_entries_summed": n_summed,
+        **mapping_counts,
     }
     return UnitResult(unit.unit_id, counts, outputs, extra)
 
@@ -229,6 +248,8 @@ def _work_hash(hf: HuggingfaceConfig) -> str:
     settings = hf.model_dump(mode="json", exclude=set(HF_LOCATION_KEYS) | {"parquet_gene_table"})
     for join in settings["additional_metadata_info"]:
         join["path"] = file_checksum(join["path"])
+    if settings.get("gene_id_map"):
+        settings["gene_id_map"]["path"] = file_checksum(settings["gene_id_map"]["path"])
     gene_table = file_checksum(hf.parquet_gene_table) if hf.parquet_gene_table else None
     return config_hash(settings, file_checksum(hf.vocab_file), gene_table)
 
@@ -273,10 +294,23 @@ def _file_notes(inputs: list[InputFile], results: list[UnitResult]) -> list[str]
         if r.extra.get("fractional_values"):
             fi = r.extra["file_index"]
             fractional[fi] = fractional.get(fi, 0) + r.extra["fractional_values"]
-    return [
+    notes = [
         f"{inputs[fi].rel_path}: {n:,} non-integer count value(s); tokenized as they are (raw counts expected)"
         for fi, n in sorted(fractional.items())
     ]
+    genes: dict[int, dict] = {}
+    summed: dict[int, int] = {}
+    for r in results:
+        if "genes_via_map" in r.extra:
+            genes[r.extra["file_index"]] = r.extra
+            summed[r.extra["file_index"]] = summed.get(r.extra["file_index"], 0) + r.extra["colliding_entries_summed"]
+    for fi, e in sorted(genes.items()):
+        notes.append(
+            f"{inputs[fi].rel_path}: genes {e['genes_direct']:,} direct, {e['genes_via_map']:,} via gene_id_map, "
+            f"{e['genes_ambiguous']:,} ambiguous, {e['genes_unmapped']:,} unmapped (not tokenized); "
+            f"{e['genes_colliding']:,} share an id ({summed[fi]:,} entries summed into one)"
+        )
+    return notes
 
 
 def _check_split_sizes(hf: HuggingfaceConfig, totals: dict[str, int]) -> None:

@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import xxhash
 
-from cellcorpus.config import Config
+from cellcorpus.config import Config, DrugsConfig
 from cellcorpus.core.ids import decode_ids
 from cellcorpus.errors import ConfigError, InputError, VerifyError
 from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
@@ -54,6 +55,7 @@ class Check:
 @dataclass
 class VerifyReport:
     checks: dict[str, Check] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # facts worth a line that are not failures
 
     def check(self, name: str) -> Check:
         return self.checks.setdefault(name, Check(name))
@@ -292,6 +294,53 @@ def _check_writer_indexes(rep: VerifyReport, out: Publisher, split: str, index: 
         )
 
 
+def _check_drugs(rep: VerifyReport, dc: DrugsConfig, arrow_files: list[str]) -> None:
+    """drug_to_id and drug_fps agree (shape, ids 0..n-1 with <pad> = 0, row 0 zeros, rows as written), and
+    the corpus' `drug` values are keys of drug_to_id (the others are counted: the collator maps them to <pad>)."""
+    from cellcorpus.stages.drugs import MANIFEST_NAME, PAD
+
+    pub = Publisher(dc.output_root, staging=".")
+    manifest = _read_checked(rep, "drugs manifest", pub, MANIFEST_NAME)
+    drug_to_id = _read_checked(rep, "drug_to_id readable", pub, dc.drug_to_id_file)
+    fps_check = rep.check("drug fingerprints readable")
+    try:
+        fps = np.load(dc.fingerprints_path, allow_pickle=False)
+        fps_check.add(True, "")
+    except (OSError, ValueError) as exc:
+        fps_check.add(False, f"{dc.fingerprints_path}: {exc}")
+        return
+    if drug_to_id is None or manifest is None:
+        return
+    ids = sorted(drug_to_id.values())
+    rep.check("drug ids 0..n-1, <pad> = 0").add(
+        ids == list(range(len(ids))) and drug_to_id.get(PAD) == 0,
+        f"{dc.drug_to_id_path}: ids are not 0..{len(ids) - 1}",
+    )
+    want = (len(drug_to_id), manifest["n_bits"])
+    rep.check("drug fingerprints shape").add(fps.shape == want, f"{dc.fingerprints_path}: shape {fps.shape} != {want}")
+    if fps.shape != want:
+        return
+    rep.check("drug fingerprint row 0 is padding").add(not fps[0].any(), f"{dc.fingerprints_path}: row 0 is not zeros")
+    names = {i: n for n, i in drug_to_id.items()}
+    bad = [i for i, h in enumerate(manifest["rows_xxh64"]) if xxhash.xxh64(fps[i].tobytes()).hexdigest() != h]
+    rep.check("drug fingerprint rows as written").add(
+        len(bad), f"{dc.fingerprints_path}: row {bad[0]} ({names.get(bad[0])}) differs" if bad else "", len(fps)
+    )
+    unmapped: dict[str, int] = {}
+    for path in arrow_files:
+        with local_copy(path) as local:
+            table = read_arrow(local)
+            if "drug" not in table.column_names:
+                return
+            counts = pc.value_counts(table.column("drug").combine_chunks())
+            for item in counts.to_pylist():
+                if item["values"] not in drug_to_id:
+                    unmapped[item["values"]] = unmapped.get(item["values"], 0) + item["counts"]
+    if unmapped:
+        shown = ", ".join(f"{k or '(empty)'} ({v:,})" for k, v in sorted(unmapped.items())[:8])
+        rep.notes.append(f"{sum(unmapped.values()):,} cells have a drug not in drug_to_id (mapped to <pad>): {shown}")
+
+
 def run_verify(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | None = None) -> VerifyReport:
     """Check the HF Arrow output (and the MDS output when the config has `mds`); raise VerifyError on failure."""
     hf = cfg.need("huggingface")
@@ -343,6 +392,8 @@ def run_verify(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter
         rows[(u.kind, u.split)] = rows.get((u.kind, u.split), 0) + res.extra["rows"]
         (arrow_ids if u.kind == "arrow" else mds_ids).append((f"{u.split}/{Path(u.path).name}", res.extra["ids"]))
     _id_checks(rep, "arrow", arrow_ids, inputs)
+    if cfg.drugs is not None:
+        _check_drugs(rep, cfg.drugs, [u.path for u in units if u.kind == "arrow"])
     counts = rep.check("cell counts agree (manifest, Arrow, MDS)")
     for split in manifest["splits"]:
         n_arrow = rows.get(("arrow", split), 0)
@@ -372,4 +423,4 @@ def run_verify(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter
 
 
 def summary(rep: VerifyReport) -> StageSummary:
-    return StageSummary("verify", counts={c.name: c.checked for c in rep.checks.values()})
+    return StageSummary("verify", counts={c.name: c.checked for c in rep.checks.values()}, notes=list(rep.notes))

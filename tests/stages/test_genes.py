@@ -1,0 +1,134 @@
+"""Gene-id harmonization: a symbols-keyed file through a map table tokenizes like the Ensembl-keyed file;
+ambiguous, unmapped and colliding genes are counted exactly; the `genes` dry run shows it first."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from cellcorpus.cli import app
+from cellcorpus.config import load_config
+from cellcorpus.core.genemap import merge_duplicate_tokens
+from cellcorpus.errors import ConfigError
+from cellcorpus.stages.genes import run_genes
+from cellcorpus.stages.tokenize import run_tokenize
+from tests.conftest import GENES, arrow_rows, make_h5ad
+
+G1, G2, G3, G4, G5 = GENES  # vocabulary ids 3..7
+SYMBOL_VAR = ["SYM_A", "SYM_B", "SYM_C", "AMBIG", "NOPE", "ALIAS_A", "ENSG00000999999.2"]
+MAP = pd.DataFrame(
+    [
+        ("SYM_A", G1),
+        ("SYM_B", G2),
+        ("SYM_C", G3 + ".5"),  # versioned target
+        ("AMBIG", G4),
+        ("AMBIG", G5),  # two vocabulary ids: ambiguous, not guessed
+        ("ALIAS_A", G1),  # collides with SYM_A
+        ("ENSG00000999999", G5),  # a retired id and its successor
+        ("SYM_A", G1),  # a repeated row is harmless
+        ("OUTSIDE", "ENSG00000888888"),  # target outside the vocabulary
+    ],
+    columns=["gene_name", "gene_id"],
+)
+# Cells with SYM_A present whenever ALIAS_A is (so summed entries sit where G1 sits in the Ensembl file).
+X_SYMBOLS = np.array(
+    [
+        [1, 2, 0, 9, 9, 4, 5],
+        [0, 0, 3, 9, 0, 0, 1],
+        [2, 0, 0, 0, 7, 0, 0],
+        [5, 1, 1, 0, 0, 1, 0],
+    ],
+    dtype=np.float32,
+)
+X_ENSEMBL = np.stack([X_SYMBOLS[:, 0] + X_SYMBOLS[:, 5], X_SYMBOLS[:, 1], X_SYMBOLS[:, 2], X_SYMBOLS[:, 6]], axis=1)
+ALL_TRAIN = ["huggingface.split_parameters.test_size=0", "mds.splits=[train]"]
+
+
+def _tokens(root):
+    return {r["id"]: (r["genes"], r["expressions"]) for r in arrow_rows(root / "merged" / "train.dataset")}
+
+
+def _map_config(root, write_config, table_path, **map_settings):
+    return write_config(
+        root,
+        **{
+            "huggingface.gene_col": "index",
+            "huggingface.gene_id_map": {"path": str(table_path), **map_settings},
+            "huggingface.vocab_output_root": str(root.parent / "vocab"),
+        },
+    )
+
+
+@pytest.fixture
+def vocab_root(tmp_path, tiny_vocab):
+    return tmp_path
+
+
+def test_symbols_through_the_map_tokenize_like_ensembl_ids(vocab_root, write_config):
+    ens = vocab_root / "ens"
+    make_h5ad(ens / "raw" / "a.h5ad", X_ENSEMBL, [G1, G2, G3, G5])
+    run_tokenize(
+        load_config(write_config(ens, **{"huggingface.vocab_output_root": str(vocab_root / "vocab")}), ALL_TRAIN)
+    )
+    sym = vocab_root / "sym"
+    make_h5ad(sym / "raw" / "a.h5ad", X_SYMBOLS, SYMBOL_VAR, var_col=None)
+    MAP.to_csv(vocab_root / "map.csv", index=False)
+    s = run_tokenize(load_config(_map_config(sym, write_config, vocab_root / "map.csv"), ALL_TRAIN))
+    assert _tokens(sym) == _tokens(ens)
+    assert _tokens(sym)[0] == ([1, 3, 4, 7], [-2.0, 5.0, 2.0, 5.0])  # SYM_A 1 + ALIAS_A 4 summed
+    note = next(n for n in s.notes if "gene_id_map" in n)
+    assert note == (
+        "a.h5ad: genes 0 direct, 5 via gene_id_map, 1 ambiguous, 1 unmapped (not tokenized); "
+        "2 share an id (2 entries summed into one)"
+    )
+
+
+def test_headerless_gencode_style_table_by_position(vocab_root, write_config):
+    sym = vocab_root / "sym"
+    make_h5ad(sym / "raw" / "a.h5ad", X_SYMBOLS, SYMBOL_VAR, var_col=None)
+    gencode = pd.DataFrame({"id": MAP["gene_id"], "name": MAP["gene_name"], "v": 1, "len": 100, "type": "pc"})
+    path = vocab_root / "genes_homo_sapiens.csv.gz"
+    path.write_bytes(gzip.compress(gencode.to_csv(index=False, header=False).encode()))
+    cfg = load_config(_map_config(sym, write_config, path, from_column=1, to_column=0), ALL_TRAIN)
+    run_tokenize(cfg)
+    assert _tokens(sym)[0] == ([1, 3, 4, 7], [-2.0, 5.0, 2.0, 5.0])
+
+
+def test_dry_run_counts_every_kind_of_gene(vocab_root, write_config):
+    sym = vocab_root / "sym"
+    make_h5ad(sym / "raw" / "a.h5ad", X_SYMBOLS, SYMBOL_VAR, var_col=None)
+    make_h5ad(sym / "raw" / "b.h5ad", X_ENSEMBL, ["TP53", "EGFR", "MYC", "CD4"], var_col=None)
+    MAP.to_csv(vocab_root / "map.csv", index=False)
+    path = _map_config(sym, write_config, vocab_root / "map.csv")
+    a, b = run_genes(load_config(path))
+    assert (a.n_genes, a.direct, a.via_map, a.ambiguous, a.unmapped, a.colliding) == (7, 0, 5, 1, 1, 2)
+    assert a.examples_ambiguous == ("AMBIG",) and a.examples_unmapped == ("NOPE",)
+    assert (b.via_map, b.unmapped, b.coverage, b.below_minimum) == (0, 4, 0.0, True)
+    result = CliRunner().invoke(app, ["genes", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "a.h5ad" in result.output and "71.4%" in result.output and "0.0%" in result.output
+    assert "tokenize would stop on b.h5ad" in result.output
+
+
+def test_map_table_problems_are_config_errors(vocab_root, write_config):
+    sym = vocab_root / "sym"
+    make_h5ad(sym / "raw" / "a.h5ad", X_SYMBOLS, SYMBOL_VAR, var_col=None)
+    with pytest.raises(ConfigError, match="gene_id_map.path: file not found"):
+        run_tokenize(load_config(_map_config(sym, write_config, vocab_root / "nope.csv"), ALL_TRAIN))
+    MAP.to_csv(vocab_root / "map.csv", index=False)
+    with pytest.raises(ConfigError, match=r"map\.csv: no column 'symbol' \(huggingface\.gene_id_map\.from_column\)"):
+        run_tokenize(
+            load_config(_map_config(sym, write_config, vocab_root / "map.csv", from_column="symbol"), ALL_TRAIN)
+        )
+
+
+def test_merge_duplicate_tokens_keeps_stored_order():
+    offsets = np.array([0, 4, 6])
+    genes = np.array([1, 9, 5, 9, 1, 1], dtype=np.int32)
+    values = np.array([-2, 1, 2, 3, -2, 7], dtype=np.float32)
+    off, g, v, n = merge_duplicate_tokens(offsets, genes, values)
+    assert off.tolist() == [0, 3, 4] and g.tolist() == [1, 9, 5, 1] and v.tolist() == [-2, 4, 2, 5] and n == 2
