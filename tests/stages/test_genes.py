@@ -4,6 +4,7 @@ ambiguous, unmapped and colliding genes are counted exactly; the `genes` dry run
 from __future__ import annotations
 
 import gzip
+import json
 
 import numpy as np
 import pandas as pd
@@ -80,6 +81,21 @@ def test_symbols_through_the_map_tokenize_like_ensembl_ids(vocab_root, write_con
     s = run_tokenize(load_config(_map_config(sym, write_config, vocab_root / "map.csv"), ALL_TRAIN))
     assert _tokens(sym) == _tokens(ens)
     assert _tokens(sym)[0] == ([1, 3, 4, 7], [-2.0, 5.0, 2.0, 5.0])  # SYM_A 1 + ALIAS_A 4 summed
+    from cellcorpus.stages.report import run_report
+
+    run_report(load_config(_map_config(sym, write_config, vocab_root / "map.csv"), ALL_TRAIN))
+    stats = json.loads((sym / "merged" / "report" / "stats.json").read_text())
+    assert stats["gene_ids_per_file"] == {
+        "a.h5ad": {
+            "genes_direct": 0,
+            "genes_via_map": 5,
+            "genes_ambiguous": 1,
+            "genes_unmapped": 1,
+            "genes_colliding": 2,
+            "entries_summed": 2,
+        }
+    }
+    assert "Gene ids per input file" in (sym / "merged" / "report" / "report.html").read_text()
     note = next(n for n in s.notes if "gene_id_map" in n)
     assert note == (
         "a.h5ad: genes 0 direct, 5 via gene_id_map, 1 ambiguous, 1 unmapped (not tokenized); "

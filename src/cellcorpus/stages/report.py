@@ -92,6 +92,32 @@ def _plots(dist: dict, totals: dict, folder: Path) -> list[str]:
     return names
 
 
+_GENE_KEYS = ("genes_direct", "genes_via_map", "genes_ambiguous", "genes_unmapped", "genes_colliding")
+
+
+def _gene_ids_per_file(manifest: dict) -> dict[str, dict[str, int]]:
+    """How each input's genes matched the vocabulary (present when `gene_id_map` was used)."""
+    paths = {f["file_index"]: f["path"] for f in manifest["inputs"]}
+    out: dict[str, dict[str, int]] = {}
+    for unit in manifest["units"]:
+        if "genes_via_map" in unit:
+            row = out.setdefault(paths[unit["file_index"]], {k: unit[k] for k in _GENE_KEYS} | {"entries_summed": 0})
+            row["entries_summed"] += unit.get("colliding_entries_summed", 0)
+    return out
+
+
+def _gene_table_html(per_file: dict[str, dict[str, int]]) -> str:
+    if not per_file:
+        return ""
+    keys = [*_GENE_KEYS, "entries_summed"]
+    head = "".join(f"<th>{html.escape(k.replace('_', ' '))}</th>" for k in ["file", *keys])
+    body = "".join(
+        f"<tr><td>{html.escape(path)}</td>" + "".join(f"<td>{row[k]:,}</td>" for k in keys) + "</tr>"
+        for path, row in per_file.items()
+    )
+    return f"<h2>Gene ids per input file</h2><table border='1'><tr>{head}</tr>{body}</table>"
+
+
 def run_report(cfg: Config) -> StageSummary:
     """Write `<merged_dataset_root>/report/{stats.json, *.png, report.html}` (local scratch for URL roots)."""
     hf = cfg.need("huggingface")
@@ -131,6 +157,7 @@ def run_report(cfg: Config) -> StageSummary:
             for s, v in mds_manifest["splits"].items()
         },  # fmt: skip
     }
+    stats["gene_ids_per_file"] = _gene_ids_per_file(manifest)
     write_json_atomic(folder / "stats.json", stats)
     plots = _plots(dist, manifest["totals"], folder)
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:,}</td></tr>" for k, v in manifest["totals"].items())
@@ -139,6 +166,7 @@ def run_report(cfg: Config) -> StageSummary:
         f"<h1>{html.escape(str(stats['dataset_name'] or 'cellcorpus corpus'))}</h1>"
         f"<p>{stats['inputs']} input files, {stats['input_cells']:,} cells read.</p>"
         f"<table border='1'>{rows}</table>"
+        + _gene_table_html(stats["gene_ids_per_file"])
         + "".join(f"<p><img src='{p}'></p>" for p in plots)
         + f"<pre>{html.escape(json.dumps(stats['splits'], indent=2))}</pre></body></html>"
     )
