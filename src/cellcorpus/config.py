@@ -76,12 +76,15 @@ class CellxgeneConfig(_Section):
 
 
 class RemoteSourceConfig(_Section):
-    """`scbasecamp:` / `tahoe:` — where to fetch h5ad files (any fsspec URL) and where to cache them."""
+    """`scbasecamp:` / `tahoe:` — where to fetch data files (any fsspec URL: gs://, s3://, hf://, http(s)://,
+    file://) and where to cache them (`output_root/<data_dir>/`, metadata tables in `output_root/metadata/`)."""
 
     url: str
     output_root: str
     glob: str = "**/*.h5ad"
+    data_dir: str = "h5ad"
     metadata_urls: list[str] = Field(default_factory=list)
+    # Google Cloud project billed for a Requester Pays bucket (gs://arc-institute-virtual-cell-atlas is one).
     requester_pays_project: str | None = None
     num_proc: int = Field(4, ge=1)
     retries: int = Field(3, ge=0)
@@ -180,6 +183,12 @@ class HuggingfaceConfig(_Section):
     # species): stop before tokenizing when fewer than this share of its genes are in the vocabulary.
     min_gene_coverage: float = Field(0.01, ge=0.0, le=1.0)
     gene_id_map: GeneIdMap | None = None
+    # Which counts matrix: null = X; or a layer name (scBaseCamp 2026-01-12 files: X = STARsolo `Unique`,
+    # layers `UniqueAndMult-EM` and `UniqueAndMult-Uniform`).
+    counts_layer: str | None = None
+    # Output names for metadata columns (source name -> name written), e.g. the release's `cell_line_id` ->
+    # `Cell_ID_Cellosaur`, the name the seed's Tahoe dataset and training config use.
+    rename_columns: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("ignore_dir", mode="before")
     @classmethod
@@ -208,7 +217,11 @@ class HuggingfaceConfig(_Section):
             cols.append(index_name)
         for join in self.additional_metadata_info:
             cols.extend(c for c in join.columns if c not in cols)
-        return cols
+        return [self.rename_columns.get(c, c) for c in cols]
+
+    def joined_columns(self) -> set[str]:
+        """Names the join tables bring (usable by obs_filter and later joins' keys)."""
+        return {c for join in self.additional_metadata_info for c in join.columns}
 
 
 MDS_DEFAULT_SIZE_LIMIT = 1 << 26  # mosaicml-streaming's own default shard size limit (64 MiB)

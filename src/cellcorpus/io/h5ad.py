@@ -27,7 +27,8 @@ CSC_BLOCK_COLS = 2048  # columns per read when a CSC matrix must be scanned for 
 class H5adReader:
     """Open one .h5ad; read var, obs column slices and X row ranges as CSR arrays."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, layer: str | None = None) -> None:
+        """`layer`: read counts from `layers/<layer>` instead of X (scBaseCamp 2026 files carry several)."""
         self.path = str(path)
         self._remote = None
         try:
@@ -46,7 +47,15 @@ class H5adReader:
             if key not in self._f:
                 self.close()
                 raise InputError(f"{self.path}: malformed .h5ad, missing '{key}'")
-        self._x = self._f["X"]
+        if layer is None:
+            self._x = self._f["X"]
+        else:
+            layers = self._f.get("layers")
+            if layers is None or layer not in layers:
+                available = ", ".join(layers) if layers is not None else "none"
+                self.close()
+                raise InputError(f"{self.path}: no layer '{layer}' (layers: {available})")
+            self._x = layers[layer]
         self.n_obs, self.n_vars = self._shape()
 
     def __enter__(self) -> H5adReader:
@@ -114,6 +123,10 @@ class H5adReader:
         """Column name the obs index is stored under (anndata's `_index` -> `index`, as pandas)."""
         key = self._index_key
         return "index" if key == "_index" else key
+
+    def layer_names(self) -> list[str]:
+        layers = self._f.get("layers")
+        return list(layers) if layers is not None else []
 
     def obs_columns(self) -> list[str]:
         return [k for k in self._f["obs"] if k != "__categories"]

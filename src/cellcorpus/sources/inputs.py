@@ -42,7 +42,7 @@ def discover_inputs(hf: HuggingfaceConfig) -> list[InputFile]:
         return discover_parquet(hf.adata_dir, hf.ignore_dir)
     from cellcorpus.sources.local import discover_h5ad
 
-    return discover_h5ad(hf.adata_dir, hf.ignore_dir, str(Path(hf.output_root) / "decompressed"))
+    return discover_h5ad(hf.adata_dir, hf.ignore_dir, str(Path(hf.output_root) / "decompressed"), hf.counts_layer)
 
 
 def peek_first_input(hf: HuggingfaceConfig) -> InputFile | None:
@@ -163,7 +163,7 @@ def _inspect_h5ad(hf: HuggingfaceConfig, f: InputFile, lookup: VocabLookup | Non
             )
         obs_cols = set(r.obs_columns()) | {r.obs_index_name}
         for name, key in need.items():
-            if name not in obs_cols:
+            if name not in obs_cols and name not in hf.joined_columns():
                 raise ConfigError(
                     f"{key}: '{name}' is not an obs column of {f.path}",
                     hint=f"obs columns: {', '.join(sorted(map(str, obs_cols)))}",
@@ -196,7 +196,7 @@ def _inspect_parquet(hf: HuggingfaceConfig, f: InputFile, lookup: VocabLookup | 
         if col not in names:
             raise InputError(f"{f.path}: parquet has no '{col}' column", hint=f"columns: {', '.join(sorted(names))}")
     for name, key in required_obs_columns(hf).items():
-        if name not in names | {INDEX_COLUMN}:
+        if name not in names | {INDEX_COLUMN} | hf.joined_columns():
             raise ConfigError(
                 f"{key}: '{name}' is not a column of {f.path}", hint=f"columns: {', '.join(sorted(names))}"
             )

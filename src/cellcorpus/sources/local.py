@@ -59,7 +59,7 @@ def _remote_checksum(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return xxhash.xxh64(repr(key).encode()).hexdigest()
 
 
-def discover_h5ad(adata_dir: str, ignore_dir: list[str], cache_dir: str) -> list[InputFile]:
+def discover_h5ad(adata_dir: str, ignore_dir: list[str], cache_dir: str, layer: str | None = None) -> list[InputFile]:
     """List inputs with their cell counts; unreadable or empty files are errors naming the file."""
     rels = find_h5ad_files(adata_dir, ignore_dir)
     if not rels:
@@ -69,7 +69,13 @@ def discover_h5ad(adata_dir: str, ignore_dir: list[str], cache_dir: str) -> list
     for i, rel in enumerate(rels):
         path = join(adata_dir, rel)
         readable = str(_decompressed(path, Path(cache_dir), rel)) if rel.endswith(".gz") else path
-        with H5adReader(readable) as r:
+        try:
+            reader = H5adReader(readable, layer)
+        except InputError as exc:
+            if layer is not None and "no layer" in exc.message:
+                raise ConfigError(f"huggingface.counts_layer: {exc.message}") from exc
+            raise
+        with reader as r:
             n_obs = r.n_obs
             r.x_encoding  # noqa: B018 - validates the X layout now, before any worker starts
         if n_obs == 0:
@@ -80,11 +86,16 @@ def discover_h5ad(adata_dir: str, ignore_dir: list[str], cache_dir: str) -> list
     return out
 
 
-def read_h5ad_block(path: str, row_start: int, row_stop: int, gene_col: str, obs_names: list[str]) -> RawBlock:
-    """Read one unit's rows, the gene ids of the columns and the named obs columns (row slices only)."""
-    with H5adReader(path) as r:
+def read_h5ad_block(
+    path: str, row_start: int, row_stop: int, gene_col: str, obs_names: list[str], layer: str | None = None
+) -> RawBlock:
+    """Read one unit's rows (of X, or of `layer`), the gene ids of the columns and the named obs columns."""
+    with H5adReader(path, layer) as r:
         indptr, indices, data = r.read_rows(row_start, row_stop)
-        obs = {name: r.obs_column(name, row_start, row_stop) for name in dict.fromkeys(["index", *obs_names])}
+        # names absent from obs are skipped: they come from join tables (checked at preflight)
+        present = set(r.obs_columns()) | {"index", r.obs_index_name}
+        names = [n for n in dict.fromkeys(["index", *obs_names]) if n in present]
+        obs = {name: r.obs_column(name, row_start, row_stop) for name in names}
         var_ids = _var_ids(path, gene_col, _stamp(path), r)
         return RawBlock(indptr, indices, data, var_ids, obs, r.obs_index_name)
 

@@ -18,19 +18,39 @@ from urllib.parse import urlparse
 import fsspec
 
 from cellcorpus.config import RemoteSourceConfig
-from cellcorpus.errors import InputError, MissingExtraError
+from cellcorpus.errors import ConfigError, InputError, MissingExtraError
 from cellcorpus.io.atomic import atomic_path
 from cellcorpus.manifest import UnitResult
 
-__all__ = ["DownloadUnit", "open_bucket", "plan_download", "fetch_unit", "check_reachable"]
+__all__ = [
+    "DownloadUnit",
+    "open_bucket",
+    "plan_download",
+    "fetch_unit",
+    "check_reachable",
+    "check_billing",
+    "REQUESTER_PAYS_BUCKETS",
+]
 
 log = logging.getLogger(__name__)
 
-_HOSTS = {"gs": "storage.googleapis.com", "gcs": "storage.googleapis.com", "s3": "s3.amazonaws.com"}
+_HOSTS = {
+    "gs": "storage.googleapis.com",
+    "gcs": "storage.googleapis.com",
+    "s3": "s3.amazonaws.com",
+    "hf": "huggingface.co",
+}
+# Buckets known (checked 2026-11, ArcInstitute/arc-virtual-cell-atlas README) to bill the requester: without a
+# billing project every read is refused, so the download stops before any transfer and names the key.
+REQUESTER_PAYS_BUCKETS = frozenset({"arc-institute-virtual-cell-atlas"})
+_REQUESTER_PAYS_ERRORS = ("requester pays", "requesterpays", "usermissingproject", "user project", "billing")
 
 
 def check_reachable(url: str, timeout: float = 3.0) -> None:
-    """Fail in seconds, not after gcsfs's ~34 s of retries, when the storage host is unreachable."""
+    """Fail in seconds, not after gcsfs's ~34 s of retries, when the storage host is unreachable.
+
+    The probe uses the URL's own host and port for http(s) mirrors (default 80 / 443).
+    """
     parsed = urlparse(url)
     host = _HOSTS.get(parsed.scheme) or (parsed.hostname if parsed.scheme in ("http", "https") else None)
     if not host:
@@ -40,14 +60,40 @@ def check_reachable(url: str, timeout: float = 3.0) -> None:
         socket.create_connection((host, port), timeout=timeout).close()
     except OSError as exc:
         raise InputError(
-            f"cannot reach {host} for {url}: {exc}", hint="check the network or use a local mirror URL"
+            f"cannot reach {host}:{port} for {url}: {exc}", hint="check the network or use a local mirror URL"
         ) from exc
+
+
+def check_billing(url: str, project: str | None, key: str) -> None:
+    """A known Requester Pays bucket needs a billing project: stop before any transfer, naming the key."""
+    parsed = urlparse(url)
+    if parsed.scheme in ("gs", "gcs") and parsed.hostname in REQUESTER_PAYS_BUCKETS and not project:
+        raise ConfigError(
+            f"{key}: gs://{parsed.hostname} is a Requester Pays bucket; set a Google Cloud project to bill",
+            hint=f"--set {key}=YOUR_PROJECT (the first 2 TB per month are free, per Arc's README)",
+        )
+
+
+def _billing_refusal(exc: BaseException, url: str, key: str) -> ConfigError | None:
+    """The storage's own refusal of an unbilled Requester Pays read, as the same one-line config error."""
+    text = str(exc).lower().replace("-", " ").replace("_", " ")
+    if any(marker.replace("_", " ") in text for marker in _REQUESTER_PAYS_ERRORS):
+        return ConfigError(
+            f"{key}: {url} refused the read as Requester Pays (needs a billing project): {str(exc).splitlines()[0]}",
+            hint=f"--set {key}=YOUR_PROJECT",
+        )
+    return None
 
 
 def open_bucket(url: str, requester_pays_project: str | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """fsspec filesystem + root path; GCS anonymous unless a requester-pays project is given."""
     scheme = urlparse(url).scheme
     options: dict[str, Any] = {}
+    if scheme == "hf":
+        try:
+            import huggingface_hub  # noqa: F401 - provides fsspec's hf:// filesystem
+        except ImportError as exc:
+            raise MissingExtraError("hf:// URLs need huggingface_hub", hint="pip install 'cellcorpus[hf]'") from exc
     if scheme in ("gs", "gcs"):
         try:
             import gcsfs  # noqa: F401
@@ -71,33 +117,47 @@ class DownloadUnit:
     retries: int
 
 
-def plan_download(src: RemoteSourceConfig) -> list[DownloadUnit]:
+def _size(fs: fsspec.AbstractFileSystem, path: str, info: dict[str, Any]) -> int:
+    """The listing's size, or (a plain HTTP directory lists none) the server's Content-Length via HEAD."""
+    size = info.get("size")
+    if size is None:
+        size = fs.info(path).get("size")
+    if size is None:
+        raise InputError(f"{path}: the server gives no size, so a download could not be checked")
+    return int(size)
+
+
+def plan_download(src: RemoteSourceConfig, section: str = "source") -> list[DownloadUnit]:
     """List `glob` under the URL (+ metadata URLs); one unit per file, sorted by path."""
+    key = f"{section}.requester_pays_project"
+    for url in (src.url, *src.metadata_urls):
+        check_billing(url, src.requester_pays_project, key)
     check_reachable(src.url)
     fs, root = open_bucket(src.url, src.requester_pays_project)
     try:
         listing = fs.glob(f"{root}/{src.glob}", detail=True)
     except Exception as exc:
-        raise InputError(f"cannot list {src.url}: {exc}") from exc
+        raise _billing_refusal(exc, src.url, key) or InputError(f"cannot list {src.url}: {exc}") from exc
     units = []
     for path, info in sorted(listing.items()):
         if info.get("type") == "directory":
             continue
         rel = path[len(root) :].lstrip("/")
-        dest = Path(src.output_root) / "h5ad" / rel
+        dest = Path(src.output_root) / src.data_dir / rel
+        size = _size(fs, path, info)
         units.append(
-            DownloadUnit(
-                f"data-{rel}", path, str(dest), int(info["size"]), src.url, src.requester_pays_project, src.retries
-            )
+            DownloadUnit(f"data-{rel}", path, str(dest), size, src.url, src.requester_pays_project, src.retries)
         )
     if not units:
         raise InputError(f"no files match {src.glob} under {src.url}")
     for murl in src.metadata_urls:
         mfs, mpath = open_bucket(murl, src.requester_pays_project)
         try:
-            size = int(mfs.info(mpath)["size"])
+            size = _size(mfs, mpath, {})
+        except InputError:
+            raise
         except Exception as exc:
-            raise InputError(f"cannot stat metadata table {murl}: {exc}") from exc
+            raise _billing_refusal(exc, murl, key) or InputError(f"cannot stat metadata table {murl}: {exc}") from exc
         dest = Path(src.output_root) / "metadata" / Path(mpath).name
         units.append(
             DownloadUnit(
@@ -125,6 +185,9 @@ def fetch_unit(unit: DownloadUnit, _ctx: object = None) -> UnitResult:
                 unit.unit_id, {"bytes": unit.size, "fetched": 1}, [{"path": unit.dest, "bytes": unit.size}]
             )
         except (OSError, ConnectionError, TimeoutError) as exc:
+            refusal = _billing_refusal(exc, unit.url, "requester_pays_project")
+            if refusal is not None:
+                raise refusal from exc
             last = exc
             if attempt < unit.retries:
                 time.sleep(min(2**attempt, 30) * 0.5)

@@ -88,7 +88,7 @@ def read_parquet_block(
             first_row = pos if first_row is None else first_row
         pos += n
     names = set(f.schema_arrow.names)
-    missing = [c for c in ("genes", "expressions", *obs_names) if c not in names and c != INDEX_COLUMN]
+    missing = [c for c in ("genes", "expressions") if c not in names]  # other names may come from joins
     if missing:
         raise InputError(f"{path}: parquet has no column(s) {missing}", hint=f"available: {sorted(names)}")
     cols = ["genes", "expressions"] + [c for c in dict.fromkeys([*obs_names, INDEX_COLUMN]) if c in names]

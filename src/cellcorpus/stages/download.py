@@ -19,7 +19,7 @@ SOURCES = ("cellxgene", "scbasecamp", "tahoe")
 def _download_bucket(src: RemoteSourceConfig, name: str, spec: ExecutorSpec, reporter: Reporter | None) -> StageSummary:
     from cellcorpus.sources.remote import fetch_unit, plan_download
 
-    units = plan_download(src)
+    units = plan_download(src, name)
     # No ledger: a cached file of the listed size *is* the completion record (fetch_unit skips it).
     done = run_units(fetch_unit, units, None, None, spec, description=f"download {name}", reporter=reporter)
     results = [done[u.unit_id] for u in units]

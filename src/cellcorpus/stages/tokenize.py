@@ -127,22 +127,48 @@ def _read_block(unit: WorkUnit, hf: HuggingfaceConfig) -> RawBlock:
         return read_parquet_block(unit.path, unit.row_start, unit.row_stop, hf.parquet_gene_table, _obs_names(hf))
     from cellcorpus.sources.local import read_h5ad_block
 
-    return read_h5ad_block(unit.path, unit.row_start, unit.row_stop, hf.gene_col, _obs_names(hf))
+    return read_h5ad_block(unit.path, unit.row_start, unit.row_stop, hf.gene_col, _obs_names(hf), hf.counts_layer)
 
 
-def _metadata(block: RawBlock, ctx: TokenizeContext) -> dict[str, np.ndarray]:
+class _Columns:
+    """A unit's named columns as strings: obs columns first, then joined columns, joins applied in order.
+
+    A name is looked up in obs, else among the columns earlier joins brought, so an obs_filter or a join key
+    may be a joined column (e.g. the Tahoe release's `pass_filter`, from its obs_metadata table).
+    """
+
+    def __init__(self, block: RawBlock, hf: HuggingfaceConfig) -> None:
+        self._obs = block.obs
+        self._values: dict[str, np.ndarray] = {}
+        self._joined: dict[str, np.ndarray] = {}
+        for join in hf.additional_metadata_info:
+            index, cols = load_table(join.path, join.merge_keys.metadata_key, join.columns)
+            for name, values in lookup(index, cols, self[join.merge_keys.adata_key]).items():
+                self._joined.setdefault(name, values)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._values:
+            if name in self._obs:
+                self._values[name] = as_strings(self._obs[name])
+            elif name in self._joined:
+                self._values[name] = self._joined[name]
+            else:
+                raise InputError(f"no obs or joined column '{name}'")
+        return self._values[name]
+
+
+def _metadata(columns: _Columns, ctx: TokenizeContext) -> dict[str, np.ndarray]:
+    """Output metadata in seed order (obs columns, obs index, joined columns), renamed as configured."""
     hf = ctx.hf
     out: dict[str, np.ndarray] = {}
     for name in hf.obs_metadata_columns:
-        out[name] = as_strings(block.obs["index" if name == ctx.index_column else name])
+        out[name] = columns["index" if name == ctx.index_column else name]
     if ctx.index_column is not None and ctx.index_column not in out:
-        out[ctx.index_column] = as_strings(block.obs["index"])
+        out[ctx.index_column] = columns["index"]
     for join in hf.additional_metadata_info:
-        index, cols = load_table(join.path, join.merge_keys.metadata_key, join.columns)
-        joined = lookup(index, cols, block.obs[join.merge_keys.adata_key])
-        for name, values in joined.items():
-            out.setdefault(name, values)
-    return out
+        for name in join.columns:
+            out.setdefault(name, columns[name])
+    return {hf.rename_columns.get(k, k): v for k, v in out.items()}
 
 
 def _check_duplicate_genes(gene_map: np.ndarray, var_ids: np.ndarray, path: str) -> None:
@@ -154,11 +180,11 @@ def _check_duplicate_genes(gene_map: np.ndarray, var_ids: np.ndarray, path: str)
         raise InputError(f"{path}: duplicated gene ids map to the same token: {', '.join(names)}")
 
 
-def _apply_filters(block: RawBlock, hf: HuggingfaceConfig, counts: dict[str, int]) -> np.ndarray:
+def _apply_filters(block: RawBlock, hf: HuggingfaceConfig, counts: dict[str, int], columns: _Columns) -> np.ndarray:
     """Row mask after obs_filter, then min_genes, then min_counts; each drop counted where it happens."""
     keep = np.ones(len(block.indptr) - 1, dtype=bool)
     if hf.obs_filter:
-        hit = as_strings(block.obs[hf.obs_filter.key]) == str(hf.obs_filter.value)
+        hit = columns[hf.obs_filter.key] == str(hf.obs_filter.value)
         counts["filtered_obs_filter"] = int(np.count_nonzero(keep & ~hit))
         keep &= hit
     fc = hf.filter_cells
@@ -190,9 +216,11 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
         gene_map, mapping_counts, collisions = mapping.gene_map, mapping.counts(), mapping.n_colliding > 0
     counts = dict.fromkeys(COUNT_KEYS, 0)
     counts["cells_read"] = unit.n_cells
-    keep = _apply_filters(block, hf, counts)
+    columns = _Columns(block, hf)
+    keep = _apply_filters(block, hf, counts, columns)
     rows = np.flatnonzero(keep)
-    meta = _metadata(block, ctx)
+    meta = _metadata(columns, ctx)
+    del columns
     cls_id = lookup_.vocab[hf.cls_token] if hf.add_cls_token else None
     n_fractional = int(np.count_nonzero(block.data != np.floor(block.data))) if block.data.dtype.kind == "f" else 0
     cells = tokenize_csr(block.indptr, block.indices, block.data, gene_map, cls_id, hf.pad_value)
