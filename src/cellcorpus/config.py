@@ -46,8 +46,9 @@ class _Section(BaseModel):
 class VocabConfig(_Section):
     """`vocab:` — build the Ensembl-keyed GeneVocab JSON from a reference h5ad."""
 
-    reference_adata: str
+    reference_adata: str  # an .h5ad, or a gene table (.parquet/.csv/.tsv, e.g. the Tahoe release's gene_metadata)
     use_col: str = "index"
+    symbol_col: str | None = None  # gene symbols for id_to_gene: the var index of an h5ad when unset
     add_junk_tokens: bool = False
     special_tokens: list[str] = Field(default_factory=lambda: ["<pad>", "<cls>", "<eoc>"])
     output_root: str

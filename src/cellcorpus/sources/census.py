@@ -9,7 +9,7 @@ seed did). Chunks are units: fetched in parallel, written atomically, skipped wh
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ from cellcorpus.manifest import Ledger, UnitResult, write_manifest
 from cellcorpus.stages.base import StageSummary
 from cellcorpus.stages.vocab import load_vocab
 
-__all__ = ["CensusChunk", "select_census", "census_chunk_unit", "run_census_download", "CELL_FILTER"]
+__all__ = ["CensusChunk", "plan_census", "select_census", "census_chunk_unit", "run_census_download", "CELL_FILTER"]
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +57,32 @@ def _organism_key(organism: str) -> str:
 
 @dataclass(frozen=True, order=True)
 class CensusChunk:
+    """One chunk: its cells are a slice (a view, no copy) of the selected id array; pickled, only the slice goes.
+
+    Arrays rather than tuples: a 60M-cell plan of Python ints took ~2 GB; as int64 views it is the id array.
+    """
+
     unit_id: str
     path: str  # the chunk file written (named in errors)
-    obs_ids: tuple[int, ...]
-    var_ids: tuple[int, ...]
-    min_count_per_gene: int
+    obs_ids: np.ndarray = field(compare=False, repr=False)
+    var_ids: np.ndarray = field(compare=False, repr=False)
+    min_count_per_gene: int = 0
 
     @property
     def n_cells(self) -> int:
         return len(self.obs_ids)
+
+
+def plan_census(
+    obs_ids: np.ndarray, var_ids: np.ndarray, chunk_size: int, out: Path, min_count: int
+) -> list[CensusChunk]:
+    """`chunk_<i>.h5ad` units of `chunk_size` cells in soma_joinid order (views into `obs_ids`)."""
+    obs_ids = np.ascontiguousarray(obs_ids, dtype=np.int64)
+    var_ids = np.ascontiguousarray(var_ids, dtype=np.int64)
+    return [
+        CensusChunk(f"chunk_{i:05d}", str(out / f"chunk_{i}.h5ad"), obs_ids[s : s + chunk_size], var_ids, min_count)
+        for i, s in enumerate(range(0, len(obs_ids), chunk_size))
+    ]
 
 
 def select_census(cx: CellxgeneConfig, vocab: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -116,16 +133,7 @@ def run_census_download(cfg: Config, spec: ExecutorSpec, reporter: Reporter | No
         raise InputError(f"Census selection is empty: {len(obs_ids)} cells, {len(var_ids)} genes")
     log.warning("Census %s: %d cells and %d genes selected", cx.census_uri or cx.version, len(obs_ids), len(var_ids))
     out = Path(cx.output_root)
-    units = [
-        CensusChunk(
-            f"chunk_{i:05d}",
-            str(out / f"chunk_{i}.h5ad"),
-            tuple(obs_ids[s : s + cx.chunk_size].tolist()),
-            tuple(var_ids.tolist()),
-            cx.min_count_per_gene,
-        )
-        for i, s in enumerate(range(0, len(obs_ids), cx.chunk_size))
-    ]
+    units = plan_census(obs_ids, var_ids, cx.chunk_size, out, cx.min_count_per_gene)
     work = config_hash(cx.model_dump(mode="json", exclude={"num_proc"}), len(obs_ids), len(var_ids))
     ledger = Ledger(out / ".units" / "download", work)
     done = run_units(

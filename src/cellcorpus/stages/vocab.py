@@ -6,12 +6,15 @@ import json
 import logging
 from pathlib import Path
 
-from cellcorpus.config import Config
+import numpy as np
+
+from cellcorpus.config import Config, VocabConfig
 from cellcorpus.core.vocab import build_vocab
 from cellcorpus.errors import ConfigError, InputError
 from cellcorpus.io.atomic import write_json_atomic
 from cellcorpus.io.h5ad import H5adReader
 from cellcorpus.io.paths import join
+from cellcorpus.io.tables import as_strings, read_frame
 from cellcorpus.stages.base import StageSummary
 
 __all__ = ["run_vocab", "load_vocab"]
@@ -24,9 +27,7 @@ def run_vocab(cfg: Config) -> StageSummary:
     vc = cfg.need("vocab")
     if not Path(vc.reference_adata).is_file():
         raise ConfigError(f"vocab.reference_adata: file not found: {vc.reference_adata}")
-    with H5adReader(vc.reference_adata) as r:
-        ids = r.var_column(vc.use_col)
-        symbols = r.var_column("index")
+    ids, symbols = _reference_genes(vc)
     try:
         built = build_vocab(ids, symbols, vc.special_tokens, vc.add_junk_tokens)
     except ValueError as exc:
@@ -64,6 +65,25 @@ def run_vocab(cfg: Config) -> StageSummary:
         outputs=outputs,
         notes=notes,
     )
+
+
+_TABLE_SUFFIXES = (".parquet", ".pq", ".csv", ".csv.gz", ".tsv", ".tsv.gz")
+
+
+def _reference_genes(vc: VocabConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(gene ids, symbols) from the reference: an h5ad's var, or a gene table's columns."""
+    if vc.reference_adata.lower().endswith(_TABLE_SUFFIXES):
+        df = read_frame(vc.reference_adata)
+        for key, col in (("use_col", vc.use_col), ("symbol_col", vc.symbol_col)):
+            if col is not None and col not in df.columns:
+                raise ConfigError(
+                    f"vocab.{key}: '{col}' is not a column of {vc.reference_adata}",
+                    hint=f"columns: {', '.join(map(str, df.columns))}",
+                )
+        ids = as_strings(df[vc.use_col].to_numpy())
+        return ids, as_strings(df[vc.symbol_col].to_numpy()) if vc.symbol_col else ids
+    with H5adReader(vc.reference_adata) as r:
+        return r.var_column(vc.use_col), r.var_column(vc.symbol_col or "index")
 
 
 def load_vocab(path: str) -> dict[str, int]:
