@@ -392,3 +392,36 @@ def test_hf_datasets_loads_output(tmp_path, tiny_vocab, write_config):
     assert row["genes"][0] == 1 and row["expressions"][0] == -2.0
     t = ds.with_format("torch")[0]
     assert str(t["genes"].dtype) == "torch.int64" and str(t["expressions"].dtype) == "torch.float32"
+
+
+def test_filter_and_join_key_may_be_joined_columns(tmp_path, tiny_vocab, write_config):
+    """h5ad input: obs has only the barcode; pass_filter and the sample's plate come from chained joins."""
+    make_h5ad(tmp_path / "raw" / "a.h5ad", X, VAR, obs_index=["bc0", "bc1", "bc2", "bc3"])
+    obs_table = tmp_path / "obs_metadata.parquet"
+    pd.DataFrame(
+        {"barcode": ["bc3", "bc2", "bc1", "bc0"], "pass_filter": ["full", "minimal", "full", "full"],
+         "sample": ["s2", "s1", "s1", "s1"]}
+    ).to_parquet(obs_table)  # fmt: skip
+    samples = tmp_path / "samples.csv"
+    pd.DataFrame({"sample": ["s1", "s2"], "plate": ["p1", "p2"]}).to_csv(samples, index=False)
+    joins = [
+        {"path": str(obs_table), "merge_keys": {"metadata_key": "barcode", "adata_key": "index"},
+         "columns": ["pass_filter", "sample"]},
+        {"path": str(samples), "merge_keys": {"metadata_key": "sample", "adata_key": "sample"}, "columns": ["plate"]},
+    ]  # fmt: skip
+    s = _run_tiny(
+        write_config(
+            **{
+                "huggingface.additional_metadata_info": joins,
+                "huggingface.obs_filter": {"key": "pass_filter", "value": "full"},
+                "huggingface.rename_columns": {"plate": "plate_id"},
+            }
+        )
+    )
+    assert s.counts["filtered_obs_filter"] == 1
+    rows = sorted(_all_rows(tmp_path), key=lambda r: r["id"])
+    assert [(r["index"], r["sample"], r["plate_id"]) for r in rows] == [
+        ("bc0", "s1", "p1"),
+        ("bc1", "s1", "p1"),
+        ("bc3", "s2", "p2"),
+    ]
