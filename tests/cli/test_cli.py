@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cellcorpus.cli import app
+from tests._utils import output_digests
 from tests.streaming_compat import streaming_dataset
 
 runner = CliRunner()
@@ -21,6 +22,9 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch):
     result = runner.invoke(app, ["demo", str(out)])
     assert result.exit_code == 0, result.output
     assert "demo complete" in result.output
+    # the outputs' bytes are those recorded before the seams refactor (#10): any change to them is deliberate
+    stored = json.loads((Path(__file__).parents[1] / "data" / "demo_output_digests.json").read_text())
+    assert output_digests(out) == stored
     for merged, mds, n_min in (
         ("tahoe_merged_w_metadata", "tahoe_merged_MDS_v2", 400),
         ("scbasecamp_merged", "scbasecamp_merged_MDS", 500),
@@ -88,7 +92,7 @@ def test_verify_before_tokenize_is_clear(write_config):
 
 
 def test_vocab_command(tmp_path, write_config):
-    from tests.conftest import GENES, make_h5ad
+    from tests._utils import GENES, make_h5ad
 
     ref = make_h5ad(tmp_path / "ref.h5ad", np.array([[1.0, 0, 0]]), [GENES[2], GENES[0], GENES[0] + ".3"])
     cfg = write_config(
@@ -120,7 +124,7 @@ def test_help_for_every_command(cmd):
 
 @pytest.mark.dask
 def test_tokenize_on_a_local_dask_cluster_matches_the_pool(tmp_path, write_config):
-    from tests.conftest import data_bytes, random_corpus
+    from tests._utils import data_bytes, random_corpus
 
     outs = []
     for name, extra in (("pool", ["--num-proc", "2"]), ("dask", ["--dask", "local", "--num-proc", "2"])):

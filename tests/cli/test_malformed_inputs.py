@@ -25,7 +25,7 @@ import yaml
 from typer.testing import CliRunner
 
 from cellcorpus.cli import app
-from tests.conftest import GENES, arrow_rows, base_config, make_h5ad, random_corpus, write_vocab
+from tests._utils import GENES, arrow_rows, base_config, make_h5ad, random_corpus, write_vocab
 
 runner = CliRunner()
 MARKERS = ("state.json", "index.json", "manifest.json")

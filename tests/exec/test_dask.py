@@ -10,7 +10,7 @@ from cellcorpus.errors import UnitFailed
 from cellcorpus.exec.runner import ExecutorSpec
 from cellcorpus.stages.mds import run_mds
 from cellcorpus.stages.tokenize import run_tokenize
-from tests.conftest import GENES, make_h5ad, random_corpus
+from tests._utils import GENES, make_h5ad, random_corpus
 
 pytest.importorskip("distributed")
 pytestmark = pytest.mark.dask

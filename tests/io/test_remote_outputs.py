@@ -11,7 +11,7 @@ from cellcorpus.stages import mds as mds_stage
 from cellcorpus.stages.mds import run_mds
 from cellcorpus.stages.tokenize import run_tokenize
 from cellcorpus.stages.verify import run_verify
-from tests.conftest import random_corpus, write_vocab
+from tests._utils import random_corpus, write_vocab
 
 SETTINGS = {
     "huggingface.unit_cells": 100,
@@ -97,7 +97,7 @@ def test_remote_roots_end_to_end_with_resume(tmp_path, write_config, monkeypatch
 def test_inputs_from_a_url(tmp_path, write_config):
     """adata_dir as an fsspec URL: same cells as the same files read from disk."""
 
-    from tests.conftest import arrow_rows
+    from tests._utils import arrow_rows
 
     local = tmp_path / "local"
     _inputs(local)

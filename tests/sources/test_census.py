@@ -15,7 +15,7 @@ from cellcorpus.errors import UnitFailed
 from cellcorpus.sources import census as census_mod
 from cellcorpus.stages.download import run_download
 from cellcorpus.stages.tokenize import run_tokenize
-from tests.conftest import arrow_rows, write_vocab
+from tests._utils import arrow_rows, write_vocab
 
 tiledbsoma = pytest.importorskip("tiledbsoma")
 pytest.importorskip("tiledbsoma.io")

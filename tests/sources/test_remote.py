@@ -16,7 +16,7 @@ from cellcorpus.sources import remote
 from cellcorpus.stages.download import run_download
 from cellcorpus.stages.tokenize import run_tokenize
 from cellcorpus.stages.vocab import run_vocab
-from tests.conftest import arrow_rows
+from tests._utils import arrow_rows
 
 
 @pytest.fixture

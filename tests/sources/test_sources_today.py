@@ -22,7 +22,7 @@ from cellcorpus.errors import ConfigError
 from cellcorpus.pipeline import packaged_config
 from cellcorpus.stages.download import run_download
 from tests._release import RELEASE_METADATA, http_server, make_arc_bucket, make_release
-from tests.conftest import arrow_rows
+from tests._utils import arrow_rows
 from tests.streaming_compat import streaming_dataset
 
 runner = CliRunner()
@@ -158,7 +158,7 @@ def test_scbasecount_2026_layout_tokenizes_x_or_a_layer(tmp_path, write_config, 
     import scipy.sparse as sp
 
     from cellcorpus.stages.tokenize import run_tokenize
-    from tests.conftest import GENES
+    from tests._utils import GENES
 
     X = sp.csr_matrix(np.array([[1, 0, 2, 0, 0], [0, 3, 0, 0, 1]], dtype=np.float32))
     em = sp.csr_matrix(np.array([[1.5, 0, 2, 0, 0.5], [0, 3, 0, 1, 1]], dtype=np.float32))

@@ -10,7 +10,7 @@ import pytest
 from cellcorpus.config import load_config
 from cellcorpus.errors import ConfigError, UnitFailed
 from cellcorpus.stages.tokenize import run_tokenize
-from tests.conftest import GENES, arrow_rows
+from tests._utils import GENES, arrow_rows
 
 # release token ids: 0 = CLS, 5..8 = genes; 7 is a gene our vocabulary lacks
 TABLE = pd.DataFrame({"token_id": [5, 6, 7, 8], "ensembl_id": [GENES[3], GENES[0] + ".2", "ENSG99999999999", GENES[4]]})
@@ -38,7 +38,7 @@ def _release(root, cells=CELLS, row_group_size=2):
 
 
 def _cfg(tmp_path, write_config, unit_cells=2):
-    from tests.conftest import write_vocab
+    from tests._utils import write_vocab
 
     write_vocab(tmp_path / "vocab" / "vocab.json")
     return load_config(

@@ -14,7 +14,7 @@ from cellcorpus.errors import InputError, MissingExtraError, VerifyError
 from cellcorpus.stages.drugs import run_drugs
 from cellcorpus.stages.tokenize import run_tokenize
 from cellcorpus.stages.verify import run_verify
-from tests.conftest import random_corpus
+from tests._utils import random_corpus
 
 Chem = pytest.importorskip("rdkit.Chem")
 

@@ -17,7 +17,7 @@ from cellcorpus.core.genemap import merge_duplicate_tokens
 from cellcorpus.errors import ConfigError
 from cellcorpus.stages.genes import run_genes
 from cellcorpus.stages.tokenize import run_tokenize
-from tests.conftest import GENES, arrow_rows, make_h5ad
+from tests._utils import GENES, arrow_rows, make_h5ad
 
 G1, G2, G3, G4, G5 = GENES  # vocabulary ids 3..7
 SYMBOL_VAR = ["SYM_A", "SYM_B", "SYM_C", "AMBIG", "NOPE", "ALIAS_A", "ENSG00000999999.2"]

@@ -13,7 +13,7 @@ from cellcorpus.errors import VerifyError
 from cellcorpus.stages.mds import run_mds
 from cellcorpus.stages.tokenize import run_tokenize
 from cellcorpus.stages.verify import run_verify
-from tests.conftest import GENES, arrow_rows, random_corpus, write_vocab
+from tests._utils import GENES, arrow_rows, random_corpus, write_vocab
 from tests.streaming_compat import streaming_dataset
 
 PKL = {"genes": "pkl", "expressions": "pkl", "id": "int64", "drug": "str"}

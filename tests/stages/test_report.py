@@ -12,7 +12,7 @@ from cellcorpus.errors import ConfigError
 from cellcorpus.stages.mds import run_mds
 from cellcorpus.stages.report import run_report
 from cellcorpus.stages.tokenize import run_tokenize
-from tests.conftest import arrow_rows, random_corpus
+from tests._utils import arrow_rows, random_corpus
 
 
 def test_report_numbers_match_data(tmp_path, write_config):

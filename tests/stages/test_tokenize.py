@@ -14,7 +14,7 @@ from cellcorpus.core.ids import decode_ids
 from cellcorpus.errors import ConfigError, InputError, UnitFailed
 from cellcorpus.stages import tokenize as tok
 from cellcorpus.stages.tokenize import run_tokenize
-from tests.conftest import GENES, arrow_rows, data_bytes, make_h5ad, write_vocab
+from tests._utils import GENES, arrow_rows, data_bytes, make_h5ad, write_vocab
 
 # columns: ENSG..3 (versioned) -> 5, ENSG..1 -> 3, OOV, ENSG..5 -> 7
 VAR = [GENES[2] + ".4", GENES[0], "ENSG99999999999", GENES[4]]
@@ -356,7 +356,7 @@ def test_missing_vocab_and_unknown_cls(tmp_path, write_config):
     make_h5ad(tmp_path / "raw" / "a.h5ad", X, VAR)
     with pytest.raises(ConfigError, match="run `cellcorpus vocab"):
         _run(write_config())
-    from tests.conftest import write_vocab
+    from tests._utils import write_vocab
 
     write_vocab(tmp_path / "vocab" / "vocab.json", specials=["<pad>"])
     with pytest.raises(ConfigError, match="cls_token: '<cls>' is not in the vocabulary"):
