@@ -4,8 +4,7 @@ The stages are importable for use from Python (`cellcorpus.stages.tokenize.run_t
 `load_config` reads and validates a seed-layout YAML config.
 """
 
-__version__ = "0.1.0"
-
-from cellcorpus.config import Config, load_config  # noqa: E402 - after __version__, which manifest.py reads
+from cellcorpus._version import __version__
+from cellcorpus.config import Config, load_config
 
 __all__ = ["__version__", "Config", "load_config"]

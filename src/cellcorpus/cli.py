@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from cellcorpus import __version__
+from cellcorpus._version import __version__
 from cellcorpus.config import Config, load_config
 from cellcorpus.errors import CellcorpusError
 from cellcorpus.exec.runner import ExecutorSpec

@@ -14,7 +14,7 @@ from typing import Any
 
 import xxhash
 
-from cellcorpus import __version__
+from cellcorpus._version import __version__
 from cellcorpus.errors import ConfigError
 from cellcorpus.io.atomic import write_json_atomic
 

@@ -1,4 +1,6 @@
-"""CELLxGENE Census download: primary cells, filtered genes, `chunk_<i>.h5ad` of `chunk_size` cells.
+"""CELLxGENE Census as a source: primary cells, filtered genes, `chunk_<i>.h5ad` of `chunk_size` cells.
+
+The download stage (stages/download.py) orchestrates it; this module only selects, plans and fetches.
 
 Cells: `is_primary_data == True and suspension_type != 'na'`, in soma_joinid order. Genes:
 `n_measured_obs >= min_gene_measured_obs`, `nnz >= min_gene_nnz`, and an id in the vocabulary.
@@ -14,17 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from cellcorpus.config import CellxgeneConfig, Config, config_hash
+from cellcorpus.config import CellxgeneConfig
 from cellcorpus.core.vocab import strip_version
-from cellcorpus.errors import InputError, MissingExtraError
-from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
+from cellcorpus.errors import MissingExtraError
 from cellcorpus.io.atomic import atomic_path
-from cellcorpus.io.paths import join
-from cellcorpus.manifest import Ledger, UnitResult, write_manifest
-from cellcorpus.stages.base import StageSummary
-from cellcorpus.stages.vocab import load_vocab
+from cellcorpus.manifest import UnitResult
 
-__all__ = ["CensusChunk", "plan_census", "select_census", "census_chunk_unit", "run_census_download", "CELL_FILTER"]
+__all__ = ["CensusChunk", "plan_census", "select_census", "census_chunk_unit", "CELL_FILTER"]
 
 log = logging.getLogger(__name__)
 
@@ -122,35 +120,3 @@ def census_chunk_unit(unit: CensusChunk, cx: CellxgeneConfig) -> UnitResult:
         tmp.with_suffix(".h5ad").rename(tmp)
     counts = {"cells": adata.n_obs, "genes": int(keep.sum()), "genes_dropped_min_count": int((~keep).sum())}
     return UnitResult(unit.unit_id, counts, [{"path": Path(unit.path).name}])
-
-
-def run_census_download(cfg: Config, spec: ExecutorSpec, reporter: Reporter | None = None) -> StageSummary:
-    cx: CellxgeneConfig = cfg.need("cellxgene")
-    vocab_file = join(cfg.vocab.output_root, cx.vocab) if (cfg.vocab and cx.vocab) else cfg.need("vocab").vocab_file
-    vocab = load_vocab(vocab_file)
-    obs_ids, var_ids = select_census(cx, vocab)
-    if len(obs_ids) == 0 or len(var_ids) == 0:
-        raise InputError(f"Census selection is empty: {len(obs_ids)} cells, {len(var_ids)} genes")
-    log.warning("Census %s: %d cells and %d genes selected", cx.census_uri or cx.version, len(obs_ids), len(var_ids))
-    out = Path(cx.output_root)
-    units = plan_census(obs_ids, var_ids, cx.chunk_size, out, cx.min_count_per_gene)
-    work = config_hash(cx.model_dump(mode="json", exclude={"num_proc"}), len(obs_ids), len(var_ids))
-    ledger = Ledger(out / ".units" / "download", work)
-    done = run_units(
-        census_chunk_unit, units, cx, ledger, spec,
-        description=f"download cellxgene ({len(obs_ids):,} cells, {len(var_ids):,} genes)",
-        cells_of=lambda u: u.n_cells, reporter=reporter,
-        is_current=lambda u, r: Path(u.path).is_file(),
-    )  # fmt: skip
-    write_manifest(
-        out / "download_manifest.json",
-        stage="download-cellxgene",
-        config_hash=work,
-        census=cx.census_uri or cx.version,
-        chunks=[{"file": Path(u.path).name, **done[u.unit_id].counts} for u in units],
-    )
-    return StageSummary(
-        "download cellxgene",
-        counts={"cells selected": len(obs_ids), "genes selected": len(var_ids), "chunks": len(units)},
-        outputs={"folder": str(out)},
-    )

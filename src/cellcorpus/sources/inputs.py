@@ -19,6 +19,7 @@ from cellcorpus.core.genemap import GeneMapping, IdMap, harmonize
 from cellcorpus.core.vocab import VocabLookup
 from cellcorpus.errors import ConfigError, InputError
 from cellcorpus.io.tables import read_columns
+from cellcorpus.layout import decompressed_dir
 from cellcorpus.sources.base import InputFile
 
 __all__ = [
@@ -42,7 +43,7 @@ def discover_inputs(hf: HuggingfaceConfig) -> list[InputFile]:
         return discover_parquet(hf.adata_dir, hf.ignore_dir)
     from cellcorpus.sources.local import discover_h5ad
 
-    return discover_h5ad(hf.adata_dir, hf.ignore_dir, str(Path(hf.output_root) / "decompressed"), hf.counts_layer)
+    return discover_h5ad(hf.adata_dir, hf.ignore_dir, str(decompressed_dir(hf)), hf.counts_layer)
 
 
 def peek_first_input(hf: HuggingfaceConfig) -> InputFile | None:

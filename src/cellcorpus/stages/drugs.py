@@ -23,17 +23,16 @@ import xxhash
 from cellcorpus.config import Config, DrugsConfig, config_hash
 from cellcorpus.errors import ConfigError, InputError, MissingExtraError
 from cellcorpus.io.atomic import atomic_path, write_json_atomic
-from cellcorpus.io.paths import filesystem, join
+from cellcorpus.io.paths import filesystem
 from cellcorpus.io.tables import as_strings, read_frame
+from cellcorpus.layout import DRUG_PAD, drugs_manifest
 from cellcorpus.manifest import write_manifest
 from cellcorpus.stages.base import StageSummary
 
-__all__ = ["run_drugs", "DrugPlan", "plan_drugs", "morgan_fingerprints", "MANIFEST_NAME", "PAD"]
+__all__ = ["run_drugs", "DrugPlan", "plan_drugs", "morgan_fingerprints"]
 
 log = logging.getLogger(__name__)
 
-PAD = "<pad>"
-MANIFEST_NAME = "drugs_manifest.json"
 _SHOWN = 8
 
 
@@ -135,7 +134,7 @@ def run_drugs(cfg: Config) -> StageSummary:
     table_checksum = _table_checksum(dc.table)
     settings = dc.model_dump(mode="json", exclude={"table", "output_root", "drug_to_id_file", "fingerprints_file"})
     stage_hash = config_hash(settings, table_checksum, rdkit_version)
-    manifest_path = Path(join(dc.output_root, MANIFEST_NAME))
+    manifest_path = Path(drugs_manifest(dc))
     outputs = {"drug_to_id": dc.drug_to_id_path, "fingerprints": dc.fingerprints_path}
     if manifest_path.is_file() and Path(dc.drug_to_id_path).is_file() and Path(dc.fingerprints_path).is_file():
         try:
@@ -153,7 +152,7 @@ def run_drugs(cfg: Config) -> StageSummary:
     if not plan.names:
         raise InputError(f"{dc.table}: no drug with a usable SMILES in '{dc.smiles_column}'")
     fps = morgan_fingerprints(plan.smiles, dc.radius, dc.n_bits)
-    drug_to_id = {PAD: 0, **{name: i for i, name in enumerate(plan.names, start=1)}}
+    drug_to_id = {DRUG_PAD: 0, **{name: i for i, name in enumerate(plan.names, start=1)}}
     buf = io.BytesIO()
     np.save(buf, fps, allow_pickle=False)
     with atomic_path(dc.fingerprints_path) as tmp:

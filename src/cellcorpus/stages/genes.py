@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cellcorpus.config import Config, HuggingfaceConfig
+from cellcorpus.io.vocab import load_vocab
 from cellcorpus.sources.inputs import discover_inputs, inspect_inputs
-from cellcorpus.stages.vocab import load_vocab
 
 __all__ = ["GeneCoverage", "run_genes"]
 

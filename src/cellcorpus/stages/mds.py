@@ -8,7 +8,6 @@ so a split is readable (and counted complete) only when every writer finished.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
 from cellcorpus.formats.arrow import read_arrow
 from cellcorpus.formats.mds import MdsSpec, ShardWriter, _TorchPickle, encode_samples, merge_split_index
 from cellcorpus.io.paths import Publisher, local_copy
+from cellcorpus.layout import mds_publisher, mds_units_dir
 from cellcorpus.manifest import Ledger, UnitResult, write_manifest
 from cellcorpus.stages.base import StageSummary
 from cellcorpus.stages.preflight import preflight
@@ -45,12 +45,6 @@ class MdsContext:
     spec: MdsSpec
     out: Publisher
     min_length: int | None
-
-
-def publisher(mds: MdsConfig) -> Publisher:
-    """Where MDS output goes; a URL `out_root` is staged locally and uploaded file by file."""
-    staging = mds.staging_dir or str(Path(tempfile.gettempdir()) / "cellcorpus-mds" / config_hash(mds.out_root))
-    return Publisher(mds.out_root, staging)
 
 
 def plan_mds(mds: MdsConfig) -> list[MdsUnit]:
@@ -143,9 +137,9 @@ def run_mds(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | 
     # Where things are never enters the identity (a moved export is still complete), the source's does.
     settings_hash = config_hash(mds.model_dump(mode="json", exclude=set(MDS_LOCATION_KEYS)))
     stage_hash = config_hash(settings_hash, source_manifest and source_manifest["config_hash"])
-    out = publisher(mds)
+    out = mds_publisher(mds)
     outputs = {s: out.url(s) for s in mds.splits}
-    ledger = Ledger(out.local_dir / ".units", settings_hash)
+    ledger = Ledger(mds_units_dir(mds), settings_hash)
     previous = _decide(mds, out, settings_hash, stage_hash, ledger)
     if previous is not None:
         return StageSummary("mds", skipped=True, counts=previous["totals"], outputs=outputs, notes=notes)

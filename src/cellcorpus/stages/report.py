@@ -18,9 +18,8 @@ from cellcorpus.errors import ConfigError
 from cellcorpus.formats.arrow import read_arrow
 from cellcorpus.io.atomic import write_json_atomic
 from cellcorpus.io.paths import local_copy
+from cellcorpus.layout import REPORT_DIR, mds_publisher, tokenize_publisher
 from cellcorpus.stages.base import StageSummary
-from cellcorpus.stages.mds import publisher as mds_publisher
-from cellcorpus.stages.tokenize import publisher as tokenize_publisher
 
 __all__ = ["run_report"]
 
@@ -129,7 +128,7 @@ def run_report(cfg: Config) -> StageSummary:
         )
     mds_manifest = mds_publisher(cfg.mds).read_json("manifest.json") if cfg.mds else None
     dist = _cell_distributions(out, manifest, hf.add_cls_token)
-    folder = out.local_dir / "report"
+    folder = out.local_dir / REPORT_DIR
     folder.mkdir(parents=True, exist_ok=True)
     stats = {
         "dataset_name": manifest.get("dataset_name"),
@@ -176,5 +175,5 @@ def run_report(cfg: Config) -> StageSummary:
     return StageSummary(
         "report",
         counts={f"{s} cells": v["cells"] for s, v in stats["splits"].items()},
-        outputs={"report": out.url("report/report.html")},
+        outputs={"report": out.url(f"{REPORT_DIR}/report.html")},
     )

@@ -4,7 +4,7 @@ plan: discover inputs, cut them into (file, row range) units of `unit_cells`.
 unit: read rows, filter, tokenize (vectorised), join metadata, hash-split, write one Arrow part per
       split (sorted by shuffle key when shuffling, with per-bucket row bounds recorded).
 finalize: unshuffled -> parts become the data files in unit order; shuffled -> one shuffle unit per
-      bucket gathers its rows from every part (bounded memory) and sorts them (stages/split.py).
+      bucket gathers its rows from every part (bounded memory) and sorts them (stages/tokenize_finalize.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import functools
 import logging
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +27,10 @@ from cellcorpus.core.vocab import VocabLookup
 from cellcorpus.errors import ConfigError, InputError
 from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
 from cellcorpus.formats.arrow import cell_schema, cells_table, write_stream
-from cellcorpus.io.paths import Publisher, is_url
+from cellcorpus.io.paths import is_url
 from cellcorpus.io.tables import as_strings, load_table, lookup
+from cellcorpus.io.vocab import load_vocab
+from cellcorpus.layout import SPLITS, parts_dir, tokenize_publisher, units_dir
 from cellcorpus.manifest import Ledger, UnitResult, file_checksum, output_record, write_manifest
 from cellcorpus.sources.base import InputFile, RawBlock
 from cellcorpus.sources.inputs import (
@@ -41,13 +42,12 @@ from cellcorpus.sources.inputs import (
 )
 from cellcorpus.stages.base import StageSummary, WorkUnit
 from cellcorpus.stages.preflight import preflight
-from cellcorpus.stages.vocab import load_vocab
+from cellcorpus.stages.tokenize_finalize import TokenizeContext, finalize_splits
 
-__all__ = ["SPLITS", "TokenizeContext", "plan_tokenize", "tokenize_unit", "run_tokenize", "dataset_dir"]
+__all__ = ["TokenizeContext", "plan_tokenize", "tokenize_unit", "run_tokenize"]
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "valid")
 COUNT_KEYS = (
     "cells_read",
     "filtered_obs_filter",
@@ -59,28 +59,6 @@ COUNT_KEYS = (
     "explicit_zeros_dropped",
     "oov_entries_dropped",
 )
-
-
-@dataclass(frozen=True)
-class TokenizeContext:
-    """Everything a unit needs besides its row range; small and picklable (sent with each unit)."""
-
-    hf: HuggingfaceConfig
-    vocab_file: str
-    parts_dir: str
-    metadata_columns: tuple[str, ...]
-    index_column: str | None
-    n_buckets: tuple[tuple[str, int], ...]  # split -> shuffle buckets (empty when not shuffling)
-
-
-def publisher(hf: HuggingfaceConfig) -> Publisher:
-    """Where the final datasets go; a URL `merged_dataset_root` is staged under the scratch folder."""
-    return Publisher(hf.merged_dataset_root, Path(hf.output_root) / "staging")
-
-
-def dataset_dir(hf: HuggingfaceConfig, split: str) -> Path:
-    """The local folder a split is written into (the final folder, or its staging copy for a URL root)."""
-    return publisher(hf).local_dir / f"{split}.dataset"
 
 
 # ---- plan ---------------------------------------------------------------------------------------
@@ -293,7 +271,7 @@ def _decide(hf: HuggingfaceConfig, work_hash: str, stage_hash: str, ledger: Ledg
     raises when proceeding would overwrite a finished dataset made with other settings (or not by
     cellcorpus); returns None when the run should (re)build.
     """
-    out = publisher(hf)
+    out = tokenize_publisher(hf)
     previous = out.read_json("manifest.json")  # a damaged manifest is an error here, before any change
     complete = [s for s in SPLITS if out.exists(f"{s}.dataset/state.json")]
     if previous and len(complete) == len(SPLITS):
@@ -377,12 +355,11 @@ def run_tokenize(cfg: Config, spec: ExecutorSpec | None = None, reporter: Report
     notes += inspect_inputs(hf, inputs, vocab).notes
     work_hash = _work_hash(hf)
     stage_hash = _stage_hash(work_hash, inputs)
-    scratch = Path(hf.output_root)
-    ledger = Ledger(scratch / "units" / "tokenize", work_hash)
+    ledger = Ledger(units_dir(hf, "tokenize"), work_hash)
     previous = _decide(hf, work_hash, stage_hash, ledger)
     if previous is not None:
         return StageSummary("tokenize", skipped=True, counts=previous["totals"], outputs=_outputs(hf), notes=notes)
-    out = publisher(hf)
+    out = tokenize_publisher(hf)
     for s in SPLITS:  # decided to rebuild: a stale state.json must never make a half-done run look complete
         out.remove(f"{s}.dataset/state.json")
     units = plan_tokenize(hf, inputs)
@@ -398,7 +375,7 @@ def run_tokenize(cfg: Config, spec: ExecutorSpec | None = None, reporter: Report
     ctx = TokenizeContext(
         hf=hf,
         vocab_file=hf.vocab_file,
-        parts_dir=str(scratch / "parts"),
+        parts_dir=str(parts_dir(hf)),
         metadata_columns=tuple(hf.metadata_columns(index_column)),
         index_column=index_column,
         n_buckets=n_buckets,
@@ -418,8 +395,6 @@ def run_tokenize(cfg: Config, spec: ExecutorSpec | None = None, reporter: Report
     totals = {k: sum(r.counts.get(k, 0) for r in ordered) for k in COUNT_KEYS}
     _check_split_sizes(hf, totals)
     notes += _file_notes(inputs, ordered)
-    from cellcorpus.stages.split import finalize_splits
-
     shard_records = finalize_splits(ctx, units, ordered, spec, stage_hash, reporter)
     manifest_path = out.local_dir / "manifest.json"
     write_manifest(
@@ -447,9 +422,9 @@ def run_tokenize(cfg: Config, spec: ExecutorSpec | None = None, reporter: Report
     # The manifest is now the completion record: unit parts were moved or shuffled into the datasets, so
     # their completion records would point at nothing; a later rebuild redoes every unit.
     shutil.rmtree(ctx.parts_dir, ignore_errors=True)
-    shutil.rmtree(scratch / "units", ignore_errors=True)
+    shutil.rmtree(units_dir(hf), ignore_errors=True)
     return StageSummary("tokenize", counts=totals, outputs=_outputs(hf), notes=notes)
 
 
 def _outputs(hf: HuggingfaceConfig) -> dict[str, str]:
-    return {s: publisher(hf).url(f"{s}.dataset") for s in SPLITS}
+    return {s: tokenize_publisher(hf).url(f"{s}.dataset") for s in SPLITS}

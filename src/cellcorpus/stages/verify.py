@@ -26,11 +26,10 @@ from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
 from cellcorpus.formats.arrow import cell_schema, hf_features, read_arrow
 from cellcorpus.formats.mds import decode_value, decompress, hash_bytes, iter_samples, parse_shard
 from cellcorpus.io.paths import Publisher, exists, is_url, local_copy
+from cellcorpus.io.vocab import load_vocab
+from cellcorpus.layout import DRUG_PAD, drugs_manifest, mds_publisher, tokenize_publisher
 from cellcorpus.manifest import UnitResult, file_checksum
 from cellcorpus.stages.base import StageSummary
-from cellcorpus.stages.mds import publisher as mds_publisher
-from cellcorpus.stages.tokenize import publisher as tokenize_publisher
-from cellcorpus.stages.vocab import load_vocab
 
 __all__ = ["Check", "VerifyReport", "run_verify"]
 
@@ -297,10 +296,8 @@ def _check_writer_indexes(rep: VerifyReport, out: Publisher, split: str, index: 
 def _check_drugs(rep: VerifyReport, dc: DrugsConfig, arrow_files: list[str]) -> None:
     """drug_to_id and drug_fps agree (shape, ids 0..n-1 with <pad> = 0, row 0 zeros, rows as written), and
     the corpus' `drug` values are keys of drug_to_id (the others are counted: the collator maps them to <pad>)."""
-    from cellcorpus.stages.drugs import MANIFEST_NAME, PAD
-
     pub = Publisher(dc.output_root, staging=".")
-    manifest = _read_checked(rep, "drugs manifest", pub, MANIFEST_NAME)
+    manifest = _read_checked(rep, "drugs manifest", pub, Path(drugs_manifest(dc)).name)
     drug_to_id = _read_checked(rep, "drug_to_id readable", pub, dc.drug_to_id_file)
     fps_check = rep.check("drug fingerprints readable")
     try:
@@ -313,7 +310,7 @@ def _check_drugs(rep: VerifyReport, dc: DrugsConfig, arrow_files: list[str]) -> 
         return
     ids = sorted(drug_to_id.values())
     rep.check("drug ids 0..n-1, <pad> = 0").add(
-        ids == list(range(len(ids))) and drug_to_id.get(PAD) == 0,
+        ids == list(range(len(ids))) and drug_to_id.get(DRUG_PAD) == 0,
         f"{dc.drug_to_id_path}: ids are not 0..{len(ids) - 1}",
     )
     want = (len(drug_to_id), manifest["n_bits"])

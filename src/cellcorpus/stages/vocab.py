@@ -15,9 +15,10 @@ from cellcorpus.io.atomic import write_json_atomic
 from cellcorpus.io.h5ad import H5adReader
 from cellcorpus.io.paths import join
 from cellcorpus.io.tables import as_strings, read_frame
+from cellcorpus.io.vocab import load_vocab
 from cellcorpus.stages.base import StageSummary
 
-__all__ = ["run_vocab", "load_vocab"]
+__all__ = ["run_vocab", "load_vocab"]  # load_vocab re-exported from io.vocab (where stages read it)
 
 log = logging.getLogger(__name__)
 
@@ -84,17 +85,3 @@ def _reference_genes(vc: VocabConfig) -> tuple[np.ndarray, np.ndarray]:
         return ids, as_strings(df[vc.symbol_col].to_numpy()) if vc.symbol_col else ids
     with H5adReader(vc.reference_adata) as r:
         return r.var_column(vc.use_col), r.var_column(vc.symbol_col or "index")
-
-
-def load_vocab(path: str) -> dict[str, int]:
-    """Read a GeneVocab JSON (token -> index); a clear error if it is absent or malformed."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"vocabulary not found: {path}", hint="run `cellcorpus vocab CONFIG` first")
-    try:
-        vocab = json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: not valid JSON: {exc}") from exc
-    if not isinstance(vocab, dict) or not all(isinstance(v, int) for v in vocab.values()):
-        raise InputError(f"{path}: a vocabulary must map token -> integer index")
-    return vocab

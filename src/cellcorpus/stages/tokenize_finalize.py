@@ -1,4 +1,4 @@
-"""Finalize tokenize output into HF dataset folders, per split.
+"""Tokenize's second half: unit parts -> HF dataset folders, per split (part of the tokenize stage).
 
 Unshuffled: each unit's part becomes a data file, in unit order (a rename, no copy).
 Shuffled: an external bucket shuffle. Every part is already sorted by the cell's shuffle key and
@@ -12,23 +12,32 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
-from cellcorpus.config import config_hash
+from cellcorpus.config import HuggingfaceConfig, config_hash
 from cellcorpus.core.split import shuffle_keys
 from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
 from cellcorpus.formats.arrow import cell_schema, data_file_name, read_arrow, write_dataset_metadata, write_stream
 from cellcorpus.io.paths import Publisher
+from cellcorpus.layout import SPLITS, dataset_dir, tokenize_publisher, units_dir
 from cellcorpus.manifest import Ledger, UnitResult, output_record
 from cellcorpus.stages.base import WorkUnit
 
-if TYPE_CHECKING:
-    from cellcorpus.stages.tokenize import TokenizeContext
+__all__ = ["TokenizeContext", "ShuffleUnit", "shuffle_unit", "finalize_splits"]
 
-__all__ = ["ShuffleUnit", "shuffle_unit", "finalize_splits"]
+
+@dataclass(frozen=True)
+class TokenizeContext:
+    """Everything a unit needs besides its row range; small and picklable (sent with each unit)."""
+
+    hf: HuggingfaceConfig
+    vocab_file: str
+    parts_dir: str
+    metadata_columns: tuple[str, ...]
+    index_column: str | None
+    n_buckets: tuple[tuple[str, int], ...]  # split -> shuffle buckets (empty when not shuffling)
 
 
 @dataclass(frozen=True, order=True)
@@ -97,9 +106,7 @@ def finalize_splits(
     reporter: Reporter | None,
 ) -> dict[str, list[dict]]:
     """Turn unit parts into `<split>.dataset` folders; state.json is written last in each."""
-    from cellcorpus.stages.tokenize import SPLITS, dataset_dir, publisher
-
-    out = publisher(ctx.hf)
+    out = tokenize_publisher(ctx.hf)
     buckets = dict(ctx.n_buckets)
     shards: dict[str, list[dict]] = {}
     for split in SPLITS:
@@ -122,7 +129,7 @@ def finalize_splits(
             sctx = ShuffleContext(ctx.hf.split_parameters.seed, ctx.metadata_columns, str(dest), out)
             # derived work: its identity is the exact parts it reads; stale records are dropped
             parts_hash = config_hash(stage_hash, [r["xxh64"] for _, r in parts])
-            ledger = Ledger(Path(ctx.hf.output_root) / "units" / f"shuffle-{split}", parts_hash, derived=True)
+            ledger = Ledger(units_dir(ctx.hf, f"shuffle-{split}"), parts_hash, derived=True)
             done = run_units(
                 shuffle_unit,
                 sunits,

@@ -1,0 +1,74 @@
+"""Where every output and scratch file lives, local folder or fsspec URL: the one place that knows.
+
+Stages ask here instead of importing each other (verify and report read what tokenize and mds wrote), and
+no scratch sub-folder name is spelled anywhere else.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from cellcorpus.config import DrugsConfig, HuggingfaceConfig, MdsConfig, config_hash
+from cellcorpus.io.paths import Publisher, join
+
+__all__ = [
+    "SPLITS",
+    "MANIFEST",
+    "DRUG_PAD",
+    "tokenize_publisher",
+    "dataset_dir",
+    "parts_dir",
+    "units_dir",
+    "decompressed_dir",
+    "mds_publisher",
+    "mds_units_dir",
+    "drugs_manifest",
+    "REPORT_DIR",
+]
+
+SPLITS = ("train", "valid")  # the seed's split names: <merged_dataset_root>/<split>.dataset
+MANIFEST = "manifest.json"  # beside each stage's output, written last
+REPORT_DIR = "report"  # under merged_dataset_root
+DRUG_PAD = "<pad>"  # drug_to_id's padding key (id 0, fingerprint row 0)
+_DRUGS_MANIFEST = "drugs_manifest.json"
+
+
+def tokenize_publisher(hf: HuggingfaceConfig) -> Publisher:
+    """The merged datasets' root; a URL `merged_dataset_root` is staged under the scratch folder."""
+    return Publisher(hf.merged_dataset_root, Path(hf.output_root) / "staging")
+
+
+def dataset_dir(hf: HuggingfaceConfig, split: str) -> Path:
+    """The local folder a split is written into (the final folder, or its staging copy for a URL root)."""
+    return tokenize_publisher(hf).local_dir / f"{split}.dataset"
+
+
+def parts_dir(hf: HuggingfaceConfig) -> Path:
+    """Tokenize units' Arrow parts, per split (removed once the datasets are written)."""
+    return Path(hf.output_root) / "parts"
+
+
+def units_dir(hf: HuggingfaceConfig, ledger: str | None = None) -> Path:
+    """Completion records of tokenize (`tokenize`) and of its shuffle (`shuffle-<split>`)."""
+    root = Path(hf.output_root) / "units"
+    return root / ledger if ledger else root
+
+
+def decompressed_dir(hf: HuggingfaceConfig) -> Path:
+    """`.h5ad.gz` inputs decompressed once (h5py cannot read gzip streams)."""
+    return Path(hf.output_root) / "decompressed"
+
+
+def mds_publisher(mds: MdsConfig) -> Publisher:
+    """Where MDS output goes; a URL `out_root` is staged locally and uploaded file by file."""
+    staging = mds.staging_dir or str(Path(tempfile.gettempdir()) / "cellcorpus-mds" / config_hash(mds.out_root))
+    return Publisher(mds.out_root, staging)
+
+
+def mds_units_dir(mds: MdsConfig) -> Path:
+    return mds_publisher(mds).local_dir / ".units"
+
+
+def drugs_manifest(dc: DrugsConfig) -> str:
+    return join(dc.output_root, _DRUGS_MANIFEST)
