@@ -19,7 +19,7 @@ from rich.table import Table
 from cellcorpus._version import __version__
 from cellcorpus.config import Config, load_config
 from cellcorpus.errors import CellcorpusError
-from cellcorpus.exec.runner import ExecutorSpec
+from cellcorpus.exec.runner import ExecutorSpec, executor_session
 from cellcorpus.log import setup_logging
 from cellcorpus.stages.base import StageSummary
 
@@ -96,7 +96,8 @@ def _handle_errors(fn: Callable[..., None]) -> Callable[..., None]:
         debug = kwargs.get("debug", False)
         setup_logging(logging.DEBUG if debug else logging.WARNING)
         try:
-            fn(*args, **kwargs)
+            with executor_session():  # one worker pool / Dask cluster for the whole command
+                fn(*args, **kwargs)
         except CellcorpusError as exc:
             if debug:
                 console.print_exception()

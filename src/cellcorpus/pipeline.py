@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
 
 from cellcorpus.config import Config, load_config
-from cellcorpus.exec.runner import ExecutorSpec, Reporter
+from cellcorpus.exec.runner import ExecutorSpec, Reporter, executor_session
 from cellcorpus.stages.base import StageSummary
 
-__all__ = ["run_pipeline", "run_demo", "packaged_config", "DEMO_CONFIGS"]
+__all__ = ["STAGES", "run_pipeline", "run_demo", "packaged_config", "DEMO_CONFIGS"]
 
 DEMO_CONFIGS = ("tahoe_x1_v2/tahoe_100m.yaml", "tahoe_x1_v2/scbasecamp.yaml", "tahoe_x1_v2/cellxgene_2025_01_21.yaml")
 
@@ -20,41 +20,71 @@ def packaged_config(name: str) -> Path:
     return Path(str(resources.files("cellcorpus") / "configs" / name))
 
 
+def _vocab(cfg: Config, spec: ExecutorSpec, reporter: Reporter | None) -> StageSummary:
+    from cellcorpus.stages.vocab import run_vocab
+
+    return run_vocab(cfg)
+
+
+def _drugs(cfg: Config, spec: ExecutorSpec, reporter: Reporter | None) -> StageSummary:
+    from cellcorpus.stages.drugs import run_drugs
+
+    return run_drugs(cfg)
+
+
+def _tokenize(cfg: Config, spec: ExecutorSpec, reporter: Reporter | None) -> StageSummary:
+    from cellcorpus.stages.tokenize import run_tokenize
+
+    return run_tokenize(cfg, spec, reporter)
+
+
+def _mds(cfg: Config, spec: ExecutorSpec, reporter: Reporter | None) -> StageSummary:
+    from cellcorpus.stages.mds import run_mds
+
+    return run_mds(cfg, spec, reporter)
+
+
+def _verify(cfg: Config, spec: ExecutorSpec, reporter: Reporter | None) -> StageSummary:
+    from cellcorpus.stages.verify import run_verify, summary
+
+    return summary(run_verify(cfg, spec, reporter))
+
+
+def _report(cfg: Config, spec: ExecutorSpec, reporter: Reporter | None) -> StageSummary:
+    from cellcorpus.stages.report import run_report
+
+    return run_report(cfg)
+
+
+# (name, config section that enables it, runner): the order `run` follows. Adding a stage = one row.
+STAGES: tuple[tuple[str, str, Callable[[Config, ExecutorSpec, Reporter | None], StageSummary]], ...] = (
+    ("vocab", "vocab", _vocab),
+    ("drugs", "drugs", _drugs),
+    ("tokenize", "huggingface", _tokenize),
+    ("mds", "mds", _mds),
+    ("verify", "huggingface", _verify),
+    ("report", "huggingface", _report),
+)
+
+
 def run_pipeline(
     cfg: Config, *, num_proc: int | None = None, dask: str | None = None, reporter: Reporter | None = None
 ) -> Iterator[StageSummary]:
-    """vocab -> drugs -> tokenize -> mds -> verify -> report, for the sections present; yields each stage's summary.
+    """The STAGES whose section the config has, in order; yields each stage's summary.
 
     The whole config is checked first (preflight), so a setting the MDS stage would reject stops the run
-    before tokenization, not after it.
+    before tokenization, not after it. One worker pool (or Dask cluster) serves every stage, sized by
+    `num_proc` or the largest `num_proc` of the config's sections.
     """
     from cellcorpus.stages.preflight import preflight
 
-    hf_proc = cfg.huggingface.num_proc if cfg.huggingface else 1
-    preflight(cfg, ExecutorSpec.resolve(cfg, hf_proc, num_proc, dask), "run")
-    if cfg.vocab is not None:
-        from cellcorpus.stages.vocab import run_vocab
-
-        yield run_vocab(cfg)
-    if cfg.drugs is not None:
-        from cellcorpus.stages.drugs import run_drugs
-
-        yield run_drugs(cfg)
-    if cfg.huggingface is not None:
-        from cellcorpus.stages.tokenize import run_tokenize
-
-        yield run_tokenize(cfg, ExecutorSpec.resolve(cfg, cfg.huggingface.num_proc, num_proc, dask), reporter)
-    if cfg.mds is not None:
-        from cellcorpus.stages.mds import run_mds
-
-        yield run_mds(cfg, ExecutorSpec.resolve(cfg, cfg.mds.num_proc, num_proc, dask), reporter)
-    if cfg.huggingface is not None:
-        from cellcorpus.stages.verify import run_verify, summary
-
-        yield summary(run_verify(cfg, ExecutorSpec.resolve(cfg, cfg.huggingface.num_proc, num_proc, dask), reporter))
-        from cellcorpus.stages.report import run_report
-
-        yield run_report(cfg)
+    procs = [s.num_proc for s in (cfg.huggingface, cfg.mds) if s is not None] or [1]
+    spec = ExecutorSpec.resolve(cfg, max(procs), num_proc, dask)
+    preflight(cfg, spec, "run")
+    with executor_session():
+        for _, section, runner in STAGES:
+            if getattr(cfg, section) is not None:
+                yield runner(cfg, spec, reporter)
 
 
 def run_demo(

@@ -89,3 +89,31 @@ def test_other_settings_records_are_refused(tmp_path):
     Ledger(tmp_path / "units", "old").record(UnitResult("u0"))
     with pytest.raises(ConfigError, match="holds work from a different config"):
         Ledger(tmp_path / "units", "new").done()
+
+
+def test_one_pool_per_command(tmp_path, monkeypatch):
+    """A shuffled `run` (tokenize, two shuffles, mds, verify) opens one worker pool, not five."""
+    from typer.testing import CliRunner
+
+    from cellcorpus.cli import app
+    from cellcorpus.exec import local
+    from tests._utils import base_config, random_corpus, set_dotted
+
+    opened = []
+    real = local.local_executor
+
+    def counting(num_proc):
+        opened.append(num_proc)
+        return real(num_proc)
+
+    monkeypatch.setattr(local, "local_executor", counting)
+    random_corpus(tmp_path, n_cells=200)
+    cfg = base_config(tmp_path)
+    set_dotted(cfg, "huggingface.split_parameters.shuffle", True)
+    set_dotted(cfg, "huggingface.shuffle_bucket_cells", 50)
+    import yaml
+
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    result = CliRunner().invoke(app, ["run", str(tmp_path / "c.yaml"), "--num-proc", "2"])
+    assert result.exit_code == 0, result.output
+    assert opened == [2]
