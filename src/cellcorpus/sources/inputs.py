@@ -9,6 +9,7 @@ another species), empty gene ids.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,9 +21,12 @@ from cellcorpus.core.vocab import VocabLookup
 from cellcorpus.errors import ConfigError, InputError
 from cellcorpus.io.tables import read_columns
 from cellcorpus.layout import decompressed_dir
-from cellcorpus.sources.base import InputFile
+from cellcorpus.sources.base import InputFile, RawBlock
 
 __all__ = [
+    "InputFormat",
+    "INPUT_FORMATS",
+    "input_format",
     "discover_inputs",
     "peek_first_input",
     "obs_index_column",
@@ -35,43 +39,85 @@ __all__ = [
 _ENSEMBL = re.compile(r"^ENS[A-Z]*\d{6,}(\.\d+)?$")
 
 
-def discover_inputs(hf: HuggingfaceConfig) -> list[InputFile]:
-    """Every input file of the config, sorted (the order defines `file_index`)."""
-    if hf.input_format == "tahoe_parquet":
-        from cellcorpus.sources.tahoe import discover_parquet
-
-        return discover_parquet(hf.adata_dir, hf.ignore_dir)
+def _discover_h5ad(hf: HuggingfaceConfig) -> list[InputFile]:
     from cellcorpus.sources.local import discover_h5ad
 
     return discover_h5ad(hf.adata_dir, hf.ignore_dir, str(decompressed_dir(hf)), hf.counts_layer)
 
 
-def peek_first_input(hf: HuggingfaceConfig) -> InputFile | None:
-    """The first input by listing only (None before the inputs exist, e.g. ahead of a download)."""
-    from cellcorpus.io.paths import exists
+def _discover_parquet(hf: HuggingfaceConfig) -> list[InputFile]:
+    from cellcorpus.sources.tahoe import discover_parquet
 
-    if hf.input_format == "tahoe_parquet" or not exists(hf.adata_dir):
+    return discover_parquet(hf.adata_dir, hf.ignore_dir)
+
+
+def _peek_h5ad(hf: HuggingfaceConfig) -> InputFile | None:
+    from cellcorpus.io.paths import exists, join
+
+    if not exists(hf.adata_dir):
         return None
     from cellcorpus.sources.local import find_h5ad_files
 
     rels = [r for r in find_h5ad_files(hf.adata_dir, hf.ignore_dir) if not r.endswith(".gz")]
-    if not rels:
+    return InputFile(join(hf.adata_dir, rels[0]), rels[0], 0, 0, 0, "") if rels else None
+
+
+def _index_name_h5ad(hf: HuggingfaceConfig, first: InputFile | None) -> str | None:
+    if first is None:
         return None
-    from cellcorpus.io.paths import join
-
-    return InputFile(join(hf.adata_dir, rels[0]), rels[0], 0, 0, 0, "")
-
-
-def obs_index_column(hf: HuggingfaceConfig, first: InputFile) -> str | None:
-    """The output column the obs index is written under (named after the first file's obs index)."""
-    if not hf.add_obs_index:
-        return None
-    if hf.input_format == "tahoe_parquet":
-        return "index"
     from cellcorpus.io.h5ad import H5adReader
 
     with H5adReader(first.path) as r:
         return r.obs_index_name
+
+
+def _read_h5ad(path: str, row_start: int, row_stop: int, hf: HuggingfaceConfig) -> RawBlock:
+    from cellcorpus.sources.local import read_h5ad_block
+
+    return read_h5ad_block(path, row_start, row_stop, hf.gene_col, list(required_obs_columns(hf)), hf.counts_layer)
+
+
+def _read_parquet(path: str, row_start: int, row_stop: int, hf: HuggingfaceConfig) -> RawBlock:
+    from cellcorpus.sources.tahoe import read_parquet_block
+
+    return read_parquet_block(path, row_start, row_stop, hf.parquet_gene_table, list(required_obs_columns(hf)))
+
+
+@dataclass(frozen=True)
+class InputFormat:
+    """One kind of tokenize input: how to list its files, name its obs index, read a unit, check a file.
+
+    `huggingface.input_format` picks the entry of INPUT_FORMATS; adding a format is one entry (its reader
+    module returns a RawBlock: CSR rows + the genes' ids + the obs columns asked for).
+    """
+
+    name: str
+    discover: Callable[[HuggingfaceConfig], list[InputFile]]
+    peek_first: Callable[[HuggingfaceConfig], InputFile | None]  # listing only, before a full discovery
+    index_name: Callable[[HuggingfaceConfig, InputFile | None], str | None]  # None: unknown until inputs exist
+    read_block: Callable[[str, int, int, HuggingfaceConfig], RawBlock]
+    inspect: Callable[[HuggingfaceConfig, InputFile, VocabLookup | None, InputsReport], None]
+
+
+def input_format(hf: HuggingfaceConfig) -> InputFormat:
+    return INPUT_FORMATS[hf.input_format]
+
+
+def discover_inputs(hf: HuggingfaceConfig) -> list[InputFile]:
+    """Every input file of the config, sorted (the order defines `file_index`)."""
+    return input_format(hf).discover(hf)
+
+
+def peek_first_input(hf: HuggingfaceConfig) -> InputFile | None:
+    """The first input by listing only (None before the inputs exist, e.g. ahead of a download)."""
+    return input_format(hf).peek_first(hf)
+
+
+def obs_index_column(hf: HuggingfaceConfig, first: InputFile | None) -> str | None:
+    """The output column the obs index is written under (named after the first file's obs index)."""
+    if not hf.add_obs_index:
+        return None
+    return input_format(hf).index_name(hf, first)
 
 
 def required_obs_columns(hf: HuggingfaceConfig) -> dict[str, str]:
@@ -222,7 +268,14 @@ def inspect_inputs(
         hf = hf.model_copy(update={"min_gene_coverage": 0.0})
     rep = InputsReport()
     lookup = VocabLookup(vocab) if vocab is not None else None
-    inspect = _inspect_parquet if hf.input_format == "tahoe_parquet" else _inspect_h5ad
     for f in inputs:
-        inspect(hf, f, lookup, rep)
+        input_format(hf).inspect(hf, f, lookup, rep)
     return rep
+
+
+INPUT_FORMATS: dict[str, InputFormat] = {
+    "h5ad": InputFormat("h5ad", _discover_h5ad, _peek_h5ad, _index_name_h5ad, _read_h5ad, _inspect_h5ad),
+    "tahoe_parquet": InputFormat(
+        "tahoe_parquet", _discover_parquet, lambda hf: None, lambda hf, f: "index", _read_parquet, _inspect_parquet
+    ),
+}

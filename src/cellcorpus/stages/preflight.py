@@ -85,9 +85,10 @@ def _tokenize_columns(hf: HuggingfaceConfig, inputs: list[InputFile] | None) -> 
     from cellcorpus.sources.inputs import obs_index_column, peek_first_input
 
     first = inputs[0] if inputs else peek_first_input(hf)
-    if first is None and hf.add_obs_index and hf.input_format == "h5ad":
-        return None
-    return mds_input_columns(hf, obs_index_column(hf, first) if first is not None else "index")
+    index_name = obs_index_column(hf, first)
+    if index_name is None and hf.add_obs_index:
+        return None  # the obs index's name is not known before the inputs exist: checked again at tokenize
+    return mds_input_columns(hf, index_name)
 
 
 def preflight(

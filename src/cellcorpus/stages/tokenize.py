@@ -36,9 +36,9 @@ from cellcorpus.sources.base import InputFile, RawBlock
 from cellcorpus.sources.inputs import (
     discover_inputs,
     gene_mapping,
+    input_format,
     inspect_inputs,
     obs_index_column,
-    required_obs_columns,
 )
 from cellcorpus.stages.base import StageSummary, WorkUnit
 from cellcorpus.stages.preflight import preflight
@@ -92,20 +92,6 @@ def _check_vocab_and_tables(hf: HuggingfaceConfig, vocab: dict[str, int]) -> Non
 def _lookup(vocab_file: str, mtime_ns: int) -> VocabLookup:
     del mtime_ns  # cache key only
     return VocabLookup(load_vocab(vocab_file))
-
-
-def _obs_names(hf: HuggingfaceConfig) -> list[str]:
-    return list(required_obs_columns(hf))
-
-
-def _read_block(unit: WorkUnit, hf: HuggingfaceConfig) -> RawBlock:
-    if hf.input_format == "tahoe_parquet":
-        from cellcorpus.sources.tahoe import read_parquet_block
-
-        return read_parquet_block(unit.path, unit.row_start, unit.row_stop, hf.parquet_gene_table, _obs_names(hf))
-    from cellcorpus.sources.local import read_h5ad_block
-
-    return read_h5ad_block(unit.path, unit.row_start, unit.row_stop, hf.gene_col, _obs_names(hf), hf.counts_layer)
 
 
 class _Columns:
@@ -180,7 +166,7 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
     """Tokenize rows [row_start, row_stop) of one file and write one Arrow part per split."""
     hf = ctx.hf
     lookup_ = _lookup(ctx.vocab_file, os.stat(ctx.vocab_file).st_mtime_ns)
-    block = _read_block(unit, hf)
+    block = input_format(hf).read_block(unit.path, unit.row_start, unit.row_stop, hf)
     problem = check_counts(block.data)
     if problem:
         raise InputError(f"{unit.path} rows {unit.row_start}-{unit.row_stop}: {problem}")
