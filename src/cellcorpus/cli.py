@@ -51,6 +51,7 @@ class RichReporter:
         self._t0 = 0.0
 
     def start(self, description: str, total_units: int, total_cells: int) -> None:
+        """Open the bar for a stage of `total_units` units."""
         self._progress = Progress(
             TextColumn("{task.description}", style="bold", markup=False),
             BarColumn(),
@@ -66,6 +67,7 @@ class RichReporter:
         self._task = self._progress.add_task(description, total=total_units, cells=0, rate=0.0)
 
     def advance(self, units: int, cells: int, *, skipped: bool = False) -> None:
+        """Count finished units; `skipped` units were done by an earlier run (not speed)."""
         self._cells += cells
         if skipped:  # done by an earlier run: shown as done, never as speed
             self._t0 = time.perf_counter()
@@ -76,6 +78,7 @@ class RichReporter:
         self._progress.update(self._task, advance=units, cells=self._cells, rate=rate)
 
     def stop(self) -> None:
+        """Close the bar."""
         if self._progress:
             self._progress.stop()
 
@@ -318,4 +321,5 @@ def _main(version: Annotated[bool, typer.Option("--version", help="Print the ver
 
 
 def main() -> None:
+    """Console entry point (`cellcorpus`)."""
     app()

@@ -57,6 +57,7 @@ class VocabConfig(_Section):
 
     @property
     def vocab_file(self) -> str:
+        """Path of the vocabulary JSON this section writes."""
         return _join(self.output_root, self.output_file)
 
 
@@ -78,7 +79,8 @@ class CellxgeneConfig(_Section):
 
 class RemoteSourceConfig(_Section):
     """`scbasecamp:` / `tahoe:` — where to fetch data files (any fsspec URL: gs://, s3://, hf://, http(s)://,
-    file://) and where to cache them (`output_root/<data_dir>/`, metadata tables in `output_root/metadata/`)."""
+    file://) and where to cache them (`output_root/<data_dir>/`, metadata tables in `output_root/metadata/`).
+    """
 
     url: str
     output_root: str
@@ -133,7 +135,8 @@ class MetadataJoin(_Section):
 
 class GeneIdMap(_Section):
     """`gene_id_map:` — a table mapping the inputs' gene ids (symbols, old or versioned Ensembl ids) to the
-    vocabulary's. Column names, or 0-based positions for a headerless table (GENCODE exports)."""
+    vocabulary's. Column names, or 0-based positions for a headerless table (GENCODE exports).
+    """
 
     path: str
     from_column: str | int = "gene_name"
@@ -147,6 +150,7 @@ class GeneIdMap(_Section):
 
     @property
     def has_header(self) -> bool:
+        """Whether columns are named (True) or 0-based positions in a headerless table."""
         return not isinstance(self.from_column, int)
 
 
@@ -209,6 +213,7 @@ class HuggingfaceConfig(_Section):
 
     @property
     def vocab_file(self) -> str:
+        """Path of the vocabulary JSON tokenize reads."""
         return _join(self.vocab_output_root, self.vocab_path)
 
     def metadata_columns(self, index_name: str | None) -> list[str]:
@@ -269,10 +274,12 @@ class DrugsConfig(_Section):
 
     @property
     def drug_to_id_path(self) -> str:
+        """Path of drug_to_id."""
         return _join(self.output_root, self.drug_to_id_file)
 
     @property
     def fingerprints_path(self) -> str:
+        """Path of the fingerprint array."""
         return _join(self.output_root, self.fingerprints_file)
 
 
@@ -355,7 +362,8 @@ MDS_LOCATION_KEYS = frozenset({"out_root", "root_dir", "num_proc", "staging_dir"
 
 def config_hash(*parts: BaseModel | object) -> str:
     """Stable short hash of config sections (and any JSON-able extras), stored in manifests so the
-    outputs of another config or other inputs are never mistaken for complete work."""
+    outputs of another config or other inputs are never mistaken for complete work.
+    """
     payload = json.dumps(
         [p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts], sort_keys=True, default=str
     )

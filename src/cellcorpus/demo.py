@@ -33,6 +33,7 @@ CELL_LINES = ["CVCL_0023", "CVCL_0028", "CVCL_0062"]
 
 
 def ensembl_ids(n: int, offset: int = 0) -> list[str]:
+    """`n` synthetic Ensembl-style gene ids (ENSG + 11 digits), starting after `offset`."""
     return [f"ENSG{i:011d}" for i in range(offset + 1, offset + n + 1)]
 
 
@@ -48,6 +49,7 @@ def random_counts(rng: np.random.Generator, n_cells: int, n_genes: int, density:
 
 
 def write_h5ad(path: Path, X: sp.spmatrix | np.ndarray, obs: pd.DataFrame, var: pd.DataFrame) -> Path:
+    """Write an AnnData to `path` (parents created)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     ad.AnnData(X=X, obs=obs, var=var).write_h5ad(path)
     return path
@@ -55,6 +57,8 @@ def write_h5ad(path: Path, X: sp.spmatrix | np.ndarray, obs: pd.DataFrame, var: 
 
 @dataclass(frozen=True)
 class DemoAtlas:
+    """Where `make_demo_atlas` put each source's files and tables."""
+
     root: Path
     reference: Path
     tahoe_dir: Path

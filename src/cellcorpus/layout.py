@@ -67,8 +67,10 @@ def mds_publisher(mds: MdsConfig) -> Publisher:
 
 
 def mds_units_dir(mds: MdsConfig) -> Path:
+    """MDS completion records (beside the export, so a moved export keeps them)."""
     return mds_publisher(mds).local_dir / ".units"
 
 
 def drugs_manifest(dc: DrugsConfig) -> str:
+    """Path of the drugs stage's manifest."""
     return join(dc.output_root, _DRUGS_MANIFEST)

@@ -11,6 +11,7 @@ THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUM
 
 
 def setup_logging(level: int = logging.INFO) -> None:
+    """Log to stderr at `level` (the CLI sets WARNING, or DEBUG with --debug)."""
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
 
 

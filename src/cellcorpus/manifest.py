@@ -43,6 +43,7 @@ class UnitResult:
 
     @classmethod
     def from_json(cls, d: dict) -> UnitResult:
+        """Rebuild a result from its completion record."""
         return cls(d["unit_id"], d.get("counts", {}), d.get("outputs", []), d.get("extra", {}))
 
 
@@ -60,7 +61,8 @@ _EDGE = 1 << 16
 
 def quick_checksum(path: str | Path) -> str:
     """xxh64 of size + first and last 64 KiB (HDF5 superblock and trailing metadata): detects a changed
-    input at plan time without reading it — every rerun plans, over tens of thousands of files."""
+    input at plan time without reading it — every rerun plans, over tens of thousands of files.
+    """
     p = Path(path)
     size = p.stat().st_size
     h = xxhash.xxh64(str(size).encode())
@@ -73,6 +75,7 @@ def quick_checksum(path: str | Path) -> str:
 
 
 def output_record(path: str | Path, root: str | Path, **extra: Any) -> dict[str, Any]:
+    """Path (relative to `root`), size and xxh64 of a finished output file, plus `extra`."""
     p = Path(path)
     return {"path": str(p.relative_to(root)), "bytes": p.stat().st_size, "xxh64": file_checksum(p), **extra}
 
@@ -87,6 +90,7 @@ class Ledger:
         self.derived = derived
 
     def done(self) -> dict[str, UnitResult]:
+        """Recorded units by id; records of other settings raise (or are dropped when derived)."""
         out: dict[str, UnitResult] = {}
         if not self.dir.is_dir():
             return out
@@ -112,8 +116,10 @@ class Ledger:
         return out
 
     def record(self, result: UnitResult) -> None:
+        """Write a unit's completion record (after its output is in place)."""
         write_json_atomic(self.dir / f"{result.unit_id}.json", {**asdict(result), "config_hash": self.config_hash})
 
 
 def write_manifest(path: str | Path, *, stage: str, config_hash: str, **body: Any) -> None:
+    """Write a stage manifest (atomically, last) with the tool version and config hash."""
     write_json_atomic(path, {"stage": stage, "tool_version": __version__, "config_hash": config_hash, **body})

@@ -59,6 +59,7 @@ class GeneMapping:
     unmapped: tuple[str, ...]
 
     def counts(self) -> dict[str, int]:
+        """Per-file gene counts under the names the manifest and report use."""
         return {
             "genes_direct": self.n_direct,
             "genes_via_map": self.n_via_table,

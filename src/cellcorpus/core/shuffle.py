@@ -1,5 +1,6 @@
 """External bucket shuffle math: a key's bucket is its top bits, so bucket order + in-bucket sort
-by key is one global seeded order, whatever the chunking."""
+by key is one global seeded order, whatever the chunking.
+"""
 
 from __future__ import annotations
 

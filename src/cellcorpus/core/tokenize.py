@@ -25,9 +25,11 @@ class Ragged:
 
     @property
     def n_cells(self) -> int:
+        """Number of cells in the batch."""
         return len(self.offsets) - 1
 
     def lengths(self) -> np.ndarray:
+        """Tokens per cell (int64)."""
         return np.diff(self.offsets)
 
 

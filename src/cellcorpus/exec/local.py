@@ -16,6 +16,7 @@ class InlineExecutor(Executor):
     """Runs each submitted call immediately in this process; same interface as a pool."""
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        """Run `fn` now; its result or exception is delivered through the future."""
         fut: Future = Future()
         try:
             fut.set_result(fn(*args, **kwargs))
@@ -25,6 +26,7 @@ class InlineExecutor(Executor):
 
 
 def local_executor(num_proc: int) -> Executor:
+    """Inline executor for one process, else a spawn process pool with worker_init."""
     # spawn: forked workers inherit h5py/HDF5 handles and locks, which is unsafe.
     if num_proc <= 1:
         return InlineExecutor()

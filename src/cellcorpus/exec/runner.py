@@ -26,13 +26,17 @@ log = logging.getLogger(__name__)
 class Reporter(Protocol):
     """Progress sink; the CLI passes a rich progress bar, library callers may pass None."""
 
-    def start(self, description: str, total_units: int, total_cells: int) -> None: ...
+    def start(self, description: str, total_units: int, total_cells: int) -> None:
+        """A stage of `total_units` units (`total_cells` cells) begins."""
+        ...
 
     def advance(self, units: int, cells: int, *, skipped: bool = False) -> None:
         """`skipped=True`: units found complete from an earlier run (they count as done, not as speed)."""
         ...
 
-    def stop(self) -> None: ...
+    def stop(self) -> None:
+        """The stage ended (finished or failed)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,8 @@ _SESSION: ContextVar[tuple[ExitStack, dict[ExecutorSpec, tuple[Executor, int]]] 
 def executor_session() -> Iterator[None]:
     """One pool (or Dask cluster) per command: executors opened inside the block are kept and reused by every
     later stage with the same spec, and shut down when the block ends. Starting a pool costs ~1 s and a
-    LocalCluster ~3.5 s; a shuffled `run` used to open five of them."""
+    LocalCluster ~3.5 s; a shuffled `run` used to open five of them.
+    """
     with ExitStack() as stack:
         token = _SESSION.set((stack, {}))
         try:

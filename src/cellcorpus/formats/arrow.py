@@ -45,6 +45,7 @@ def hf_features(metadata_columns: list[str]) -> dict:
 
 
 def cell_schema(metadata_columns: list[str]) -> pa.Schema:
+    """Arrow schema of a tokenized-cell table, with the HF features in its metadata."""
     fields = [
         pa.field("genes", pa.list_(pa.int32())),
         pa.field("expressions", pa.list_(pa.float32())),
@@ -79,7 +80,8 @@ def write_stream(
 ) -> int:
     """Write `table` (or its rows `rows` in that order, or the rows where `mask`) as an IPC stream file,
     atomically. Rows are gathered one record batch at a time, so memory holds one batch, never a
-    second copy of the table. Returns the number of rows written."""
+    second copy of the table. Returns the number of rows written.
+    """
     if mask is not None:
         rows = np.flatnonzero(mask)
     n = table.num_rows if rows is None else len(rows)
@@ -105,6 +107,7 @@ def read_arrow(path: str | Path) -> pa.Table:
 
 
 def data_file_name(i: int, n: int) -> str:
+    """HF data file name for shard `i` of `n`."""
     return f"data-{i:05d}-of-{n:05d}.arrow"
 
 

@@ -74,7 +74,7 @@ def _valid_hash(algo: str) -> bool:
 
 
 def _parse_compression(compression: str | None) -> int | None:
-    """zstd level from 'zstd' / 'zstd:N' (streaming's default level is 3); None = no compression."""
+    """Zstd level from 'zstd' / 'zstd:N' (streaming's default level is 3); None = no compression."""
     if not compression:
         return None
     name, _, level = compression.partition(":")
@@ -87,6 +87,7 @@ def _parse_compression(compression: str | None) -> int | None:
 
 
 def decompress(data: bytes) -> bytes:
+    """Undo zstd compression of one shard."""
     return zstandard.ZstdDecompressor().decompress(data)
 
 
@@ -123,6 +124,7 @@ class MdsSpec:
 
     @classmethod
     def create(cls, columns: dict[str, str], compression: str | None, hashes: list[str], size_limit: int) -> MdsSpec:
+        """Validate every setting eagerly (bad value named) and return the writer spec."""
         for name, enc in columns.items():
             _check_encoding(name, enc)
         _parse_compression(compression)
@@ -138,6 +140,7 @@ class MdsSpec:
         return cls(tuple(sorted(columns.items())), compression or None, tuple(hashes), size_limit)
 
     def config(self) -> dict[str, Any]:
+        """The shard config MDS stores in each shard and index entry."""
         return {
             "column_encodings": [e for _, e in self.columns],
             "column_names": [n for n, _ in self.columns],
@@ -150,6 +153,7 @@ class MdsSpec:
         }
 
     def config_bytes(self) -> bytes:
+        """The shard config as the JSON bytes written into each raw shard."""
         return json.dumps(self.config(), sort_keys=True).encode("utf-8")
 
 

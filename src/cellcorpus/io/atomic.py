@@ -28,5 +28,6 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
 
 
 def write_json_atomic(path: str | Path, obj: Any, sort_keys: bool = True) -> None:
+    """Write JSON via a temporary sibling and rename: complete or absent, never partial."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n")

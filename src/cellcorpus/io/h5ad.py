@@ -65,6 +65,7 @@ class H5adReader:
         self.close()
 
     def close(self) -> None:
+        """Close the HDF5 file (and the remote file under it)."""
         self._f.close()
         if self._remote is not None:
             self._remote.close()
@@ -72,6 +73,7 @@ class H5adReader:
     # ---- layout -------------------------------------------------------------------------------
     @property
     def x_encoding(self) -> str:
+        """`csr_matrix`, `csc_matrix` or `dense`; anything else is an InputError."""
         if isinstance(self._x, h5py.Dataset):
             return "dense"
         enc = _decode(self._x.attrs.get("encoding-type", ""))
@@ -125,10 +127,12 @@ class H5adReader:
         return "index" if key == "_index" else key
 
     def layer_names(self) -> list[str]:
+        """Names under `layers/` (empty when the file has none)."""
         layers = self._f.get("layers")
         return list(layers) if layers is not None else []
 
     def obs_columns(self) -> list[str]:
+        """Obs keys in the file (the index dataset included)."""
         return [k for k in self._f["obs"] if k != "__categories"]
 
     def obs_column(self, name: str, start: int, stop: int) -> np.ndarray:

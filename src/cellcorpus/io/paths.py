@@ -17,6 +17,7 @@ __all__ = ["is_url", "join", "filesystem", "exists", "Publisher", "local_copy"]
 
 
 def is_url(path: str) -> bool:
+    """Whether `path` is an fsspec URL rather than a local path."""
     return "://" in path
 
 
@@ -30,12 +31,13 @@ def join(root: str, name: str) -> str:
 
 
 def filesystem(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """fsspec filesystem + stripped path for a local path or URL."""
+    """Fsspec filesystem + stripped path for a local path or URL."""
     fs, _, paths = fsspec.get_fs_token_paths(path)
     return fs, paths[0]
 
 
 def exists(path: str) -> bool:
+    """Whether a local path or URL exists."""
     if not is_url(path):
         return Path(path).exists()
     fs, p = filesystem(path)
@@ -57,9 +59,11 @@ class Publisher:
         self.local_dir = Path(staging) if self.remote else Path(root)
 
     def url(self, rel: str) -> str:
+        """Full location (path or URL) of `rel` under the root."""
         return join(self.root, rel)
 
     def publish(self, local_file: str | Path) -> None:
+        """Upload a finished local file to a URL root (no-op for a local root)."""
         if not self.remote:
             return
         local_file = Path(local_file)
@@ -70,9 +74,11 @@ class Publisher:
         local_file.unlink()
 
     def exists(self, rel: str) -> bool:
+        """Whether `rel` exists under the root."""
         return exists(self.url(rel))
 
     def remove(self, rel: str) -> None:
+        """Remove `rel` under the root if present."""
         fs, path = filesystem(self.url(rel))
         if fs.exists(path):
             fs.rm(path)

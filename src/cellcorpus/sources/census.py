@@ -68,6 +68,7 @@ class CensusChunk:
 
     @property
     def n_cells(self) -> int:
+        """Cells in this chunk."""
         return len(self.obs_ids)
 
 

@@ -100,6 +100,7 @@ class InputFormat:
 
 
 def input_format(hf: HuggingfaceConfig) -> InputFormat:
+    """The registered input format the config names."""
     return INPUT_FORMATS[hf.input_format]
 
 
@@ -121,7 +122,7 @@ def obs_index_column(hf: HuggingfaceConfig, first: InputFile | None) -> str | No
 
 
 def required_obs_columns(hf: HuggingfaceConfig) -> dict[str, str]:
-    """obs column -> the config key that asks for it (for messages), `index` excluded."""
+    """Obs column -> the config key that asks for it (for messages), `index` excluded."""
     need: dict[str, str] = {}
     for i, name in enumerate(hf.obs_metadata_columns):
         need.setdefault(name, f"huggingface.obs_metadata_columns.{i}")

@@ -24,7 +24,8 @@ SUFFIXES = (".h5ad", ".h5ad.gz")
 
 def find_h5ad_files(directory: str, ignore_dir: list[str]) -> list[str]:
     """All .h5ad/.h5ad.gz files below `directory` (a folder or fsspec URL), skipping folders named in
-    `ignore_dir` and hidden entries; sorted by relative path (this order defines file_index)."""
+    `ignore_dir` and hidden entries; sorted by relative path (this order defines file_index).
+    """
     if not exists(directory):
         raise ConfigError(f"huggingface.adata_dir: folder not found: {directory}")
     fs, root = filesystem(directory)

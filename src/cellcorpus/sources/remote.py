@@ -86,7 +86,7 @@ def _billing_refusal(exc: BaseException, url: str, key: str) -> ConfigError | No
 
 
 def open_bucket(url: str, requester_pays_project: str | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """fsspec filesystem + root path; GCS anonymous unless a requester-pays project is given."""
+    """Fsspec filesystem + root path; GCS anonymous unless a requester-pays project is given."""
     scheme = urlparse(url).scheme
     options: dict[str, Any] = {}
     if scheme == "hf":
@@ -108,6 +108,8 @@ def open_bucket(url: str, requester_pays_project: str | None = None) -> tuple[fs
 
 @dataclass(frozen=True, order=True)
 class DownloadUnit:
+    """One file to fetch: remote path, local destination, expected size, how to reopen the store."""
+
     unit_id: str
     path: str  # remote path (named in errors)
     dest: str

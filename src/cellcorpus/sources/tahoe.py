@@ -30,6 +30,7 @@ INDEX_COLUMN = "BARCODE_SUB_LIB_ID"  # the release's cell barcode: our obs index
 
 
 def discover_parquet(directory: str, ignore_dir: list[str]) -> list[InputFile]:
+    """Every .parquet file below `directory` (sorted; folders in `ignore_dir` skipped)."""
     root = Path(directory)
     if not root.is_dir():
         raise ConfigError(f"huggingface.adata_dir: folder not found: {directory}")
@@ -54,7 +55,7 @@ def discover_parquet(directory: str, ignore_dir: list[str]) -> list[InputFile]:
 
 
 def load_gene_table(path: str) -> np.ndarray:
-    """var ids indexed by release token id ('' where the table has no entry); cached per process."""
+    """Var ids indexed by release token id ('' where the table has no entry); cached per process."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"huggingface.parquet_gene_table: file not found: {path}")

@@ -20,6 +20,7 @@ class WorkUnit:
 
     @property
     def n_cells(self) -> int:
+        """Cells (rows) in the unit."""
         return self.row_stop - self.row_start
 
 

@@ -32,6 +32,8 @@ BATCH_ROWS = 2048  # rows encoded per Arrow compute call: bounds memory to a few
 
 @dataclass(frozen=True, order=True)
 class MdsUnit:
+    """One Arrow data file of a split, converted by one writer into its own sub-folder."""
+
     unit_id: str
     path: str  # the Arrow data file
     split: str
@@ -42,6 +44,8 @@ class MdsUnit:
 
 @dataclass(frozen=True)
 class MdsContext:
+    """What every MDS unit shares: writer spec, output root, min_length."""
+
     spec: MdsSpec
     out: Publisher
     min_length: int | None

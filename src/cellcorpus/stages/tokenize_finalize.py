@@ -51,6 +51,7 @@ class ShuffleUnit:
 
     @property
     def n_cells(self) -> int:
+        """Cells gathered into this bucket."""
         return sum(hi - lo for _, lo, hi in self.slices)
 
 

@@ -44,6 +44,7 @@ class Check:
     first_failure: str | None = None
 
     def add(self, ok: bool | int, where: str, n: int = 1) -> None:
+        """Record `n` items checked; `ok` is a bool, or the number of failures among them."""
         n_bad = (0 if ok else n) if isinstance(ok, bool) else int(ok)
         self.checked += n
         self.failed += n_bad
@@ -53,13 +54,17 @@ class Check:
 
 @dataclass
 class VerifyReport:
+    """Every check of a verify run, by name, and notes that are not failures."""
+
     checks: dict[str, Check] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # facts worth a line that are not failures
 
     def check(self, name: str) -> Check:
+        """The check named `name` (created empty on first use)."""
         return self.checks.setdefault(name, Check(name))
 
     def merge(self, other: dict[str, tuple[int, int, str | None]]) -> None:
+        """Add a worker's (checked, failed, first failure) tuples."""
         for name, (checked, failed, first) in other.items():
             c = self.check(name)
             c.checked += checked
@@ -69,6 +74,7 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
+        """True when no check failed."""
         return all(c.failed == 0 for c in self.checks.values())
 
 
@@ -295,7 +301,8 @@ def _check_writer_indexes(rep: VerifyReport, out: Publisher, split: str, index: 
 
 def _check_drugs(rep: VerifyReport, dc: DrugsConfig, arrow_files: list[str]) -> None:
     """drug_to_id and drug_fps agree (shape, ids 0..n-1 with <pad> = 0, row 0 zeros, rows as written), and
-    the corpus' `drug` values are keys of drug_to_id (the others are counted: the collator maps them to <pad>)."""
+    the corpus' `drug` values are keys of drug_to_id (the others are counted: the collator maps them to <pad>).
+    """
     pub = Publisher(dc.output_root, staging=".")
     manifest = _read_checked(rep, "drugs manifest", pub, Path(drugs_manifest(dc)).name)
     drug_to_id = _read_checked(rep, "drug_to_id readable", pub, dc.drug_to_id_file)
