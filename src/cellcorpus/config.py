@@ -301,7 +301,7 @@ class Config(_Section):
     huggingface: HuggingfaceConfig | None = None
     mds: MdsConfig | None = None
     drugs: DrugsConfig | None = None
-    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    executor: ExecutorConfig = Field(default_factory=lambda: ExecutorConfig.model_validate({}))
 
     def need(self, section: str) -> Any:
         """Return a section or raise a ConfigError naming it (a stage needs it)."""
@@ -342,7 +342,9 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
         if not isinstance(raw, DictConfig):
             raise ConfigError(f"{path}: the config must be a mapping of sections, got a {type(raw).__name__}")
         if overrides:
-            raw = OmegaConf.merge(raw, OmegaConf.from_dotlist(list(overrides)))
+            merged = OmegaConf.merge(raw, OmegaConf.from_dotlist(list(overrides)))
+            assert isinstance(merged, DictConfig)  # merging a dotlist into a mapping keeps a mapping
+            raw = merged
         data = OmegaConf.to_container(raw, resolve=True)
     except OmegaConfBaseException as exc:
         raise ConfigError(f"{path}: {str(exc).splitlines()[0]}") from exc

@@ -9,9 +9,11 @@ Two input genes reaching the same id collide; the tokenizer then sums their coun
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from numpy.typing import NDArray
 
 from cellcorpus.core.vocab import VocabLookup, strip_version
 
@@ -21,7 +23,7 @@ __all__ = ["IdMap", "GeneMapping", "harmonize", "merge_duplicate_tokens"]
 class IdMap:
     """A map table reduced to what matters for one vocabulary: source value -> candidate vocabulary ids."""
 
-    def __init__(self, sources: np.ndarray, targets: np.ndarray, lookup: VocabLookup) -> None:
+    def __init__(self, sources: NDArray[Any], targets: NDArray[Any], lookup: VocabLookup) -> None:
         src = strip_version(pd.Series(np.asarray(sources, dtype=object)).astype(str).str.strip().to_numpy())
         tok = lookup.map_genes(pd.Series(np.asarray(targets, dtype=object)).astype(str).str.strip().to_numpy())
         pairs = pd.DataFrame({"source": src, "token": tok})
@@ -32,7 +34,7 @@ class IdMap:
         self._n_ids = n_ids.to_numpy()
         self._first = grouped.min().reindex(n_ids.index).to_numpy().astype(np.int32)
 
-    def lookup(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def lookup(self, values: NDArray[Any]) -> tuple[NDArray[Any], NDArray[Any]]:
         """(vocabulary id or -1, number of candidate ids) per value, vectorised."""
         pos = self._index.get_indexer(strip_version(values))
         hit = pos >= 0
@@ -49,7 +51,7 @@ class IdMap:
 class GeneMapping:
     """Vocabulary id per input gene (-1 = not tokenized) and how each gene got there."""
 
-    gene_map: np.ndarray
+    gene_map: NDArray[Any]
     n_direct: int
     n_via_table: int
     n_ambiguous: int
@@ -69,7 +71,7 @@ class GeneMapping:
         }
 
 
-def harmonize(var_ids: np.ndarray, lookup: VocabLookup, id_map: IdMap | None) -> GeneMapping:
+def harmonize(var_ids: NDArray[Any], lookup: VocabLookup, id_map: IdMap | None) -> GeneMapping:
     """Map an input's gene ids into the vocabulary, directly first, then through `id_map`."""
     values = np.asarray(var_ids, dtype=object)
     direct = lookup.map_genes(values)
@@ -98,8 +100,8 @@ def harmonize(var_ids: np.ndarray, lookup: VocabLookup, id_map: IdMap | None) ->
 
 
 def merge_duplicate_tokens(
-    offsets: np.ndarray, genes: np.ndarray, expressions: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    offsets: NDArray[Any], genes: NDArray[Any], expressions: NDArray[Any]
+) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any], int]:
     """Within each cell, sum the values of repeated tokens into the first occurrence (stored order kept).
 
     Returns (offsets, genes, expressions, entries merged away). Vectorised over the whole batch: a

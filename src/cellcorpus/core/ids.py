@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+from numpy.typing import NDArray
 
 __all__ = ["MAX_FILES", "MAX_ROWS", "make_ids", "decode_ids"]
 
@@ -10,7 +13,7 @@ MAX_FILES = 1 << 31  # keeps ids positive int64
 MAX_ROWS = 1 << 32
 
 
-def make_ids(file_index: int, rows: np.ndarray) -> np.ndarray:
+def make_ids(file_index: int, rows: NDArray[Any]) -> NDArray[Any]:
     """int64 ids for `rows` (int array of row numbers within file `file_index`)."""
     if not 0 <= file_index < MAX_FILES:
         raise ValueError(f"file_index {file_index} out of range [0, {MAX_FILES})")
@@ -18,7 +21,7 @@ def make_ids(file_index: int, rows: np.ndarray) -> np.ndarray:
     return (np.int64(file_index) << np.int64(32)) | rows
 
 
-def decode_ids(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def decode_ids(ids: NDArray[Any]) -> tuple[NDArray[Any], NDArray[Any]]:
     """Inverse of `make_ids`: (file_index, row) int64 arrays."""
     ids = np.asarray(ids, dtype=np.int64)
     return ids >> np.int64(32), ids & np.int64(MAX_ROWS - 1)

@@ -7,7 +7,10 @@ integer hash; uint64 arithmetic wraps, which is exactly what the mixer needs.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+from numpy.typing import NDArray
 
 __all__ = ["mix64", "hash_ids", "assign_valid", "shuffle_keys"]
 
@@ -15,7 +18,7 @@ _SALT_SPLIT = np.uint64(0x5EED5EED5EED5EED)
 _SALT_SHUFFLE = np.uint64(0x5A5A0F0F3C3C9696)
 
 
-def mix64(x: np.ndarray) -> np.ndarray:
+def mix64(x: NDArray[Any]) -> NDArray[Any]:
     """splitmix64 finaliser on a uint64 array (bijective, well mixed)."""
     with np.errstate(over="ignore"):
         z = x.astype(np.uint64, copy=True)
@@ -25,18 +28,18 @@ def mix64(x: np.ndarray) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
-def hash_ids(ids: np.ndarray, seed: int, salt: np.uint64) -> np.ndarray:
+def hash_ids(ids: NDArray[Any], seed: int, salt: np.uint64) -> NDArray[Any]:
     """uint64 hash of int64 ids under `seed`; different salts give independent streams."""
     key = mix64(np.array([seed], dtype=np.int64).view(np.uint64) ^ salt)[0]
     return mix64(np.asarray(ids, dtype=np.int64).view(np.uint64) ^ key)
 
 
-def assign_valid(ids: np.ndarray, test_size: float, seed: int) -> np.ndarray:
+def assign_valid(ids: NDArray[Any], test_size: float, seed: int) -> NDArray[Any]:
     """Boolean mask: True where the cell goes to `valid` (hash / 2**64 < test_size)."""
     u = (hash_ids(ids, seed, _SALT_SPLIT) >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
     return u < test_size
 
 
-def shuffle_keys(ids: np.ndarray, seed: int) -> np.ndarray:
+def shuffle_keys(ids: NDArray[Any], seed: int) -> NDArray[Any]:
     """uint64 sort keys defining the seeded global order of a shuffled split."""
     return hash_ids(ids, seed, _SALT_SHUFFLE)

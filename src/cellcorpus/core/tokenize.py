@@ -7,8 +7,10 @@ A batch of cells is held as `offsets` (int64, n_cells + 1) into flat `genes` (in
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 __all__ = ["Ragged", "row_stats", "check_counts", "tokenize_csr", "take_rows"]
 
@@ -17,9 +19,9 @@ __all__ = ["Ragged", "row_stats", "check_counts", "tokenize_csr", "take_rows"]
 class Ragged:
     """Tokenized cells: row i is genes[offsets[i]:offsets[i+1]] (same for expressions)."""
 
-    offsets: np.ndarray
-    genes: np.ndarray
-    expressions: np.ndarray
+    offsets: NDArray[Any]
+    genes: NDArray[Any]
+    expressions: NDArray[Any]
     n_explicit_zeros: int = 0
     n_oov_entries: int = 0
 
@@ -28,12 +30,12 @@ class Ragged:
         """Number of cells in the batch."""
         return len(self.offsets) - 1
 
-    def lengths(self) -> np.ndarray:
+    def lengths(self) -> NDArray[Any]:
         """Tokens per cell (int64)."""
         return np.diff(self.offsets)
 
 
-def _segment_sums(values: np.ndarray, indptr: np.ndarray) -> np.ndarray:
+def _segment_sums(values: NDArray[Any], indptr: NDArray[Any]) -> NDArray[Any]:
     """Per-row sums of a flat array split by indptr (`np.add.reduceat`; empty rows give 0)."""
     n = len(indptr) - 1
     acc = np.float64 if values.dtype.kind == "f" else np.int64
@@ -45,13 +47,13 @@ def _segment_sums(values: np.ndarray, indptr: np.ndarray) -> np.ndarray:
     return out
 
 
-def row_stats(indptr: np.ndarray, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def row_stats(indptr: NDArray[Any], data: NDArray[Any]) -> tuple[NDArray[Any], NDArray[Any]]:
     """(non-zero genes per cell, total counts per cell) over all stored genes — scanpy's filter_cells basis."""
     indptr = np.asarray(indptr, dtype=np.int64)
     return _segment_sums(data != 0, indptr), _segment_sums(data, indptr)
 
 
-def check_counts(data: np.ndarray) -> str | None:
+def check_counts(data: NDArray[Any]) -> str | None:
     """Describe the first problem with a count array (non-numeric, NaN/inf, negative), or None."""
     if data.dtype.kind not in "biuf":
         return f"non-numeric counts (dtype {data.dtype})"
@@ -64,10 +66,10 @@ def check_counts(data: np.ndarray) -> str | None:
 
 
 def tokenize_csr(
-    indptr: np.ndarray,
-    indices: np.ndarray,
-    data: np.ndarray,
-    gene_map: np.ndarray,
+    indptr: NDArray[Any],
+    indices: NDArray[Any],
+    data: NDArray[Any],
+    gene_map: NDArray[Any],
     cls_id: int | None,
     pad_value: float,
 ) -> Ragged:
@@ -114,7 +116,7 @@ def tokenize_csr(
     return Ragged(offsets, genes, expressions, n_zero, n_oov)
 
 
-def take_rows(r: Ragged, rows: np.ndarray) -> Ragged:
+def take_rows(r: Ragged, rows: NDArray[Any]) -> Ragged:
     """Select rows from a Ragged batch, vectorised.
 
     A boolean mask keeps order and uses an element mask (cheap compress); integer positions (any

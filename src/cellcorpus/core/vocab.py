@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from numpy.typing import NDArray
 
 __all__ = ["VocabBuild", "VocabLookup", "strip_version", "build_vocab", "JUNK_MULTIPLE"]
 
@@ -15,10 +17,11 @@ JUNK_MULTIPLE = 64
 _ENSEMBL_VERSION = r"^(ENS[A-Z]*\d{6,})\.\d+$"
 
 
-def strip_version(ids: np.ndarray | pd.Series | list[str]) -> np.ndarray:
+def strip_version(ids: NDArray[Any] | pd.Series | list[str]) -> NDArray[Any]:
     """Drop Ensembl version suffixes (`ENSG00000139618.12` -> `ENSG00000139618`); vectorised."""
     s = pd.Series(np.asarray(ids, dtype=object)).astype(str)
-    return s.str.replace(_ENSEMBL_VERSION, r"\1", regex=True).to_numpy(dtype=object)
+    stripped: NDArray[Any] = s.str.replace(_ENSEMBL_VERSION, r"\1", regex=True).to_numpy(dtype=object)
+    return stripped
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,7 @@ class VocabBuild:
 
 
 def build_vocab(
-    gene_ids: np.ndarray, symbols: np.ndarray, special_tokens: list[str], add_junk_tokens: bool
+    gene_ids: NDArray[Any], symbols: NDArray[Any], special_tokens: list[str], add_junk_tokens: bool
 ) -> VocabBuild:
     """Specials first (given order), unique stripped ids sorted as strings, junk up to a multiple of 64."""
     raw = pd.Series(np.asarray(gene_ids, dtype=object))
@@ -73,9 +76,9 @@ class VocabLookup:
         self.vocab = vocab
         self._keys = pd.Index(list(vocab.keys()))
         self._values = np.fromiter(vocab.values(), dtype=np.int64, count=len(vocab))
-        self._cache: dict[bytes, np.ndarray] = {}
+        self._cache: dict[bytes, NDArray[Any]] = {}
 
-    def map_genes(self, var_ids: np.ndarray) -> np.ndarray:
+    def map_genes(self, var_ids: NDArray[Any]) -> NDArray[Any]:
         """int32 vocabulary id per column (-1 = out of vocabulary), matching version-stripped ids.
 
         Every unit of a file has the same columns, so the last few mappings are memoised by content.

@@ -11,9 +11,11 @@ import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from numpy.typing import NDArray
 
 from cellcorpus.core.tokenize import Ragged
 from cellcorpus.io.atomic import atomic_path, write_json_atomic
@@ -32,9 +34,9 @@ __all__ = [
 _INT32_MAX = (1 << 31) - 1
 
 
-def hf_features(metadata_columns: list[str]) -> dict:
+def hf_features(metadata_columns: list[str]) -> dict[str, Any]:
     """HF `Features` JSON for a tokenized-cell table."""
-    feats: dict = {
+    feats: dict[str, Any] = {
         "genes": {"feature": {"dtype": "int32", "_type": "Value"}, "_type": "Sequence"},
         "expressions": {"feature": {"dtype": "float32", "_type": "Value"}, "_type": "Sequence"},
         "id": {"dtype": "int64", "_type": "Value"},
@@ -55,7 +57,7 @@ def cell_schema(metadata_columns: list[str]) -> pa.Schema:
     return pa.schema(fields, metadata=meta)
 
 
-def cells_table(cells: Ragged, ids: np.ndarray, metadata: dict[str, np.ndarray], schema: pa.Schema) -> pa.Table:
+def cells_table(cells: Ragged, ids: NDArray[Any], metadata: dict[str, NDArray[Any]], schema: pa.Schema) -> pa.Table:
     """Zero-copy-ish Arrow table from ragged arrays (offsets must fit int32 for `list`)."""
     if cells.offsets[-1] > _INT32_MAX:
         raise ValueError("unit too large for int32 list offsets; lower huggingface.unit_cells")
@@ -76,7 +78,7 @@ BATCH_ROWS = 1000  # rows per record batch, as `datasets` writes them
 
 
 def write_stream(
-    path: str | Path, table: pa.Table, rows: np.ndarray | None = None, mask: np.ndarray | None = None
+    path: str | Path, table: pa.Table, rows: NDArray[Any] | None = None, mask: NDArray[Any] | None = None
 ) -> int:
     """Write `table` (or its rows `rows` in that order, or the rows where `mask`) as an IPC stream file,
     atomically. Rows are gathered one record batch at a time, so memory holds one batch, never a

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 import zstandard
+from numpy.typing import NDArray
 
 from cellcorpus.errors import ConfigError, MissingExtraError
 from cellcorpus.io.atomic import atomic_path, write_json_atomic
@@ -192,17 +193,17 @@ class _TorchPickle:
         self._rebuild = _rebuild_tensor_v2
         self._load = _load_from_bytes
 
-    def _payload(self, arr: np.ndarray) -> bytes:
+    def _payload(self, arr: NDArray[Any]) -> bytes:
         import io
 
         stype = self._storage_types[arr.dtype]
         buf = io.BytesIO()
-        p = pickle.Pickler(buf, protocol=2)
-        p.persistent_id = lambda obj: ("storage", stype, "0", "cpu", len(arr), None) if obj is _STORAGE else None
+        p = _StoragePickler(buf, protocol=2)
+        p.storage_id = ("storage", stype, "0", "cpu", len(arr), None)
         p.dump(_STORAGE)
         return self._head + buf.getvalue() + self._keys + np.int64(len(arr)).tobytes() + arr.tobytes()
 
-    def dumps(self, arr: np.ndarray) -> bytes:
+    def dumps(self, arr: NDArray[Any]) -> bytes:
         storage = _Reduce(self._load, (self._payload(arr),))
         tensor = _Reduce(self._rebuild, (storage, 0, (len(arr),), (1,), False, OrderedDict()))
         return pickle.dumps(tensor, protocol=4)
@@ -211,23 +212,32 @@ class _TorchPickle:
 _STORAGE = object()
 
 
+class _StoragePickler(pickle.Pickler):
+    """Pickles the storage placeholder as a persistent id, as `torch.save`'s legacy format does."""
+
+    storage_id: tuple[Any, ...] = ()
+
+    def persistent_id(self, obj: Any) -> Any:
+        return self.storage_id if obj is _STORAGE else None
+
+
 class _Reduce:
     __slots__ = ("fn", "args")
 
-    def __init__(self, fn: Any, args: tuple) -> None:
+    def __init__(self, fn: Any, args: tuple[Any, ...]) -> None:
         self.fn, self.args = fn, args
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> tuple[Any, ...]:
         return self.fn, self.args
 
 
 # ---- column encoders (batch -> one binary element per sample) -----------------------------------
-def _binary(offsets: np.ndarray, data: np.ndarray) -> pa.Array:
+def _binary(offsets: NDArray[Any], data: NDArray[Any]) -> pa.Array:
     n = len(offsets) - 1
     return pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data)])
 
 
-def _list_parts(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+def _list_parts(col: pa.ChunkedArray | pa.Array) -> tuple[NDArray[Any], NDArray[Any]]:
     """(offsets from 0, flat values) of a list column, honouring slices."""
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     offsets = arr.offsets.to_numpy()
@@ -235,7 +245,7 @@ def _list_parts(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray
     return offsets - offsets[0], values
 
 
-def _ndarray_column(col: pa.Array, dtype: np.dtype, dynamic_dtype: bool, name: str) -> pa.Array:
+def _ndarray_column(col: pa.Array, dtype: np.dtype[Any], dynamic_dtype: bool, name: str) -> pa.Array:
     offsets, values = _list_parts(col)
     values = values.astype(dtype, copy=False)
     lengths = np.diff(offsets)
@@ -269,7 +279,7 @@ def _str_column(col: pa.Array) -> pa.Array:
     return pc.cast(pc.fill_null(pc.cast(col, pa.string()), ""), pa.binary())
 
 
-def _python_column(values: list, fn: Any) -> pa.Array:
+def _python_column(values: list[Any], fn: Any) -> pa.Array:
     return pa.array([fn(v) for v in values], type=pa.binary())
 
 
@@ -389,7 +399,7 @@ class ShardWriter:
         return index
 
 
-def merge_split_index(split_dir: str | Path, sub_dirs: list[str], indexes: list[dict] | None = None) -> int:
+def merge_split_index(split_dir: str | Path, sub_dirs: list[str], indexes: list[dict[str, Any]] | None = None) -> int:
     """Write `<split>/index.json` from the writers' indexes, basenames prefixed by sub-folder.
 
     `indexes` (one per sub-folder) may be passed when they are not on local disk (remote outputs).
@@ -410,7 +420,7 @@ def merge_split_index(split_dir: str | Path, sub_dirs: list[str], indexes: list[
 
 
 # ---- reading (verify) -------------------------------------------------------------------------------
-def parse_shard(raw: bytes) -> tuple[dict[str, Any], np.ndarray]:
+def parse_shard(raw: bytes) -> tuple[dict[str, Any], NDArray[Any]]:
     """(shard config, absolute sample offsets) from raw shard bytes; raises ValueError if malformed."""
     if len(raw) < 8:
         raise ValueError("shard shorter than its header")
@@ -425,7 +435,7 @@ def parse_shard(raw: bytes) -> tuple[dict[str, Any], np.ndarray]:
     return config, offsets
 
 
-def iter_samples(raw: bytes, config: dict[str, Any], offsets: np.ndarray) -> Iterator[dict[str, bytes]]:
+def iter_samples(raw: bytes, config: dict[str, Any], offsets: NDArray[Any]) -> Iterator[dict[str, bytes]]:
     """Yield {column: encoded bytes} per sample (sizes header resolved)."""
     names, sizes = config["column_names"], config["column_sizes"]
     n_var = sum(s is None for s in sizes)
