@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from cellcorpus.errors import ConfigError, MissingExtraError
-from cellcorpus.formats.mds import MdsSpec, ShardWriter, _TorchPickle, encode_samples, merge_split_index
+from cellcorpus.formats.mds import MdsSpec, ShardWriter, TorchPickler, encode_samples, merge_split_index
 from tests.streaming_compat import import_streaming, streaming_dataset
 
 
@@ -36,7 +36,7 @@ COLUMNS = {"genes": "ndarray:int32", "expressions": "ndarray:float32", "id": "in
 
 def _write_native(tmp_path, table, columns, compression, size_limit=1 << 16, hashes=("sha1", "xxh64")):
     spec = MdsSpec.create(columns, compression, list(hashes), size_limit)
-    pickler = _TorchPickle() if "pkl" in columns.values() else None
+    pickler = TorchPickler() if "pkl" in columns.values() else None
     w = ShardWriter(tmp_path, spec)
     for start in range(0, table.num_rows, 97):  # odd batches: shards must not depend on batching
         w.add(encode_samples(table.slice(start, 97), spec, pickler))
@@ -116,8 +116,8 @@ def test_pkl_bytes_identical_across_processes(tmp_path):
     import subprocess
 
     code = (
-        "import numpy as np, sys; from cellcorpus.formats.mds import _TorchPickle;"
-        "sys.stdout.buffer.write(_TorchPickle().dumps(np.arange(9, dtype=np.int64)))"
+        "import numpy as np, sys; from cellcorpus.formats.mds import TorchPickler;"
+        "sys.stdout.buffer.write(TorchPickler().dumps(np.arange(9, dtype=np.int64)))"
     )
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, check=True).stdout for _ in range(2)}
     assert len(outs) == 1

@@ -18,7 +18,7 @@ from cellcorpus.config import MDS_LOCATION_KEYS, Config, MdsConfig, config_hash
 from cellcorpus.errors import ConfigError, InputError
 from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
 from cellcorpus.formats.arrow import read_arrow
-from cellcorpus.formats.mds import MdsSpec, ShardWriter, _TorchPickle, encode_samples, merge_split_index
+from cellcorpus.formats.mds import MdsSpec, ShardWriter, TorchPickler, encode_samples, merge_split_index
 from cellcorpus.io.paths import Publisher, local_copy
 from cellcorpus.layout import mds_publisher, mds_units_dir
 from cellcorpus.manifest import Ledger, UnitResult, write_manifest
@@ -87,7 +87,7 @@ def _convert(unit: MdsUnit, ctx: MdsContext, table: pa.Table, out: Path) -> Unit
         if "genes" not in table.column_names:
             raise InputError(f"{unit.path}: mds.min_length needs a 'genes' column")
         table = table.filter(pc.greater_equal(pc.list_value_length(table.column("genes")), ctx.min_length))
-    pickler = _TorchPickle() if any(e == "pkl" for _, e in ctx.spec.columns) else None
+    pickler = TorchPickler() if any(e == "pkl" for _, e in ctx.spec.columns) else None
     writer = ShardWriter(out, ctx.spec)
     for start in range(0, table.num_rows, BATCH_ROWS):
         batch = table.slice(start, BATCH_ROWS)

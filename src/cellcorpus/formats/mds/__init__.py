@@ -1,0 +1,31 @@
+"""MosaicML MDS (format version 2) written natively, vectorised with Arrow compute.
+
+Why not `streaming.MDSWriter`: it pins numpy<2.2 / transformers<5, imports torchvision, and encodes sample by
+sample in Python. The layout is the one its reader expects (see `writer`). Modules mirror
+mosaicml/streaming's `format/mds/`: `spec` (settings, hashes, compression), `encodings` (the table),
+`torch_pickle` (deterministic `pkl` tensors), `writer` (shards + index merge), `reader` (verify).
+"""
+
+from cellcorpus.formats.mds.encodings import PKL_TENSOR_DTYPES, SCALAR_DTYPES, Encoding, encoding
+from cellcorpus.formats.mds.reader import decode_value, iter_samples, parse_shard
+from cellcorpus.formats.mds.spec import MdsSpec, decompress, hash_bytes
+from cellcorpus.formats.mds.torch_pickle import TorchPickler, require_torch
+from cellcorpus.formats.mds.writer import ShardWriter, encode_samples, merge_split_index
+
+__all__ = [
+    "MdsSpec",
+    "ShardWriter",
+    "TorchPickler",
+    "Encoding",
+    "encoding",
+    "encode_samples",
+    "merge_split_index",
+    "hash_bytes",
+    "decompress",
+    "parse_shard",
+    "iter_samples",
+    "decode_value",
+    "require_torch",
+    "SCALAR_DTYPES",
+    "PKL_TENSOR_DTYPES",
+]

@@ -1,0 +1,94 @@
+"""Torch-tensor pickles for the `pkl` encoding, byte-identical across runs and processes.
+
+torch keys a pickled storage by its memory address, so its own pickles differ from run to run. Here the
+legacy `torch.save` payload is written with the fixed key "0": the same loader calls
+(`_rebuild_tensor_v2(_load_from_bytes(payload), ...)`) and the bytes of `pickle.dumps(torch.from_numpy(a))`
+otherwise.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from cellcorpus.errors import MissingExtraError
+
+__all__ = ["TorchPickler", "require_torch"]
+
+
+def require_torch() -> Any:
+    """The torch module, or a MissingExtraError naming the extra (and the pickle-free alternative)."""
+    try:
+        import torch
+    except ImportError as exc:
+        raise MissingExtraError(
+            "the 'pkl' MDS encoding writes torch tensors, but torch is not installed",
+            hint="pip install 'cellcorpus[torch]' (CPU: pip install torch==2.13.0), or use ndarray:int32 / "
+            "ndarray:float32, the pickle-free encodings",
+        ) from exc
+    return torch
+
+
+class TorchPickler:
+    """Pickles byte-compatible with `pickle.dumps(torch.from_numpy(a))`, except the storage key.
+
+    torch keys a pickled storage by its memory address, so its own pickles differ from run to run.
+    Here the legacy `torch.save` payload is written by hand with the fixed key "0": same loader
+    calls (`_rebuild_tensor_v2(_load_from_bytes(payload), ...)`), byte-identical across reruns.
+    """
+
+    _MAGIC = 0x1950A86A20F9469CFC6C
+    _SYS_INFO = {"protocol_version": 1001, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 4}}
+
+    def __init__(self) -> None:
+        torch = require_torch()
+        from torch._utils import _rebuild_tensor_v2
+        from torch.storage import _load_from_bytes
+
+        self._storage_types = {np.dtype(np.int64): torch.LongStorage, np.dtype(np.float32): torch.FloatStorage}
+        self._head = b"".join(pickle.dumps(x, protocol=2) for x in (self._MAGIC, 1001, self._SYS_INFO))
+        self._keys = pickle.dumps(["0"], protocol=2)
+        self._rebuild = _rebuild_tensor_v2
+        self._load = _load_from_bytes
+
+    def _payload(self, arr: NDArray[Any]) -> bytes:
+        import io
+
+        stype = self._storage_types[arr.dtype]
+        buf = io.BytesIO()
+        p = _StoragePickler(buf, protocol=2)
+        p.storage_id = ("storage", stype, "0", "cpu", len(arr), None)
+        p.dump(_STORAGE)
+        return self._head + buf.getvalue() + self._keys + np.int64(len(arr)).tobytes() + arr.tobytes()
+
+    def dumps(self, arr: NDArray[Any]) -> bytes:
+        """The pickle of `torch.from_numpy(arr)` (1-D int64 or float32), with a fixed storage key."""
+        storage = _Reduce(self._load, (self._payload(arr),))
+        tensor = _Reduce(self._rebuild, (storage, 0, (len(arr),), (1,), False, OrderedDict()))
+        return pickle.dumps(tensor, protocol=4)
+
+
+_STORAGE = object()
+
+
+class _StoragePickler(pickle.Pickler):
+    """Pickles the storage placeholder as a persistent id, as `torch.save`'s legacy format does."""
+
+    storage_id: tuple[Any, ...] = ()
+
+    def persistent_id(self, obj: Any) -> Any:
+        return self.storage_id if obj is _STORAGE else None
+
+
+class _Reduce:
+    __slots__ = ("fn", "args")
+
+    def __init__(self, fn: Any, args: tuple[Any, ...]) -> None:
+        self.fn, self.args = fn, args
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return self.fn, self.args

@@ -1,0 +1,135 @@
+"""Shard writer (MDSWriter's layout and size rule, vectorised) and the split-level index merge.
+
+shard (raw) = uint32 n | uint32 offsets[n + 1] (absolute) | shard config JSON | samples
+sample      = uint32 size of each variable-size column (columns sorted by name) | column bytes...
+index.json  = {"shards": [{column_*, compression, format, hashes, raw_data, samples, size_limit, version,
+               zip_data}], "version": 2}; a merged split index prefixes basenames with the writer's sub-folder
+               (as `streaming.base.util.merge_index` does).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import zstandard
+
+from cellcorpus.errors import ConfigError
+from cellcorpus.formats.mds.encodings import _binary, encoding
+from cellcorpus.formats.mds.spec import MdsSpec, hash_bytes, parse_compression
+from cellcorpus.formats.mds.torch_pickle import TorchPickler
+from cellcorpus.io.atomic import atomic_path, write_json_atomic
+
+__all__ = ["encode_samples", "ShardWriter", "merge_split_index"]
+
+
+def encode_samples(batch: pa.Table, spec: MdsSpec, pickler: TorchPickler | None) -> pa.Array:
+    """Encode a batch: element i = sample i's complete MDS bytes (sizes header + columns)."""
+    n = batch.num_rows
+    missing = [c for c, _ in spec.columns if c not in batch.column_names]
+    if missing:
+        raise ConfigError(
+            f"mds.columns: {missing} not in the dataset", hint=f"dataset columns: {', '.join(batch.column_names)}"
+        )
+    encoded = [encoding(e, c).encode(c, batch.column(c).combine_chunks(), pickler) for c, e in spec.columns]
+    var = [arr for arr, (_, e) in zip(encoded, spec.columns, strict=True) if encoding(e).size is None]
+    if var:
+        sizes = np.stack([pc.binary_length(a).to_numpy().astype("<u4") for a in var], axis=1)
+        head = _binary(np.arange(n + 1, dtype=np.int64) * 4 * len(var), np.ascontiguousarray(sizes).view(np.uint8))
+        encoded = [head, *encoded]
+    return pc.binary_join_element_wise(*encoded, b"")
+
+
+class ShardWriter:
+    """Pack encoded samples into shards under `directory` with MDSWriter's size rule, then index.json."""
+
+    def __init__(self, directory: str | Path, spec: MdsSpec) -> None:
+        self.dir = Path(directory)
+        self.spec = spec
+        self._config = spec.config_bytes()
+        self._level = parse_compression(spec.compression)
+        self._compressor = zstandard.ZstdCompressor(level=self._level) if self._level else None
+        self._pending: list[pa.Array] = []
+        self._pending_size = 0  # as MDSWriter: 4 + 4 + len(config) + sum(sample + 4)
+        self._base = 8 + len(self._config)
+        self.shards: list[dict[str, Any]] = []
+        self.n_samples = 0
+
+    def add(self, samples: pa.Array) -> None:
+        """Add encoded samples; a shard is flushed when the next sample would exceed size_limit."""
+        sizes = pc.binary_length(samples).to_numpy().astype(np.int64) + 4
+        start = 0
+        while start < len(sizes):
+            room = self.spec.size_limit - self._base - self._pending_size
+            cum = np.cumsum(sizes[start:])
+            take = int(np.searchsorted(cum, room, side="right"))
+            if take == 0:
+                if self._pending:
+                    self._flush()
+                    continue
+                take = 1  # one sample larger than the limit gets a shard of its own
+            self._pending.append(samples.slice(start, take))
+            self._pending_size += int(cum[take - 1])
+            start += take
+            if start < len(sizes):
+                self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        samples = pa.concat_arrays(self._pending)
+        n = len(samples)
+        _, off_buf, data_buf = samples.buffers()
+        offsets = np.frombuffer(off_buf, np.int32)[samples.offset : samples.offset + n + 1].astype(np.int64)
+        body = memoryview(data_buf)[offsets[0] : offsets[-1]].tobytes()
+        abs_offsets = (offsets - offsets[0] + 4 + 4 * (n + 1) + len(self._config)).astype("<u4")
+        raw = np.uint32(n).tobytes() + abs_offsets.tobytes() + self._config + body
+        i = len(self.shards)
+        raw_name = f"shard.{i:05d}.mds"
+        raw_info = self._info(raw, raw_name)
+        zip_info = None
+        data, name = raw, raw_name
+        if self._compressor is not None:
+            data = self._compressor.compress(raw)
+            name = f"{raw_name}.zstd"
+            zip_info = self._info(data, name)
+        with atomic_path(self.dir / name) as tmp:
+            tmp.write_bytes(data)
+        self.shards.append({"samples": n, "raw_data": raw_info, "zip_data": zip_info, **self.spec.config()})
+        self.n_samples += n
+        self._pending, self._pending_size = [], 0
+
+    def _info(self, data: bytes, basename: str) -> dict[str, Any]:
+        return {"basename": basename, "bytes": len(data), "hashes": {a: hash_bytes(a, data) for a in self.spec.hashes}}
+
+    def finish(self) -> dict[str, Any]:
+        """Flush the last shard and write this writer's index.json (atomically, last)."""
+        self._flush()
+        index = {"shards": self.shards, "version": 2}
+        with atomic_path(self.dir / "index.json") as tmp:
+            tmp.write_text(json.dumps(index, sort_keys=True))
+        return index
+
+
+def merge_split_index(split_dir: str | Path, sub_dirs: list[str], indexes: list[dict[str, Any]] | None = None) -> int:
+    """Write `<split>/index.json` from the writers' indexes, basenames prefixed by sub-folder.
+
+    `indexes` (one per sub-folder) may be passed when they are not on local disk (remote outputs).
+    Returns the number of samples in the split.
+    """
+    split_dir = Path(split_dir)
+    if indexes is None:
+        indexes = [json.loads((split_dir / sub / "index.json").read_text()) for sub in sub_dirs]
+    shards = []
+    for sub, index in zip(sub_dirs, indexes, strict=True):
+        for shard in index["shards"]:
+            for key in ("raw_data", "zip_data"):
+                if shard.get(key):
+                    shard[key]["basename"] = f"{sub}/{shard[key]['basename']}"
+            shards.append(shard)
+    write_json_atomic(split_dir / "index.json", {"shards": shards, "version": 2})
+    return sum(s["samples"] for s in shards)
