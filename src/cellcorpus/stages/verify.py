@@ -24,7 +24,7 @@ from cellcorpus.core.ids import decode_ids
 from cellcorpus.errors import ConfigError, InputError, VerifyError
 from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
 from cellcorpus.formats.arrow import cell_schema, hf_features, read_arrow
-from cellcorpus.formats.mds import decode_value, decompress, hash_bytes, iter_samples, parse_shard
+from cellcorpus.formats.mds import decode_value, inspect_shard, iter_samples
 from cellcorpus.io.paths import Publisher, exists, is_url, local_copy
 from cellcorpus.io.vocab import load_vocab
 from cellcorpus.layout import DRUG_PAD, drugs_manifest, mds_publisher, tokenize_publisher
@@ -173,26 +173,13 @@ def _verify_shard(unit: _FileUnit, ctx: _Ctx, path: Path) -> UnitResult:
         empty.extra["report"] = _as_tuples(rep)
         return empty
     rep.check("mds shards present").add(True, "")
-    data = path.read_bytes()
-    stored = info["zip_data"] or info["raw_data"]
-    ok = len(data) == stored["bytes"] and all(hash_bytes(a, data) == h for a, h in stored["hashes"].items())
-    rep.check("mds shard hashes").add(ok, f"{where}: bytes/hash differ from index.json ({len(data)} bytes)")
-    if not ok:
+    shard = inspect_shard(path.read_bytes(), info)  # the format's own structural checks
+    for name, ok, detail in shard.checks:
+        rep.check(name).add(ok, f"{where}: {detail}")
+    if shard.raw is None or shard.config is None or shard.offsets is None:
         empty.extra["report"] = _as_tuples(rep)
         return empty
-    try:
-        raw = decompress(data) if info["zip_data"] else data
-        r = info["raw_data"]
-        raw_ok = len(raw) == r["bytes"] and all(hash_bytes(a, raw) == h for a, h in r["hashes"].items())
-        rep.check("mds raw hashes").add(raw_ok, f"{where}: decompressed bytes differ from index.json")
-        config, offsets = parse_shard(raw)
-    except Exception as exc:  # any malformed shard lands here, named
-        rep.check("mds shard structure").add(False, f"{where}: {exc}")
-        empty.extra["report"] = _as_tuples(rep)
-        return empty
-    rep.check("mds shard structure").add(
-        len(offsets) - 1 == info["samples"], f"{where}: {len(offsets) - 1} samples, index says {info['samples']}"
-    )
+    raw, config, offsets = shard.raw, shard.config, shard.offsets
     encs = dict(zip(config["column_names"], config["column_encodings"], strict=True))
     rep.check("mds encodings as configured").add(encs == dict(ctx.mds_columns), f"{where}: encodings {encs}")
     ids, g_all, lens, e_lens, first_e = [], [], [], [], []

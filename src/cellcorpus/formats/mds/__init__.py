@@ -7,7 +7,7 @@ mosaicml/streaming's `format/mds/`: `spec` (settings, hashes, compression), `enc
 """
 
 from cellcorpus.formats.mds.encodings import PKL_TENSOR_DTYPES, SCALAR_DTYPES, Encoding, encoding
-from cellcorpus.formats.mds.reader import decode_value, iter_samples, parse_shard
+from cellcorpus.formats.mds.reader import ShardInspection, decode_value, inspect_shard, iter_samples, parse_shard
 from cellcorpus.formats.mds.spec import MdsSpec, decompress, hash_bytes
 from cellcorpus.formats.mds.torch_pickle import TorchPickler, require_torch
 from cellcorpus.formats.mds.writer import ShardWriter, encode_samples, merge_split_index
@@ -23,6 +23,8 @@ __all__ = [
     "hash_bytes",
     "decompress",
     "parse_shard",
+    "inspect_shard",
+    "ShardInspection",
     "iter_samples",
     "decode_value",
     "require_torch",
