@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = ["WorkUnit", "StageSummary"]
+from cellcorpus.errors import ConfigError
+from cellcorpus.io.paths import Publisher
+from cellcorpus.manifest import Ledger
+
+__all__ = ["WorkUnit", "StageSummary", "decide_rerun"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, order=True)
@@ -33,3 +41,42 @@ class StageSummary:
     counts: dict[str, int] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+
+
+def decide_rerun(
+    out: Publisher,
+    markers: list[str],
+    *,
+    key: str,
+    what: str,
+    stage_hash: str,
+    settings_hash: str,
+    ledger: Ledger,
+) -> dict[str, Any] | None:
+    """Skip, refuse or rebuild a stage's output, decided before anything on disk is touched.
+
+    `markers` are the files whose presence makes an output complete (a split's state.json or index.json).
+    Returns the finished run's manifest when it is complete for this stage hash (settings + inputs); raises
+    a ConfigError naming `key` when proceeding would overwrite a finished `what` made with other settings
+    or not by cellcorpus; returns None when the stage should (re)build. Completion records of other
+    settings raise too, before any change.
+    """
+    previous = out.read_json("manifest.json")  # a damaged manifest is an error here, before any change
+    complete = [m for m in markers if out.exists(m)]
+    if previous and len(complete) == len(markers):
+        if previous.get("config_hash") == stage_hash:
+            return dict(previous)
+        if previous.get("settings_hash") != settings_hash:
+            raise ConfigError(
+                f"{key}: {out.root} holds a finished {what} made with other settings; it is left untouched",
+                hint=f"use a new {key.split('.')[-1]}, or delete the old {what} to rebuild",
+            )
+        log.warning("inputs changed since the finished run: rebuilding %s", out.root)
+    elif complete and not previous and not ledger.done():
+        location = out.url(complete[0].rsplit("/", 1)[0])
+        raise ConfigError(
+            f"{key}: {location} holds a {what} without a cellcorpus manifest; it is left untouched",
+            hint=f"use a new {key.split('.')[-1]}, or delete it",
+        )
+    ledger.done()
+    return None

@@ -22,7 +22,7 @@ from cellcorpus.formats.mds import MdsSpec, ShardWriter, TorchPickler, encode_sa
 from cellcorpus.io.paths import Publisher, local_copy
 from cellcorpus.layout import mds_publisher, mds_units_dir
 from cellcorpus.manifest import Ledger, UnitResult, write_manifest
-from cellcorpus.stages.base import StageSummary
+from cellcorpus.stages.base import StageSummary, decide_rerun
 from cellcorpus.stages.preflight import preflight
 
 __all__ = ["MdsUnit", "MdsContext", "plan_mds", "mds_unit", "run_mds", "BATCH_ROWS"]
@@ -107,29 +107,6 @@ def _convert(unit: MdsUnit, ctx: MdsContext, table: pa.Table, out: Path) -> Unit
     return UnitResult(unit.unit_id, counts, shards, {"split": unit.split, "input_checksum": unit.checksum})
 
 
-def _decide(mds: MdsConfig, out: Publisher, settings_hash: str, stage_hash: str, ledger: Ledger) -> dict | None:
-    """Skip, refuse or rebuild, decided before anything on disk is touched (see tokenize's `_decide`)."""
-    previous = out.read_json("manifest.json")
-    complete = [s for s in mds.splits if out.exists(f"{s}/index.json")]
-    if previous and len(complete) == len(mds.splits):
-        if previous.get("config_hash") == stage_hash:
-            return previous
-        if previous.get("settings_hash") != settings_hash:
-            raise ConfigError(
-                f"mds.out_root: {mds.out_root} holds a finished MDS export made with other settings; "
-                "it is left untouched",
-                hint="use a new mds.out_root, or delete the old export to rebuild",
-            )
-    elif complete and not previous and not ledger.done():
-        raise ConfigError(
-            f"mds.out_root: {out.url(complete[0])} holds an MDS dataset without a cellcorpus manifest; "
-            "it is left untouched",
-            hint="use a new mds.out_root, or delete that dataset",
-        )
-    ledger.done()  # completion records of other settings raise here, before any change
-    return None
-
-
 def run_mds(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | None = None) -> StageSummary:
     """Export every split to MDS; skips when the merged indexes already match this config + input."""
     mds: MdsConfig = cfg.need("mds")
@@ -144,7 +121,15 @@ def run_mds(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | 
     out = mds_publisher(mds)
     outputs = {s: out.url(s) for s in mds.splits}
     ledger = Ledger(mds_units_dir(mds), settings_hash)
-    previous = _decide(mds, out, settings_hash, stage_hash, ledger)
+    previous = decide_rerun(
+        out,
+        [f"{s}/index.json" for s in mds.splits],
+        key="mds.out_root",
+        what="MDS export",
+        stage_hash=stage_hash,
+        settings_hash=settings_hash,
+        ledger=ledger,
+    )
     if previous is not None:
         return StageSummary("mds", skipped=True, counts=previous["totals"], outputs=outputs, notes=notes)
     units = plan_mds(mds)

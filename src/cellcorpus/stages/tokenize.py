@@ -40,7 +40,7 @@ from cellcorpus.sources.inputs import (
     inspect_inputs,
     obs_index_column,
 )
-from cellcorpus.stages.base import StageSummary, WorkUnit
+from cellcorpus.stages.base import StageSummary, WorkUnit, decide_rerun
 from cellcorpus.stages.preflight import preflight
 from cellcorpus.stages.tokenize_finalize import TokenizeContext, finalize_splits
 
@@ -250,36 +250,6 @@ def _stage_hash(work_hash: str, inputs: list[InputFile]) -> str:
     return config_hash(work_hash, [(f.rel_path, f.n_bytes, f.checksum) for f in inputs])
 
 
-def _decide(hf: HuggingfaceConfig, work_hash: str, stage_hash: str, ledger: Ledger) -> dict | None:
-    """Whether this run may proceed, decided before anything on disk is touched.
-
-    Returns the finished run's manifest when it is already complete for these settings and inputs;
-    raises when proceeding would overwrite a finished dataset made with other settings (or not by
-    cellcorpus); returns None when the run should (re)build.
-    """
-    out = tokenize_publisher(hf)
-    previous = out.read_json("manifest.json")  # a damaged manifest is an error here, before any change
-    complete = [s for s in SPLITS if out.exists(f"{s}.dataset/state.json")]
-    if previous and len(complete) == len(SPLITS):
-        if previous.get("config_hash") == stage_hash:
-            return previous
-        if previous.get("settings_hash") != work_hash:
-            raise ConfigError(
-                f"huggingface.merged_dataset_root: {hf.merged_dataset_root} holds a finished dataset made with "
-                "other settings; it is left untouched",
-                hint="use a new merged_dataset_root (and output_root), or delete the old dataset to rebuild",
-            )
-        log.warning("inputs changed since the finished run: rebuilding %s", hf.merged_dataset_root)
-    elif complete and not previous and not ledger.done():
-        raise ConfigError(
-            f"huggingface.merged_dataset_root: {out.url(f'{complete[0]}.dataset')} holds a dataset without a "
-            "cellcorpus manifest; it is left untouched",
-            hint="use a new merged_dataset_root, or delete that dataset",
-        )
-    ledger.done()  # completion records of other settings raise here, before any change
-    return None
-
-
 def _file_notes(inputs: list[InputFile], results: list[UnitResult]) -> list[str]:
     fractional: dict[int, int] = {}
     for r in results:
@@ -342,7 +312,15 @@ def run_tokenize(cfg: Config, spec: ExecutorSpec | None = None, reporter: Report
     work_hash = _work_hash(hf)
     stage_hash = _stage_hash(work_hash, inputs)
     ledger = Ledger(units_dir(hf, "tokenize"), work_hash)
-    previous = _decide(hf, work_hash, stage_hash, ledger)
+    previous = decide_rerun(
+        tokenize_publisher(hf),
+        [f"{s}.dataset/state.json" for s in SPLITS],
+        key="huggingface.merged_dataset_root",
+        what="dataset",
+        stage_hash=stage_hash,
+        settings_hash=work_hash,
+        ledger=ledger,
+    )
     if previous is not None:
         return StageSummary("tokenize", skipped=True, counts=previous["totals"], outputs=_outputs(hf), notes=notes)
     out = tokenize_publisher(hf)
