@@ -117,3 +117,55 @@ def test_one_pool_per_command(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["run", str(tmp_path / "c.yaml"), "--num-proc", "2"])
     assert result.exit_code == 0, result.output
     assert opened == [2]
+
+
+def test_in_flight_window_and_cancel_on_failure(tmp_path, monkeypatch):
+    """At most 4 x workers units are submitted at once; after a failure, queued units are cancelled, never run,
+    and units that finished are kept in the ledger."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+    from contextlib import contextmanager
+
+    from cellcorpus.exec import runner
+
+    lock = threading.Lock()
+    state = {"in_flight": 0, "max": 0}
+    started: list[str] = []
+
+    class Counting(ThreadPoolExecutor):
+        def submit(self, fn, *args, **kwargs):
+            with lock:
+                state["in_flight"] += 1
+                state["max"] = max(state["max"], state["in_flight"])
+            fut = super().submit(fn, *args, **kwargs)
+            fut.add_done_callback(lambda f: state.__setitem__("in_flight", state["in_flight"] - 1))
+            return fut
+
+    @contextmanager
+    def two_threads(spec):
+        ex = Counting(max_workers=2)
+        try:
+            yield ex, 2
+        finally:
+            ex.shutdown(wait=True, cancel_futures=True)
+
+    monkeypatch.setattr(runner, "_open_executor", two_threads)
+
+    def work(unit: _Unit, ctx: None) -> UnitResult:
+        with lock:
+            started.append(unit.unit_id)
+        if unit.unit_id == "u05":
+            raise InputError(f"{unit.path}: broken")
+        time.sleep(0.02)
+        return UnitResult(unit.unit_id)
+
+    units = [_Unit(f"u{i:02d}", f"/d/f{i}.h5ad", 1) for i in range(40)]
+    ledger = Ledger(tmp_path / "units", "h")
+    with pytest.raises(UnitFailed, match=r"unit u05"):
+        run_units(work, units, None, ledger, ExecutorSpec(num_proc=2), description="t")
+    assert 0 < state["max"] <= 8  # window = 4 x 2 workers, never 40 futures
+    assert len(started) < 20  # the rest was never submitted or was cancelled while queued
+    recorded = set(ledger.done())
+    assert "u05" not in recorded and {"u00", "u01"} <= recorded
+    assert recorded <= set(started)
