@@ -10,12 +10,13 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import xxhash
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from cellcorpus._version import __version__
-from cellcorpus.errors import ConfigError
+from cellcorpus.errors import ConfigError, InputError
 from cellcorpus.io.atomic import write_json_atomic
 
 __all__ = [
@@ -25,6 +26,15 @@ __all__ = [
     "quick_checksum",
     "output_record",
     "write_manifest",
+    "parse_manifest",
+    "StageManifest",
+    "TokenizeManifest",
+    "MdsManifest",
+    "DrugsManifest",
+    "InputRecord",
+    "DataFileRecord",
+    "MdsSplitRecord",
+    "MANIFEST_VERSION",
 ]
 
 log = logging.getLogger(__name__)
@@ -120,6 +130,112 @@ class Ledger:
         write_json_atomic(self.dir / f"{result.unit_id}.json", {**asdict(result), "config_hash": self.config_hash})
 
 
+MANIFEST_VERSION = 1
+
+
+class _Record(BaseModel):
+    # extra="allow": a record may carry more (unit counts, per-split extras) than readers need
+    model_config = ConfigDict(extra="allow")
+
+
+class StageManifest(_Record):
+    """What every stage manifest holds: which stage, which tool, and the identity of the work."""
+
+    stage: str
+    tool_version: str
+    manifest_version: int = MANIFEST_VERSION
+    config_hash: str
+    settings_hash: str | None = None
+
+
+class InputRecord(_Record):
+    """One tokenize input: its position (`file_index`, the high half of every id), path, size, fingerprint."""
+
+    file_index: int
+    path: str
+    bytes: int
+    checksum: str
+    n_obs: int
+
+
+class DataFileRecord(_Record):
+    """One Arrow data file of a split: relative path, size, xxh64, cells."""
+
+    path: str
+    bytes: int
+    xxh64: str
+    n_cells: int
+
+
+class TokenizeManifest(StageManifest):
+    """`<merged_dataset_root>/manifest.json`."""
+
+    dataset_name: str | None = None
+    metadata_columns: list[str]
+    inputs: list[InputRecord]
+    units: list[dict[str, Any]]
+    splits: dict[str, list[DataFileRecord]]
+    totals: dict[str, int]
+
+
+class MdsSplitRecord(_Record):
+    """One MDS split: samples written, cells read from Arrow, drops, shard entries."""
+
+    samples: int
+    cells_in: int
+    dropped_min_length: int
+    shards: list[dict[str, Any]]
+
+
+class MdsManifest(StageManifest):
+    """`<mds.out_root>/manifest.json`."""
+
+    source_manifest: str
+    columns: dict[str, str]
+    splits: dict[str, MdsSplitRecord]
+    totals: dict[str, int]
+
+
+class DrugsManifest(StageManifest):
+    """`<drugs.output_root>/drugs_manifest.json`."""
+
+    table: str
+    table_xxh64: str
+    rdkit_version: str
+    radius: int
+    n_bits: int
+    counts: dict[str, int]
+    rows_xxh64: list[str]
+
+
+M = TypeVar("M", bound=StageManifest)
+
+
+def parse_manifest(data: Any, model: type[M], where: str) -> M:
+    """Validate a manifest read from `where`; a damaged or newer-than-known one is an InputError naming it."""
+    version = data.get("manifest_version", MANIFEST_VERSION) if isinstance(data, dict) else None
+    if isinstance(version, int) and version > MANIFEST_VERSION:
+        raise InputError(
+            f"{where}: written by a newer cellcorpus (manifest version {version}, this one reads {MANIFEST_VERSION})",
+            hint="upgrade cellcorpus",
+        )
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise InputError(
+            f"{where}: damaged manifest ({field}: {first['msg']})", hint="restore it, or delete the output to rebuild"
+        ) from exc
+
+
 def write_manifest(path: str | Path, *, stage: str, config_hash: str, **body: Any) -> None:
     """Write a stage manifest (atomically, last) with the tool version and config hash."""
-    write_json_atomic(path, {"stage": stage, "tool_version": __version__, "config_hash": config_hash, **body})
+    record = {
+        "stage": stage,
+        "tool_version": __version__,
+        "manifest_version": MANIFEST_VERSION,
+        "config_hash": config_hash,
+        **body,
+    }
+    write_json_atomic(path, record)

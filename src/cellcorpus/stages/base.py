@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeVar
 
 from cellcorpus.errors import ConfigError
 from cellcorpus.io.paths import Publisher
-from cellcorpus.manifest import Ledger
+from cellcorpus.manifest import Ledger, StageManifest
 
 __all__ = ["WorkUnit", "StageSummary", "decide_rerun"]
 
 log = logging.getLogger(__name__)
+M = TypeVar("M", bound=StageManifest)
 
 
 @dataclass(frozen=True, order=True)
@@ -52,7 +53,8 @@ def decide_rerun(
     stage_hash: str,
     settings_hash: str,
     ledger: Ledger,
-) -> dict[str, Any] | None:
+    model: type[M],
+) -> M | None:
     """Skip, refuse or rebuild a stage's output, decided before anything on disk is touched.
 
     `markers` are the files whose presence makes an output complete (a split's state.json or index.json).
@@ -61,12 +63,12 @@ def decide_rerun(
     or not by cellcorpus; returns None when the stage should (re)build. Completion records of other
     settings raise too, before any change.
     """
-    previous = out.read_json("manifest.json")  # a damaged manifest is an error here, before any change
+    previous = out.read_manifest("manifest.json", model)  # damaged: an error here, before any change
     complete = [m for m in markers if out.exists(m)]
     if previous and len(complete) == len(markers):
-        if previous.get("config_hash") == stage_hash:
-            return dict(previous)
-        if previous.get("settings_hash") != settings_hash:
+        if previous.config_hash == stage_hash:
+            return previous
+        if previous.settings_hash != settings_hash:
             raise ConfigError(
                 f"{key}: {out.root} holds a finished {what} made with other settings; it is left untouched",
                 hint=f"use a new {key.split('.')[-1]}, or delete the old {what} to rebuild",

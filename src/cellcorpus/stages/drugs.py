@@ -26,7 +26,7 @@ from cellcorpus.io.atomic import atomic_path, write_json_atomic
 from cellcorpus.io.paths import filesystem
 from cellcorpus.io.tables import as_strings, read_frame
 from cellcorpus.layout import DRUG_PAD, drugs_manifest
-from cellcorpus.manifest import write_manifest
+from cellcorpus.manifest import DrugsManifest, parse_manifest, write_manifest
 from cellcorpus.stages.base import StageSummary
 
 __all__ = ["run_drugs", "DrugPlan", "plan_drugs", "morgan_fingerprints"]
@@ -138,11 +138,13 @@ def run_drugs(cfg: Config) -> StageSummary:
     outputs = {"drug_to_id": dc.drug_to_id_path, "fingerprints": dc.fingerprints_path}
     if manifest_path.is_file() and Path(dc.drug_to_id_path).is_file() and Path(dc.fingerprints_path).is_file():
         try:
-            previous = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError:
-            previous = {}
-        if previous.get("config_hash") == stage_hash:
-            return StageSummary("drugs", skipped=True, counts=previous["counts"], outputs=outputs)
+            previous: DrugsManifest | None = parse_manifest(
+                json.loads(manifest_path.read_text()), DrugsManifest, str(manifest_path)
+            )
+        except (json.JSONDecodeError, InputError):
+            previous = None  # damaged: the outputs are simply written again
+        if previous is not None and previous.config_hash == stage_hash:
+            return StageSummary("drugs", skipped=True, counts=previous.counts, outputs=outputs)
     plan = _read_plan(dc, lambda smi: chem.MolFromSmiles(smi) is not None)
     if plan.invalid_smiles and dc.on_invalid_smiles == "error":
         raise InputError(

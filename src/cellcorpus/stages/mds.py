@@ -21,7 +21,7 @@ from cellcorpus.formats.arrow import read_arrow
 from cellcorpus.formats.mds import MdsSpec, ShardWriter, TorchPickler, encode_samples, merge_split_index
 from cellcorpus.io.paths import Publisher, local_copy
 from cellcorpus.layout import mds_publisher, mds_units_dir
-from cellcorpus.manifest import Ledger, UnitResult, write_manifest
+from cellcorpus.manifest import Ledger, MdsManifest, TokenizeManifest, UnitResult, write_manifest
 from cellcorpus.stages.base import StageSummary, decide_rerun
 from cellcorpus.stages.preflight import preflight
 
@@ -54,7 +54,7 @@ class MdsContext:
 def plan_mds(mds: MdsConfig) -> list[MdsUnit]:
     """One unit per Arrow data file of every split, in split then file order (sizes from the manifest)."""
     src = Publisher(mds.root_dir, staging=".")
-    manifest = src.read_json("manifest.json") or {}
+    manifest = src.read_manifest("manifest.json", TokenizeManifest)
     units = []
     for split in mds.splits:
         state = src.read_json(f"{split}.dataset/state.json")
@@ -63,12 +63,12 @@ def plan_mds(mds: MdsConfig) -> list[MdsUnit]:
                 f"mds.root_dir: no complete dataset for split '{split}' at {src.url(f'{split}.dataset')}",
                 hint="run `cellcorpus tokenize` first",
             )
-        records = {r["path"]: r for r in manifest.get("splits", {}).get(split, [])}
+        records = {r.path: r for r in manifest.splits.get(split, [])} if manifest else {}
         for i, f in enumerate(state["_data_files"]):
             path = src.url(f"{split}.dataset/{f['filename']}")
             rec = records.get(f["filename"])
-            n = rec["n_cells"] if rec else read_arrow(path).num_rows
-            units.append(MdsUnit(f"{split}-{i:05d}", path, split, f"{i:05d}", n, rec["xxh64"] if rec else ""))
+            n = rec.n_cells if rec else read_arrow(path).num_rows
+            units.append(MdsUnit(f"{split}-{i:05d}", path, split, f"{i:05d}", n, rec.xxh64 if rec else ""))
     return units
 
 
@@ -114,10 +114,10 @@ def run_mds(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | 
     notes = preflight(cfg, spec, "mds")
     wspec = MdsSpec.create(mds.columns, mds.compression, mds.hashes, mds.size_limit)
     source = Publisher(mds.root_dir, staging=".")
-    source_manifest = source.read_json("manifest.json")
+    source_manifest = source.read_manifest("manifest.json", TokenizeManifest)
     # Where things are never enters the identity (a moved export is still complete), the source's does.
     settings_hash = config_hash(mds.model_dump(mode="json", exclude=set(MDS_LOCATION_KEYS)))
-    stage_hash = config_hash(settings_hash, source_manifest and source_manifest["config_hash"])
+    stage_hash = config_hash(settings_hash, source_manifest.config_hash if source_manifest else None)
     out = mds_publisher(mds)
     outputs = {s: out.url(s) for s in mds.splits}
     ledger = Ledger(mds_units_dir(mds), settings_hash)
@@ -129,9 +129,10 @@ def run_mds(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | 
         stage_hash=stage_hash,
         settings_hash=settings_hash,
         ledger=ledger,
+        model=MdsManifest,
     )
     if previous is not None:
-        return StageSummary("mds", skipped=True, counts=previous["totals"], outputs=outputs, notes=notes)
+        return StageSummary("mds", skipped=True, counts=previous.totals, outputs=outputs, notes=notes)
     units = plan_mds(mds)
     for s in mds.splits:  # decided to rebuild: a stale merged index must never make a half-done export look complete
         out.remove(f"{s}/index.json")

@@ -20,6 +20,7 @@ from cellcorpus.exec.dask import check_dask_reachable
 from cellcorpus.exec.runner import ExecutorSpec
 from cellcorpus.formats.mds import MdsSpec
 from cellcorpus.io.paths import filesystem, is_url
+from cellcorpus.manifest import TokenizeManifest
 from cellcorpus.sources.base import InputFile
 
 __all__ = ["preflight", "check_writable", "check_dask_reachable", "mds_input_columns", "PRODUCED_COLUMNS"]
@@ -123,9 +124,9 @@ def preflight(
     if command == "mds" and cfg.mds is not None:
         from cellcorpus.io.paths import Publisher
 
-        manifest = Publisher(cfg.mds.root_dir, staging=".").read_json("manifest.json")
-        if manifest and "metadata_columns" in manifest:
-            columns = [*PRODUCED_COLUMNS, *manifest["metadata_columns"]]
+        manifest = Publisher(cfg.mds.root_dir, staging=".").read_manifest("manifest.json", TokenizeManifest)
+        if manifest is not None:
+            columns = [*PRODUCED_COLUMNS, *manifest.metadata_columns]
     if command in ("run", "tokenize", "mds") and cfg.mds is not None:
         _check_mds(cfg, columns, notes)
         if command != "tokenize":

@@ -17,8 +17,9 @@ from cellcorpus.config import Config
 from cellcorpus.errors import ConfigError
 from cellcorpus.formats.arrow import read_arrow
 from cellcorpus.io.atomic import write_json_atomic
-from cellcorpus.io.paths import local_copy
+from cellcorpus.io.paths import Publisher, local_copy
 from cellcorpus.layout import REPORT_DIR, mds_publisher, tokenize_publisher
+from cellcorpus.manifest import MdsManifest, TokenizeManifest
 from cellcorpus.stages.base import StageSummary
 
 __all__ = ["run_report"]
@@ -26,13 +27,13 @@ __all__ = ["run_report"]
 _QUANTILES = (0.0, 0.01, 0.1, 0.5, 0.9, 0.99, 1.0)
 
 
-def _cell_distributions(out, manifest: dict, has_cls: bool) -> dict[str, dict[str, np.ndarray]]:
+def _cell_distributions(out: Publisher, manifest: TokenizeManifest, has_cls: bool) -> dict[str, dict[str, np.ndarray]]:
     dist: dict[str, dict[str, np.ndarray]] = {}
     skip = 1 if has_cls else 0
-    for split, records in manifest["splits"].items():
+    for split, records in manifest.splits.items():
         genes, counts = [], []
         for rec in records:
-            with local_copy(out.url(f"{split}.dataset/{rec['path']}")) as p:
+            with local_copy(out.url(f"{split}.dataset/{rec.path}")) as p:
                 table = read_arrow(p)
                 if table.num_rows == 0:
                     continue
@@ -94,11 +95,11 @@ def _plots(dist: dict, totals: dict, folder: Path) -> list[str]:
 _GENE_KEYS = ("genes_direct", "genes_via_map", "genes_ambiguous", "genes_unmapped", "genes_colliding")
 
 
-def _gene_ids_per_file(manifest: dict) -> dict[str, dict[str, int]]:
+def _gene_ids_per_file(manifest: TokenizeManifest) -> dict[str, dict[str, int]]:
     """How each input's genes matched the vocabulary (present when `gene_id_map` was used)."""
-    paths = {f["file_index"]: f["path"] for f in manifest["inputs"]}
+    paths = {f.file_index: f.path for f in manifest.inputs}
     out: dict[str, dict[str, int]] = {}
-    for unit in manifest["units"]:
+    for unit in manifest.units:
         if "genes_via_map" in unit:
             row = out.setdefault(paths[unit["file_index"]], {k: unit[k] for k in _GENE_KEYS} | {"entries_summed": 0})
             row["entries_summed"] += unit.get("colliding_entries_summed", 0)
@@ -121,21 +122,21 @@ def run_report(cfg: Config) -> StageSummary:
     """Write `<merged_dataset_root>/report/{stats.json, *.png, report.html}` (local scratch for URL roots)."""
     hf = cfg.need("huggingface")
     out = tokenize_publisher(hf)
-    manifest = out.read_json("manifest.json")
+    manifest = out.read_manifest("manifest.json", TokenizeManifest)
     if manifest is None:
         raise ConfigError(
             f"nothing to report: no manifest in {hf.merged_dataset_root}", hint="run `cellcorpus tokenize`"
         )
-    mds_manifest = mds_publisher(cfg.mds).read_json("manifest.json") if cfg.mds else None
+    mds_manifest = mds_publisher(cfg.mds).read_manifest("manifest.json", MdsManifest) if cfg.mds else None
     dist = _cell_distributions(out, manifest, hf.add_cls_token)
     folder = out.local_dir / REPORT_DIR
     folder.mkdir(parents=True, exist_ok=True)
     stats = {
-        "dataset_name": manifest.get("dataset_name"),
-        "totals": manifest["totals"],
-        "inputs": len(manifest["inputs"]),
-        "input_cells": sum(f["n_obs"] for f in manifest["inputs"]),
-        "metadata_columns": manifest["metadata_columns"],
+        "dataset_name": manifest.dataset_name,
+        "totals": manifest.totals,
+        "inputs": len(manifest.inputs),
+        "input_cells": sum(f.n_obs for f in manifest.inputs),
+        "metadata_columns": manifest.metadata_columns,
         "splits": {
             s: {
                 "cells": int(len(d["genes_per_cell"])),
@@ -148,18 +149,18 @@ def run_report(cfg: Config) -> StageSummary:
         if not mds_manifest
         else {
             s: {
-                "samples": v["samples"],
-                "shards": len(v["shards"]),
-                "dropped_min_length": v["dropped_min_length"],
-                "bytes": sum((sh["zip_data"] or sh["raw_data"])["bytes"] for sh in v["shards"]),
+                "samples": v.samples,
+                "shards": len(v.shards),
+                "dropped_min_length": v.dropped_min_length,
+                "bytes": sum((sh["zip_data"] or sh["raw_data"])["bytes"] for sh in v.shards),
             }
-            for s, v in mds_manifest["splits"].items()
+            for s, v in mds_manifest.splits.items()
         },  # fmt: skip
     }
     stats["gene_ids_per_file"] = _gene_ids_per_file(manifest)
     write_json_atomic(folder / "stats.json", stats)
-    plots = _plots(dist, manifest["totals"], folder)
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:,}</td></tr>" for k, v in manifest["totals"].items())
+    plots = _plots(dist, manifest.totals, folder)
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:,}</td></tr>" for k, v in manifest.totals.items())
     page = (
         f"<html><head><meta charset='utf-8'><title>cellcorpus report</title></head><body>"
         f"<h1>{html.escape(str(stats['dataset_name'] or 'cellcorpus corpus'))}</h1>"

@@ -31,7 +31,7 @@ from cellcorpus.io.paths import is_url
 from cellcorpus.io.tables import as_strings, load_table, lookup
 from cellcorpus.io.vocab import load_vocab
 from cellcorpus.layout import SPLITS, parts_dir, tokenize_publisher, units_dir
-from cellcorpus.manifest import Ledger, UnitResult, file_checksum, output_record, write_manifest
+from cellcorpus.manifest import Ledger, TokenizeManifest, UnitResult, file_checksum, output_record, write_manifest
 from cellcorpus.sources.base import InputFile, RawBlock
 from cellcorpus.sources.inputs import (
     discover_inputs,
@@ -320,9 +320,10 @@ def run_tokenize(cfg: Config, spec: ExecutorSpec | None = None, reporter: Report
         stage_hash=stage_hash,
         settings_hash=work_hash,
         ledger=ledger,
+        model=TokenizeManifest,
     )
     if previous is not None:
-        return StageSummary("tokenize", skipped=True, counts=previous["totals"], outputs=_outputs(hf), notes=notes)
+        return StageSummary("tokenize", skipped=True, counts=previous.totals, outputs=_outputs(hf), notes=notes)
     out = tokenize_publisher(hf)
     for s in SPLITS:  # decided to rebuild: a stale state.json must never make a half-done run look complete
         out.remove(f"{s}.dataset/state.json")

@@ -28,7 +28,7 @@ from cellcorpus.formats.mds import decode_value, inspect_shard, iter_samples
 from cellcorpus.io.paths import Publisher, exists, is_url, local_copy
 from cellcorpus.io.vocab import load_vocab
 from cellcorpus.layout import DRUG_PAD, drugs_manifest, mds_publisher, tokenize_publisher
-from cellcorpus.manifest import UnitResult, file_checksum
+from cellcorpus.manifest import DrugsManifest, MdsManifest, TokenizeManifest, UnitResult, file_checksum
 from cellcorpus.stages.base import StageSummary
 
 __all__ = ["Check", "VerifyReport", "run_verify"]
@@ -243,10 +243,11 @@ def _id_checks(rep: VerifyReport, label: str, ids: list[tuple[str, np.ndarray]],
         uniq.add(n_dup, dup_first or "", len(arr))
 
 
-def _read_checked(rep: VerifyReport, name: str, pub: Publisher, rel: str) -> Any:
-    """A JSON file a reader depends on: missing or damaged is a failed check (named), not a crash."""
+def _read_checked(rep: VerifyReport, name: str, pub: Publisher, rel: str, model: type[Any] | None = None) -> Any:
+    """A JSON file a reader depends on (a typed manifest with `model`): missing or damaged is a failed
+    check (named), not a crash."""
     try:
-        obj = pub.read_json(rel)
+        obj = pub.read_json(rel) if model is None else pub.read_manifest(rel, model)
     except InputError as exc:
         rep.check(name).add(False, exc.message)
         return None
@@ -291,7 +292,7 @@ def _check_drugs(rep: VerifyReport, dc: DrugsConfig, arrow_files: list[str]) -> 
     the corpus' `drug` values are keys of drug_to_id (the others are counted: the collator maps them to <pad>).
     """
     pub = Publisher(dc.output_root, staging=".")
-    manifest = _read_checked(rep, "drugs manifest", pub, Path(drugs_manifest(dc)).name)
+    manifest = _read_checked(rep, "drugs manifest", pub, Path(drugs_manifest(dc)).name, DrugsManifest)
     drug_to_id = _read_checked(rep, "drug_to_id readable", pub, dc.drug_to_id_file)
     fps_check = rep.check("drug fingerprints readable")
     try:
@@ -307,13 +308,13 @@ def _check_drugs(rep: VerifyReport, dc: DrugsConfig, arrow_files: list[str]) -> 
         ids == list(range(len(ids))) and drug_to_id.get(DRUG_PAD) == 0,
         f"{dc.drug_to_id_path}: ids are not 0..{len(ids) - 1}",
     )
-    want = (len(drug_to_id), manifest["n_bits"])
+    want = (len(drug_to_id), manifest.n_bits)
     rep.check("drug fingerprints shape").add(fps.shape == want, f"{dc.fingerprints_path}: shape {fps.shape} != {want}")
     if fps.shape != want:
         return
     rep.check("drug fingerprint row 0 is padding").add(not fps[0].any(), f"{dc.fingerprints_path}: row 0 is not zeros")
     names = {i: n for n, i in drug_to_id.items()}
-    bad = [i for i, h in enumerate(manifest["rows_xxh64"]) if xxhash.xxh64(fps[i].tobytes()).hexdigest() != h]
+    bad = [i for i, h in enumerate(manifest.rows_xxh64) if xxhash.xxh64(fps[i].tobytes()).hexdigest() != h]
     rep.check("drug fingerprint rows as written").add(
         len(bad), f"{dc.fingerprints_path}: row {bad[0]} ({names.get(bad[0])}) differs" if bad else "", len(fps)
     )
@@ -337,7 +338,7 @@ def run_verify(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter
     hf = cfg.need("huggingface")
     spec = spec or ExecutorSpec.resolve(cfg, hf.num_proc)
     out = tokenize_publisher(hf)
-    manifest = out.read_json("manifest.json")
+    manifest = out.read_manifest("manifest.json", TokenizeManifest)
     if manifest is None:
         raise ConfigError(
             f"nothing to verify: no manifest in {hf.merged_dataset_root}", hint="run `cellcorpus tokenize`"
@@ -347,12 +348,13 @@ def run_verify(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter
         vocab_size=max(vocab.values()) + 1,
         cls_id=vocab.get(hf.cls_token) if hf.add_cls_token else None,
         pad_value=hf.pad_value if hf.add_cls_token else None,
-        metadata_columns=tuple(manifest["metadata_columns"]),
+        metadata_columns=tuple(manifest.metadata_columns),
         mds_columns=tuple(sorted(cfg.mds.columns.items())) if cfg.mds else (),
     )
     rep = VerifyReport()
     units: list[_FileUnit] = []
-    for split, records in manifest["splits"].items():
+    for split, typed in manifest.splits.items():
+        records = [r.model_dump() for r in typed]
         d = f"{split}.dataset"
         _check_dataset_metadata(rep, out, d, records, list(ctx.metadata_columns))
         for rec in records:
@@ -361,7 +363,7 @@ def run_verify(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter
     mds_manifest = None
     if cfg.mds:
         mout = mds_publisher(cfg.mds)
-        mds_manifest = _read_checked(rep, "mds manifest (manifest.json)", mout, "manifest.json")
+        mds_manifest = _read_checked(rep, "mds manifest (manifest.json)", mout, "manifest.json", MdsManifest)
         for split in cfg.mds.splits:
             index = _read_checked(rep, "mds split complete (index.json)", mout, f"{split}/index.json")
             if index is None:
@@ -374,7 +376,7 @@ def run_verify(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter
     results = run_units(
         _verify_unit, units, ctx, None, spec, description="verify", reporter=reporter, cells_of=_cells_of
     )
-    inputs = {f["file_index"]: f["n_obs"] for f in manifest["inputs"]}
+    inputs = {f.file_index: f.n_obs for f in manifest.inputs}
     rows: dict[tuple[str, str], int] = {}
     arrow_ids, mds_ids = [], []
     for u in units:
@@ -386,15 +388,15 @@ def run_verify(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter
     if cfg.drugs is not None:
         _check_drugs(rep, cfg.drugs, [u.path for u in units if u.kind == "arrow"])
     counts = rep.check("cell counts agree (manifest, Arrow, MDS)")
-    for split in manifest["splits"]:
+    for split in manifest.splits:
         n_arrow = rows.get(("arrow", split), 0)
-        want = manifest["totals"][f"written_{split}"]
+        want = manifest.totals[f"written_{split}"]
         counts.add(n_arrow == want, f"{split}: Arrow has {n_arrow} cells, manifest says {want}")
     if cfg.mds:
         _id_checks(rep, "mds", mds_ids, inputs)
         for split in cfg.mds.splits:
             n_mds = rows.get(("mds", split), 0)
-            dropped = mds_manifest["splits"][split]["dropped_min_length"] if mds_manifest else 0
+            dropped = mds_manifest.splits[split].dropped_min_length if mds_manifest else 0
             n_arrow = rows.get(("arrow", split), 0)
             counts.add(
                 n_mds == n_arrow - dropped,
@@ -402,8 +404,8 @@ def run_verify(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter
             )
             if mds_manifest:
                 counts.add(
-                    n_mds == mds_manifest["splits"][split]["samples"],
-                    f"{split}: MDS has {n_mds}, mds manifest says {mds_manifest['splits'][split]['samples']}",
+                    n_mds == mds_manifest.splits[split].samples,
+                    f"{split}: MDS has {n_mds}, mds manifest says {mds_manifest.splits[split].samples}",
                 )
     if not rep.ok:
         failed = [c for c in rep.checks.values() if c.failed]

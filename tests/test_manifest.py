@@ -1,0 +1,40 @@
+"""Typed manifests: every stage writes a `manifest_version`; a damaged or newer manifest is named, not a crash."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cellcorpus.errors import InputError
+from cellcorpus.io.paths import Publisher
+from cellcorpus.manifest import MANIFEST_VERSION, TokenizeManifest, write_manifest
+
+
+def _tokenize_manifest(path, **extra):
+    body = {
+        "settings_hash": "s",
+        "metadata_columns": ["index"],
+        "inputs": [{"file_index": 0, "path": "a.h5ad", "bytes": 10, "checksum": "c", "n_obs": 3}],
+        "units": [],
+        "splits": {"train": [{"path": "data-00000-of-00001.arrow", "bytes": 5, "xxh64": "x", "n_cells": 3}]},
+        "totals": {"cells_read": 3},
+        **extra,
+    }
+    write_manifest(path / "manifest.json", stage="tokenize", config_hash="h", **body)
+
+
+def test_written_with_its_version_and_read_typed(tmp_path):
+    _tokenize_manifest(tmp_path)
+    assert json.loads((tmp_path / "manifest.json").read_text())["manifest_version"] == MANIFEST_VERSION
+    m = Publisher(str(tmp_path), ".").read_manifest("manifest.json", TokenizeManifest)
+    assert m is not None and m.inputs[0].n_obs == 3 and m.splits["train"][0].n_cells == 3
+
+
+def test_damaged_and_newer_manifests_are_named(tmp_path):
+    _tokenize_manifest(tmp_path, totals="many")
+    with pytest.raises(InputError, match=r"manifest\.json: damaged manifest \(totals: "):
+        Publisher(str(tmp_path), ".").read_manifest("manifest.json", TokenizeManifest)
+    _tokenize_manifest(tmp_path, manifest_version=MANIFEST_VERSION + 1)
+    with pytest.raises(InputError, match="written by a newer cellcorpus"):
+        Publisher(str(tmp_path), ".").read_manifest("manifest.json", TokenizeManifest)
