@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, Generic, TypeVar
 
 from cellcorpus.errors import ConfigError
+from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
 from cellcorpus.io.paths import Publisher
-from cellcorpus.manifest import Ledger, StageManifest
+from cellcorpus.layout import MANIFEST
+from cellcorpus.manifest import Ledger, StageManifest, UnitResult, write_manifest
 
-__all__ = ["WorkUnit", "StageSummary", "decide_rerun"]
+__all__ = ["WorkUnit", "StageSummary", "StageRun", "run_stage", "decide_rerun"]
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=StageManifest)
@@ -82,3 +85,70 @@ def decide_rerun(
         )
     ledger.done()
     return None
+
+
+@dataclass
+class StageRun(Generic[M]):
+    """One stage, described for `run_stage`: its output and identity, its units, and how to finish.
+
+    A stage module builds one (after its own checks) and hands it over; `run_stage` owns the rest, the same
+    for every stage: decide skip / refuse / rebuild, clear stale markers, run pending units through the
+    ledger, finalize, write the manifest last and publish it.
+    """
+
+    name: str
+    out: Publisher
+    markers: list[str]  # files that make the output complete (written by `finalize`, removed before a rebuild)
+    key: str  # the config key named when a finished output is refused
+    what: str
+    settings_hash: str
+    stage_hash: str
+    manifest_model: type[M]
+    ledger: Ledger
+    plan: Callable[[], Sequence[Any]]
+    run_unit: Callable[[Any, Any], UnitResult]
+    context: Any
+    # (units, results in unit order) -> (manifest body, summary); writes the data's markers, last
+    finalize: Callable[[Sequence[Any], list[UnitResult]], tuple[dict[str, Any], StageSummary]]
+    skipped: Callable[[M], StageSummary]  # the summary when the output is already complete
+    cells_of: Callable[[Any], int] = lambda u: 0
+    is_current: Callable[[Any, UnitResult], bool] = lambda u, r: True
+    after_manifest: Callable[[], None] = lambda: None  # cleanup once the manifest is the completion record
+
+
+def run_stage(stage: StageRun[M], spec: ExecutorSpec, reporter: Reporter | None) -> StageSummary:
+    """Run a described stage: nothing on disk changes before the decision; the manifest is written last."""
+    previous = decide_rerun(
+        stage.out,
+        stage.markers,
+        key=stage.key,
+        what=stage.what,
+        stage_hash=stage.stage_hash,
+        settings_hash=stage.settings_hash,
+        ledger=stage.ledger,
+        model=stage.manifest_model,
+    )
+    if previous is not None:
+        return stage.skipped(previous)
+    units = stage.plan()
+    for marker in stage.markers:  # decided to rebuild: a stale marker must never make half-done work look complete
+        stage.out.remove(marker)
+    results = run_units(
+        stage.run_unit,
+        units,
+        stage.context,
+        stage.ledger,
+        spec,
+        description=stage.name,
+        cells_of=stage.cells_of,
+        reporter=reporter,
+        is_current=stage.is_current,
+    )
+    body, summary = stage.finalize(units, [results[u.unit_id] for u in units])
+    manifest_path = stage.out.local_dir / MANIFEST
+    write_manifest(
+        manifest_path, stage=stage.name, config_hash=stage.stage_hash, settings_hash=stage.settings_hash, **body
+    )
+    stage.out.publish(manifest_path)
+    stage.after_manifest()
+    return summary

@@ -8,21 +8,23 @@ so a split is readable (and counted complete) only when every writer finished.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from cellcorpus.config import MDS_LOCATION_KEYS, Config, MdsConfig, config_hash
 from cellcorpus.errors import ConfigError, InputError
-from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
+from cellcorpus.exec.runner import ExecutorSpec, Reporter
 from cellcorpus.formats.arrow import read_arrow
 from cellcorpus.formats.mds import MdsSpec, ShardWriter, TorchPickler, encode_samples, merge_split_index
 from cellcorpus.io.paths import Publisher, local_copy
 from cellcorpus.layout import mds_publisher, mds_units_dir
-from cellcorpus.manifest import Ledger, MdsManifest, TokenizeManifest, UnitResult, write_manifest
-from cellcorpus.stages.base import StageSummary, decide_rerun
+from cellcorpus.manifest import Ledger, MdsManifest, TokenizeManifest, UnitResult
+from cellcorpus.stages.base import StageRun, StageSummary, run_stage
 from cellcorpus.stages.preflight import preflight
 
 __all__ = ["MdsUnit", "MdsContext", "plan_mds", "mds_unit", "run_mds", "BATCH_ROWS"]
@@ -120,69 +122,59 @@ def run_mds(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | 
     stage_hash = config_hash(settings_hash, source_manifest.config_hash if source_manifest else None)
     out = mds_publisher(mds)
     outputs = {s: out.url(s) for s in mds.splits}
-    ledger = Ledger(mds_units_dir(mds), settings_hash)
-    previous = decide_rerun(
-        out,
-        [f"{s}/index.json" for s in mds.splits],
+
+    def finalize(units: Sequence[MdsUnit], results: list[UnitResult]) -> tuple[dict[str, Any], StageSummary]:
+        done = {r.unit_id: r for r in results}
+        for split in mds.splits:  # an empty split is an error, found before any merged index is written
+            res = [done[u.unit_id] for u in units if u.split == split]
+            if sum(r.counts["written"] for r in res) == 0:
+                n_in = sum(r.counts["cells_in"] for r in res)
+                raise InputError(
+                    f"mds: the {split} split would have 0 samples ({n_in:,} cells in the Arrow split, "
+                    f"{sum(r.counts['dropped_min_length'] for r in res):,} shorter than mds.min_length)",
+                    hint="lower mds.min_length, or remove the split from mds.splits",
+                )
+        totals: dict[str, int] = {}
+        splits = {}
+        for split in mds.splits:
+            sunits = [u for u in units if u.split == split]
+            subs = [u.sub_dir for u in sunits]
+            indexes = [out.read_json(f"{split}/{d}/index.json") for d in subs]
+            n = merge_split_index(out.local_dir / split, subs, indexes)
+            out.publish(out.local_dir / split / "index.json")  # last in the split: now it is readable
+            res = [done[u.unit_id] for u in sunits]
+            splits[split] = {
+                "samples": n,
+                "cells_in": sum(r.counts["cells_in"] for r in res),
+                "dropped_min_length": sum(r.counts["dropped_min_length"] for r in res),
+                "shards": [o for r in res for o in r.outputs],
+            }
+            totals[f"{split}_written"] = n
+            totals[f"{split}_dropped_min_length"] = splits[split]["dropped_min_length"]
+        body = {
+            "source_manifest": source.url("manifest.json"),
+            "columns": dict(wspec.columns),
+            "splits": splits,
+            "totals": totals,
+        }
+        return body, StageSummary("mds", counts=totals, outputs=outputs, notes=notes)
+
+    stage: StageRun[MdsManifest] = StageRun(
+        name="mds",
+        out=out,
+        markers=[f"{s}/index.json" for s in mds.splits],
         key="mds.out_root",
         what="MDS export",
-        stage_hash=stage_hash,
         settings_hash=settings_hash,
-        ledger=ledger,
-        model=MdsManifest,
-    )
-    if previous is not None:
-        return StageSummary("mds", skipped=True, counts=previous.totals, outputs=outputs, notes=notes)
-    units = plan_mds(mds)
-    for s in mds.splits:  # decided to rebuild: a stale merged index must never make a half-done export look complete
-        out.remove(f"{s}/index.json")
-    ctx = MdsContext(wspec, out, mds.min_length)
-    done = run_units(
-        mds_unit,
-        units,
-        ctx,
-        ledger,
-        spec,
-        description="mds",
+        stage_hash=stage_hash,
+        manifest_model=MdsManifest,
+        ledger=Ledger(mds_units_dir(mds), settings_hash),
+        plan=lambda: plan_mds(mds),
+        run_unit=mds_unit,
+        context=MdsContext(wspec, out, mds.min_length),
+        finalize=finalize,
+        skipped=lambda m: StageSummary("mds", skipped=True, counts=m.totals, outputs=outputs, notes=notes),
         cells_of=lambda u: u.n_cells,
-        reporter=reporter,
         is_current=lambda u, r: r.extra.get("input_checksum") == u.checksum,
     )
-    for split in mds.splits:  # an empty split is an error, found before any merged index is written
-        res = [done[u.unit_id] for u in units if u.split == split]
-        if sum(r.counts["written"] for r in res) == 0:
-            n_in = sum(r.counts["cells_in"] for r in res)
-            raise InputError(
-                f"mds: the {split} split would have 0 samples ({n_in:,} cells in the Arrow split, "
-                f"{sum(r.counts['dropped_min_length'] for r in res):,} shorter than mds.min_length)",
-                hint="lower mds.min_length, or remove the split from mds.splits",
-            )
-    totals: dict[str, int] = {}
-    splits = {}
-    for split in mds.splits:
-        sunits = [u for u in units if u.split == split]
-        subs = [u.sub_dir for u in sunits]
-        n = merge_split_index(out.local_dir / split, subs, [out.read_json(f"{split}/{d}/index.json") for d in subs])
-        out.publish(out.local_dir / split / "index.json")  # last in the split: now it is readable
-        res = [done[u.unit_id] for u in sunits]
-        splits[split] = {
-            "samples": n,
-            "cells_in": sum(r.counts["cells_in"] for r in res),
-            "dropped_min_length": sum(r.counts["dropped_min_length"] for r in res),
-            "shards": [o for r in res for o in r.outputs],
-        }
-        totals[f"{split}_written"] = n
-        totals[f"{split}_dropped_min_length"] = splits[split]["dropped_min_length"]
-    manifest_path = out.local_dir / "manifest.json"
-    write_manifest(
-        manifest_path,
-        stage="mds",
-        config_hash=stage_hash,
-        settings_hash=settings_hash,
-        source_manifest=source.url("manifest.json"),
-        columns=dict(wspec.columns),
-        splits=splits,
-        totals=totals,
-    )
-    out.publish(manifest_path)
-    return StageSummary("mds", counts=totals, outputs=outputs, notes=notes)
+    return run_stage(stage, spec, reporter)

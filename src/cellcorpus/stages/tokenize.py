@@ -13,7 +13,9 @@ import functools
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,13 +27,13 @@ from cellcorpus.core.split import assign_valid, shuffle_keys
 from cellcorpus.core.tokenize import Ragged, check_counts, row_stats, take_rows, tokenize_csr
 from cellcorpus.core.vocab import VocabLookup
 from cellcorpus.errors import ConfigError, InputError
-from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
+from cellcorpus.exec.runner import ExecutorSpec, Reporter
 from cellcorpus.formats.arrow import cell_schema, cells_table, write_stream
 from cellcorpus.io.paths import is_url
 from cellcorpus.io.tables import as_strings, load_table, lookup
 from cellcorpus.io.vocab import load_vocab
 from cellcorpus.layout import SPLITS, parts_dir, tokenize_publisher, units_dir
-from cellcorpus.manifest import Ledger, TokenizeManifest, UnitResult, file_checksum, output_record, write_manifest
+from cellcorpus.manifest import Ledger, TokenizeManifest, UnitResult, file_checksum, output_record
 from cellcorpus.sources.base import InputFile, RawBlock
 from cellcorpus.sources.inputs import (
     discover_inputs,
@@ -40,7 +42,7 @@ from cellcorpus.sources.inputs import (
     inspect_inputs,
     obs_index_column,
 )
-from cellcorpus.stages.base import StageSummary, WorkUnit, decide_rerun
+from cellcorpus.stages.base import StageRun, StageSummary, WorkUnit, run_stage
 from cellcorpus.stages.preflight import preflight
 from cellcorpus.stages.tokenize_finalize import TokenizeContext, finalize_splits
 
@@ -311,23 +313,7 @@ def run_tokenize(cfg: Config, spec: ExecutorSpec | None = None, reporter: Report
     notes += inspect_inputs(hf, inputs, vocab).notes
     work_hash = _work_hash(hf)
     stage_hash = _stage_hash(work_hash, inputs)
-    ledger = Ledger(units_dir(hf, "tokenize"), work_hash)
-    previous = decide_rerun(
-        tokenize_publisher(hf),
-        [f"{s}.dataset/state.json" for s in SPLITS],
-        key="huggingface.merged_dataset_root",
-        what="dataset",
-        stage_hash=stage_hash,
-        settings_hash=work_hash,
-        ledger=ledger,
-        model=TokenizeManifest,
-    )
-    if previous is not None:
-        return StageSummary("tokenize", skipped=True, counts=previous.totals, outputs=_outputs(hf), notes=notes)
     out = tokenize_publisher(hf)
-    for s in SPLITS:  # decided to rebuild: a stale state.json must never make a half-done run look complete
-        out.remove(f"{s}.dataset/state.json")
-    units = plan_tokenize(hf, inputs)
     total = sum(f.n_obs for f in inputs)
     n_buckets: tuple[tuple[str, int], ...] = ()
     if hf.split_parameters.shuffle:
@@ -345,50 +331,59 @@ def run_tokenize(cfg: Config, spec: ExecutorSpec | None = None, reporter: Report
         index_column=index_column,
         n_buckets=n_buckets,
     )
-    results = run_units(
-        tokenize_unit,
-        units,
-        ctx,
-        ledger,
-        spec,
-        description="tokenize",
-        cells_of=lambda u: u.n_cells,
-        reporter=reporter,
-        is_current=lambda u, r: r.extra.get("input_checksum") == u.checksum,
-    )
-    ordered = [results[u.unit_id] for u in units]
-    totals = {k: sum(r.counts.get(k, 0) for r in ordered) for k in COUNT_KEYS}
-    _check_split_sizes(hf, totals)
-    notes += _file_notes(inputs, ordered)
-    shard_records = finalize_splits(ctx, units, ordered, spec, stage_hash, reporter)
-    manifest_path = out.local_dir / "manifest.json"
-    write_manifest(
-        manifest_path,
-        stage="tokenize",
-        config_hash=stage_hash,
+
+    def finalize(units: Sequence[WorkUnit], results: list[UnitResult]) -> tuple[dict[str, Any], StageSummary]:
+        totals = {k: sum(r.counts.get(k, 0) for r in results) for k in COUNT_KEYS}
+        _check_split_sizes(hf, totals)
+        shard_records = finalize_splits(ctx, list(units), results, spec, stage_hash, reporter)
+        body = {
+            "dataset_name": hf.dataset_name,
+            "metadata_columns": list(ctx.metadata_columns),
+            "inputs": [
+                {
+                    "file_index": f.file_index,
+                    "path": f.rel_path,
+                    "bytes": f.n_bytes,
+                    "checksum": f.checksum,
+                    "n_obs": f.n_obs,
+                }
+                for f in inputs
+            ],  # fmt: skip
+            "units": [{"unit_id": r.unit_id, **r.counts, **r.extra} for r in results],
+            "splits": shard_records,
+            "totals": totals,
+        }
+        summary = StageSummary(
+            "tokenize", counts=totals, outputs=_outputs(hf), notes=notes + _file_notes(inputs, results)
+        )
+        return body, summary
+
+    def cleanup() -> None:
+        # The manifest is now the completion record: unit parts were moved or shuffled into the datasets, so
+        # their completion records would point at nothing; a later rebuild redoes every unit.
+        shutil.rmtree(ctx.parts_dir, ignore_errors=True)
+        shutil.rmtree(units_dir(hf), ignore_errors=True)
+
+    stage: StageRun[TokenizeManifest] = StageRun(
+        name="tokenize",
+        out=out,
+        markers=[f"{s}.dataset/state.json" for s in SPLITS],
+        key="huggingface.merged_dataset_root",
+        what="dataset",
         settings_hash=work_hash,
-        dataset_name=hf.dataset_name,
-        metadata_columns=list(ctx.metadata_columns),
-        inputs=[
-            {
-                "file_index": f.file_index,
-                "path": f.rel_path,
-                "bytes": f.n_bytes,
-                "checksum": f.checksum,
-                "n_obs": f.n_obs,
-            }
-            for f in inputs
-        ],
-        units=[{"unit_id": r.unit_id, **r.counts, **r.extra} for r in ordered],
-        splits=shard_records,
-        totals=totals,
+        stage_hash=stage_hash,
+        manifest_model=TokenizeManifest,
+        ledger=Ledger(units_dir(hf, "tokenize"), work_hash),
+        plan=lambda: plan_tokenize(hf, inputs),
+        run_unit=tokenize_unit,
+        context=ctx,
+        finalize=finalize,
+        skipped=lambda m: StageSummary("tokenize", skipped=True, counts=m.totals, outputs=_outputs(hf), notes=notes),
+        cells_of=lambda u: u.n_cells,
+        is_current=lambda u, r: r.extra.get("input_checksum") == u.checksum,
+        after_manifest=cleanup,
     )
-    out.publish(manifest_path)
-    # The manifest is now the completion record: unit parts were moved or shuffled into the datasets, so
-    # their completion records would point at nothing; a later rebuild redoes every unit.
-    shutil.rmtree(ctx.parts_dir, ignore_errors=True)
-    shutil.rmtree(units_dir(hf), ignore_errors=True)
-    return StageSummary("tokenize", counts=totals, outputs=_outputs(hf), notes=notes)
+    return run_stage(stage, spec, reporter)
 
 
 def _outputs(hf: HuggingfaceConfig) -> dict[str, str]:
