@@ -12,11 +12,11 @@ from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from cellcorpus.config import Config
 from cellcorpus.errors import ConfigError, UnitFailed
-from cellcorpus.manifest import Ledger, UnitResult
+from cellcorpus.manifest import Ledger
 
 __all__ = ["Reporter", "ExecutorSpec", "open_executor", "executor_session", "run_units"]
 
@@ -111,8 +111,17 @@ def _open_executor(spec: ExecutorSpec) -> Iterator[tuple[Executor, int]]:
         ex.shutdown(wait=True, cancel_futures=True)
 
 
+class HasUnitId(Protocol):
+    """What the runner needs of a unit's result: its id (UnitResult for recorded stages; verify's own)."""
+
+    unit_id: str
+
+
+R = TypeVar("R", bound=HasUnitId)
+
+
 def run_units(
-    fn: Callable[[Any, Any], UnitResult],
+    fn: Callable[[Any, Any], R],
     units: Sequence[Any],
     context: Any,
     ledger: Ledger | None,
@@ -121,8 +130,8 @@ def run_units(
     description: str,
     cells_of: Callable[[Any], int] = lambda u: 0,
     reporter: Reporter | None = None,
-    is_current: Callable[[Any, UnitResult], bool] = lambda u, r: True,
-) -> dict[str, UnitResult]:
+    is_current: Callable[[Any, Any], bool] = lambda u, r: True,
+) -> dict[str, R]:
     """Run `fn(unit, context)` for every unit not yet in `ledger`; return all results by unit id.
 
     With `ledger=None` every unit runs and nothing is recorded (read-only stages such as verify).

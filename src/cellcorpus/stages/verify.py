@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
+from numpy.typing import NDArray
 
 from cellcorpus.config import Config, DrugsConfig
 from cellcorpus.core.ids import decode_ids
@@ -28,7 +29,7 @@ from cellcorpus.formats.mds import decode_value, inspect_shard, iter_samples
 from cellcorpus.io.paths import Publisher, exists, is_url, local_copy
 from cellcorpus.io.vocab import load_vocab
 from cellcorpus.layout import DRUG_PAD, drugs_manifest, mds_publisher, tokenize_publisher
-from cellcorpus.manifest import DrugsManifest, MdsManifest, TokenizeManifest, UnitResult, file_checksum
+from cellcorpus.manifest import DrugsManifest, MdsManifest, TokenizeManifest, file_checksum
 from cellcorpus.stages.base import StageSummary
 
 __all__ = ["Check", "VerifyReport", "run_verify"]
@@ -82,6 +83,16 @@ def _as_tuples(rep: VerifyReport) -> dict[str, tuple[int, int, str | None]]:
     return {k: (c.checked, c.failed, c.first_failure) for k, c in rep.checks.items()}
 
 
+@dataclass
+class _Checked:
+    """What verifying one file found: check tallies, the ids it holds (for the corpus-wide id checks), rows."""
+
+    unit_id: str
+    report: dict[str, tuple[int, int, str | None]]
+    ids: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+    rows: int = 0
+
+
 @dataclass(frozen=True, order=True)
 class _FileUnit:
     unit_id: str
@@ -123,13 +134,13 @@ def _cell_checks(rep: VerifyReport, where: str, offsets: np.ndarray, genes: np.n
         )
 
 
-def _verify_arrow(unit: _FileUnit, ctx: _Ctx, path: Path) -> UnitResult:
+def _verify_arrow(unit: _FileUnit, ctx: _Ctx, path: Path) -> _Checked:
     rep = VerifyReport()
     expect = dict(unit.expect)
     where = f"{unit.split}/{Path(unit.path).name}"
     if not path.is_file():
         rep.check("arrow files present").add(False, f"{where}: missing")
-        return UnitResult(unit.unit_id, extra={"report": _as_tuples(rep), "ids": np.zeros(0, np.int64), "rows": 0})
+        return _Checked(unit.unit_id, _as_tuples(rep))
     rep.check("arrow files present").add(True, "")
     rep.check("arrow checksums").add(
         file_checksum(path) == expect.get("xxh64"), f"{where}: checksum differs from manifest"
@@ -138,7 +149,7 @@ def _verify_arrow(unit: _FileUnit, ctx: _Ctx, path: Path) -> UnitResult:
         table = read_arrow(path)
     except (pa.ArrowInvalid, OSError) as exc:
         rep.check("arrow readable").add(False, f"{where}: {exc}")
-        return UnitResult(unit.unit_id, extra={"report": _as_tuples(rep), "ids": np.zeros(0, np.int64), "rows": 0})
+        return _Checked(unit.unit_id, _as_tuples(rep))
     want = cell_schema(list(ctx.metadata_columns))
     rep.check("arrow schema and dtypes").add(
         table.schema.equals(want), f"{where}: schema {table.schema.types} != {want.types}"
@@ -160,24 +171,24 @@ def _verify_arrow(unit: _FileUnit, ctx: _Ctx, path: Path) -> UnitResult:
         else np.full(len(exprs), np.nan)
     )
     _cell_checks(rep, where, offsets, g, e_len, first_e, ctx, ids)
-    return UnitResult(unit.unit_id, extra={"report": _as_tuples(rep), "ids": ids, "rows": table.num_rows})
+    return _Checked(unit.unit_id, _as_tuples(rep), ids, table.num_rows)
 
 
-def _verify_shard(unit: _FileUnit, ctx: _Ctx, path: Path) -> UnitResult:
+def _verify_shard(unit: _FileUnit, ctx: _Ctx, path: Path) -> _Checked:
     rep = VerifyReport()
     info = dict(unit.expect)
     where = f"{unit.split}/{(info['zip_data'] or info['raw_data'])['basename']}"
-    empty = UnitResult(unit.unit_id, extra={"report": {}, "ids": np.zeros(0, np.int64), "rows": 0})
+    empty = _Checked(unit.unit_id, {})
     if not path.is_file():
         rep.check("mds shards present").add(False, f"{where}: missing")
-        empty.extra["report"] = _as_tuples(rep)
+        empty.report = _as_tuples(rep)
         return empty
     rep.check("mds shards present").add(True, "")
     shard = inspect_shard(path.read_bytes(), info)  # the format's own structural checks
     for name, ok, detail in shard.checks:
         rep.check(name).add(ok, f"{where}: {detail}")
     if shard.raw is None or shard.config is None or shard.offsets is None:
-        empty.extra["report"] = _as_tuples(rep)
+        empty.report = _as_tuples(rep)
         return empty
     raw, config, offsets = shard.raw, shard.config, shard.offsets
     encs = dict(zip(config["column_names"], config["column_encodings"], strict=True))
@@ -202,7 +213,7 @@ def _verify_shard(unit: _FileUnit, ctx: _Ctx, path: Path) -> UnitResult:
         offs = np.zeros(len(lens) + 1, np.int64)
         np.cumsum(lens, out=offs[1:])
         _cell_checks(rep, where, offs, np.concatenate(g_all), np.array(e_lens), np.array(first_e), ctx, np.array(ids))
-    return UnitResult(unit.unit_id, extra={"report": _as_tuples(rep), "ids": np.array(ids, np.int64), "rows": len(ids)})
+    return _Checked(unit.unit_id, _as_tuples(rep), np.array(ids, np.int64), len(ids))
 
 
 def _cells_of(unit: _FileUnit) -> int:
@@ -210,7 +221,7 @@ def _cells_of(unit: _FileUnit) -> int:
     return int(expect.get("n_cells", expect.get("samples", 0)))
 
 
-def _verify_unit(unit: _FileUnit, ctx: _Ctx) -> UnitResult:
+def _verify_unit(unit: _FileUnit, ctx: _Ctx) -> _Checked:
     fn = _verify_arrow if unit.kind == "arrow" else _verify_shard
     if is_url(unit.path) and not exists(unit.path):
         return fn(unit, ctx, Path(tempfile.gettempdir()) / "cellcorpus-missing" / Path(unit.path).name)
@@ -381,9 +392,9 @@ def run_verify(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter
     arrow_ids, mds_ids = [], []
     for u in units:
         res = results[u.unit_id]
-        rep.merge(res.extra["report"])
-        rows[(u.kind, u.split)] = rows.get((u.kind, u.split), 0) + res.extra["rows"]
-        (arrow_ids if u.kind == "arrow" else mds_ids).append((f"{u.split}/{Path(u.path).name}", res.extra["ids"]))
+        rep.merge(res.report)
+        rows[(u.kind, u.split)] = rows.get((u.kind, u.split), 0) + res.rows
+        (arrow_ids if u.kind == "arrow" else mds_ids).append((f"{u.split}/{Path(u.path).name}", res.ids))
     _id_checks(rep, "arrow", arrow_ids, inputs)
     if cfg.drugs is not None:
         _check_drugs(rep, cfg.drugs, [u.path for u in units if u.kind == "arrow"])
