@@ -1,6 +1,6 @@
 """The house's import graph: no cycles, no import from a lower layer to a higher one, no stage importing another.
 
-Layers (lower first): errors/_version <- core <- io, config, manifest, log <- layout, formats <- sources, exec
+Layers (lower first): errors/_version <- core <- io, config, manifest, log <- layout, formats <- sources <- exec
 <- stages <- pipeline, demo <- cli. Stage modules share only `stages.base` and `stages.preflight`;
 `stages.tokenize_finalize` is tokenize's second half.
 """
@@ -13,8 +13,8 @@ from pathlib import Path
 ROOT = Path(__file__).parents[1] / "src" / "cellcorpus"
 LAYER = {
     "_version": 0, "errors": 0, "core": 1, "io": 2, "config": 2, "manifest": 2, "log": 2, "layout": 3,
-    "formats": 3, "sources": 4, "exec": 4, "stages": 5, "pipeline": 6, "demo": 6, "cli": 7, "__main__": 7,
-    "__init__": 8,
+    "formats": 3, "sources": 4, "exec": 5, "stages": 6, "pipeline": 7, "demo": 7, "cli": 8, "__main__": 8,
+    "__init__": 9,
 }  # fmt: skip
 SHARED_STAGE_MODULES = {"cellcorpus.stages.base", "cellcorpus.stages.preflight"}
 
