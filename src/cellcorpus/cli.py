@@ -307,10 +307,99 @@ def demo(
     from cellcorpus.pipeline import run_demo
 
     for name, summaries in run_demo(directory, num_proc=num_proc, reporter=RichReporter()):
-        out.rule(f"[bold]{escape(name)}")
+        out.rule(f"[bold]dataset: {escape(name)}")
         for s in summaries:
             _print_summary(s)
-    out.print(f"[bold green]demo complete[/]: everything is under {escape(str(directory.resolve()))}")
+    root = directory.resolve()
+    out.print(f"[bold green]demo complete[/]: everything is under {escape(str(root))}")
+    report = root / "tahoe_merged_w_metadata" / "report" / "report.html"
+    out.print("\n[bold]Try next:[/]", highlight=False)
+    out.print(f"  open the report:   {escape(report.as_uri())}", highlight=False, soft_wrap=True)
+    train = root / "tahoe_merged_w_metadata" / "train.dataset"
+    load = f"import datasets; print(datasets.load_from_disk('{escape(str(train))}'))"
+    out.print(
+        f'  load the Arrow split:  python -c "{load}"',
+        highlight=False,
+        soft_wrap=True,
+    )
+    mds = root / "tahoe_merged_MDS_v2" / "train"
+    out.print(
+        '  read the MDS shards:   python -c "from streaming import StreamingDataset; '
+        f"d = StreamingDataset(local='{escape(str(mds))}'); print(len(d), d[0]['genes'][:5])\"",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+config_app = typer.Typer(no_args_is_help=True, help="The configs shipped with cellcorpus: list, print, copy.")
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("list")
+@_handle_errors
+def config_list(debug: DebugOpt = False) -> None:
+    """List the shipped configs (names for `config show` / `config init`)."""
+    from cellcorpus.pipeline import shipped_configs
+
+    for name in shipped_configs():
+        out.print(escape(name), highlight=False)
+
+
+def _shipped(name: str) -> Path:
+    from cellcorpus.errors import ConfigError
+    from cellcorpus.pipeline import packaged_config, shipped_configs
+
+    names = shipped_configs()
+    matches = [n for n in names if n == name or n.removesuffix(".yaml").endswith(name.removesuffix(".yaml"))]
+    if len(matches) != 1:
+        raise ConfigError(f"no single shipped config named '{name}'", hint=f"one of: {', '.join(names)}")
+    return packaged_config(matches[0])
+
+
+@config_app.command("show")
+@_handle_errors
+def config_show(
+    name: Annotated[str, typer.Argument(help="A name from `config list` (the .yaml may be left out).")],
+    debug: DebugOpt = False,
+) -> None:
+    """Print a shipped config."""
+    out.print(escape(_shipped(name).read_text()), highlight=False, soft_wrap=True)
+
+
+@config_app.command("init")
+@_handle_errors
+def config_init(
+    name: Annotated[str, typer.Argument(help="A name from `config list`.")],
+    directory: Annotated[Path, typer.Argument(help="Folder to copy it into (created).")] = Path("."),
+    debug: DebugOpt = False,
+) -> None:
+    """Copy a shipped config into a folder to edit (an existing file is never overwritten)."""
+    from cellcorpus.errors import ConfigError
+
+    src = _shipped(name)
+    target = directory / src.name
+    if target.exists():
+        raise ConfigError(f"{target} already exists; it is left untouched", hint="choose another folder")
+    directory.mkdir(parents=True, exist_ok=True)
+    target.write_text(src.read_text())
+    out.print(f"wrote {escape(str(target))}", highlight=False)
+
+
+@app.command("id")
+@_handle_errors
+def decode_id(
+    config: ConfigArg,
+    cell_id: Annotated[list[int], typer.Argument(help="One or more `id` values from the datasets.")],
+    set_: SetOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Decode cell ids back to (input file, row): ids are (file_index << 32) | row_in_file."""
+    from cellcorpus.api import decode_id as _decode
+
+    cfg = _load(config, set_)
+    for value in cell_id:
+        path, row = _decode(cfg, value)
+        out.print(f"{value}\t{escape(path)}\trow {row}", highlight=False, soft_wrap=True)
 
 
 @app.callback(invoke_without_command=True)

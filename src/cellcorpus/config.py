@@ -324,8 +324,11 @@ def _format_validation_error(err: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
-    """Load, resolve and validate a YAML config; `overrides` are OmegaConf dotlist items (`a.b=1`)."""
+def load_config(path: str | Path | dict[str, Any], overrides: Sequence[str] = ()) -> Config:
+    """Load, resolve and validate a config: a YAML path, or a dict of sections (as the YAML would read);
+    `overrides` are OmegaConf dotlist items (`a.b=1`)."""
+    if isinstance(path, dict):
+        return _load_mapping(OmegaConf.create(path), overrides, "config")
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -338,6 +341,11 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
         raise ConfigError(f"{path}:{where}: not valid YAML: {problem}") from exc
     except (UnicodeDecodeError, OSError) as exc:
         raise ConfigError(f"{path}: cannot read the config: {exc}") from exc
+    return _load_mapping(raw, overrides, str(path))
+
+
+def _load_mapping(raw: Any, overrides: Sequence[str], path: str) -> Config:
+    """Merge overrides, resolve `${}` and validate; every problem is a ConfigError prefixed with `path`."""
     try:
         if not isinstance(raw, DictConfig):
             raise ConfigError(f"{path}: the config must be a mapping of sections, got a {type(raw).__name__}")

@@ -10,7 +10,7 @@ from cellcorpus.config import Config, load_config
 from cellcorpus.exec.runner import ExecutorSpec, Reporter, executor_session
 from cellcorpus.stages.base import StageSummary
 
-__all__ = ["STAGES", "run_pipeline", "run_demo", "packaged_config", "DEMO_CONFIGS"]
+__all__ = ["STAGES", "run_pipeline", "run_demo", "packaged_config", "shipped_configs", "DEMO_CONFIGS"]
 
 DEMO_CONFIGS = ("tahoe_x1_v2/tahoe_100m.yaml", "tahoe_x1_v2/scbasecamp.yaml", "tahoe_x1_v2/cellxgene_2025_01_21.yaml")
 
@@ -89,12 +89,19 @@ def run_pipeline(
 
 def run_demo(
     directory: str | Path, *, num_proc: int | None = None, reporter: Reporter | None = None
-) -> Iterator[tuple[str, list[StageSummary]]]:
-    """Write the synthetic atlas under `directory` and run the three shipped v2 configs on it."""
+) -> Iterator[tuple[str, Iterator[StageSummary]]]:
+    """Write the synthetic atlas under `directory`, then (lazily: the caller names each dataset before its
+    stages run) the three shipped v2 configs on it."""
     from cellcorpus.demo import make_demo_atlas
 
     directory = Path(directory).resolve()
     make_demo_atlas(directory)
     for name in DEMO_CONFIGS:
         cfg = load_config(packaged_config(name), [f"output_root={directory}"])
-        yield name, list(run_pipeline(cfg, num_proc=num_proc, reporter=reporter))
+        yield name, run_pipeline(cfg, num_proc=num_proc, reporter=reporter)
+
+
+def shipped_configs() -> list[str]:
+    """Names of the configs shipped in the package (`tahoe_x1_v2/tahoe_100m.yaml`, ...), sorted."""
+    root = Path(str(resources.files("cellcorpus") / "configs"))
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*.yaml"))
