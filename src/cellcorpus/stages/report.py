@@ -1,35 +1,52 @@
-"""`cellcorpus report`: what the corpus holds — stats.json, PNG plots and a one-page report.html.
+"""`cellcorpus report`: one self-contained `report.html` per dataset, and `stats.json` with the same numbers.
 
-Reads the manifests (cells in / filtered / written, inputs, shards) and streams the Arrow splits once
-for per-cell distributions (genes per cell, counts per cell), one data file at a time.
+The page reads top to bottom: what went in (files, cells, versions, config digest), the funnel from cells
+read through every filter to Arrow train/valid and MDS, the distributions that matter for training (genes
+per cell against context lengths, counts per cell on a log axis in real counts), vocabulary coverage, the
+metadata composition and the output (shards, sizes, compression). Figures are inline SVG drawn here (a few
+lines each), so the page needs no network and the install no plotting library (matplotlib and its
+dependencies were ~80 MB of a default install for three PNGs). The Arrow splits are streamed once, one
+data file at a time.
 """
 
 from __future__ import annotations
 
 import html
-import json
-from pathlib import Path
+from collections import Counter
+from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
+from numpy.typing import NDArray
 
+from cellcorpus._version import __version__
 from cellcorpus.config import Config
+from cellcorpus.core.ids import decode_ids
 from cellcorpus.errors import ConfigError
 from cellcorpus.formats.arrow import read_arrow
 from cellcorpus.io.atomic import write_json_atomic
 from cellcorpus.io.paths import Publisher, local_copy
+from cellcorpus.io.vocab import load_vocab
 from cellcorpus.layout import REPORT_DIR, mds_publisher, tokenize_publisher
 from cellcorpus.manifest import MdsManifest, TokenizeManifest
 from cellcorpus.stages.base import StageSummary
 
-__all__ = ["run_report"]
+__all__ = ["run_report", "CONTEXT_LENGTHS"]
 
 _QUANTILES = (0.0, 0.01, 0.1, 0.5, 0.9, 0.99, 1.0)
+CONTEXT_LENGTHS = (1024, 2048, 4096)  # Tahoe-x1 / scGPT-style training context lengths, marked on the plot
+_TOP = 10
+_COLORS = {"train": "#3b6ea8", "valid": "#d9822b"}
 
 
-def _cell_distributions(out: Publisher, manifest: TokenizeManifest, has_cls: bool) -> dict[str, dict[str, np.ndarray]]:
-    dist: dict[str, dict[str, np.ndarray]] = {}
+# ---- one pass over the data ---------------------------------------------------------------------------
+def _scan(out: Publisher, manifest: TokenizeManifest, has_cls: bool) -> dict[str, Any]:
+    """Per split: genes and counts per cell; per input file: entries written; per column: value counts."""
     skip = 1 if has_cls else 0
+    per_split: dict[str, dict[str, NDArray[Any]]] = {}
+    entries = Counter[int]()
+    tokens_seen: set[int] = set()
+    values: dict[str, Counter[str]] = {c: Counter() for c in manifest.metadata_columns if c != "index"}
     for split, records in manifest.splits.items():
         genes, counts = [], []
         for rec in records:
@@ -37,59 +54,244 @@ def _cell_distributions(out: Publisher, manifest: TokenizeManifest, has_cls: boo
                 table = read_arrow(p)
                 if table.num_rows == 0:
                     continue
-                lengths = pc.list_value_length(table.column("genes")).to_numpy(zero_copy_only=False)
+                lengths = pc.list_value_length(table.column("genes")).to_numpy(zero_copy_only=False) - skip
                 exprs = table.column("expressions").combine_chunks()
                 offsets = exprs.offsets.to_numpy().astype(np.int64)
-                values = exprs.values.to_numpy()[offsets[0] : offsets[-1]].astype(np.float64)
-                sums = np.add.reduceat(values, offsets[:-1] - offsets[0]) if len(values) else np.zeros(len(lengths))
-                pad = values[offsets[:-1] - offsets[0]] if skip else 0.0
-                genes.append(lengths - skip)
+                flat = exprs.values.to_numpy()[offsets[0] : offsets[-1]].astype(np.float64)
+                sums = np.add.reduceat(flat, offsets[:-1] - offsets[0]) if len(flat) else np.zeros(len(lengths))
+                pad = flat[offsets[:-1] - offsets[0]] if skip else 0.0
+                genes.append(lengths)
                 counts.append(sums - pad)
-        dist[split] = {
+                files, _ = decode_ids(table.column("id").to_numpy())
+                uniq, inverse = np.unique(files, return_inverse=True)
+                for fi, n in zip(uniq.tolist(), np.bincount(inverse, weights=lengths).tolist(), strict=True):
+                    entries[int(fi)] += int(n)
+                tokens_seen.update(pc.unique(pc.list_flatten(table.column("genes"))).to_pylist())
+                for col, counter in values.items():
+                    if col in table.column_names:
+                        for item in pc.value_counts(table.column(col).combine_chunks()).to_pylist():
+                            counter[item["values"]] += item["counts"]
+        per_split[split] = {
             "genes_per_cell": np.concatenate(genes) if genes else np.zeros(0),
             "counts_per_cell": np.concatenate(counts) if counts else np.zeros(0),
         }
-    return dist
+    return {"splits": per_split, "entries": entries, "tokens_seen": tokens_seen, "values": values}
 
 
-def _quantiles(x: np.ndarray) -> dict[str, float]:
+def _quantiles(x: NDArray[Any]) -> dict[str, float]:
     if not len(x):
         return {}
     return {f"q{int(q * 100):02d}": float(np.quantile(x, q)) for q in _QUANTILES} | {"mean": float(x.mean())}
 
 
-def _plots(dist: dict, totals: dict, folder: Path) -> list[str]:
-    import matplotlib
+# ---- inline SVG figures ---------------------------------------------------------------------------------
+def _svg(width: int, height: int, body: str, title: str) -> str:
+    return (
+        f'<figure><figcaption>{html.escape(title)}</figcaption><svg xmlns="http://www.w3.org/2000/svg" '
+        f'viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
+        f'aria-label="{html.escape(title)}">{body}</svg></figure>'
+    )
 
-    matplotlib.use("Agg")  # no display: files only
-    import matplotlib.pyplot as plt
 
-    names = []
-    for key, xlabel, log in (
-        ("genes_per_cell", "genes per cell (without CLS)", False),
-        ("counts_per_cell", "total counts per cell (log10)", True),
-    ):
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        for split, d in dist.items():
-            x = d[key]
-            if len(x):
-                ax.hist(np.log10(np.maximum(x, 1)) if log else x, bins=60, alpha=0.6, label=f"{split} ({len(x):,})")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("cells")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(folder / f"{key}.png", dpi=100)
-        plt.close(fig)
-        names.append(f"{key}.png")
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    keys = [k for k in totals if k.startswith(("filtered_", "written_"))]
-    ax.barh(keys, [totals[k] for k in keys])
-    ax.set_xlabel("cells")
-    fig.tight_layout()
-    fig.savefig(folder / "cells_by_outcome.png", dpi=100)
-    plt.close(fig)
-    names.append("cells_by_outcome.png")
-    return names
+def _text(x: float, y: float, s: str, anchor: str = "start", size: int = 11, extra: str = "") -> str:
+    return f'<text x="{x:.1f}" y="{y:.1f}" font-size="{size}" text-anchor="{anchor}" {extra}>{html.escape(s)}</text>'
+
+
+def _funnel_svg(steps: list[tuple[str, int, str]]) -> str:
+    """Horizontal bars: (label, cells, kind) with kind in in / drop / out."""
+    width, left, bar_w, row = 760, 250, 380, 24
+    top = max((n for _, n, _ in steps), default=1) or 1
+    fill = {"in": "#555", "drop": "#c0504d", "out": "#3b6ea8"}
+    parts = []
+    for i, (label, n, kind) in enumerate(steps):
+        y = 10 + i * row
+        w = bar_w * n / top
+        parts.append(_text(left - 8, y + 15, label, "end"))
+        parts.append(f'<rect x="{left}" y="{y + 3}" width="{max(w, 1):.1f}" height="{row - 8}" fill="{fill[kind]}"/>')
+        parts.append(_text(left + max(w, 1) + 6, y + 15, f"{n:,}"))
+    return _svg(width, 20 + len(steps) * row, "".join(parts), "Cells from input to output (every drop named)")
+
+
+def _histogram_svg(
+    series: dict[str, NDArray[Any]], title: str, xlabel: str, log: bool = False, marks: tuple[int, ...] = ()
+) -> str:
+    """Share of each split's cells per bin (so a small valid split stays visible beside train)."""
+    width, height, left, bottom, top_pad = 760, 300, 60, 50, 20
+    plot_w, plot_h = width - left - 20, height - bottom - top_pad
+    data = {k: v for k, v in series.items() if len(v)}
+    if not data:
+        return _svg(width, 60, _text(10, 30, "no cells"), title)
+    lo = min(float(v.min()) for v in data.values())
+    hi = max(float(v.max()) for v in data.values())
+    if log:
+        lo, hi = np.log10(max(lo, 1.0)), np.log10(max(hi, 10.0))
+    hi = max(hi, lo + 1e-9)
+    edges = np.linspace(lo, hi, 41)
+    hists = {}
+    for k, v in data.items():
+        x = np.log10(np.maximum(v, 1.0)) if log else v
+        counts, _ = np.histogram(x, bins=edges)
+        hists[k] = counts / max(len(v), 1)
+    ymax = max(float(h.max()) for h in hists.values()) or 1.0
+    parts = [f'<line x1="{left}" y1="{top_pad + plot_h}" x2="{left + plot_w}" y2="{top_pad + plot_h}" stroke="#333"/>']
+
+    def sx(value: float) -> float:
+        return left + plot_w * (value - lo) / (hi - lo)
+
+    for k, h in hists.items():
+        pts = " ".join(
+            f"{sx(edges[i]):.1f},{top_pad + plot_h - plot_h * h[i] / ymax:.1f} "
+            f"{sx(edges[i + 1]):.1f},{top_pad + plot_h - plot_h * h[i] / ymax:.1f}"
+            for i in range(len(h))
+        )
+        parts.append(f'<polyline fill="none" stroke="{_COLORS.get(k, "#666")}" stroke-width="2" points="{pts}"/>')
+    ticks = np.linspace(lo, hi, 6)
+    for t in ticks:
+        label = f"{10**t:,.0f}" if log else f"{t:,.0f}"
+        parts.append(_text(sx(t), top_pad + plot_h + 16, label, "middle"))
+    for m in marks:
+        if lo <= m <= hi:
+            parts.append(f'<line x1="{sx(m):.1f}" y1="{top_pad}" x2="{sx(m):.1f}" y2="{top_pad + plot_h}" '
+                         'stroke="#999" stroke-dasharray="4 3"/>')  # fmt: skip
+            parts.append(_text(sx(m) + 3, top_pad + 12, f"context {m:,}", size=10))
+    parts.append(_text(left + plot_w / 2, height - 12, xlabel, "middle"))
+    parts.append(_text(14, top_pad + plot_h / 2, "share of the split's cells", "middle",
+                       extra=f'transform="rotate(-90 14 {top_pad + plot_h / 2})"'))  # fmt: skip
+    for i, k in enumerate(hists):
+        parts.append(f'<rect x="{left + 10 + i * 150}" y="{top_pad}" width="12" height="12" fill="{_COLORS.get(k)}"/>')
+        parts.append(_text(left + 26 + i * 150, top_pad + 10, f"{k} ({len(data[k]):,} cells)"))
+    return _svg(width, height, "".join(parts), title)
+
+
+# ---- the page ------------------------------------------------------------------------------------------
+def _table(head: list[str], rows: list[list[Any]]) -> str:
+    def cell(v: Any) -> str:
+        return f"<td class=num>{v:,}</td>" if isinstance(v, int) else f"<td>{html.escape(str(v))}</td>"
+
+    h = "".join(f"<th>{html.escape(c)}</th>" for c in head)
+    body = "".join("<tr>" + "".join(cell(v) for v in r) + "</tr>" for r in rows)
+    return f"<table><tr>{h}</tr>{body}</table>"
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:900px;margin:2em auto;color:#222;line-height:1.4}
+h1{margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ddd;padding:3px 8px;font-size:13px}
+th{background:#f3f3f3;text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}
+figure{margin:1em 0}figcaption{font-weight:600;margin-bottom:.3em}.muted{color:#666;font-size:13px}"""
+
+
+def _label(key: str) -> str:
+    return key.removeprefix("filtered_").replace("_", " ")
+
+
+def _funnel(manifest: TokenizeManifest, mds: MdsManifest | None) -> list[tuple[str, int, str]]:
+    t = manifest.totals
+    steps = [("cells read", t.get("cells_read", 0), "in")]
+    # in the order tokenize applies them (the manifest's totals are stored sorted by name)
+    order = ["filtered_obs_filter", "filtered_min_genes", "filtered_min_counts", "filtered_min_vocab_genes"]
+    drops = [k for k in order if k in t] + sorted(k for k in t if k.startswith("filtered_") and k not in order)
+    steps += [(f"dropped: {_label(k)}", t[k], "drop") for k in drops]
+    steps += [("Arrow train", t.get("written_train", 0), "out"), ("Arrow valid", t.get("written_valid", 0), "out")]
+    if mds is not None:
+        for split, rec in mds.splits.items():
+            steps.append((f"dropped: MDS {split} min_length", rec.dropped_min_length, "drop"))
+            steps.append((f"MDS {split}", rec.samples, "out"))
+    return steps
+
+
+def run_report(cfg: Config) -> StageSummary:
+    """Write `<merged_dataset_root>/report/{stats.json, report.html}` (local scratch for URL roots)."""
+    hf = cfg.need("huggingface")
+    out = tokenize_publisher(hf)
+    manifest = out.read_manifest("manifest.json", TokenizeManifest)
+    if manifest is None:
+        raise ConfigError(
+            f"nothing to report: no manifest in {hf.merged_dataset_root}", hint="run `cellcorpus tokenize`"
+        )
+    mds_manifest = mds_publisher(cfg.mds).read_manifest("manifest.json", MdsManifest) if cfg.mds else None
+    scan = _scan(out, manifest, hf.add_cls_token)
+    dist = scan["splits"]
+    vocab = load_vocab(hf.vocab_file)
+    gene_tokens = {i for t, i in vocab.items() if not t.startswith("<")}
+    per_file = _per_file(manifest, scan["entries"])
+    stats: dict[str, Any] = {
+        "dataset_name": manifest.dataset_name,
+        "tool_version": manifest.tool_version,
+        "report_tool_version": __version__,
+        "config_hash": manifest.config_hash,
+        "settings_hash": manifest.settings_hash,
+        "totals": manifest.totals,
+        "inputs": len(manifest.inputs),
+        "input_cells": sum(f.n_obs for f in manifest.inputs),
+        "metadata_columns": manifest.metadata_columns,
+        "funnel": [{"step": s, "cells": n} for s, n, _ in _funnel(manifest, mds_manifest)],
+        "splits": {
+            s: {
+                "cells": int(len(d["genes_per_cell"])),
+                "genes_per_cell": _quantiles(d["genes_per_cell"]),
+                "counts_per_cell": _quantiles(d["counts_per_cell"]),
+                "over_context": {str(c): int((d["genes_per_cell"] + 1 > c).sum()) for c in CONTEXT_LENGTHS},
+            }
+            for s, d in dist.items()
+        },
+        "vocabulary": {
+            "gene_tokens": len(gene_tokens),
+            "seen": len(scan["tokens_seen"] & gene_tokens),
+            "share_seen": len(scan["tokens_seen"] & gene_tokens) / max(len(gene_tokens), 1),
+        },
+        "per_file": per_file,
+        "metadata_top_values": {c: counter.most_common(_TOP) for c, counter in scan["values"].items()},
+        "mds": None
+        if not mds_manifest
+        else {
+            s: {
+                "samples": v.samples,
+                "shards": len(v.shards),
+                "dropped_min_length": v.dropped_min_length,
+                "bytes": sum((sh["zip_data"] or sh["raw_data"])["bytes"] for sh in v.shards),
+                "raw_bytes": sum(sh["raw_data"]["bytes"] for sh in v.shards),
+            }
+            for s, v in mds_manifest.splits.items()
+        },  # fmt: skip
+        "gene_ids_per_file": _gene_ids_per_file(manifest),
+    }
+    folder = out.local_dir / REPORT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(folder / "stats.json", stats)
+    (folder / "report.html").write_text(_page(stats, manifest, dist))
+    for p in sorted(folder.iterdir()):
+        out.publish(p)
+    return StageSummary(
+        "report",
+        counts={f"{s} cells": v["cells"] for s, v in stats["splits"].items()},
+        outputs={"report": out.url(f"{REPORT_DIR}/report.html")},
+    )
+
+
+def _per_file(manifest: TokenizeManifest, entries: Counter[int]) -> list[dict[str, Any]]:
+    """Cells and vocabulary coverage per input file (OOV rate = stored entries dropped as out-of-vocabulary)."""
+    by_file: dict[int, dict[str, int]] = {}
+    for unit in manifest.units:
+        row = by_file.setdefault(unit["file_index"], Counter())
+        for key in ("cells_read", "written_train", "written_valid", "oov_entries_dropped"):
+            row[key] += int(unit.get(key, 0))
+        row["oov_genes"] = int(unit.get("oov_genes", 0))
+    rows = []
+    for f in manifest.inputs:
+        r = by_file.get(f.file_index, Counter())
+        kept = entries.get(f.file_index, 0)
+        oov = r.get("oov_entries_dropped", 0)
+        rows.append(
+            {
+                "file": f.path,
+                "cells_read": r.get("cells_read", 0),
+                "written": r.get("written_train", 0) + r.get("written_valid", 0),
+                "genes_outside_vocabulary": r.get("oov_genes", 0),
+                "oov_rate": oov / max(oov + kept, 1),
+                "bytes": f.bytes,
+            }
+        )
+    return rows
 
 
 _GENE_KEYS = ("genes_direct", "genes_via_map", "genes_ambiguous", "genes_unmapped", "genes_colliding")
@@ -106,75 +308,105 @@ def _gene_ids_per_file(manifest: TokenizeManifest) -> dict[str, dict[str, int]]:
     return out
 
 
-def _gene_table_html(per_file: dict[str, dict[str, int]]) -> str:
-    if not per_file:
-        return ""
-    keys = [*_GENE_KEYS, "entries_summed"]
-    head = "".join(f"<th>{html.escape(k.replace('_', ' '))}</th>" for k in ["file", *keys])
-    body = "".join(
-        f"<tr><td>{html.escape(path)}</td>" + "".join(f"<td>{row[k]:,}</td>" for k in keys) + "</tr>"
-        for path, row in per_file.items()
-    )
-    return f"<h2>Gene ids per input file</h2><table border='1'><tr>{head}</tr>{body}</table>"
-
-
-def run_report(cfg: Config) -> StageSummary:
-    """Write `<merged_dataset_root>/report/{stats.json, *.png, report.html}` (local scratch for URL roots)."""
-    hf = cfg.need("huggingface")
-    out = tokenize_publisher(hf)
-    manifest = out.read_manifest("manifest.json", TokenizeManifest)
-    if manifest is None:
-        raise ConfigError(
-            f"nothing to report: no manifest in {hf.merged_dataset_root}", hint="run `cellcorpus tokenize`"
+def _page(stats: dict[str, Any], manifest: TokenizeManifest, dist: dict[str, dict[str, NDArray[Any]]]) -> str:
+    name = stats["dataset_name"] or "cellcorpus corpus"
+    sections = [
+        f"<h1>{html.escape(str(name))}</h1>",
+        f"<p class=muted>written by cellcorpus {html.escape(stats['tool_version'])}; settings digest "
+        f"{html.escape(str(stats['settings_hash']))}, run digest {html.escape(stats['config_hash'])}</p>",
+        "<h2>What went in</h2>",
+        f"<p>{stats['inputs']:,} input file(s), {stats['input_cells']:,} cells.</p>",
+        _table(
+            ["file", "cells read", "cells written", "genes outside vocabulary", "OOV rate", "bytes"],
+            [
+                [
+                    r["file"],
+                    r["cells_read"],
+                    r["written"],
+                    r["genes_outside_vocabulary"],
+                    f"{r['oov_rate']:.2%}",
+                    r["bytes"],
+                ]
+                for r in stats["per_file"]
+            ],  # fmt: skip
+        ),
+        "<h2>From cells read to training samples</h2>",
+        _funnel_svg([(s["step"], s["cells"], _kind(s["step"])) for s in stats["funnel"]]),
+        "<h2>Cells, as a model sees them</h2>",
+        _histogram_svg(
+            {s: d["genes_per_cell"] for s, d in dist.items()},
+            "Genes per cell (without CLS), against common context lengths",
+            "genes per cell",
+            marks=CONTEXT_LENGTHS,
+        ),
+        _table(
+            ["split", "cells", "median genes", "99th pct genes", *[f"> {c:,} tokens" for c in CONTEXT_LENGTHS]],
+            [
+                [
+                    s,
+                    v["cells"],
+                    f"{v['genes_per_cell'].get('q50', 0):,.0f}",
+                    f"{v['genes_per_cell'].get('q99', 0):,.0f}",
+                    *v["over_context"].values(),
+                ]
+                for s, v in stats["splits"].items()
+            ],  # fmt: skip
+        ),
+        _histogram_svg(
+            {s: d["counts_per_cell"] for s, d in dist.items()},
+            "Total counts per cell (log axis, labels in counts)",
+            "total counts per cell",
+            log=True,
+        ),
+        "<h2>Vocabulary coverage</h2>",
+        f"<p>{stats['vocabulary']['seen']:,} of {stats['vocabulary']['gene_tokens']:,} gene tokens of the "
+        f"vocabulary occur in the corpus ({stats['vocabulary']['share_seen']:.1%}).</p>",
+    ]
+    if stats["gene_ids_per_file"]:
+        keys = [*_GENE_KEYS, "entries_summed"]
+        sections += [
+            "<h2>Gene ids per input file</h2>",
+            _table(
+                ["file", *[k.replace("_", " ") for k in keys]],
+                [[p, *(row[k] for k in keys)] for p, row in stats["gene_ids_per_file"].items()],
+            ),  # fmt: skip
+        ]
+    sections.append("<h2>Metadata composition</h2>")
+    for col, top in stats["metadata_top_values"].items():
+        sections.append(
+            f"<h3>{html.escape(col)}</h3>" + _table(["value", "cells"], [[v or "(empty)", n] for v, n in top])
         )
-    mds_manifest = mds_publisher(cfg.mds).read_manifest("manifest.json", MdsManifest) if cfg.mds else None
-    dist = _cell_distributions(out, manifest, hf.add_cls_token)
-    folder = out.local_dir / REPORT_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    stats = {
-        "dataset_name": manifest.dataset_name,
-        "totals": manifest.totals,
-        "inputs": len(manifest.inputs),
-        "input_cells": sum(f.n_obs for f in manifest.inputs),
-        "metadata_columns": manifest.metadata_columns,
-        "splits": {
-            s: {
-                "cells": int(len(d["genes_per_cell"])),
-                "genes_per_cell": _quantiles(d["genes_per_cell"]),
-                "counts_per_cell": _quantiles(d["counts_per_cell"]),
-            }
-            for s, d in dist.items()
-        },  # fmt: skip
-        "mds": None
-        if not mds_manifest
-        else {
-            s: {
-                "samples": v.samples,
-                "shards": len(v.shards),
-                "dropped_min_length": v.dropped_min_length,
-                "bytes": sum((sh["zip_data"] or sh["raw_data"])["bytes"] for sh in v.shards),
-            }
-            for s, v in mds_manifest.splits.items()
-        },  # fmt: skip
-    }
-    stats["gene_ids_per_file"] = _gene_ids_per_file(manifest)
-    write_json_atomic(folder / "stats.json", stats)
-    plots = _plots(dist, manifest.totals, folder)
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:,}</td></tr>" for k, v in manifest.totals.items())
-    page = (
-        f"<html><head><meta charset='utf-8'><title>cellcorpus report</title></head><body>"
-        f"<h1>{html.escape(str(stats['dataset_name'] or 'cellcorpus corpus'))}</h1>"
-        f"<p>{stats['inputs']} input files, {stats['input_cells']:,} cells read.</p>"
-        f"<table border='1'>{rows}</table>"
-        + _gene_table_html(stats["gene_ids_per_file"])
-        + "".join(f"<p><img src='{p}'></p>" for p in plots)
-        + f"<pre>{html.escape(json.dumps(stats['splits'], indent=2))}</pre></body></html>"
+    sections.append("<h2>Output</h2>")
+    if stats["mds"]:
+        sections.append(
+            _table(
+                ["MDS split", "samples", "shards", "bytes on disk", "compression ratio", "dropped by min_length"],
+                [
+                    [
+                        s,
+                        v["samples"],
+                        v["shards"],
+                        v["bytes"],
+                        f"{v['raw_bytes'] / max(v['bytes'], 1):.2f}x",
+                        v["dropped_min_length"],
+                    ]
+                    for s, v in stats["mds"].items()
+                ],  # fmt: skip
+            )
+        )
+    arrow = [[s, sum(r.n_cells for r in recs), len(recs), sum(r.bytes for r in recs)]
+             for s, recs in manifest.splits.items()]  # fmt: skip
+    sections.append(_table(["Arrow split", "cells", "data files", "bytes"], arrow))
+    sections.append("<p class=muted>Run <code>cellcorpus verify</code> to re-check every file; "
+                    "the numbers on this page are in <code>stats.json</code>.</p>")  # fmt: skip
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>"
+        + html.escape(f"{name} — cellcorpus report")
+        + f"</title><style>{_CSS}</style></head><body>"
+        + "".join(sections)
+        + "</body></html>"
     )
-    (folder / "report.html").write_text(page)
-    for p in sorted(folder.iterdir()):
-        out.publish(p)
-    return StageSummary(
-        "report",
-        counts={f"{s} cells": v["cells"] for s, v in stats["splits"].items()},
-        outputs={"report": out.url(f"{REPORT_DIR}/report.html")},
-    )
+
+
+def _kind(step: str) -> str:
+    return "in" if step == "cells read" else ("drop" if step.startswith("dropped") else "out")
