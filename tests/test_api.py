@@ -86,3 +86,12 @@ def test_metadata_are_strings_documented_example():
     assert t.to_pylist() == [
         {"genes": [1, 3, 5], "expressions": [-2.0, 1.0, 2.0], "id": 0, "dose": "0.5", "index": "c0"}
     ]
+
+
+def test_documented_examples_run():
+    import doctest
+
+    import cellcorpus.api
+
+    result = doctest.testmod(cellcorpus.api, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 5 and result.failed == 0

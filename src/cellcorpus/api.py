@@ -63,6 +63,15 @@ def tokenize_anndata(
     one table of every kept cell in row order, or with `split=True` {"train": ..., "valid": ...} by the same
     seeded hash as the CLI. The AnnData is written to a temporary h5ad and read back in row ranges by the
     tokenize unit itself, so nothing here can drift from the CLI.
+
+    >>> import anndata as ad, numpy as np, pandas as pd
+    >>> genes = ["ENSG00000000001", "ENSG00000000002", "ENSG00000000003"]
+    >>> adata = ad.AnnData(np.array([[0, 4, 1], [2, 0, 0]], dtype=np.float32),
+    ...                    obs=pd.DataFrame({"drug": ["a", "b"]}, index=["c0", "c1"]), var=pd.DataFrame(index=genes))
+    >>> vocab = {"<pad>": 0, "<cls>": 1, "<eoc>": 2, **{g: 3 + i for i, g in enumerate(genes)}}
+    >>> t = tokenize_anndata(adata, vocab, obs_metadata_columns=["drug"], split_parameters={"test_size": 0})
+    >>> t.to_pylist()[0]
+    {'genes': [1, 4, 5], 'expressions': [-2.0, 4.0, 1.0], 'id': 0, 'drug': 'a', 'index': 'c0'}
     """
     from cellcorpus.config import HuggingfaceConfig
     from cellcorpus.io.atomic import write_json_atomic
