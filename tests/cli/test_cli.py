@@ -38,6 +38,14 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch):
         assert int(ds[0]["genes"][0]) == 1  # <cls>
     tahoe = datasets.load_from_disk(str(out / "tahoe_merged_w_metadata" / "train.dataset"))
     assert set(tahoe.column_names) >= {"drug", "sample", "Cell_ID_Cellosaur", "moa-fine", "plate"}
+    # the demo names each dataset before its stages run, and ends with what to try next
+    first_rule = result.output.index("dataset: tahoe_x1_v2/tahoe_100m.yaml")
+    assert first_rule < result.output.index("tokenize") and "Try next:" in result.output
+    for merged in ("tahoe_merged_w_metadata", "scbasecamp_merged", "cellxgene_merged"):
+        page = (out / merged / "report" / "report.html").read_text()
+        for heading in ("What went in", "From cells read", "as a model sees them", "Vocabulary coverage",
+                        "Metadata composition", "Output"):  # fmt: skip
+            assert heading in page, (merged, heading)
     # the chemistry token: every drug a training sample carries has an id and a fingerprint row
     drug_to_id = json.loads((out / "tahoe_drugs" / "drug_to_id_pad.json").read_text())
     fps = np.load(out / "tahoe_drugs" / "drug_fps_pad.npy")
