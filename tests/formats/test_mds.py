@@ -149,3 +149,17 @@ def test_column_missing_from_dataset_is_named():
     spec = MdsSpec.create({"genes": "ndarray:int32", "tissue": "str"}, None, [], 1 << 26)
     with pytest.raises(ConfigError, match=r"\['tissue'\] not in the dataset"):
         encode_samples(_table(5), spec, None)
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.float32])
+def test_pkl_template_equals_a_real_pickle_at_every_framing_boundary(dtype):
+    """The vectorised pkl encoder splices raw bytes into a per-length template: it must equal the pickle."""
+    pytest.importorskip("torch")
+    from cellcorpus.formats.mds import TorchPickler
+
+    p = TorchPickler()
+    rng = np.random.default_rng(1)
+    for n in [0, 1, 255, 256, 8191, 8192, 8193, 16383, 16384, 70_000]:
+        a = rng.integers(0, 60_000, n).astype(dtype)
+        prefix, suffix = p.template(np.dtype(dtype), n)
+        assert prefix + a.tobytes() + suffix == p.dumps(a), n

@@ -156,8 +156,16 @@ def _pkl(col_name: str, col: pa.Array, pickler: TorchPickler | None) -> pa.Array
         return _python_column(col.to_pylist(), pickle.dumps)
     assert pickler is not None  # internal: the writer builds one whenever a column is pkl
     offsets, values = _list_parts(col)
-    values = values.astype(PKL_TENSOR_DTYPES.get(col_name, values.dtype), copy=False)
-    return _python_column([values[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)], pickler.dumps)
+    values = np.ascontiguousarray(values.astype(PKL_TENSOR_DTYPES.get(col_name, values.dtype), copy=False))
+    # Vectorised: every tensor pickle is prefix(len) + raw bytes + suffix(len); one template per distinct
+    # length (cached by the pickler), gathered with take and joined in C++ — no pickle call per sample.
+    lengths = np.diff(offsets)
+    uniq, inverse = np.unique(lengths, return_inverse=True)
+    templates = [pickler.template(values.dtype, int(n)) for n in uniq]
+    prefixes = pc.take(pa.array([p for p, _ in templates], pa.binary()), pa.array(inverse))
+    suffixes = pc.take(pa.array([s for _, s in templates], pa.binary()), pa.array(inverse))
+    body = _binary(offsets * values.dtype.itemsize, values.view(np.uint8))
+    return pc.binary_join_element_wise(prefixes, body, suffixes, b"")
 
 
 _FIXED: dict[str, Encoding] = {
