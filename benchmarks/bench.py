@@ -60,6 +60,7 @@ def make_input(out: Path, cells: int, per_file: int, genes_per_cell: int, seed: 
                 "drug": pd.Categorical(rng.choice(["DMSO_TF", "drugA", "drugB"], n)),
                 "sample": pd.Categorical(rng.choice([f"s{i}" for i in range(8)], n)),
                 "pass_filter": pd.Categorical(rng.choice(["full", "minimal"], n, p=[0.9, 0.1])),
+                "cell_line": pd.Categorical(rng.choice(["CVCL_0023", "CVCL_0028", "CVCL_0062", "CVCL_X"], n)),
             },
             index=[f"c{start + i}" for i in range(n)],
         )

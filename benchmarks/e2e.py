@@ -1,0 +1,237 @@
+"""End to end on the recipe's own shape: vocab -> tokenize (shuffled) -> mds, beside the floor, in one run.
+
+    python benchmarks/e2e.py --cells 300000 --num-proc 2 --out /tmp/e2e
+
+Synthetic Tahoe-like plates (`bench.make_input`: ~2,000 genes per cell, 62,710 genes, ~90% `full`), the
+seed's three join tables, and the reference Tahoe config's settings: `obs_filter` pass_filter == full,
+drug/sample obs columns, three joins, test_size 0.01 with `shuffle: true`, `pkl` genes/expressions, id and
+four string columns, zstd, sha1 + xxh64. The job runs in a fresh subprocess (its own peak RSS, one worker
+pool for the whole command, as `cellcorpus run`), and prints cells/s (cells written), seconds per stage,
+peak RSS of the main process and of the largest worker, and the ratio to the floor on the same input:
+h5py read of the CSR rows + building the token arrays + zstd level 3 + write, in 1 and in N processes.
+Nothing is asserted; numbers go in docs/scaling.md and the closing notes. Outputs are removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench import _peak_rss_mb, make_input  # noqa: E402 - the shared synthetic input and RSS reading
+
+CELL_LINES = ["CVCL_0023", "CVCL_0028", "CVCL_0062"]
+
+
+def write_tables(out: Path) -> dict[str, Path]:
+    """The seed's three Tahoe join tables, shaped as in the reference config."""
+    import pandas as pd
+
+    meta = out / "metadata"
+    meta.mkdir(parents=True, exist_ok=True)
+    paths = {"cell_line": meta / "cell_gen_dr_a97.csv", "drug": meta / "drug.csv", "sample": meta / "sample.csv"}
+    pd.DataFrame({"Cell_ID_Vevo": CELL_LINES, "Cell_ID_Cellosaur": [c + "_x" for c in CELL_LINES]}).to_csv(
+        paths["cell_line"], index=False
+    )
+    pd.DataFrame(
+        {
+            "drug": ["DMSO_TF", "drugA", "drugB"],
+            "moa-fine": ["vehicle", "a", "b"],
+            "canonical_smiles": ["CS(C)=O", "CCO", "CCN"],
+            "pubchem_cid": ["679", "702", "6341"],
+            "targets": ["", "T1", "T2"],
+        }
+    ).to_csv(paths["drug"], index=False)
+    pd.DataFrame({"sample": [f"s{i}" for i in range(8)], "plate": [f"p{i % 2}" for i in range(8)]}).to_csv(
+        paths["sample"], index=False
+    )
+    return paths
+
+
+def write_config(out: Path, num_proc: int, tables: dict[str, Path]) -> Path:
+    """The reference Tahoe config's settings over the synthetic plates (cell line joined on `sample`)."""
+    import yaml
+
+    def join(path: Path, key: str, adata_key: str, cols: list[str]) -> dict:
+        return {"path": str(path), "merge_keys": {"metadata_key": key, "adata_key": adata_key}, "columns": cols}
+
+    cfg = {
+        "output_root": str(out),
+        "vocab": {
+            "reference_adata": str(out / "raw" / "plate00.h5ad"),
+            "use_col": "gene_id",
+            "add_junk_tokens": True,
+            "special_tokens": ["<pad>", "<cls>", "<eoc>"],
+            "output_root": str(out / "vocab"),
+            "output_file": "vocab.json",
+        },
+        "huggingface": {
+            "adata_dir": str(out / "raw"),
+            "gene_col": "gene_id",
+            "num_chunks": 10,
+            "num_proc": num_proc,
+            "output_root": str(out / "work"),
+            "merged_dataset_root": str(out / "merged"),
+            "vocab_output_root": str(out / "vocab"),
+            "vocab_path": "vocab.json",
+            "split_parameters": {"test_size": 0.01, "seed": 42, "shuffle": True},
+            "obs_filter": {"key": "pass_filter", "value": "full"},
+            "obs_metadata_columns": ["drug", "sample"],
+            "additional_metadata_info": [
+                join(tables["cell_line"], "Cell_ID_Vevo", "cell_line", ["Cell_ID_Cellosaur"]),
+                join(tables["drug"], "drug", "drug", ["moa-fine", "canonical_smiles", "pubchem_cid", "targets"]),
+                join(tables["sample"], "sample", "sample", ["plate"]),
+            ],
+        },
+        "mds": {
+            "out_root": str(out / "mds"),
+            "root_dir": str(out / "merged"),
+            "num_proc": num_proc,
+            "columns": {
+                "expressions": "pkl",
+                "genes": "pkl",
+                "id": "int64",
+                "drug": "str",
+                "Cell_ID_Cellosaur": "str",
+                "canonical_smiles": "str",
+                "pubchem_cid": "str",
+            },
+            "compression": "zstd",
+            "hashes": ["sha1", "xxh64"],
+        },
+    }
+    path = out / f"e2e_{num_proc}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _floor_files(files: list[str], gene_map_len: int) -> int:
+    """Read CSR rows, build CLS-prefixed token arrays (vectorised), zstd-compress and write; return cells."""
+    import h5py
+    import zstandard
+
+    cctx = zstandard.ZstdCompressor(level=3)
+    gene_map = np.arange(gene_map_len, dtype=np.int32) + 3
+    n = 0
+    sink_path = Path(files[0]).parent.parent / f"floor-{Path(files[0]).stem}.zst"
+    with open(sink_path, "wb") as sink:
+        for f in files:
+            with h5py.File(f, "r") as h:
+                x = h["X"]
+                ip = x["indptr"][:]
+                for s in range(0, len(ip) - 1, 16384):
+                    e = min(s + 16384, len(ip) - 1)
+                    lo, hi = ip[s], ip[e]
+                    tok = gene_map[x["indices"][lo:hi]]
+                    val = x["data"][lo:hi]
+                    starts = ip[s:e] - lo + np.arange(e - s)  # CLS slot before every cell
+                    genes = np.insert(tok, starts - np.arange(e - s), 1)
+                    exprs = np.insert(val, starts - np.arange(e - s), -2.0).astype(np.float32)
+                    sink.write(cctx.compress(genes.astype(np.int64).tobytes() + exprs.tobytes()))
+                    n += e - s
+    sink_path.unlink()
+    return n
+
+
+def job(kind: str, arg: str) -> None:
+    """One measurement in this (fresh) process; prints a JSON line."""
+    t0 = time.perf_counter()
+    res: dict = {}
+    if kind.startswith("floor"):
+        procs = int(kind.split(":")[1])
+        files = sorted(str(p) for p in Path(arg).glob("*.h5ad"))
+        if procs == 1:
+            res["cells"] = _floor_files(files, 62_710)
+        else:
+            import multiprocessing as mp
+
+            with mp.get_context("spawn").Pool(procs) as pool:
+                res["cells"] = sum(pool.starmap(_floor_files, [(files[i::procs], 62_710) for i in range(procs)]))
+    else:
+        from cellcorpus.config import load_config
+        from cellcorpus.exec.runner import ExecutorSpec, executor_session
+        from cellcorpus.stages.mds import run_mds
+        from cellcorpus.stages.tokenize import run_tokenize
+        from cellcorpus.stages.vocab import run_vocab
+
+        cfg = load_config(arg)
+        spec = ExecutorSpec.resolve(cfg, cfg.huggingface.num_proc)
+        stages = {}
+        with executor_session():
+            for name, fn in (
+                ("vocab", lambda: run_vocab(cfg)),
+                ("tokenize", lambda: run_tokenize(cfg, spec)),
+                ("mds", lambda: run_mds(cfg, spec)),
+            ):
+                t = time.perf_counter()
+                summary = fn()
+                stages[name] = time.perf_counter() - t
+                if name == "tokenize":
+                    res["cells"] = summary.counts["written_train"] + summary.counts["written_valid"]
+                    res["cells_read"] = summary.counts["cells_read"]
+        res["stages"] = stages
+    res["seconds"] = time.perf_counter() - t0
+    res["rss_main_mb"], res["rss_workers_mb"] = _peak_rss_mb()
+    print(json.dumps(res))
+
+
+def run_job(kind: str, arg: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--job", kind, arg], capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"{kind} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cells", type=int, default=300_000)
+    ap.add_argument("--cells-per-file", type=int, default=25_000)
+    ap.add_argument("--genes-per-cell", type=int, default=2000)
+    ap.add_argument("--num-proc", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=Path("e2e_out"))
+    ap.add_argument("--keep", action="store_true", help="keep inputs and outputs")
+    ap.add_argument("--job", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.job:
+        job(*args.job)
+        return
+    out = args.out.resolve()
+    t = time.perf_counter()
+    raw = make_input(out, args.cells, args.cells_per_file, args.genes_per_cell)
+    cfg = write_config(out, args.num_proc, write_tables(out))
+    print(f"input: {args.cells:,} cells x ~{args.genes_per_cell} genes in {raw} ({time.perf_counter() - t:.0f}s)")
+    try:
+        floor1 = run_job("floor:1", str(raw))
+        floorn = run_job(f"floor:{args.num_proc}", str(raw))
+        for p in ("merged", "mds", "work", "vocab"):
+            shutil.rmtree(out / p, ignore_errors=True)
+        run = run_job("run", str(cfg))
+    finally:
+        if not args.keep:
+            shutil.rmtree(out, ignore_errors=True)
+    kept = run["cells"]
+    # the floor processes every input cell; scale it to the cells the recipe keeps (the same unit as run)
+    f1 = floor1["seconds"] * kept / floor1["cells"]
+    fn = floorn["seconds"] * kept / floorn["cells"]
+    print(f"\ncells read {run['cells_read']:,}, written {kept:,} (train + valid, after the `full` filter)")
+    print(f"{'job':44} {'seconds':>8} {'cells/s':>9} {'x floor(N)':>10} {'RSS main':>9} {'RSS wkr':>8}")
+    rows = [
+        ("floor: read + tokens + zstd + write, 1 proc", f1, floor1),
+        (f"floor: same, {args.num_proc} procs", fn, floorn),
+        (f"cellcorpus vocab+tokenize+mds, {args.num_proc} procs", run["seconds"], run),
+    ]
+    for name, secs, r in rows:
+        print(f"{name:44} {secs:8.1f} {kept / secs:9,.0f} {secs / fn:10.2f} "
+              f"{r['rss_main_mb']:8.0f}M {r['rss_workers_mb']:7.0f}M")  # fmt: skip
+    print("stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in run["stages"].items()))
+
+
+if __name__ == "__main__":
+    main()
