@@ -25,11 +25,13 @@ __all__ = [
     "mds_units_dir",
     "drugs_manifest",
     "REPORT_DIR",
+    "VERIFY_RECORD",
 ]
 
 SPLITS = ("train", "valid")  # the seed's split names: <merged_dataset_root>/<split>.dataset
 MANIFEST = "manifest.json"  # beside each stage's output, written last
 REPORT_DIR = "report"  # under merged_dataset_root
+VERIFY_RECORD = "verify.json"  # in REPORT_DIR: the last verify's checks, shown by the report
 DRUG_PAD = "<pad>"  # drug_to_id's padding key (id 0, fingerprint row 0)
 _DRUGS_MANIFEST = "drugs_manifest.json"
 

@@ -46,6 +46,7 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch):
         for heading in ("What went in", "From cells read", "as a model sees them", "Vocabulary coverage",
                         "Metadata composition", "Output"):  # fmt: skip
             assert heading in page, (merged, heading)
+        assert "<b>verify</b>: " in page and "all passed" in page  # run verifies before it reports
     # the chemistry token: every drug a training sample carries has an id and a fingerprint row
     drug_to_id = json.loads((out / "tahoe_drugs" / "drug_to_id_pad.json").read_text())
     fps = np.load(out / "tahoe_drugs" / "drug_fps_pad.npy")

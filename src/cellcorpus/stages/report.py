@@ -27,7 +27,7 @@ from cellcorpus.formats.arrow import read_arrow
 from cellcorpus.io.atomic import write_json_atomic
 from cellcorpus.io.paths import Publisher, local_copy
 from cellcorpus.io.vocab import load_vocab
-from cellcorpus.layout import REPORT_DIR, mds_publisher, tokenize_publisher
+from cellcorpus.layout import REPORT_DIR, VERIFY_RECORD, mds_publisher, tokenize_publisher
 from cellcorpus.manifest import MdsManifest, TokenizeManifest
 from cellcorpus.stages.base import StageSummary
 
@@ -254,6 +254,7 @@ def run_report(cfg: Config) -> StageSummary:
             for s, v in mds_manifest.splits.items()
         },  # fmt: skip
         "gene_ids_per_file": _gene_ids_per_file(manifest),
+        "verify": _last_verify(out, manifest.config_hash),
     }
     folder = out.local_dir / REPORT_DIR
     folder.mkdir(parents=True, exist_ok=True)
@@ -266,6 +267,15 @@ def run_report(cfg: Config) -> StageSummary:
         counts={f"{s} cells": v["cells"] for s, v in stats["splits"].items()},
         outputs={"report": out.url(f"{REPORT_DIR}/report.html")},
     )
+
+
+def _last_verify(out: Publisher, config_hash: str) -> dict[str, Any] | None:
+    """The last `cellcorpus verify` of this very run (None when it has not been verified since it was built)."""
+    try:
+        record = out.read_json(f"{REPORT_DIR}/{VERIFY_RECORD}")
+    except Exception:  # a damaged record only loses the line on the page
+        return None
+    return record if record and record.get("config_hash") == config_hash else None
 
 
 def _per_file(manifest: TokenizeManifest, entries: Counter[int]) -> list[dict[str, Any]]:
@@ -397,8 +407,17 @@ def _page(stats: dict[str, Any], manifest: TokenizeManifest, dist: dict[str, dic
     arrow = [[s, sum(r.n_cells for r in recs), len(recs), sum(r.bytes for r in recs)]
              for s, recs in manifest.splits.items()]  # fmt: skip
     sections.append(_table(["Arrow split", "cells", "data files", "bytes"], arrow))
-    sections.append("<p class=muted>Run <code>cellcorpus verify</code> to re-check every file; "
-                    "the numbers on this page are in <code>stats.json</code>.</p>")  # fmt: skip
+    verify = stats["verify"]
+    if verify:
+        n_checks = sum(c["checked"] for c in verify["checks"].values())
+        n_failed = sum(c["failed"] for c in verify["checks"].values())
+        status = "all passed" if verify["ok"] else f"{n_failed:,} FAILED"
+        sections.append(
+            f"<p><b>verify</b>: {len(verify['checks'])} kinds of check over {n_checks:,} items, {status}.</p>"
+        )
+    else:
+        sections.append("<p><b>verify</b>: not run on this output yet (<code>cellcorpus verify CONFIG</code>).</p>")
+    sections.append("<p class=muted>The numbers on this page are in <code>stats.json</code>.</p>")
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>"
         + html.escape(f"{name} — cellcorpus report")
