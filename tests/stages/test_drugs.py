@@ -127,3 +127,22 @@ def test_verify_checks_the_files_and_counts_unmapped_drugs(tmp_path, write_confi
     np.save(fps_path, fps)
     with pytest.raises(VerifyError, match=r"drug fingerprint rows as written: .*row 2 \(d1\) differs"):
         run_verify(cfg)
+
+
+def test_demo_without_rdkit_skips_fingerprints_with_a_note_and_run_stops_early(tmp_path, monkeypatch):
+    import importlib.util
+
+    from cellcorpus.demo import make_demo_atlas
+    from cellcorpus.pipeline import packaged_config, run_demo, run_pipeline
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "rdkit" else real(name, *a))
+    name, summaries = next(run_demo(tmp_path / "demo"))
+    first = next(summaries)
+    assert name.endswith("tahoe_100m.yaml") and first.stage == "drugs" and "cellcorpus[chem]" in first.notes[0]
+    summaries.close()
+    make_demo_atlas(tmp_path / "atlas")
+    cfg = load_config(packaged_config("tahoe_x1_v2/tahoe_100m.yaml"), [f"output_root={tmp_path / 'atlas'}"])
+    with pytest.raises(MissingExtraError, match="RDKit"):
+        next(run_pipeline(cfg))
+    assert not (tmp_path / "atlas" / "vocab").exists()  # stopped before any stage ran

@@ -10,12 +10,13 @@ vocabulary and run at the start of tokenize (`sources.inputs.inspect_inputs`), s
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import uuid
 from pathlib import Path
 
 from cellcorpus.config import Config, HuggingfaceConfig
-from cellcorpus.errors import ConfigError
+from cellcorpus.errors import ConfigError, MissingExtraError
 from cellcorpus.exec.dask import check_dask_reachable
 from cellcorpus.exec.runner import ExecutorSpec
 from cellcorpus.formats.mds import MdsSpec
@@ -131,6 +132,10 @@ def preflight(
         _check_mds(cfg, columns, notes)
         if command != "tokenize":
             check_writable(cfg.mds.out_root, "mds.out_root")
+    if command == "run" and cfg.drugs is not None and importlib.util.find_spec("rdkit") is None:
+        raise MissingExtraError(
+            "drugs: the fingerprints need RDKit, which is not installed", hint="pip install 'cellcorpus[chem]'"
+        )
     if command == "run" and cfg.vocab is not None and not Path(cfg.vocab.reference_adata).is_file():
         raise ConfigError(f"vocab.reference_adata: file not found: {cfg.vocab.reference_adata}")
     return notes
