@@ -41,6 +41,8 @@ def test_tokenize_anndata_equals_the_cli_for_the_same_cells(tmp_path):
     got = tokenize_anndata(adata, vocab, split=True, **settings)
     for s in ("train", "valid"):
         assert got[s].to_pylist() == cli[s]
+    ds = tokenize_anndata(adata, vocab, split=True, as_dataset=True, **settings)
+    assert ds["train"].column_names[:3] == ["genes", "expressions", "id"] and len(ds["valid"]) == len(cli["valid"])
     whole = tokenize_anndata(adata, vocab, **settings)
     assert whole.num_rows == len(cli["train"]) + len(cli["valid"])
     assert whole.column("id").to_pylist() == sorted(r["id"] for r in cli["train"] + cli["valid"])

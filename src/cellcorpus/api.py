@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from cellcorpus.config import Config
 from cellcorpus.core.ids import decode_ids
-from cellcorpus.errors import ConfigError, InputError
+from cellcorpus.errors import ConfigError, InputError, MissingExtraError
 from cellcorpus.formats.arrow import read_arrow
 from cellcorpus.io.paths import join
 from cellcorpus.layout import tokenize_publisher
@@ -54,14 +54,16 @@ def tokenize_anndata(
     gene_col: str = "index",
     split: bool = False,
     file_index: int = 0,
+    as_dataset: bool = False,
     **settings: Any,
-) -> pa.Table | dict[str, pa.Table]:
+) -> Any:
     """Tokenize an in-memory AnnData exactly as `cellcorpus tokenize` tokenizes the same file.
 
     `settings` are `huggingface:` keys (`obs_filter`, `filter_cells`, `obs_metadata_columns`,
     `additional_metadata_info`, `split_parameters`, `cls_token`, `pad_value`, `min_vocab_genes`, ...). Returns
-    one table of every kept cell in row order, or with `split=True` {"train": ..., "valid": ...} by the same
-    seeded hash as the CLI. The AnnData is written to a temporary h5ad and read back in row ranges by the
+    one `pyarrow.Table` of every kept cell in id order, or with `split=True` {"train": ..., "valid": ...} by the
+    same seeded hash as the CLI; `as_dataset=True` gives `datasets.Dataset`s instead (needs `datasets`).
+    The AnnData is written to a temporary h5ad and read back in row ranges by the
     tokenize unit itself, so nothing here can drift from the CLI.
 
     >>> import anndata as ad, numpy as np, pandas as pd
@@ -118,7 +120,12 @@ def tokenize_anndata(
         out = {name: pa.concat_tables(parts) if parts else None for name, parts in tables.items()}
         # materialise before the temporary folder (and the memory-mapped parts in it) goes away
         result = {name: pa.table(t.to_pydict(), schema=t.schema) for name, t in out.items() if t is not None}
-    if split:
-        return result
-    both = pa.concat_tables([result["train"], result["valid"]])
-    return both.sort_by([("id", "ascending")])
+    if not split:
+        result = {"all": pa.concat_tables([result["train"], result["valid"]]).sort_by([("id", "ascending")])}
+    if as_dataset:
+        try:
+            import datasets
+        except ImportError as exc:
+            raise MissingExtraError("as_dataset=True needs HF datasets", hint="pip install 'cellcorpus[hf]'") from exc
+        result = {k: datasets.Dataset(t) for k, t in result.items()}
+    return result if split else result["all"]
