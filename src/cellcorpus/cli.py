@@ -132,8 +132,9 @@ def _print_summary(s: StageSummary) -> None:
         table.add_row(escape(k.replace("_", " ")), f"{v:,}")
     for k, v in s.outputs.items():
         table.add_row(escape(k), escape(str(v)))
-    table.columns[1].overflow = "fold"
-    out.print(table)
+    if table.row_count:  # a stage that only has a note (e.g. fingerprints skipped) prints no empty table
+        table.columns[1].overflow = "fold"
+        out.print(table)
     for note in s.notes:
         out.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
 

@@ -143,3 +143,11 @@ def test_tokenize_on_a_local_dask_cluster_matches_the_pool(tmp_path, write_confi
         assert result.exit_code == 0, result.output
         outs.append(data_bytes(root / "merged" / "train.dataset"))
     assert outs[0] == outs[1]
+
+
+def test_a_summary_with_only_a_note_prints_the_note(capsys):
+    from cellcorpus.cli import _print_summary
+    from cellcorpus.stages.base import StageSummary
+
+    _print_summary(StageSummary("drugs", notes=["RDKit is not installed: pip install 'cellcorpus[chem]'"]))
+    assert "pip install 'cellcorpus[chem]'" in capsys.readouterr().out
