@@ -315,7 +315,7 @@ def demo(
     out.print(f"[bold green]demo complete[/]: everything is under {escape(str(root))}")
     report = root / "tahoe_merged_w_metadata" / "report" / "report.html"
     out.print("\n[bold]Try next[/] (the last two need `pip install datasets` / `pip install mosaicml-streaming`):",
-              highlight=False)  # fmt: skip
+              highlight=False, soft_wrap=True)  # fmt: skip
     out.print(f"  open the report:   {escape(report.as_uri())}", highlight=False, soft_wrap=True)
     train = root / "tahoe_merged_w_metadata" / "train.dataset"
     load = f"import datasets; print(datasets.load_from_disk('{escape(str(train))}'))"
