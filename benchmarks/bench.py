@@ -82,6 +82,18 @@ def make_input(out: Path, cells: int, per_file: int, genes_per_cell: int, seed: 
     return ref.parent
 
 
+def vocab_section(out: Path) -> dict:
+    """The vocabulary from the first synthetic plate (shared by bench.py and e2e.py)."""
+    return {
+        "reference_adata": str(out / "raw" / "plate00.h5ad"),
+        "use_col": "gene_id",
+        "add_junk_tokens": True,
+        "special_tokens": ["<pad>", "<cls>", "<eoc>"],
+        "output_root": str(out / "vocab"),
+        "output_file": "vocab.json",
+    }
+
+
 def write_config(
     out: Path, num_proc: int, columns: dict, unit_cells: int, shuffle: bool, dask: str | None = None
 ) -> Path:
@@ -89,14 +101,7 @@ def write_config(
 
     cfg = {
         "output_root": str(out),
-        "vocab": {
-            "reference_adata": str(out / "raw" / "plate00.h5ad"),
-            "use_col": "gene_id",
-            "add_junk_tokens": True,
-            "special_tokens": ["<pad>", "<cls>", "<eoc>"],
-            "output_root": str(out / "vocab"),
-            "output_file": "vocab.json",
-        },
+        "vocab": vocab_section(out),
         "huggingface": {
             "adata_dir": str(out / "raw"),
             "gene_col": "gene_id",
@@ -219,8 +224,9 @@ def _mdswriter(cfg, encoding: str) -> dict:
     return {"cells": table.num_rows, "seconds_inner": time.perf_counter() - t0}
 
 
-def run_job(kind: str, arg: str) -> dict:
-    cmd = [sys.executable, __file__, "--job", kind, arg]
+def run_job(kind: str, arg: str, script: str = __file__) -> dict:
+    """Run `script --job kind arg` in a fresh process (its own peak RSS) and return its JSON line."""
+    cmd = [sys.executable, script, "--job", kind, arg]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"{kind} failed:\n{out.stderr[-3000:]}")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench import _peak_rss_mb, make_input  # noqa: E402 - the shared synthetic input and RSS reading
+from bench import _peak_rss_mb, make_input, run_job, vocab_section  # noqa: E402 - shared with bench.py
 
 CELL_LINES = ["CVCL_0023", "CVCL_0028", "CVCL_0062"]
 
@@ -64,14 +63,7 @@ def write_config(out: Path, num_proc: int, tables: dict[str, Path]) -> Path:
 
     cfg = {
         "output_root": str(out),
-        "vocab": {
-            "reference_adata": str(out / "raw" / "plate00.h5ad"),
-            "use_col": "gene_id",
-            "add_junk_tokens": True,
-            "special_tokens": ["<pad>", "<cls>", "<eoc>"],
-            "output_root": str(out / "vocab"),
-            "output_file": "vocab.json",
-        },
+        "vocab": vocab_section(out),
         "huggingface": {
             "adata_dir": str(out / "raw"),
             "gene_col": "gene_id",
@@ -182,13 +174,6 @@ def job(kind: str, arg: str) -> None:
     print(json.dumps(res))
 
 
-def run_job(kind: str, arg: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--job", kind, arg], capture_output=True, text=True)
-    if out.returncode:
-        raise SystemExit(f"{kind} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cells", type=int, default=300_000)
@@ -208,11 +193,11 @@ def main() -> None:
     cfg = write_config(out, args.num_proc, write_tables(out))
     print(f"input: {args.cells:,} cells x ~{args.genes_per_cell} genes in {raw} ({time.perf_counter() - t:.0f}s)")
     try:
-        floor1 = run_job("floor:1", str(raw))
-        floorn = run_job(f"floor:{args.num_proc}", str(raw))
+        floor1 = run_job("floor:1", str(raw), __file__)
+        floorn = run_job(f"floor:{args.num_proc}", str(raw), __file__)
         for p in ("merged", "mds", "work", "vocab"):
             shutil.rmtree(out / p, ignore_errors=True)
-        run = run_job("run", str(cfg))
+        run = run_job("run", str(cfg), __file__)
     finally:
         if not args.keep:
             shutil.rmtree(out, ignore_errors=True)
