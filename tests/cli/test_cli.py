@@ -40,7 +40,7 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch):
     assert set(tahoe.column_names) >= {"drug", "sample", "Cell_ID_Cellosaur", "moa-fine", "plate"}
     # the demo names each dataset before its stages run, and ends with what to try next
     first_rule = result.output.index("dataset: tahoe_x1_v2/tahoe_100m.yaml")
-    assert first_rule < result.output.index("tokenize") and "Try next:" in result.output
+    assert first_rule < result.output.index("tokenize") and "Try next" in result.output
     for merged in ("tahoe_merged_w_metadata", "scbasecamp_merged", "cellxgene_merged"):
         page = (out / merged / "report" / "report.html").read_text()
         for heading in ("What went in", "From cells read", "as a model sees them", "Vocabulary coverage",
