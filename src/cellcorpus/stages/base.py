@@ -77,13 +77,13 @@ def decide_rerun(
                 hint=f"use a new {key.split('.')[-1]}, or delete the old {what} to rebuild",
             )
         log.warning("inputs changed since the finished run: rebuilding %s", out.root)
-    elif complete and not previous and not ledger.done():
+    recorded = ledger.done()  # read once; records of other settings raise here
+    if complete and not previous and not recorded:
         location = out.url(complete[0].rsplit("/", 1)[0])
         raise ConfigError(
             f"{key}: {location} holds a {what} without a cellcorpus manifest; it is left untouched",
             hint=f"use a new {key.split('.')[-1]}, or delete it",
         )
-    ledger.done()
     return None
 
 

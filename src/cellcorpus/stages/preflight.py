@@ -16,11 +16,12 @@ import uuid
 from pathlib import Path
 
 from cellcorpus.config import Config, HuggingfaceConfig
-from cellcorpus.errors import ConfigError, MissingExtraError
+from cellcorpus.errors import ConfigError, InputError, MissingExtraError
 from cellcorpus.exec.dask import check_dask_reachable
 from cellcorpus.exec.runner import ExecutorSpec
 from cellcorpus.formats.mds import MdsSpec
 from cellcorpus.io.paths import filesystem, is_url
+from cellcorpus.io.tables import load_table
 from cellcorpus.manifest import TokenizeManifest
 from cellcorpus.sources.base import InputFile
 
@@ -82,6 +83,18 @@ def _check_mds(cfg: Config, columns: list[str] | None, notes: list[str]) -> None
         )
 
 
+def _check_join_tables(hf: HuggingfaceConfig) -> None:
+    """Every join table exists and has its key and columns (read once here; workers reuse the cache)."""
+    for i, join in enumerate(hf.additional_metadata_info):
+        if not Path(join.path).is_file():
+            raise ConfigError(f"huggingface.additional_metadata_info.{i}.path: file not found: {join.path}")
+        try:
+            load_table(join.path, join.merge_keys.metadata_key, join.columns)
+        except InputError as exc:
+            # the key or a column named by the config is absent from the table: the config's problem
+            raise ConfigError(f"huggingface.additional_metadata_info.{i}: {exc.message}", hint=exc.hint) from exc
+
+
 def _tokenize_columns(hf: HuggingfaceConfig, inputs: list[InputFile] | None) -> list[str] | None:
     """Columns tokenize will write; None when the obs index name cannot be known yet (no input found)."""
     from cellcorpus.sources.inputs import obs_index_column, peek_first_input
@@ -117,9 +130,7 @@ def preflight(
         columns = _tokenize_columns(hf, inputs)
         if hf.split_parameters.test_size == 0:
             notes.append("huggingface.split_parameters.test_size is 0: the valid split will be empty")
-        for i, join in enumerate(hf.additional_metadata_info):
-            if not Path(join.path).is_file():
-                raise ConfigError(f"huggingface.additional_metadata_info.{i}.path: file not found: {join.path}")
+        _check_join_tables(hf)
         check_writable(hf.output_root, "huggingface.output_root")
         check_writable(hf.merged_dataset_root, "huggingface.merged_dataset_root")
     if command == "mds" and cfg.mds is not None:

@@ -75,18 +75,10 @@ def plan_tokenize(hf: HuggingfaceConfig, inputs: list[InputFile]) -> list[WorkUn
     return units
 
 
-def _check_vocab_and_tables(hf: HuggingfaceConfig, vocab: dict[str, int]) -> None:
-    """Fail before any worker starts: CLS token in vocab, metadata tables readable with their keys."""
+def _check_cls(hf: HuggingfaceConfig, vocab: dict[str, int]) -> None:
+    """Fail before any worker starts when the CLS token is not in the vocabulary (join tables: preflight)."""
     if hf.add_cls_token and hf.cls_token not in vocab:
         raise ConfigError(f"huggingface.cls_token: '{hf.cls_token}' is not in the vocabulary {hf.vocab_file}")
-    for i, join in enumerate(hf.additional_metadata_info):
-        if not Path(join.path).is_file():
-            raise ConfigError(f"huggingface.additional_metadata_info.{i}.path: file not found: {join.path}")
-        try:
-            load_table(join.path, join.merge_keys.metadata_key, join.columns)
-        except InputError as exc:
-            # the key or a column named by the config is absent from the table: the config's problem
-            raise ConfigError(f"huggingface.additional_metadata_info.{i}: {exc.message}", hint=exc.hint) from exc
 
 
 # ---- unit ---------------------------------------------------------------------------------------
@@ -307,7 +299,7 @@ def run_tokenize(cfg: Config, spec: ExecutorSpec | None = None, reporter: Report
         raise ConfigError(f"huggingface.output_root: must be a local scratch folder, got {hf.output_root}")
     spec = spec or ExecutorSpec.resolve(cfg, hf.num_proc)
     vocab = load_vocab(hf.vocab_file)
-    _check_vocab_and_tables(hf, vocab)
+    _check_cls(hf, vocab)
     inputs = discover_inputs(hf)
     notes = preflight(cfg, spec, "tokenize", inputs)
     notes += inspect_inputs(hf, inputs, vocab).notes
