@@ -145,7 +145,8 @@ def preflight(
             check_writable(cfg.mds.out_root, "mds.out_root")
     if command == "run" and cfg.drugs is not None and importlib.util.find_spec("rdkit") is None:
         raise MissingExtraError(
-            "drugs: the fingerprints need RDKit, which is not installed", hint="pip install 'cellcorpus[chem]'"
+            "drugs: the fingerprints need RDKit, which is not installed",
+            hint="pip install 'cellcorpus[chem]', or --set drugs=null to run without the fingerprints",
         )
     if command == "run" and cfg.vocab is not None and not Path(cfg.vocab.reference_adata).is_file():
         raise ConfigError(f"vocab.reference_adata: file not found: {cfg.vocab.reference_adata}")
