@@ -1,7 +1,8 @@
 """The house's import graph: no cycles, no import from a lower layer to a higher one, no stage importing another.
 
 Layers (lower first): errors/_version <- core <- io, config, manifest, log <- layout, formats <- sources <- exec
-<- stages <- pipeline, demo <- cli. Stage modules share only `stages.base` and `stages.preflight`;
+<- stages <- pipeline, demo <- cli. Stage modules share only `stages.base`, `stages.preflight` and
+`stages.mds_unit` (an MDS writer sub-folder, written by the mds stage or by tokenize's fused pass);
 `stages.tokenize_finalize` is tokenize's second half.
 """
 
@@ -16,7 +17,7 @@ LAYER = {
     "formats": 3, "sources": 4, "exec": 5, "stages": 6, "pipeline": 7, "demo": 7, "api": 7, "cli": 8, "__main__": 8,
     "__init__": 9,
 }  # fmt: skip
-SHARED_STAGE_MODULES = {"cellcorpus.stages.base", "cellcorpus.stages.preflight"}
+SHARED_STAGE_MODULES = {"cellcorpus.stages.base", "cellcorpus.stages.preflight", "cellcorpus.stages.mds_unit"}
 
 
 def _graph() -> dict[str, set[str]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -77,24 +77,71 @@ def cells_table(cells: Ragged, ids: NDArray[Any], metadata: dict[str, NDArray[An
 BATCH_ROWS = 1000  # rows per record batch, as `datasets` writes them
 
 
+class _Gather:
+    """Rows of a table in a given order, one batch at a time, taking from each record batch separately.
+
+    Written by hand because `Table.take` on a many-chunk table (a shuffle bucket gathered from every
+    part's memory-mapped batches) is ~7x slower than taking from single arrays: the rows of a batch are
+    grouped by the chunk they live in, taken per chunk, and put back in the asked order.
+    """
+
+    def __init__(self, table: pa.Table) -> None:
+        self.batches = table.to_batches()
+        lengths = np.array([b.num_rows for b in self.batches], dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(lengths)])
+        self.schema = table.schema
+
+    def take(self, rows: NDArray[Any]) -> pa.Table:
+        if len(self.batches) == 1:
+            return pa.Table.from_batches([self.batches[0].take(pa.array(rows))], self.schema)
+        chunk = np.searchsorted(self.starts, rows, side="right") - 1
+        by_chunk = np.argsort(chunk, kind="stable")
+        sorted_chunks = chunk[by_chunk]
+        cuts = np.flatnonzero(np.diff(sorted_chunks)) + 1
+        parts = []
+        for idx in np.split(by_chunk, cuts):  # one piece per chunk present in this batch
+            c = int(chunk[idx[0]])
+            local = rows[idx] - self.starts[c]
+            if local[-1] - local[0] == len(local) - 1 and np.all(np.diff(local) == 1):
+                # a run (a shuffle merges key-sorted parts, so each part gives a run): a zero-copy slice
+                parts.append(self.batches[c].slice(int(local[0]), len(local)))
+            else:
+                parts.append(self.batches[c].take(pa.array(local)))
+        grouped = pa.Table.from_batches(parts, self.schema).combine_chunks()
+        if np.all(np.diff(by_chunk) > 0):
+            return grouped  # already in the asked order
+        restore = np.empty_like(by_chunk)
+        restore[by_chunk] = np.arange(len(by_chunk))
+        return grouped.take(pa.array(restore))
+
+
 def write_stream(
-    path: str | Path, table: pa.Table, rows: NDArray[Any] | None = None, mask: NDArray[Any] | None = None
+    path: str | Path,
+    table: pa.Table,
+    rows: NDArray[Any] | None = None,
+    mask: NDArray[Any] | None = None,
+    each: Callable[[pa.Table], None] | None = None,
 ) -> int:
     """Write `table` (or its rows `rows` in that order, or the rows where `mask`) as an IPC stream file,
     atomically. Rows are gathered one record batch at a time, so memory holds one batch, never a
-    second copy of the table. Returns the number of rows written.
+    second copy of the table; `each` (if given) also receives every written batch, in order (the fused
+    MDS export encodes them while they are in memory). Returns the number of rows written.
     """
     if mask is not None:
         rows = np.flatnonzero(mask)
     n = table.num_rows if rows is None else len(rows)
+    gather = _Gather(table) if rows is not None else None
     with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
         for start in range(0, n, BATCH_ROWS):
-            if rows is None:
-                chunk = table.slice(start, BATCH_ROWS)
+            if gather is None:
+                chunk = table.slice(start, BATCH_ROWS).combine_chunks()
             else:
-                chunk = table.take(pa.array(rows[start : start + BATCH_ROWS]))
-            for batch in chunk.combine_chunks().to_batches():
+                assert rows is not None
+                chunk = gather.take(rows[start : start + BATCH_ROWS])
+            for batch in chunk.to_batches():
                 w.write_batch(batch)
+            if each is not None:
+                each(chunk)
     return n
 
 

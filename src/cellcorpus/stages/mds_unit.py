@@ -1,0 +1,147 @@
+"""One MDS writer sub-folder from Arrow batches, and the MDS stage's identity.
+
+Shared by `cellcorpus mds` (a unit converts one Arrow data file) and tokenize's fused pass (a shuffle
+unit encodes each batch of its data file as it writes it, so `run` passes over the tokens once). Both
+produce the same bytes and the same completion record, so the mds stage finds fused units done.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cellcorpus.config import MDS_LOCATION_KEYS, MdsConfig, config_hash
+from cellcorpus.errors import InputError
+from cellcorpus.formats.mds import MdsSpec, ShardWriter, TorchPickler, encode_samples
+from cellcorpus.io.paths import Publisher
+from cellcorpus.layout import mds_publisher, mds_units_dir
+from cellcorpus.manifest import Ledger, UnitResult
+
+__all__ = [
+    "MdsUnit",
+    "MdsContext",
+    "MdsUnitWriter",
+    "MdsIdentity",
+    "mds_identity",
+    "convert_file",
+    "sub_dir_of",
+    "unit_id_of",
+    "BATCH_ROWS",
+]
+
+BATCH_ROWS = 2048  # rows encoded per Arrow compute call: bounds memory to a few batches + one shard
+
+
+@dataclass(frozen=True, order=True)
+class MdsUnit:
+    """One Arrow data file of a split, converted by one writer into its own sub-folder."""
+
+    unit_id: str
+    path: str  # the Arrow data file
+    split: str
+    sub_dir: str
+    n_cells: int
+    checksum: str = ""  # xxh64 of the Arrow file (from the tokenize manifest): a changed file is redone
+
+
+@dataclass(frozen=True)
+class MdsContext:
+    """What every MDS unit shares: writer spec, output root, min_length."""
+
+    spec: MdsSpec
+    out: Publisher
+    min_length: int | None
+
+
+@functools.lru_cache(maxsize=1)
+def _pickler() -> TorchPickler:
+    # one per process: its per-length templates are reused by every unit the worker runs
+    return TorchPickler()
+
+
+class MdsUnitWriter:
+    """Encode a unit's Arrow batches (in order) into `<out>/<split>/<sub_dir>/`; `finish` publishes it."""
+
+    def __init__(self, unit: MdsUnit, ctx: MdsContext) -> None:
+        self.unit, self.ctx = unit, ctx
+        self.dir = ctx.out.local_dir / unit.split / unit.sub_dir
+        shutil.rmtree(self.dir, ignore_errors=True)  # leftovers of an interrupted attempt
+        self.dir.mkdir(parents=True)
+        self._pickler = _pickler() if any(e == "pkl" for _, e in ctx.spec.columns) else None
+        self._writer = ShardWriter(self.dir, ctx.spec)
+        self._n_in = 0
+
+    def add(self, table: pa.Table) -> None:
+        """Encode rows (after `min_length`) in batches of BATCH_ROWS."""
+        self._n_in += table.num_rows
+        if self.ctx.min_length:
+            if "genes" not in table.column_names:
+                raise InputError(f"{self.unit.path}: mds.min_length needs a 'genes' column")
+            lengths = pc.list_value_length(table.column("genes"))
+            table = table.filter(pc.greater_equal(lengths, self.ctx.min_length))
+        for start in range(0, table.num_rows, BATCH_ROWS):
+            try:
+                self._writer.add(encode_samples(table.slice(start, BATCH_ROWS), self.ctx.spec, self._pickler))
+            except ValueError as exc:
+                raise InputError(f"{self.unit.path}: {exc}") from exc
+
+    def finish(self, checksum: str) -> UnitResult:
+        """Last shard, index.json (published after its shards); the unit's completion record."""
+        index = self._writer.finish()
+        for shard in index["shards"]:
+            self.ctx.out.publish(self.dir / (shard["zip_data"] or shard["raw_data"])["basename"])
+        self.ctx.out.publish(self.dir / "index.json")
+        keep = ("samples", "zip_data", "raw_data")
+        shards = [{"sub_dir": self.unit.sub_dir, **{k: s[k] for k in keep}} for s in index["shards"]]
+        written = self._writer.n_samples
+        counts = {"cells_in": self._n_in, "dropped_min_length": self._n_in - written, "written": written}
+        return UnitResult(self.unit.unit_id, counts, shards, {"split": self.unit.split, "input_checksum": checksum})
+
+
+@dataclass(frozen=True)
+class MdsIdentity:
+    """Where an MDS export goes and what makes it the same work (settings; + the source for the stage)."""
+
+    out: Publisher
+    markers: tuple[str, ...]
+    settings_hash: str
+    ledger_dir: str
+
+    def stage_hash(self, source_hash: str | None) -> str:
+        """Settings + the tokenize run it exports (the source manifest's config_hash)."""
+        return config_hash(self.settings_hash, source_hash)
+
+    def ledger(self) -> Ledger:
+        """The MDS completion records (one per writer sub-folder)."""
+        return Ledger(self.ledger_dir, self.settings_hash)
+
+
+def mds_identity(mds: MdsConfig) -> MdsIdentity:
+    """Where things are never enters the identity (a moved export is still complete), the settings do."""
+    return MdsIdentity(
+        out=mds_publisher(mds),
+        markers=tuple(f"{s}/index.json" for s in mds.splits),
+        settings_hash=config_hash(mds.model_dump(mode="json", exclude=set(MDS_LOCATION_KEYS))),
+        ledger_dir=str(mds_units_dir(mds)),
+    )
+
+
+def sub_dir_of(index: int) -> str:
+    """The writer sub-folder of a split's `index`-th Arrow data file."""
+    return f"{index:05d}"
+
+
+def unit_id_of(split: str, index: int) -> str:
+    """The MDS unit id of a split's `index`-th Arrow data file."""
+    return f"{split}-{index:05d}"
+
+
+def convert_file(unit: MdsUnit, ctx: MdsContext, table: pa.Table) -> UnitResult:
+    """A whole Arrow file through one writer (the `cellcorpus mds` unit)."""
+    writer = MdsUnitWriter(unit, ctx)
+    writer.add(table)
+    return writer.finish(unit.checksum)
