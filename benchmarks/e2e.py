@@ -159,7 +159,7 @@ def job(kind: str, arg: str) -> None:
         with executor_session():
             for name, fn in (
                 ("vocab", lambda: run_vocab(cfg)),
-                ("tokenize", lambda: run_tokenize(cfg, spec)),
+                ("tokenize", lambda: run_tokenize(cfg, spec, fuse_mds=True)),  # as `cellcorpus run`
                 ("mds", lambda: run_mds(cfg, spec)),
             ):
                 t = time.perf_counter()

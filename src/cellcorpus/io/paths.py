@@ -18,12 +18,19 @@ if TYPE_CHECKING:
 
 M = TypeVar("M", bound="StageManifest")
 
-__all__ = ["is_url", "join", "filesystem", "exists", "Publisher", "local_copy"]
+__all__ = ["is_url", "same_location", "join", "filesystem", "exists", "Publisher", "local_copy"]
 
 
 def is_url(path: str) -> bool:
     """Whether `path` is an fsspec URL rather than a local path."""
     return "://" in path
+
+
+def same_location(a: str, b: str) -> bool:
+    """Whether two spellings name the same folder (relative vs absolute, trailing slash)."""
+    if is_url(a) or is_url(b):
+        return a.rstrip("/") == b.rstrip("/")
+    return Path(a).resolve() == Path(b).resolve()
 
 
 def join(root: str, name: str) -> str:

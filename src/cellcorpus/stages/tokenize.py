@@ -29,11 +29,12 @@ from cellcorpus.core.vocab import VocabLookup
 from cellcorpus.errors import ConfigError, InputError
 from cellcorpus.exec.runner import ExecutorSpec, Reporter
 from cellcorpus.formats.arrow import cell_schema, cells_table, write_stream
-from cellcorpus.io.paths import is_url
+from cellcorpus.formats.mds import MdsSpec
+from cellcorpus.io.paths import is_url, same_location
 from cellcorpus.io.tables import as_strings, load_table, lookup
 from cellcorpus.io.vocab import load_vocab
 from cellcorpus.layout import SPLITS, parts_dir, tokenize_publisher, units_dir
-from cellcorpus.manifest import Ledger, TokenizeManifest, UnitResult, file_checksum, output_record
+from cellcorpus.manifest import Ledger, MdsManifest, TokenizeManifest, UnitResult, file_checksum, output_record
 from cellcorpus.sources.base import InputFile, RawBlock
 from cellcorpus.sources.inputs import (
     discover_inputs,
@@ -42,9 +43,10 @@ from cellcorpus.sources.inputs import (
     inspect_inputs,
     obs_index_column,
 )
-from cellcorpus.stages.base import StageRun, StageSummary, WorkUnit, run_stage
+from cellcorpus.stages.base import StageRun, StageSummary, WorkUnit, decide_rerun, run_stage
+from cellcorpus.stages.mds_unit import MdsContext, mds_identity
 from cellcorpus.stages.preflight import preflight
-from cellcorpus.stages.tokenize_finalize import TokenizeContext, finalize_splits
+from cellcorpus.stages.tokenize_finalize import FusedMds, TokenizeContext, finalize_splits
 
 __all__ = ["TokenizeContext", "plan_tokenize", "tokenize_unit", "run_tokenize"]
 
@@ -288,11 +290,42 @@ def _check_split_sizes(hf: HuggingfaceConfig, totals: dict[str, int]) -> None:
             )
 
 
-def run_tokenize(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | None = None) -> StageSummary:
+def _fused_mds(cfg: Config, hf: HuggingfaceConfig, stage_hash: str) -> FusedMds | None:
+    """The MDS export to write in the shuffle pass, when `cfg.mds` exports exactly this output.
+
+    Decided like the mds stage's own run (so a finished export of other settings is refused here, before any
+    work): None when there is no mds section, it reads another dataset, the split is not shuffled, or the
+    export is already complete for this tokenize run.
+    """
+    mds = cfg.mds
+    if mds is None or not hf.split_parameters.shuffle or not same_location(mds.root_dir, hf.merged_dataset_root):
+        return None
+    ident = mds_identity(mds)
+    previous = decide_rerun(
+        ident.out,
+        list(ident.markers),
+        key="mds.out_root",
+        what="MDS export",
+        stage_hash=ident.stage_hash(stage_hash),
+        settings_hash=ident.settings_hash,
+        ledger=ident.ledger(),
+        model=MdsManifest,
+    )
+    if previous is not None:
+        return None
+    wspec = MdsSpec.create(mds.columns, mds.compression, mds.hashes, mds.size_limit)
+    context = MdsContext(wspec, ident.out, mds.min_length)
+    return FusedMds(ident, context, tuple(mds.splits))
+
+
+def run_tokenize(
+    cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | None = None, *, fuse_mds: bool = False
+) -> StageSummary:
     """Plan, run pending units, finalize both splits; skips everything when already complete.
 
     Every check (config, inputs' columns and gene coverage, whether finished output may be replaced)
-    happens before the first unit and before anything on disk is changed.
+    happens before the first unit and before anything on disk is changed. `fuse_mds` (`cellcorpus run`):
+    the shuffle units also write the config's MDS export (stages/tokenize_finalize.py), one pass over tokens.
     """
     hf: HuggingfaceConfig = cfg.need("huggingface")
     if is_url(hf.output_root):
@@ -315,6 +348,7 @@ def run_tokenize(cfg: Config, spec: ExecutorSpec | None = None, reporter: Report
             for s, frac in (("train", 1 - tsize), ("valid", tsize))
         )
     index_column = obs_index_column(hf, inputs[0])
+    fused = _fused_mds(cfg, hf, stage_hash) if fuse_mds else None
     ctx = TokenizeContext(
         hf=hf,
         vocab_file=hf.vocab_file,
@@ -322,7 +356,14 @@ def run_tokenize(cfg: Config, spec: ExecutorSpec | None = None, reporter: Report
         metadata_columns=tuple(hf.metadata_columns(index_column)),
         index_column=index_column,
         n_buckets=n_buckets,
+        fused_mds=fused,
     )
+
+    def plan() -> list[WorkUnit]:
+        if fused is not None:  # tokenize rebuilds: the export it replaces must never look complete meanwhile
+            for marker in fused.identity.markers:
+                fused.identity.out.remove(marker)
+        return plan_tokenize(hf, inputs)
 
     def finalize(units: Sequence[WorkUnit], results: list[UnitResult]) -> tuple[dict[str, Any], StageSummary]:
         totals = {k: sum(r.counts.get(k, 0) for r in results) for k in COUNT_KEYS}
@@ -366,7 +407,7 @@ def run_tokenize(cfg: Config, spec: ExecutorSpec | None = None, reporter: Report
         stage_hash=stage_hash,
         manifest_model=TokenizeManifest,
         ledger=Ledger(units_dir(hf, "tokenize"), work_hash),
-        plan=lambda: plan_tokenize(hf, inputs),
+        plan=plan,
         run_unit=tokenize_unit,
         context=ctx,
         finalize=finalize,

@@ -5,6 +5,9 @@ Shuffled: an external bucket shuffle. Every part is already sorted by the cell's
 records where each bucket starts; a shuffle unit gathers bucket b from all parts (memory-mapped
 slices, so memory ~ one bucket), sorts by key and writes `data-b-of-B`. Bucket b holds the key
 range [b/B, (b+1)/B), so bucket order + in-bucket key order is one seeded global permutation.
+Fused (`cellcorpus run` with an mds section reading this output): the shuffle unit also encodes each
+batch it writes into the MDS writer sub-folder of its data file and records that MDS unit as done,
+so the tokens are gathered once and the mds stage only merges the indexes.
 """
 
 from __future__ import annotations
@@ -24,8 +27,18 @@ from cellcorpus.io.paths import Publisher
 from cellcorpus.layout import SPLITS, dataset_dir, tokenize_publisher, units_dir
 from cellcorpus.manifest import Ledger, UnitResult, output_record
 from cellcorpus.stages.base import WorkUnit
+from cellcorpus.stages.mds_unit import MdsContext, MdsIdentity, MdsUnit, MdsUnitWriter, sub_dir_of, unit_id_of
 
-__all__ = ["TokenizeContext", "ShuffleUnit", "shuffle_unit", "finalize_splits"]
+__all__ = ["TokenizeContext", "FusedMds", "ShuffleUnit", "shuffle_unit", "finalize_splits"]
+
+
+@dataclass(frozen=True)
+class FusedMds:
+    """The MDS export the shuffle units write alongside the Arrow data files (splits in `splits`)."""
+
+    identity: MdsIdentity
+    context: MdsContext
+    splits: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -38,6 +51,7 @@ class TokenizeContext:
     metadata_columns: tuple[str, ...]
     index_column: str | None
     n_buckets: tuple[tuple[str, int], ...]  # split -> shuffle buckets (empty when not shuffling)
+    fused_mds: FusedMds | None = None
 
 
 @dataclass(frozen=True, order=True)
@@ -61,6 +75,8 @@ class ShuffleContext:
     metadata_columns: tuple[str, ...]
     root: str  # the split's local folder (output record paths are relative to it)
     publisher: Publisher
+    split: str
+    mds: FusedMds | None = None
 
 
 def shuffle_unit(unit: ShuffleUnit, ctx: ShuffleContext) -> UnitResult:
@@ -69,9 +85,16 @@ def shuffle_unit(unit: ShuffleUnit, ctx: ShuffleContext) -> UnitResult:
     schema = cell_schema(list(ctx.metadata_columns))
     table = pa.concat_tables(pieces) if pieces else schema.empty_table()  # zero-copy over memory maps
     order = np.argsort(shuffle_keys(table.column("id").to_numpy(), ctx.seed), kind="stable")
-    write_stream(unit.path, table, rows=order)
+    mds = None
+    if ctx.mds is not None:
+        i = unit.bucket  # the bucket's data file is the split's i-th
+        mds_unit = MdsUnit(unit_id_of(ctx.split, i), unit.path, ctx.split, sub_dir_of(i), table.num_rows)
+        mds = MdsUnitWriter(mds_unit, ctx.mds.context)
+    write_stream(unit.path, table, rows=order, each=mds.add if mds else None)
     record = output_record(unit.path, ctx.root, n_cells=table.num_rows)
     ctx.publisher.publish(unit.path)
+    if mds is not None and ctx.mds is not None:  # recorded as the mds stage's unit for exactly this file
+        ctx.mds.identity.ledger().record(mds.finish(record["xxh64"]))
     return UnitResult(unit.unit_id, {"cells": table.num_rows}, [record])
 
 
@@ -127,7 +150,8 @@ def finalize_splits(
                 )
                 for b in range(n)
             ]
-            sctx = ShuffleContext(ctx.hf.split_parameters.seed, ctx.metadata_columns, str(dest), out)
+            fused = ctx.fused_mds if ctx.fused_mds and split in ctx.fused_mds.splits else None
+            sctx = ShuffleContext(ctx.hf.split_parameters.seed, ctx.metadata_columns, str(dest), out, split, fused)
             # derived work: its identity is the exact parts it reads; stale records are dropped
             parts_hash = config_hash(stage_hash, [r["xxh64"] for _, r in parts])
             ledger = Ledger(units_dir(ctx.hf, f"shuffle-{split}"), parts_hash, derived=True)
