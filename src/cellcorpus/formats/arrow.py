@@ -112,7 +112,32 @@ class _Gather:
             return grouped  # already in the asked order
         restore = np.empty_like(by_chunk)
         restore[by_chunk] = np.arange(len(by_chunk))
-        return grouped.take(pa.array(restore))
+        return _reorder(grouped, restore)
+
+
+def _reorder(table: pa.Table, order: NDArray[Any]) -> pa.Table:
+    """`table.take(order)` for a single-chunk table, list columns gathered with numpy.
+
+    By hand because Arrow's list take builds child indices per column (~2x slower); here lists with equal
+    offsets (genes and expressions of the same cells) share one index array.
+    """
+    cols = []
+    shared: tuple[NDArray[Any], NDArray[Any], NDArray[Any]] | None = None  # (offsets in, offsets out, index)
+    for col in table.columns:
+        arr = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+        if not pa.types.is_list(arr.type) or arr.null_count or arr.values.null_count:
+            cols.append(arr.take(pa.array(order)))
+            continue
+        offs = arr.offsets.to_numpy()
+        if shared is None or not np.array_equal(shared[0], offs):
+            lengths = np.diff(offs)[order]
+            out = np.zeros(len(order) + 1, np.int32)
+            np.cumsum(lengths, out=out[1:])
+            index = np.repeat(offs[:-1][order] - out[:-1], lengths) + np.arange(out[-1], dtype=np.int64)
+            shared = (offs, out, index)
+        values = arr.values.to_numpy()[shared[2]]  # offsets index the whole child array, slice or not
+        cols.append(pa.ListArray.from_arrays(pa.array(shared[1]), pa.array(values, type=arr.type.value_type)))
+    return pa.Table.from_arrays(cols, schema=table.schema)
 
 
 def write_stream(

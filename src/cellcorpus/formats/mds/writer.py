@@ -81,29 +81,47 @@ class ShardWriter:
     def _flush(self) -> None:
         if not self._pending:
             return
-        samples = pa.concat_arrays(self._pending)
-        n = len(samples)
-        _, off_buf, data_buf = samples.buffers()
-        offsets = np.frombuffer(off_buf, np.int32)[samples.offset : samples.offset + n + 1].astype(np.int64)
-        body = memoryview(data_buf)[offsets[0] : offsets[-1]].tobytes()
-        abs_offsets = (offsets - offsets[0] + 4 + 4 * (n + 1) + len(self._config)).astype("<u4")
-        raw = np.uint32(n).tobytes() + abs_offsets.tobytes() + self._config + body
+        # The raw shard is assembled in one buffer (header, offsets, config, then each pending piece's bytes
+        # copied once), not by concatenating arrays and bytes: each copy of a 64 MB shard costs ~2% of a run.
+        pieces = []
+        for arr in self._pending:
+            _, off_buf, data_buf = arr.buffers()
+            offs = np.frombuffer(off_buf, np.int32)[arr.offset : arr.offset + len(arr) + 1]
+            pieces.append((offs, data_buf))
+        n = sum(len(o) - 1 for o, _ in pieces)
+        header = 4 + 4 * (n + 1) + len(self._config)
+        sizes = np.concatenate([np.diff(o) for o, _ in pieces]).astype(np.int64)
+        abs_offsets = np.empty(n + 1, np.int64)
+        abs_offsets[0] = header
+        np.cumsum(sizes, out=abs_offsets[1:])
+        abs_offsets[1:] += header
+        raw = np.empty(int(abs_offsets[-1]), np.uint8)
+        raw[:4] = np.frombuffer(np.uint32(n).tobytes(), np.uint8)
+        raw[4 : 4 * (n + 2)] = abs_offsets.astype("<u4").view(np.uint8)
+        raw[4 * (n + 2) : header] = np.frombuffer(self._config, np.uint8)
+        at = header
+        for offs, data_buf in pieces:
+            lo, hi = int(offs[0]), int(offs[-1])
+            raw[at : at + hi - lo] = np.frombuffer(data_buf, np.uint8, hi - lo, lo)
+            at += hi - lo
         i = len(self.shards)
         raw_name = f"shard.{i:05d}.mds"
-        raw_info = self._info(raw, raw_name)
+        raw_view = raw.data  # a zero-copy memoryview
+        raw_info = self._info(raw_view, raw_name)
         zip_info = None
-        data, name = raw, raw_name
+        data: bytes | memoryview = raw_view
+        name = raw_name
         if self._compressor is not None:
-            data = self._compressor.compress(raw)
+            data = self._compressor.compress(raw_view)
             name = f"{raw_name}.zstd"
             zip_info = self._info(data, name)
-        with atomic_path(self.dir / name) as tmp:
-            tmp.write_bytes(data)
+        with atomic_path(self.dir / name) as tmp, open(tmp, "wb") as f:
+            f.write(data)
         self.shards.append({"samples": n, "raw_data": raw_info, "zip_data": zip_info, **self.spec.config()})
         self.n_samples += n
         self._pending, self._pending_size = [], 0
 
-    def _info(self, data: bytes, basename: str) -> dict[str, Any]:
+    def _info(self, data: bytes | memoryview, basename: str) -> dict[str, Any]:
         return {"basename": basename, "bytes": len(data), "hashes": {a: hash_bytes(a, data) for a in self.spec.hashes}}
 
     def finish(self) -> dict[str, Any]:
