@@ -163,3 +163,62 @@ def test_pkl_template_equals_a_real_pickle_at_every_framing_boundary(dtype):
         a = rng.integers(0, 60_000, n).astype(dtype)
         prefix, suffix = p.template(np.dtype(dtype), n)
         assert prefix + a.tobytes() + suffix == p.dumps(a), n
+
+
+def test_pkl_bytes_equal_the_c_pickler_with_real_torch_objects():
+    """Written without torch, read with it: the bytes are what `pickle.dumps` writes for torch's own objects
+    (torch's storage-by-address key replaced by "0"), and they load as the same tensor."""
+    torch = pytest.importorskip("torch")
+    import io
+    import pickle
+    from collections import OrderedDict
+
+    from torch._utils import _rebuild_tensor_v2
+    from torch.storage import _load_from_bytes
+
+    from cellcorpus.formats.mds import TorchPickler
+
+    class Storage:
+        def __init__(self, stype, n):
+            self.pid = ("storage", stype, "0", "cpu", n, None)
+
+    class StoragePickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return obj.pid if isinstance(obj, Storage) else None
+
+    class Call:
+        def __init__(self, fn, args):
+            self.fn, self.args = fn, args
+
+        def __reduce__(self):
+            return self.fn, self.args
+
+    p = TorchPickler()
+    head = p._head  # the legacy torch.save preamble (magic, protocol, sys info)
+    for dtype, stype, tdtype in (
+        (np.int64, torch.LongStorage, torch.int64),
+        (np.float32, torch.FloatStorage, torch.float32),
+    ):
+        for n in (0, 1, 300, 70_000):
+            a = np.random.default_rng(n).integers(0, 60_000, n).astype(dtype)
+            buf = io.BytesIO()
+            StoragePickler(buf, protocol=2).dump(Storage(stype, n))
+            payload = head + buf.getvalue() + pickle.dumps(["0"], protocol=2) + np.int64(n).tobytes() + a.tobytes()
+            tensor = Call(_rebuild_tensor_v2, (Call(_load_from_bytes, (payload,)), 0, (n,), (1,), False, OrderedDict()))
+            assert p.dumps(a) == pickle.dumps(tensor, protocol=4), (dtype, n)
+            prefix, suffix = p.template(np.dtype(dtype), n)
+            loaded = pickle.loads(prefix + a.tobytes() + suffix)
+            assert loaded.dtype == tdtype and loaded.tolist() == a.tolist()
+
+
+def test_writing_pkl_does_not_import_torch(tmp_path):
+    import subprocess
+
+    code = (
+        "import sys, pyarrow as pa; from cellcorpus.formats.mds import MdsSpec, TorchPickler, encode_samples;"
+        "spec = MdsSpec.create({'genes': 'pkl'}, 'zstd', [], 1 << 26);"
+        "t = pa.table({'genes': pa.array([[1, 2], [3]], pa.list_(pa.int32()))});"
+        "encode_samples(t, spec, TorchPickler()); print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, text=True).stdout
+    assert out.strip() == "False"

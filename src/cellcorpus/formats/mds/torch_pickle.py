@@ -1,14 +1,18 @@
-"""Torch-tensor pickles for the `pkl` encoding, byte-identical across runs and processes.
+"""Torch-tensor pickles for the `pkl` encoding, byte-identical across runs and processes, written without torch.
 
 torch keys a pickled storage by its memory address, so its own pickles differ from run to run. Here the
 legacy `torch.save` payload is written with the fixed key "0": the same loader calls
 (`_rebuild_tensor_v2(_load_from_bytes(payload), ...)`) and the bytes of `pickle.dumps(torch.from_numpy(a))`
-otherwise.
+otherwise. torch's functions and storage classes are pickled by name (`_Name`), so writing never imports
+torch (~1 s and ~300 MB per worker); reading the samples back (training, `verify`) needs it.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import io
 import pickle
+import sys
 from collections import OrderedDict
 from typing import Any
 
@@ -20,17 +24,54 @@ from cellcorpus.errors import MissingExtraError
 __all__ = ["TorchPickler", "require_torch"]
 
 
-def require_torch() -> Any:
-    """The torch module, or a MissingExtraError naming the extra (and the pickle-free alternative)."""
-    try:
-        import torch
-    except ImportError as exc:
+def require_torch() -> None:
+    """Fail with a MissingExtraError naming the extra (and the pickle-free alternative) when torch is absent.
+
+    Found without importing it: writing `pkl` does not need torch, but whoever reads the samples does.
+    """
+    if "torch" in sys.modules:
+        present = sys.modules["torch"] is not None
+    else:
+        present = importlib.util.find_spec("torch") is not None
+    if not present:
         raise MissingExtraError(
             "the 'pkl' MDS encoding writes torch tensors, but torch is not installed",
             hint="pip install 'cellcorpus[torch]' (CPU: pip install torch==2.13.0), or use ndarray:int32 / "
             "ndarray:float32, the pickle-free encodings",
-        ) from exc
-    return torch
+        )
+
+
+class _Name:
+    """A module-level name pickled by reference (module + qualified name) without importing its module."""
+
+    __slots__ = ("module", "name")
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
+
+    def __call__(self, *args: Any) -> Any:  # pickle requires a reduce function to be callable
+        raise TypeError(f"{self.module}.{self.name} is a stand-in for pickling only")
+
+
+_PythonPickler: Any = pickle._Pickler  # the pure-Python pickler: its dispatch table is extensible
+
+
+class _ByNamePickler(_PythonPickler):  # type: ignore[misc]
+    """Writes `_Name`s exactly as `save_global` writes the real object (STACK_GLOBAL / GLOBAL, then memoized),
+    minus the import check; everything else as the standard pickler, byte for byte."""
+
+    dispatch = _PythonPickler.dispatch.copy()
+
+    def _save_name(self, obj: _Name) -> None:
+        if self.proto >= 4:
+            self.save(obj.module)
+            self.save(obj.name)
+            self.write(pickle.STACK_GLOBAL)
+        else:
+            self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode("ascii"))
+        self.memoize(obj)
+
+    dispatch[_Name] = _save_name
 
 
 class TorchPickler:
@@ -45,20 +86,17 @@ class TorchPickler:
     _SYS_INFO = {"protocol_version": 1001, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 4}}
 
     def __init__(self) -> None:
-        torch = require_torch()
-        from torch._utils import _rebuild_tensor_v2
-        from torch.storage import _load_from_bytes
-
-        self._storage_types = {np.dtype(np.int64): torch.LongStorage, np.dtype(np.float32): torch.FloatStorage}
+        self._storage_types = {
+            np.dtype(np.int64): _Name("torch", "LongStorage"),
+            np.dtype(np.float32): _Name("torch", "FloatStorage"),
+        }
         self._head = b"".join(pickle.dumps(x, protocol=2) for x in (self._MAGIC, 1001, self._SYS_INFO))
         self._keys = pickle.dumps(["0"], protocol=2)
-        self._rebuild = _rebuild_tensor_v2
-        self._load = _load_from_bytes
+        self._rebuild = _Name("torch._utils", "_rebuild_tensor_v2")
+        self._load = _Name("torch.storage", "_load_from_bytes")
         self._templates: dict[tuple[str, int], tuple[bytes, bytes]] = {}
 
     def _payload(self, arr: NDArray[Any]) -> bytes:
-        import io
-
         stype = self._storage_types[arr.dtype]
         buf = io.BytesIO()
         p = _StoragePickler(buf, protocol=2)
@@ -87,13 +125,15 @@ class TorchPickler:
         """The pickle of `torch.from_numpy(arr)` (1-D int64 or float32), with a fixed storage key."""
         storage = _Reduce(self._load, (self._payload(arr),))
         tensor = _Reduce(self._rebuild, (storage, 0, (len(arr),), (1,), False, OrderedDict()))
-        return pickle.dumps(tensor, protocol=4)
+        buf = io.BytesIO()
+        _ByNamePickler(buf, protocol=4).dump(tensor)
+        return buf.getvalue()
 
 
 _STORAGE = object()
 
 
-class _StoragePickler(pickle.Pickler):
+class _StoragePickler(_ByNamePickler):
     """Pickles the storage placeholder as a persistent id, as `torch.save`'s legacy format does."""
 
     storage_id: tuple[Any, ...] = ()
