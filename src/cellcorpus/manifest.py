@@ -84,10 +84,14 @@ def quick_checksum(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def output_record(path: str | Path, root: str | Path, **extra: Any) -> dict[str, Any]:
-    """Path (relative to `root`), size and xxh64 of a finished output file, plus `extra`."""
+def output_record(path: str | Path, root: str | Path, xxh64: str | None = None, **extra: Any) -> dict[str, Any]:
+    """Path (relative to `root`), size and xxh64 of a finished output file, plus `extra`.
+
+    `xxh64` when the writer hashed the bytes on their way out (else the file is read to hash it).
+    """
     p = Path(path)
-    return {"path": str(p.relative_to(root)), "bytes": p.stat().st_size, "xxh64": file_checksum(p), **extra}
+    digest = xxh64 or file_checksum(p)
+    return {"path": str(p.relative_to(root)), "bytes": p.stat().st_size, "xxh64": digest, **extra}
 
 
 class Ledger:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import xxhash
 from numpy.typing import NDArray
 
 from cellcorpus.core.tokenize import Ragged
@@ -25,6 +27,7 @@ __all__ = [
     "hf_features",
     "cells_table",
     "write_stream",
+    "Written",
     "write_dataset_metadata",
     "data_file_name",
     "read_arrow",
@@ -146,28 +149,69 @@ def write_stream(
     rows: NDArray[Any] | None = None,
     mask: NDArray[Any] | None = None,
     each: Callable[[pa.Table], None] | None = None,
-) -> int:
+) -> Written:
     """Write `table` (or its rows `rows` in that order, or the rows where `mask`) as an IPC stream file,
     atomically. Rows are gathered one record batch at a time, so memory holds one batch, never a
     second copy of the table; `each` (if given) also receives every written batch, in order (the fused
-    MDS export encodes them while they are in memory). Returns the number of rows written.
+    MDS export encodes them while they are in memory). Returns the rows written and the file's xxh64.
     """
     if mask is not None:
         rows = np.flatnonzero(mask)
     n = table.num_rows if rows is None else len(rows)
     gather = _Gather(table) if rows is not None else None
-    with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
-        for start in range(0, n, BATCH_ROWS):
-            if gather is None:
-                chunk = table.slice(start, BATCH_ROWS).combine_chunks()
-            else:
-                assert rows is not None
-                chunk = gather.take(rows[start : start + BATCH_ROWS])
-            for batch in chunk.to_batches():
-                w.write_batch(batch)
-            if each is not None:
-                each(chunk)
-    return n
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        sink = _Checksummed(f)
+        with pa.PythonFile(sink, mode="w") as out, pa.ipc.new_stream(out, table.schema) as w:
+            _write_rows(w, table, n, rows, gather, each)
+    return Written(n, sink.digest())
+
+
+@dataclass(frozen=True)
+class Written:
+    """What `write_stream` wrote: rows, and the xxh64 of the file's bytes (hashed on the way out)."""
+
+    rows: int
+    xxh64: str
+
+
+class _Checksummed:
+    """A write-only file that hashes what passes through it (so a written file is not read back to hash it)."""
+
+    def __init__(self, f: Any) -> None:
+        self._f, self._h, self.closed = f, xxhash.xxh64(), False
+
+    def write(self, data: Any) -> int:
+        self._h.update(data)
+        return int(self._f.write(data))
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def close(self) -> None:
+        self.closed = True  # the real file is closed by its owner
+
+    def digest(self) -> str:
+        return self._h.hexdigest()
+
+
+def _write_rows(
+    w: Any,
+    table: pa.Table,
+    n: int,
+    rows: NDArray[Any] | None,
+    gather: _Gather | None,
+    each: Callable[[pa.Table], None] | None,
+) -> None:
+    for start in range(0, n, BATCH_ROWS):
+        if gather is None:
+            chunk = table.slice(start, BATCH_ROWS).combine_chunks()
+        else:
+            assert rows is not None
+            chunk = gather.take(rows[start : start + BATCH_ROWS])
+        for batch in chunk.to_batches():
+            w.write_batch(batch)
+        if each is not None:
+            each(chunk)
 
 
 def read_arrow(path: str | Path) -> pa.Table:

@@ -212,8 +212,9 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
             sel = sel[order]
             extra["bucket_bounds"] = bounds.tolist()
         part = Path(ctx.parts_dir) / split / f"{unit.unit_id}.arrow"
-        counts[f"written_{split}"] = write_stream(part, table, rows=sel)
-        outputs.append(output_record(part, ctx.parts_dir, **extra))
+        written = write_stream(part, table, rows=sel)
+        counts[f"written_{split}"] = written.rows
+        outputs.append(output_record(part, ctx.parts_dir, written.xxh64, **extra))
     n_oov_genes = int(np.count_nonzero(gene_map < 0))
     extra = {
         "file_index": unit.file_index,

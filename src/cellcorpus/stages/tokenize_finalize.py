@@ -90,8 +90,8 @@ def shuffle_unit(unit: ShuffleUnit, ctx: ShuffleContext) -> UnitResult:
         i = unit.bucket  # the bucket's data file is the split's i-th
         mds_unit = MdsUnit(unit_id_of(ctx.split, i), unit.path, ctx.split, sub_dir_of(i), table.num_rows)
         mds = MdsUnitWriter(mds_unit, ctx.mds.context)
-    write_stream(unit.path, table, rows=order, each=mds.add if mds else None)
-    record = output_record(unit.path, ctx.root, n_cells=table.num_rows)
+    written = write_stream(unit.path, table, rows=order, each=mds.add if mds else None)
+    record = output_record(unit.path, ctx.root, written.xxh64, n_cells=table.num_rows)
     ctx.publisher.publish(unit.path)
     if mds is not None and ctx.mds is not None:  # recorded as the mds stage's unit for exactly this file
         ctx.mds.identity.ledger().record(mds.finish(record["xxh64"]))

@@ -56,6 +56,7 @@ class ShardWriter:
         self._pending: list[pa.Array] = []
         self._pending_size = 0  # as MDSWriter: 4 + 4 + len(config) + sum(sample + 4)
         self._base = 8 + len(self._config)
+        self._buf = np.empty(0, np.uint8)
         self.shards: list[dict[str, Any]] = []
         self.n_samples = 0
 
@@ -95,7 +96,10 @@ class ShardWriter:
         abs_offsets[0] = header
         np.cumsum(sizes, out=abs_offsets[1:])
         abs_offsets[1:] += header
-        raw = np.empty(int(abs_offsets[-1]), np.uint8)
+        total = int(abs_offsets[-1])
+        if len(self._buf) < total:  # kept across shards: a fresh 64 MB buffer per shard costs its page faults
+            self._buf = np.empty(max(total, self.spec.size_limit), np.uint8)
+        raw = self._buf[:total]
         raw[:4] = np.frombuffer(np.uint32(n).tobytes(), np.uint8)
         raw[4 : 4 * (n + 2)] = abs_offsets.astype("<u4").view(np.uint8)
         raw[4 * (n + 2) : header] = np.frombuffer(self._config, np.uint8)
