@@ -96,7 +96,7 @@ class _Gather:
 
     def take(self, rows: NDArray[Any]) -> pa.Table:
         if len(self.batches) == 1:
-            return pa.Table.from_batches([self.batches[0].take(pa.array(rows))], self.schema)
+            return _reorder(pa.Table.from_batches(self.batches, self.schema), rows)
         chunk = np.searchsorted(self.starts, rows, side="right") - 1
         by_chunk = np.argsort(chunk, kind="stable")
         sorted_chunks = chunk[by_chunk]
