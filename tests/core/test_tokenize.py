@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from cellcorpus.core.tokenize import check_counts, row_stats, take_rows, tokenize_csr
+from cellcorpus.core.tokenize import check_counts, row_stats, tokenize_csr
 
 
 def _csr(rows):
@@ -44,19 +44,6 @@ def test_integer_counts_become_float32():
     indptr, indices, _ = _csr([[(0, 1), (1, 2)]])
     r = tokenize_csr(indptr, indices, np.array([3, 9], dtype=np.int64), np.array([4, 5], np.int32), 1, -2)
     assert r.expressions.tolist() == [-2.0, 3.0, 9.0]
-
-
-def test_take_rows_by_mask_and_by_position():
-    indptr, indices, data = _csr([[(0, 1)], [(0, 2), (1, 3)], [(1, 4)]])
-    r = tokenize_csr(indptr, indices, data, np.array([3, 4], np.int32), 1, -2)
-    t = take_rows(r, np.array([2, 0]))
-    assert t.offsets.tolist() == [0, 2, 4]
-    assert t.genes.tolist() == [1, 4, 1, 3]
-    m = take_rows(r, np.array([False, True, True]))
-    assert m.offsets.tolist() == [0, 3, 5]
-    assert m.genes.tolist() == [1, 3, 4, 1, 4]
-    assert m.expressions.tolist() == [-2, 2, 3, -2, 4]
-    assert take_rows(r, np.ones(3, dtype=bool)) is r
 
 
 def test_row_stats_count_nonzero_and_totals():

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["Ragged", "row_stats", "check_counts", "tokenize_csr", "take_rows"]
+__all__ = ["Ragged", "row_stats", "check_counts", "tokenize_csr"]
 
 
 @dataclass(frozen=True)
@@ -114,27 +114,3 @@ def tokenize_csr(
     genes[body] = genes_body
     expressions[body] = expr_body
     return Ragged(offsets, genes, expressions, n_zero, n_oov)
-
-
-def take_rows(r: Ragged, rows: NDArray[Any]) -> Ragged:
-    """Select rows from a Ragged batch, vectorised.
-
-    A boolean mask keeps order and uses an element mask (cheap compress); integer positions (any
-    order) use an index gather.
-    """
-    lengths_all = r.lengths()
-    if rows.dtype == bool:
-        if rows.all():
-            return r
-        lengths = lengths_all[rows]
-        elem = np.repeat(rows, lengths_all)
-        genes, expressions = r.genes[elem], r.expressions[elem]
-    else:
-        rows = np.asarray(rows, dtype=np.int64)
-        lengths = lengths_all[rows]
-        starts = np.repeat(r.offsets[:-1][rows] - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
-        src = starts + np.arange(int(lengths.sum()), dtype=np.int64)
-        genes, expressions = r.genes[src], r.expressions[src]
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    return Ragged(offsets, genes, expressions, r.n_explicit_zeros, r.n_oov_entries)

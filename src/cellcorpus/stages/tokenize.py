@@ -24,7 +24,7 @@ from cellcorpus.core.genemap import merge_duplicate_tokens
 from cellcorpus.core.ids import make_ids
 from cellcorpus.core.shuffle import n_buckets_for, order_by_bucket
 from cellcorpus.core.split import assign_valid, shuffle_keys
-from cellcorpus.core.tokenize import Ragged, check_counts, row_stats, take_rows, tokenize_csr
+from cellcorpus.core.tokenize import Ragged, check_counts, row_stats, tokenize_csr
 from cellcorpus.core.vocab import VocabLookup
 from cellcorpus.errors import ConfigError, InputError
 from cellcorpus.exec.runner import ExecutorSpec, Reporter
@@ -196,11 +196,11 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
         counts["filtered_min_vocab_genes"] = int(np.count_nonzero(keep & ~enough))
         keep &= enough
         rows = np.flatnonzero(keep)
-    meta = {k: v[rows] for k, v in meta.items()}
-    cells = take_rows(cells, keep)
-    ids = make_ids(unit.file_index, unit.row_start + rows)
+    # The table holds every row read; the kept rows are picked by the split writes' gathers (one copy).
+    all_ids = make_ids(unit.file_index, unit.row_start + np.arange(unit.n_cells, dtype=np.int64))
+    ids = all_ids[rows]
     valid = assign_valid(ids, hf.split_parameters.test_size, hf.split_parameters.seed)
-    table = cells_table(cells, ids, meta, cell_schema(list(ctx.metadata_columns)))
+    table = cells_table(cells, all_ids, meta, cell_schema(list(ctx.metadata_columns)))
     del cells
     buckets = dict(ctx.n_buckets)
     outputs = []
@@ -212,7 +212,7 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
             sel = sel[order]
             extra["bucket_bounds"] = bounds.tolist()
         part = Path(ctx.parts_dir) / split / f"{unit.unit_id}.arrow"
-        written = write_stream(part, table, rows=sel)
+        written = write_stream(part, table, rows=rows[sel])
         counts[f"written_{split}"] = written.rows
         outputs.append(output_record(part, ctx.parts_dir, written.xxh64, **extra))
     n_oov_genes = int(np.count_nonzero(gene_map < 0))
