@@ -28,9 +28,10 @@ SETTINGS = {
 }
 
 
-def _config(root: Path, write_config, **overrides):
+def _config(root: Path, write_config, shuffle: bool = True, **overrides):
     random_corpus(root, n_cells=300, seed=3, n_drugs=4)
-    return load_config(write_config(root, **{**SETTINGS, **overrides}))
+    split = {"test_size": 0.2, "seed": 7, "shuffle": shuffle}
+    return load_config(write_config(root, **{**SETTINGS, "huggingface.split_parameters": split, **overrides}))
 
 
 def _run(cfg) -> dict[str, dict]:
@@ -44,12 +45,15 @@ def _no_mds_units(monkeypatch) -> None:
     monkeypatch.setattr(mds_stage, "mds_unit", fail)
 
 
-def test_run_writes_mds_in_the_shuffle_pass_byte_identical_to_separate_stages(tmp_path, write_config, monkeypatch):
-    apart = _config(tmp_path / "apart", write_config)
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_run_writes_mds_in_the_arrow_pass_byte_identical_to_separate_stages(
+    tmp_path, write_config, monkeypatch, shuffle
+):
+    apart = _config(tmp_path / "apart", write_config, shuffle)
     run_tokenize(apart)
     apart_counts = run_mds(apart).counts
 
-    fused = _config(tmp_path / "fused", write_config)
+    fused = _config(tmp_path / "fused", write_config, shuffle)
     with monkeypatch.context() as m:
         _no_mds_units(m)
         counts = _run(fused)
@@ -57,6 +61,7 @@ def test_run_writes_mds_in_the_shuffle_pass_byte_identical_to_separate_stages(tm
     assert counts["mds"]["train_dropped_min_length"] > 0  # min_length applied in the fused pass too
     assert output_digests(tmp_path / "fused") == output_digests(tmp_path / "apart")
     run_verify(fused)
+    assert not list((tmp_path / "fused" / "mds").glob("*/.fused-*"))  # no scratch left in the export
     # the mds manifest says what the standalone stage says, shard by shard
     manifests = [json.loads((tmp_path / d / "mds" / "manifest.json").read_text()) for d in ("apart", "fused")]
     assert manifests[0]["splits"] == manifests[1]["splits"]
@@ -113,3 +118,26 @@ def test_rerun_after_fused_run_is_complete_and_standalone_mds_still_works(tmp_pa
     fused = {k: v for k, v in output_digests(tmp_path).items() if k.startswith("mds/")}
     again = {k.replace("mds2/", "mds/", 1): v for k, v in output_digests(tmp_path).items() if k.startswith("mds2/")}
     assert fused == again
+
+
+def test_unshuffled_fused_run_interrupted_while_adopting_resumes_to_the_same_bytes(tmp_path, write_config, monkeypatch):
+    clean = _config(tmp_path / "clean", write_config, shuffle=False)
+    _run(clean)
+    cfg = _config(tmp_path / "crash", write_config, shuffle=False)
+    real = finalize_mod.FusedMds.adopt
+    calls = []
+
+    def crash_on_second(self, *args):
+        calls.append(args)
+        if len(calls) == 2:
+            raise OSError("killed")
+        return real(self, *args)
+
+    with monkeypatch.context() as m:
+        m.setattr(finalize_mod.FusedMds, "adopt", crash_on_second)
+        with pytest.raises(OSError, match="killed"):
+            _run(cfg)
+    assert not (tmp_path / "crash" / "mds" / "train" / "index.json").exists()
+    _run(cfg)  # the adopted writer is kept, the rest adopted now or converted by the mds stage
+    assert output_digests(tmp_path / "crash") == output_digests(tmp_path / "clean")
+    assert not list((tmp_path / "crash" / "mds").glob("*/.fused-*"))

@@ -8,6 +8,7 @@ produce the same bytes and the same completion record, so the mds stage finds fu
 from __future__ import annotations
 
 import functools
+import json
 import shutil
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ __all__ = [
     "MdsIdentity",
     "mds_identity",
     "convert_file",
+    "publish_unit",
     "sub_dir_of",
     "unit_id_of",
     "BATCH_ROWS",
@@ -89,17 +91,31 @@ class MdsUnitWriter:
             except ValueError as exc:
                 raise InputError(f"{self.unit.path}: {exc}") from exc
 
+    def close(self) -> None:
+        """Last shard and index.json (written last: a writer folder with one is whole); nothing published."""
+        self._writer.finish()
+
     def finish(self, checksum: str) -> UnitResult:
-        """Last shard, index.json (published after its shards); the unit's completion record."""
-        index = self._writer.finish()
-        for shard in index["shards"]:
-            self.ctx.out.publish(self.dir / (shard["zip_data"] or shard["raw_data"])["basename"])
-        self.ctx.out.publish(self.dir / "index.json")
-        keep = ("samples", "zip_data", "raw_data")
-        shards = [{"sub_dir": self.unit.sub_dir, **{k: s[k] for k in keep}} for s in index["shards"]]
-        written = self._writer.n_samples
-        counts = {"cells_in": self._n_in, "dropped_min_length": self._n_in - written, "written": written}
-        return UnitResult(self.unit.unit_id, counts, shards, {"split": self.unit.split, "input_checksum": checksum})
+        """Close, publish, and return the unit's completion record."""
+        self.close()
+        return publish_unit(self.unit, self.ctx, self._n_in, checksum)
+
+
+def publish_unit(unit: MdsUnit, ctx: MdsContext, n_in: int, checksum: str) -> UnitResult:
+    """Publish a closed writer folder (shards, then index.json) and return its completion record.
+
+    `n_in`: cells of the unit's Arrow file (before min_length); `checksum`: that file's xxh64.
+    """
+    directory = ctx.out.local_dir / unit.split / unit.sub_dir
+    index = json.loads((directory / "index.json").read_text())
+    for shard in index["shards"]:
+        ctx.out.publish(directory / (shard["zip_data"] or shard["raw_data"])["basename"])
+    ctx.out.publish(directory / "index.json")
+    keep = ("samples", "zip_data", "raw_data")
+    shards = [{"sub_dir": unit.sub_dir, **{k: s[k] for k in keep}} for s in index["shards"]]
+    written = sum(s["samples"] for s in index["shards"])
+    counts = {"cells_in": n_in, "dropped_min_length": n_in - written, "written": written}
+    return UnitResult(unit.unit_id, counts, shards, {"split": unit.split, "input_checksum": checksum})
 
 
 @dataclass(frozen=True)

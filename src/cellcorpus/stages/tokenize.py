@@ -212,7 +212,13 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
             sel = sel[order]
             extra["bucket_bounds"] = bounds.tolist()
         part = Path(ctx.parts_dir) / split / f"{unit.unit_id}.arrow"
-        written = write_stream(part, table, rows=rows[sel])
+        fused = ctx.fused_mds
+        mds = None
+        if fused is not None and split in fused.splits and split not in buckets:  # unshuffled: the part is final
+            mds = fused.scratch_writer(split, unit.unit_id, str(part), len(sel))
+        written = write_stream(part, table, rows=rows[sel], each=mds.add if mds else None)
+        if mds is not None:
+            mds.close()
         counts[f"written_{split}"] = written.rows
         outputs.append(output_record(part, ctx.parts_dir, written.xxh64, **extra))
     n_oov_genes = int(np.count_nonzero(gene_map < 0))
@@ -295,11 +301,11 @@ def _fused_mds(cfg: Config, hf: HuggingfaceConfig, stage_hash: str) -> FusedMds 
     """The MDS export to write in the shuffle pass, when `cfg.mds` exports exactly this output.
 
     Decided like the mds stage's own run (so a finished export of other settings is refused here, before any
-    work): None when there is no mds section, it reads another dataset, the split is not shuffled, or the
-    export is already complete for this tokenize run.
+    work): None when there is no mds section, it reads another dataset, or the export is already complete
+    for this tokenize run.
     """
     mds = cfg.mds
-    if mds is None or not hf.split_parameters.shuffle or not same_location(mds.root_dir, hf.merged_dataset_root):
+    if mds is None or not same_location(mds.root_dir, hf.merged_dataset_root):
         return None
     ident = mds_identity(mds)
     previous = decide_rerun(
@@ -326,7 +332,7 @@ def run_tokenize(
 
     Every check (config, inputs' columns and gene coverage, whether finished output may be replaced)
     happens before the first unit and before anything on disk is changed. `fuse_mds` (`cellcorpus run`):
-    the shuffle units also write the config's MDS export (stages/tokenize_finalize.py), one pass over tokens.
+    the Arrow writes also write the config's MDS export (stages/tokenize_finalize.py), one pass over tokens.
     """
     hf: HuggingfaceConfig = cfg.need("huggingface")
     if is_url(hf.output_root):
@@ -364,6 +370,7 @@ def run_tokenize(
         if fused is not None:  # tokenize rebuilds: the export it replaces must never look complete meanwhile
             for marker in fused.identity.markers:
                 fused.identity.out.remove(marker)
+            fused.clear_stale()
         return plan_tokenize(hf, inputs)
 
     def finalize(units: Sequence[WorkUnit], results: list[UnitResult]) -> tuple[dict[str, Any], StageSummary]:

@@ -6,13 +6,15 @@ records where each bucket starts; a shuffle unit gathers bucket b from all parts
 slices, so memory ~ one bucket), sorts by key and writes `data-b-of-B`. Bucket b holds the key
 range [b/B, (b+1)/B), so bucket order + in-bucket key order is one seeded global permutation.
 Fused (`cellcorpus run` with an mds section reading this output): the shuffle unit also encodes each
-batch it writes into the MDS writer sub-folder of its data file and records that MDS unit as done,
-so the tokens are gathered once and the mds stage only merges the indexes.
+batch it writes into the MDS writer sub-folder of its data file and records that MDS unit as done;
+unshuffled, each tokenize unit writes its part's MDS into a scratch folder, moved into place when the
+part becomes a data file. Either way the tokens are written once and the mds stage only merges indexes.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,18 +29,61 @@ from cellcorpus.io.paths import Publisher
 from cellcorpus.layout import SPLITS, dataset_dir, tokenize_publisher, units_dir
 from cellcorpus.manifest import Ledger, UnitResult, output_record
 from cellcorpus.stages.base import WorkUnit
-from cellcorpus.stages.mds_unit import MdsContext, MdsIdentity, MdsUnit, MdsUnitWriter, sub_dir_of, unit_id_of
+from cellcorpus.stages.mds_unit import (
+    MdsContext,
+    MdsIdentity,
+    MdsUnit,
+    MdsUnitWriter,
+    publish_unit,
+    sub_dir_of,
+    unit_id_of,
+)
 
 __all__ = ["TokenizeContext", "FusedMds", "ShuffleUnit", "shuffle_unit", "finalize_splits"]
 
 
 @dataclass(frozen=True)
 class FusedMds:
-    """The MDS export the shuffle units write alongside the Arrow data files (splits in `splits`)."""
+    """The MDS export written alongside the Arrow data files (splits in `splits`): by the shuffle units, or,
+    unshuffled, by the tokenize units into a scratch folder per unit, adopted when the part becomes a data file.
+    """
 
     identity: MdsIdentity
     context: MdsContext
     splits: tuple[str, ...]
+
+    @property
+    def scratch_name(self) -> str:
+        """The split's scratch folder for unshuffled units' writers (named by the settings it was written with)."""
+        return f".fused-{self.identity.settings_hash[:16]}"
+
+    def scratch_writer(self, split: str, unit_id: str, part: str, n_cells: int) -> MdsUnitWriter:
+        """A writer for a tokenize unit's part, in `<split>/<scratch_name>/<unit_id>/`."""
+        unit = MdsUnit(f"{split}-{unit_id}", part, split, f"{self.scratch_name}/{unit_id}", n_cells)
+        return MdsUnitWriter(unit, self.context)
+
+    def clear_stale(self) -> None:
+        """Scratch folders of other settings (an interrupted run of another config) are removed."""
+        for split in self.splits:
+            for d in (self.identity.out.local_dir / split).glob(".fused-*"):
+                if d.name != self.scratch_name:
+                    shutil.rmtree(d, ignore_errors=True)
+
+    def adopt(self, split: str, unit_id: str, index: int, target: Path, record: dict) -> None:
+        """Make a unit's scratch writer the split's `index`-th writer folder and record it as the mds unit
+        for `target` (the data file its part became); absent scratch = the mds stage converts the file."""
+        split_dir = self.identity.out.local_dir / split
+        scratch = split_dir / self.scratch_name / unit_id
+        if not (scratch / "index.json").exists():
+            return
+        unit = MdsUnit(unit_id_of(split, index), str(target), split, sub_dir_of(index), record["n_cells"])
+        shutil.rmtree(split_dir / unit.sub_dir, ignore_errors=True)
+        os.replace(scratch, split_dir / unit.sub_dir)
+        self.identity.ledger().record(publish_unit(unit, self.context, record["n_cells"], record["xxh64"]))
+
+    def clear_scratch(self, split: str) -> None:
+        """The split's scratch folder, once every part was adopted (empty parts leave theirs)."""
+        shutil.rmtree(self.identity.out.local_dir / split / self.scratch_name, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -108,7 +153,9 @@ def _parts(
     return out
 
 
-def _finalize_unshuffled(parts: list[tuple[str, dict]], dest: Path, out: Publisher) -> list[dict]:
+def _finalize_unshuffled(
+    parts: list[tuple[str, dict]], dest: Path, out: Publisher, split: str, fused: FusedMds | None
+) -> list[dict]:
     # Empty parts are dropped, unless every part is empty (a dataset needs one file for its schema).
     kept = [(p, r) for p, r in parts if r["n_cells"] > 0] or parts[:1]
     records = []
@@ -117,7 +164,11 @@ def _finalize_unshuffled(parts: list[tuple[str, dict]], dest: Path, out: Publish
         if Path(part).exists():  # already moved (and published) by an interrupted earlier finalize otherwise
             os.replace(part, target)
             out.publish(target)
+        if fused is not None:
+            fused.adopt(split, Path(part).stem, i, target, rec)
         records.append({"path": target.name, "bytes": rec["bytes"], "xxh64": rec["xxh64"], "n_cells": rec["n_cells"]})
+    if fused is not None:
+        fused.clear_scratch(split)
     return records
 
 
@@ -137,8 +188,9 @@ def finalize_splits(
         dest = dataset_dir(ctx.hf, split)
         dest.mkdir(parents=True, exist_ok=True)
         parts = _parts(ctx, units, results, split)
+        fused = ctx.fused_mds if ctx.fused_mds and split in ctx.fused_mds.splits else None
         if split not in buckets:
-            records = _finalize_unshuffled(parts, dest, out)
+            records = _finalize_unshuffled(parts, dest, out, split, fused)
         else:
             n = buckets[split]
             sunits = [
@@ -150,7 +202,6 @@ def finalize_splits(
                 )
                 for b in range(n)
             ]
-            fused = ctx.fused_mds if ctx.fused_mds and split in ctx.fused_mds.splits else None
             sctx = ShuffleContext(ctx.hf.split_parameters.seed, ctx.metadata_columns, str(dest), out, split, fused)
             # derived work: its identity is the exact parts it reads; stale records are dropped
             parts_hash = config_hash(stage_hash, [r["xxh64"] for _, r in parts])
