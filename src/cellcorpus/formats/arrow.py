@@ -78,6 +78,7 @@ def cells_table(cells: Ragged, ids: NDArray[Any], metadata: dict[str, NDArray[An
 
 
 BATCH_ROWS = 1000  # rows per record batch, as `datasets` writes them
+Prefix = dict[str, Any]  # column -> the value written first in each of its lists
 
 
 class _Gather:
@@ -94,9 +95,11 @@ class _Gather:
         self.starts = np.concatenate([[0], np.cumsum(lengths)])
         self.schema = table.schema
 
-    def take(self, rows: NDArray[Any]) -> pa.Table:
+    def take(self, rows: NDArray[Any], prefix: Prefix | None = None) -> pa.Table:
         if len(self.batches) == 1:
-            return _reorder(pa.Table.from_batches(self.batches, self.schema), rows)
+            return _reorder(pa.Table.from_batches(self.batches, self.schema), rows, prefix)
+        if prefix:
+            raise ValueError("a prefix is written from a single-batch table only")
         chunk = np.searchsorted(self.starts, rows, side="right") - 1
         by_chunk = np.argsort(chunk, kind="stable")
         sorted_chunks = chunk[by_chunk]
@@ -118,27 +121,36 @@ class _Gather:
         return _reorder(grouped, restore)
 
 
-def _reorder(table: pa.Table, order: NDArray[Any]) -> pa.Table:
-    """`table.take(order)` for a single-chunk table, list columns gathered with numpy.
+def _reorder(table: pa.Table, order: NDArray[Any], prefix: Prefix | None = None) -> pa.Table:
+    """`table.take(order)` for a single-chunk table, list columns gathered with numpy; `prefix` puts one
+    value before every list of the named columns (the CLS token) in the same pass.
 
-    By hand because Arrow's list take builds child indices per column (~2x slower); here lists with equal
-    offsets (genes and expressions of the same cells) share one index array.
+    By hand because Arrow's list take builds child indices per column (~2x slower) and cannot prepend; here
+    lists with equal offsets (genes and expressions of the same cells) share one index array.
     """
+    prefix = prefix or {}
     cols = []
-    shared: tuple[NDArray[Any], NDArray[Any], NDArray[Any]] | None = None  # (offsets in, offsets out, index)
-    for col in table.columns:
+    shared: tuple[NDArray[Any], NDArray[Any], NDArray[Any], int] | None = None  # offsets in, out, index, extra
+    for name, col in zip(table.column_names, table.columns, strict=True):
         arr = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
         if not pa.types.is_list(arr.type) or arr.null_count or arr.values.null_count:
+            if name in prefix:
+                raise ValueError(f"column '{name}': a prefix needs a list column without nulls")
             cols.append(arr.take(pa.array(order)))
             continue
+        extra = int(name in prefix)
         offs = arr.offsets.to_numpy()
-        if shared is None or not np.array_equal(shared[0], offs):
-            lengths = np.diff(offs)[order]
+        if shared is None or not np.array_equal(shared[0], offs) or shared[3] != extra:
+            lengths = np.diff(offs)[order] + extra
             out = np.zeros(len(order) + 1, np.int32)
             np.cumsum(lengths, out=out[1:])
-            index = np.repeat(offs[:-1][order] - out[:-1], lengths) + np.arange(out[-1], dtype=np.int64)
-            shared = (offs, out, index)
+            index = np.repeat(offs[:-1][order] - out[:-1] - extra, lengths) + np.arange(out[-1], dtype=np.int64)
+            if extra:
+                index[out[:-1]] = 0  # the prefix slots: any valid position, overwritten below
+            shared = (offs, out, index, extra)
         values = arr.values.to_numpy()[shared[2]]  # offsets index the whole child array, slice or not
+        if extra:
+            values[shared[1][:-1]] = prefix[name]
         cols.append(pa.ListArray.from_arrays(pa.array(shared[1]), pa.array(values, type=arr.type.value_type)))
     return pa.Table.from_arrays(cols, schema=table.schema)
 
@@ -149,20 +161,25 @@ def write_stream(
     rows: NDArray[Any] | None = None,
     mask: NDArray[Any] | None = None,
     each: Callable[[pa.Table], None] | None = None,
+    prefix: Prefix | None = None,
 ) -> Written:
     """Write `table` (or its rows `rows` in that order, or the rows where `mask`) as an IPC stream file,
     atomically. Rows are gathered one record batch at a time, so memory holds one batch, never a
     second copy of the table; `each` (if given) also receives every written batch, in order (the fused
-    MDS export encodes them while they are in memory). Returns the rows written and the file's xxh64.
+    MDS export encodes them while they are in memory); `prefix` ({column: value}) writes that value first
+    in every list of the column (tokenize's CLS token, added in the gather rather than in a pass of its own).
+    Returns the rows written and the file's xxh64.
     """
     if mask is not None:
         rows = np.flatnonzero(mask)
+    if prefix and rows is None:
+        rows = np.arange(table.num_rows)
     n = table.num_rows if rows is None else len(rows)
     gather = _Gather(table) if rows is not None else None
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         sink = _Checksummed(f)
         with pa.PythonFile(sink, mode="w") as out, pa.ipc.new_stream(out, table.schema) as w:
-            _write_rows(w, table, n, rows, gather, each)
+            _write_rows(w, table, n, rows, gather, each, prefix)
     return Written(n, sink.digest())
 
 
@@ -201,13 +218,14 @@ def _write_rows(
     rows: NDArray[Any] | None,
     gather: _Gather | None,
     each: Callable[[pa.Table], None] | None,
+    prefix: Prefix | None,
 ) -> None:
     for start in range(0, n, BATCH_ROWS):
         if gather is None:
             chunk = table.slice(start, BATCH_ROWS).combine_chunks()
         else:
             assert rows is not None
-            chunk = gather.take(rows[start : start + BATCH_ROWS])
+            chunk = gather.take(rows[start : start + BATCH_ROWS], prefix)
         for batch in chunk.to_batches():
             w.write_batch(batch)
         if each is not None:

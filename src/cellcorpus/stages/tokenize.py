@@ -183,7 +183,9 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
     del columns
     cls_id = lookup_.vocab[hf.cls_token] if hf.add_cls_token else None
     n_fractional = int(np.count_nonzero(block.data != np.floor(block.data))) if block.data.dtype.kind == "f" else 0
-    cells = tokenize_csr(block.indptr, block.indices, block.data, gene_map, cls_id, hf.pad_value)
+    # without CLS: the split writes' gathers put it first in every cell (no insertion pass over the tokens)
+    cells = tokenize_csr(block.indptr, block.indices, block.data, gene_map, None, hf.pad_value)
+    prefix = {"genes": cls_id, "expressions": hf.pad_value} if cls_id is not None else None
     del block  # raw rows no longer needed: peak memory is one copy of the unit, not two
     counts["explicit_zeros_dropped"] = cells.n_explicit_zeros
     counts["oov_entries_dropped"] = cells.n_oov_entries
@@ -192,7 +194,7 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
         offsets, genes, values, n_summed = merge_duplicate_tokens(cells.offsets, cells.genes, cells.expressions)
         cells = Ragged(offsets, genes, values, cells.n_explicit_zeros, cells.n_oov_entries)
     if hf.min_vocab_genes:  # after the other filters, so each drop is counted once, where it happens
-        enough = cells.lengths() - (cls_id is not None) >= hf.min_vocab_genes
+        enough = cells.lengths() >= hf.min_vocab_genes
         counts["filtered_min_vocab_genes"] = int(np.count_nonzero(keep & ~enough))
         keep &= enough
         rows = np.flatnonzero(keep)
@@ -216,7 +218,7 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
         mds = None
         if fused is not None and split in fused.splits and split not in buckets:  # unshuffled: the part is final
             mds = fused.scratch_writer(split, unit.unit_id, str(part), len(sel))
-        written = write_stream(part, table, rows=rows[sel], each=mds.add if mds else None)
+        written = write_stream(part, table, rows=rows[sel], each=mds.add if mds else None, prefix=prefix)
         if mds is not None:
             mds.close()
         counts[f"written_{split}"] = written.rows
