@@ -36,12 +36,15 @@ _NDARRAY_DTYPE_CODES = {
 PKL_TENSOR_DTYPES = {"genes": np.int64, "expressions": np.float32}
 SUPPORTED = "ndarray:<dtype>, ndarray, pkl, str, str_int, str_float, json, " + ", ".join(SCALAR_DTYPES)
 
-Encoder = Callable[[str, pa.Array, "TorchPickler | None"], pa.Array]
+# An encoder returns pieces whose per-sample concatenation is the column's bytes: the writer joins every
+# column's pieces in one pass, so a pkl tensor's frame and raw values are copied once, not twice.
+Encoder = Callable[[str, pa.Array, "TorchPickler | None"], list[pa.Array]]
 
 
 @dataclass(frozen=True)
 class Encoding:
-    """One MDS encoding: `size` bytes per value (None = variable), how to write a column, how to read a value."""
+    """One MDS encoding: `size` bytes per value (None = variable), how to write a column (as pieces), how to read
+    a value."""
 
     name: str
     size: int | None
@@ -62,7 +65,7 @@ def _list_parts(col: pa.ChunkedArray | pa.Array) -> tuple[NDArray[Any], NDArray[
     return offsets - offsets[0], values
 
 
-def _ndarray_column(col: pa.Array, dtype: np.dtype[Any], dynamic_dtype: bool, name: str) -> pa.Array:
+def _ndarray_column(col: pa.Array, dtype: np.dtype[Any], dynamic_dtype: bool, name: str) -> list[pa.Array]:
     offsets, values = _list_parts(col)
     values = values.astype(dtype, copy=False)
     lengths = np.diff(offsets)
@@ -83,7 +86,7 @@ def _ndarray_column(col: pa.Array, dtype: np.dtype[Any], dynamic_dtype: bool, na
     np.cumsum(hlen, out=head_off[1:])
     item = dtype.itemsize
     body = _binary(offsets * item, values.view(np.uint8))
-    return pc.binary_join_element_wise(_binary(head_off, head), body, b"")
+    return [_binary(head_off, head), body]
 
 
 def _scalar_column(col: pa.Array, dtype: type) -> pa.Array:
@@ -107,10 +110,10 @@ def _is_list(col: pa.Array) -> bool:
 def _scalar(name: str) -> Encoding:
     dtype = SCALAR_DTYPES[name]
 
-    def encode(col_name: str, col: pa.Array, pickler: TorchPickler | None) -> pa.Array:
+    def encode(col_name: str, col: pa.Array, pickler: TorchPickler | None) -> list[pa.Array]:
         if _is_list(col):
             raise ConfigError(f"mds.columns.{col_name}: scalar encoding '{name}' on list column '{col_name}'")
-        return _scalar_column(col, dtype)
+        return [_scalar_column(col, dtype)]
 
     return Encoding(name, np.dtype(dtype).itemsize, encode, lambda data: np.frombuffer(data, dtype)[0])
 
@@ -129,7 +132,7 @@ def _decode_ndarray(data: bytes, dtype: str | None) -> NDArray[Any]:
 def _ndarray(name: str) -> Encoding:
     fixed = name.split(":")[1] if ":" in name else None
 
-    def encode(col_name: str, col: pa.Array, pickler: TorchPickler | None) -> pa.Array:
+    def encode(col_name: str, col: pa.Array, pickler: TorchPickler | None) -> list[pa.Array]:
         if not _is_list(col):
             raise ConfigError(f"mds.columns.{col_name}: ndarray needs a list column, '{col_name}' is {col.type}")
         dtype = np.dtype(fixed) if fixed else np.dtype(col.type.value_type.to_pandas_dtype())
@@ -138,22 +141,22 @@ def _ndarray(name: str) -> Encoding:
     return Encoding(name, None, encode, lambda data: _decode_ndarray(data, fixed))
 
 
-def _strings(col_name: str, col: pa.Array, pickler: TorchPickler | None) -> pa.Array:
-    return _str_column(col)
+def _strings(col_name: str, col: pa.Array, pickler: TorchPickler | None) -> list[pa.Array]:
+    return [_str_column(col)]
 
 
-def _numbers_as_text(col_name: str, col: pa.Array, pickler: TorchPickler | None) -> pa.Array:
-    return _str_column(pc.cast(col, pa.string()))
+def _numbers_as_text(col_name: str, col: pa.Array, pickler: TorchPickler | None) -> list[pa.Array]:
+    return [_str_column(pc.cast(col, pa.string()))]
 
 
-def _json(col_name: str, col: pa.Array, pickler: TorchPickler | None) -> pa.Array:
-    return _python_column(col.to_pylist(), lambda v: json.dumps(v).encode())
+def _json(col_name: str, col: pa.Array, pickler: TorchPickler | None) -> list[pa.Array]:
+    return [_python_column(col.to_pylist(), lambda v: json.dumps(v).encode())]
 
 
-def _pkl(col_name: str, col: pa.Array, pickler: TorchPickler | None) -> pa.Array:
+def _pkl(col_name: str, col: pa.Array, pickler: TorchPickler | None) -> list[pa.Array]:
     # list columns become 1-D torch tensors (dtype per PKL_TENSOR_DTYPES), scalars plain pickles
     if not _is_list(col):
-        return _python_column(col.to_pylist(), pickle.dumps)
+        return [_python_column(col.to_pylist(), pickle.dumps)]
     assert pickler is not None  # internal: the writer builds one whenever a column is pkl
     offsets, values = _list_parts(col)
     values = np.ascontiguousarray(values.astype(PKL_TENSOR_DTYPES.get(col_name, values.dtype), copy=False))
@@ -165,7 +168,7 @@ def _pkl(col_name: str, col: pa.Array, pickler: TorchPickler | None) -> pa.Array
     prefixes = pc.take(pa.array([p for p, _ in templates], pa.binary()), pa.array(inverse))
     suffixes = pc.take(pa.array([s for _, s in templates], pa.binary()), pa.array(inverse))
     body = _binary(offsets * values.dtype.itemsize, values.view(np.uint8))
-    return pc.binary_join_element_wise(prefixes, body, suffixes, b"")
+    return [prefixes, body, suffixes]
 
 
 _FIXED: dict[str, Encoding] = {

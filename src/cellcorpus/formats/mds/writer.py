@@ -36,12 +36,13 @@ def encode_samples(batch: pa.Table, spec: MdsSpec, pickler: TorchPickler | None)
             f"mds.columns: {missing} not in the dataset", hint=f"dataset columns: {', '.join(batch.column_names)}"
         )
     encoded = [encoding(e, c).encode(c, batch.column(c).combine_chunks(), pickler) for c, e in spec.columns]
-    var = [arr for arr, (_, e) in zip(encoded, spec.columns, strict=True) if encoding(e).size is None]
+    var = [pieces for pieces, (_, e) in zip(encoded, spec.columns, strict=True) if encoding(e).size is None]
+    pieces = [p for col in encoded for p in col]
     if var:
-        sizes = np.stack([pc.binary_length(a).to_numpy().astype("<u4") for a in var], axis=1)
-        head = _binary(np.arange(n + 1, dtype=np.int64) * 4 * len(var), np.ascontiguousarray(sizes).view(np.uint8))
-        encoded = [head, *encoded]
-    return pc.binary_join_element_wise(*encoded, b"")
+        sizes = np.stack([sum(pc.binary_length(p).to_numpy().astype(np.int64) for p in col) for col in var], axis=1)
+        sizes_bytes = np.ascontiguousarray(sizes.astype("<u4")).view(np.uint8)
+        pieces = [_binary(np.arange(n + 1, dtype=np.int64) * 4 * len(var), sizes_bytes), *pieces]
+    return pc.binary_join_element_wise(*pieces, b"")
 
 
 class ShardWriter:
