@@ -148,7 +148,7 @@ def job(kind: str, arg: str) -> None:
                 res["cells"] = sum(pool.starmap(_floor_files, [(files[i::procs], 62_710) for i in range(procs)]))
     else:
         from cellcorpus.config import load_config
-        from cellcorpus.exec.runner import ExecutorSpec, executor_session
+        from cellcorpus.exec.runner import ExecutorSpec, executor_session, warm_up
         from cellcorpus.stages.mds import run_mds
         from cellcorpus.stages.tokenize import run_tokenize
         from cellcorpus.stages.vocab import run_vocab
@@ -157,6 +157,7 @@ def job(kind: str, arg: str) -> None:
         spec = ExecutorSpec.resolve(cfg, cfg.huggingface.num_proc)
         stages = {}
         with executor_session():
+            warm_up(spec, ("cellcorpus.stages.tokenize",))  # as `cellcorpus run`
             for name, fn in (
                 ("vocab", lambda: run_vocab(cfg)),
                 ("tokenize", lambda: run_tokenize(cfg, spec, fuse_mds=True)),  # as `cellcorpus run`

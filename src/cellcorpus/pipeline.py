@@ -8,7 +8,7 @@ from importlib import resources
 from pathlib import Path
 
 from cellcorpus.config import Config, load_config
-from cellcorpus.exec.runner import ExecutorSpec, Reporter, executor_session
+from cellcorpus.exec.runner import ExecutorSpec, Reporter, executor_session, warm_up
 from cellcorpus.stages.base import StageSummary
 
 __all__ = ["STAGES", "run_pipeline", "run_demo", "packaged_config", "shipped_configs", "DEMO_CONFIGS"]
@@ -83,6 +83,8 @@ def run_pipeline(
     spec = ExecutorSpec.resolve(cfg, max(procs), num_proc, dask)
     preflight(cfg, spec, "run")
     with executor_session():
+        if cfg.huggingface is not None:
+            warm_up(spec, ("cellcorpus.stages.tokenize",))  # workers start while vocab and inputs are checked
         for _, section, runner in STAGES:
             if getattr(cfg, section) is not None:
                 yield runner(cfg, spec, reporter)

@@ -169,3 +169,22 @@ def test_in_flight_window_and_cancel_on_failure(tmp_path, monkeypatch):
     recorded = set(ledger.done())
     assert "u05" not in recorded and {"u00", "u01"} <= recorded
     assert recorded <= set(started)
+
+
+def _modules_loaded(names):
+    import sys
+
+    return [n in sys.modules for n in names]
+
+
+def test_warm_up_starts_every_worker_with_the_stage_imported():
+    from cellcorpus.exec.runner import ExecutorSpec, executor_session, open_executor, warm_up
+
+    spec = ExecutorSpec(num_proc=2)
+    with executor_session():
+        warm_up(spec, ("cellcorpus.stages.tokenize",))
+        with open_executor(spec) as (ex, n):
+            assert n == 2 and len(ex._processes) == 2  # both started before any unit was submitted
+            done = [ex.submit(_modules_loaded, ("cellcorpus.stages.tokenize",)).result() for _ in range(4)]
+    assert done == [[True]] * 4
+    warm_up(spec, ("cellcorpus.stages.tokenize",))  # outside a session: nothing is started (and nothing leaks)
