@@ -117,3 +117,37 @@ def test_inputs_from_a_url(tmp_path, write_config):
         b = arrow_rows(remote_root / "merged" / f"{split}.dataset")
         assert a == b and len(a) > 0
     fs.rm(f"/{tmp_path.name}-in", recursive=True)
+
+
+@pytest.mark.parametrize("scheme, num_proc, shuffle", [("memory", 1, True), ("file", 2, True), ("file", 2, False)])
+def test_remote_roots_fused_run_matches_local(tmp_path, write_config, scheme, num_proc, shuffle):
+    """`run` writes the MDS export in the Arrow pass (shuffled: uploaded by the shuffle units; unshuffled with
+    a remote export: left to the mds stage): the same bytes as the two stages on local folders."""
+    from cellcorpus.pipeline import run_pipeline
+
+    want_hf, want_mds = _local_run(tmp_path, write_config, shuffle)
+    root = tmp_path / "remote"
+    _inputs(root)
+    base = f"memory://{tmp_path.name}-fused" if scheme == "memory" else f"file://{tmp_path}/bucket"
+    cfg = load_config(
+        write_config(
+            root,
+            **SETTINGS,
+            **{
+                "huggingface.split_parameters": {"test_size": 0.2, "seed": 1, "shuffle": shuffle},
+                "huggingface.merged_dataset_root": f"{base}/merged",
+                "huggingface.num_proc": num_proc,
+                "mds.root_dir": f"{base}/merged",
+                "mds.out_root": f"{base}/mds",
+                "mds.staging_dir": str(root / "mds_staging"),
+            },
+        )
+    )
+    summaries = {s.stage: s for s in run_pipeline(cfg)}
+    assert not summaries["mds"].skipped
+    assert {k: v for k, v in _tree(f"{base}/merged").items() if not k.startswith("report/")} == want_hf
+    assert _tree(f"{base}/mds") == want_mds
+    staged = [p for p in (root / "mds_staging").rglob("*") if p.is_file() and ".units" not in p.parts]
+    assert not staged  # every shard and index uploaded (completion records stay in the staging folder)
+    if scheme == "memory":
+        fsspec.filesystem("memory").rm(f"/{tmp_path.name}-fused", recursive=True)

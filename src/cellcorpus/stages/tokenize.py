@@ -216,7 +216,7 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
         part = Path(ctx.parts_dir) / split / f"{unit.unit_id}.arrow"
         fused = ctx.fused_mds
         mds = None
-        if fused is not None and split in fused.splits and split not in buckets:  # unshuffled: the part is final
+        if fused is not None and fused.scratch_ok(split) and split not in buckets:  # unshuffled: the part is final
             mds = fused.scratch_writer(split, unit.unit_id, str(part), len(sel))
         written = write_stream(part, table, rows=rows[sel], each=mds.add if mds else None, prefix=prefix)
         if mds is not None:

@@ -52,6 +52,11 @@ class FusedMds:
     context: MdsContext
     splits: tuple[str, ...]
 
+    def scratch_ok(self, split: str) -> bool:
+        """Whether tokenize units write `split`'s MDS into scratch: a local export only (finalize adopts the
+        scratch folders where it runs; with an object-store export they would sit in a worker's staging)."""
+        return split in self.splits and not self.identity.out.remote
+
     @property
     def scratch_name(self) -> str:
         """The split's scratch folder for unshuffled units' writers (named by the settings it was written with)."""
