@@ -5,8 +5,9 @@
 Synthetic Tahoe-like plates (`bench.make_input`: ~2,000 genes per cell, 62,710 genes, ~90% `full`), the
 seed's three join tables, and the reference Tahoe config's settings: `obs_filter` pass_filter == full,
 drug/sample obs columns, three joins, test_size 0.01 with `shuffle: true`, `pkl` genes/expressions, id and
-four string columns, zstd, sha1 + xxh64. The job runs in a fresh subprocess (its own peak RSS, one worker
-pool for the whole command, as `cellcorpus run`), and prints cells/s (cells written), seconds per stage,
+four string columns, zstd, sha1 + xxh64. The job runs in a fresh subprocess (its own peak RSS) exactly as
+`cellcorpus run` runs it: one worker pool started up front, the MDS shards written in the shuffle pass (so
+the "mds" stage only merges indexes). It prints cells/s (cells written), seconds per stage,
 peak RSS of the main process and of the largest worker, and the ratio to the floor on the same input:
 h5py read of the CSR rows + building the token arrays + zstd level 3 + write, in 1 and in N processes.
 Nothing is asserted; numbers go in docs/scaling.md and the closing notes. Outputs are removed at the end.
