@@ -46,26 +46,27 @@ def _local_run(tmp_path, write_config, shuffle):
     return _tree(str(root / "merged")), _tree(str(root / "mds"))
 
 
+def _remote_config(root, base: str, write_config, num_proc: int, shuffle: bool, **overrides):
+    """The test corpus under `root`, its dataset and MDS roots under the URL `base`."""
+    _inputs(root)
+    settings = {
+        "huggingface.split_parameters": {"test_size": 0.2, "seed": 1, "shuffle": shuffle},
+        "huggingface.merged_dataset_root": f"{base}/merged",
+        "huggingface.num_proc": num_proc,
+        "mds.root_dir": f"{base}/merged",
+        "mds.out_root": f"{base}/mds",
+        "mds.staging_dir": str(root / "mds_staging"),
+        **overrides,
+    }
+    return load_config(write_config(root, **SETTINGS, **settings))
+
+
 @pytest.mark.parametrize("scheme, num_proc, shuffle", [("memory", 1, True), ("file", 2, False)])
 def test_remote_roots_end_to_end_with_resume(tmp_path, write_config, monkeypatch, scheme, num_proc, shuffle):
     want_hf, want_mds = _local_run(tmp_path, write_config, shuffle)
     root = tmp_path / "remote"
-    _inputs(root)
     base = f"memory://{tmp_path.name}" if scheme == "memory" else f"file://{tmp_path}/bucket"
-    cfg_path = write_config(
-        root,
-        **SETTINGS,
-        **{
-            "huggingface.split_parameters": {"test_size": 0.2, "seed": 1, "shuffle": shuffle},
-            "huggingface.merged_dataset_root": f"{base}/merged",
-            "huggingface.num_proc": num_proc,
-            "mds.root_dir": f"{base}/merged",
-            "mds.out_root": f"{base}/mds",
-            "mds.staging_dir": str(root / "mds_staging"),
-            "mds.num_proc": 1,
-        },
-    )
-    cfg = load_config(cfg_path)
+    cfg = _remote_config(root, base, write_config, num_proc, shuffle, **{"mds.num_proc": 1})
     run_tokenize(cfg)
     fs, _ = fsspec.core.url_to_fs(base)
     assert fs.exists(f"{base}/merged/train.dataset/state.json")
@@ -127,22 +128,8 @@ def test_remote_roots_fused_run_matches_local(tmp_path, write_config, scheme, nu
 
     want_hf, want_mds = _local_run(tmp_path, write_config, shuffle)
     root = tmp_path / "remote"
-    _inputs(root)
     base = f"memory://{tmp_path.name}-fused" if scheme == "memory" else f"file://{tmp_path}/bucket"
-    cfg = load_config(
-        write_config(
-            root,
-            **SETTINGS,
-            **{
-                "huggingface.split_parameters": {"test_size": 0.2, "seed": 1, "shuffle": shuffle},
-                "huggingface.merged_dataset_root": f"{base}/merged",
-                "huggingface.num_proc": num_proc,
-                "mds.root_dir": f"{base}/merged",
-                "mds.out_root": f"{base}/mds",
-                "mds.staging_dir": str(root / "mds_staging"),
-            },
-        )
-    )
+    cfg = _remote_config(root, base, write_config, num_proc, shuffle)
     summaries = {s.stage: s for s in run_pipeline(cfg)}
     assert not summaries["mds"].skipped
     assert {k: v for k, v in _tree(f"{base}/merged").items() if not k.startswith("report/")} == want_hf
