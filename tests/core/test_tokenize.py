@@ -57,6 +57,8 @@ def test_row_stats_count_nonzero_and_totals():
     "data, message",
     [
         (np.array([1.0, np.nan]), "NaN"),
+        (np.array([1.0, np.inf], dtype=np.float32), "1 NaN/infinite"),
+        (np.array([-np.inf, 2.0, -1.0]), "1 NaN/infinite"),
         (np.array([1.0, -3.0]), "negative"),
         (np.array(["a", "b"]), "non-numeric"),
     ],
@@ -67,3 +69,12 @@ def test_check_counts_names_the_problem(data, message):
 
 def test_check_counts_accepts_good_counts():
     assert check_counts(np.array([0, 1, 2], dtype=np.int32)) is None
+
+
+def test_count_fractional_across_chunk_boundaries():
+    from cellcorpus.core.tokenize import _CHUNK, count_fractional
+
+    data = np.ones(2 * _CHUNK + 5, dtype=np.float32)
+    data[[0, _CHUNK - 1, _CHUNK, 2 * _CHUNK + 4]] = 0.5
+    assert count_fractional(data) == 4
+    assert count_fractional(np.arange(10, dtype=np.int32)) == 0

@@ -24,7 +24,7 @@ from cellcorpus.core.genemap import merge_duplicate_tokens
 from cellcorpus.core.ids import make_ids
 from cellcorpus.core.shuffle import n_buckets_for, order_by_bucket
 from cellcorpus.core.split import assign_valid, shuffle_keys
-from cellcorpus.core.tokenize import Ragged, check_counts, row_stats, tokenize_csr
+from cellcorpus.core.tokenize import Ragged, check_counts, count_fractional, row_stats, tokenize_csr
 from cellcorpus.core.vocab import VocabLookup
 from cellcorpus.errors import ConfigError, InputError
 from cellcorpus.exec.runner import ExecutorSpec, Reporter
@@ -182,7 +182,7 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
     meta = _metadata(columns, ctx)
     del columns
     cls_id = lookup_.vocab[hf.cls_token] if hf.add_cls_token else None
-    n_fractional = int(np.count_nonzero(block.data != np.floor(block.data))) if block.data.dtype.kind == "f" else 0
+    n_fractional = count_fractional(block.data)
     # without CLS: the split writes' gathers put it first in every cell (no insertion pass over the tokens)
     cells = tokenize_csr(block.indptr, block.indices, block.data, gene_map, None, hf.pad_value)
     prefix = {"genes": cls_id, "expressions": hf.pad_value} if cls_id is not None else None
