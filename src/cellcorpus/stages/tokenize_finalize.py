@@ -217,7 +217,7 @@ def finalize_splits(
                 sctx,
                 ledger,
                 spec,
-                description=f"shuffle {split}",
+                description=f"shuffle {split}" + (" + mds" if fused else ""),
                 cells_of=lambda u: u.n_cells,
                 reporter=reporter,
             )
