@@ -45,17 +45,17 @@ def _no_mds_units(monkeypatch) -> None:
     monkeypatch.setattr(mds_stage, "mds_unit", fail)
 
 
-@pytest.mark.parametrize("shuffle", [True, False])
+@pytest.mark.parametrize("shuffle, num_proc", [(True, 1), (False, 1), (False, 2)])
 def test_run_writes_mds_in_the_arrow_pass_byte_identical_to_separate_stages(
-    tmp_path, write_config, monkeypatch, shuffle
+    tmp_path, write_config, monkeypatch, shuffle, num_proc
 ):
     apart = _config(tmp_path / "apart", write_config, shuffle)
     run_tokenize(apart)
     apart_counts = run_mds(apart).counts
 
-    fused = _config(tmp_path / "fused", write_config, shuffle)
+    fused = _config(tmp_path / "fused", write_config, shuffle, **{"huggingface.num_proc": num_proc})
     with monkeypatch.context() as m:
-        _no_mds_units(m)
+        _no_mds_units(m)  # the mds stage runs in this process: none of its units may run
         counts = _run(fused)
     assert counts["mds"] == apart_counts
     assert counts["mds"]["train_dropped_min_length"] > 0  # min_length applied in the fused pass too
