@@ -141,3 +141,12 @@ def test_unshuffled_fused_run_interrupted_while_adopting_resumes_to_the_same_byt
     _run(cfg)  # the adopted writer is kept, the rest adopted now or converted by the mds stage
     assert output_digests(tmp_path / "crash") == output_digests(tmp_path / "clean")
     assert not list((tmp_path / "crash" / "mds").glob("*/.fused-*"))
+
+
+def test_mds_root_spelled_relative_still_fuses(tmp_path, write_config, monkeypatch):
+    """`mds.root_dir: merged/` from the output folder is the same dataset as the absolute merged_dataset_root."""
+    cfg = _config(tmp_path, write_config, **{"mds.root_dir": "merged/"})
+    monkeypatch.chdir(tmp_path)
+    _no_mds_units(monkeypatch)
+    counts = _run(cfg)
+    assert counts["mds"]["train_written"] > 0
