@@ -196,6 +196,24 @@ def _coverage_error(
     )
 
 
+def _check_coverage(
+    hf: HuggingfaceConfig,
+    f: InputFile,
+    ids: np.ndarray,
+    lookup: VocabLookup,
+    rep: InputsReport,
+    alternatives: Callable[[], dict[str, float]],
+) -> None:
+    """Record how a file's gene ids map into the vocabulary; below `min_gene_coverage` is a ConfigError whose
+    hint names a better column when `alternatives()` (computed only then) finds one."""
+    mapping = gene_mapping(hf, ids, lookup)
+    rep.mappings[f.rel_path] = mapping
+    share = float(np.mean(mapping.gene_map >= 0)) if len(mapping.gene_map) else 0.0
+    rep.coverage[f.rel_path] = share
+    if share < hf.min_gene_coverage:
+        raise _coverage_error(hf, f, ids, share, lookup, alternatives())
+
+
 def _inspect_h5ad(hf: HuggingfaceConfig, f: InputFile, lookup: VocabLookup | None, rep: InputsReport) -> None:
     from cellcorpus.io.h5ad import H5adReader
 
@@ -222,16 +240,15 @@ def _inspect_h5ad(hf: HuggingfaceConfig, f: InputFile, lookup: VocabLookup | Non
             rep.notes.append(f"{f.rel_path}: {n_empty} gene(s) with an empty id in '{hf.gene_col}' (not tokenized)")
         if lookup is None:
             return
-        mapping = gene_mapping(hf, ids, lookup)
-        rep.mappings[f.rel_path] = mapping
-        share = float(np.mean(mapping.gene_map >= 0))
-        rep.coverage[f.rel_path] = share
-        if share < hf.min_gene_coverage:
-            alternatives = {}
-            for col in ["index", *var_cols]:
-                if col != hf.gene_col:
-                    alternatives[col] = float(np.mean(gene_mapping(hf, r.var_column(col), lookup).gene_map >= 0))
-            raise _coverage_error(hf, f, ids, share, lookup, alternatives)
+
+        def alternatives() -> dict[str, float]:  # what each other var column would cover (for the hint)
+            return {
+                col: float(np.mean(gene_mapping(hf, r.var_column(col), lookup).gene_map >= 0))
+                for col in ["index", *var_cols]
+                if col != hf.gene_col
+            }
+
+        _check_coverage(hf, f, ids, lookup, rep, alternatives)
 
 
 def _inspect_parquet(hf: HuggingfaceConfig, f: InputFile, lookup: VocabLookup | None, rep: InputsReport) -> None:
@@ -250,12 +267,7 @@ def _inspect_parquet(hf: HuggingfaceConfig, f: InputFile, lookup: VocabLookup | 
             )
     if lookup is not None and hf.parquet_gene_table:
         ids = load_gene_table(hf.parquet_gene_table)
-        mapping = gene_mapping(hf, ids[ids != ""], lookup)
-        rep.mappings[f.rel_path] = mapping
-        share = float(np.mean(mapping.gene_map >= 0)) if len(mapping.gene_map) else 0.0
-        rep.coverage[f.rel_path] = share
-        if share < hf.min_gene_coverage:
-            raise _coverage_error(hf, f, ids[ids != ""], share, lookup, {})
+        _check_coverage(hf, f, ids[ids != ""], lookup, rep, dict)
 
 
 def inspect_inputs(
