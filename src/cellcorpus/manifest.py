@@ -102,9 +102,19 @@ class Ledger:
         self.dir = Path(directory)
         self.config_hash = config_hash
         self.derived = derived
+        self._read: dict[str, UnitResult] | None = None  # read once per instance, kept up to date by record()
 
     def done(self) -> dict[str, UnitResult]:
-        """Recorded units by id; records of other settings raise (or are dropped when derived)."""
+        """Recorded units by id; records of other settings raise (or are dropped when derived).
+
+        The folder is read once per Ledger (a stage decides, then runs: 10^4 records are not read twice);
+        records written through this instance are added, a new instance reads the folder again.
+        """
+        if self._read is None:
+            self._read = self._scan()
+        return dict(self._read)
+
+    def _scan(self) -> dict[str, UnitResult]:
         out: dict[str, UnitResult] = {}
         if not self.dir.is_dir():
             return out
@@ -132,6 +142,8 @@ class Ledger:
     def record(self, result: UnitResult) -> None:
         """Write a unit's completion record (after its output is in place)."""
         write_json_atomic(self.dir / f"{result.unit_id}.json", {**asdict(result), "config_hash": self.config_hash})
+        if self._read is not None:
+            self._read[result.unit_id] = result
 
 
 MANIFEST_VERSION = 1
