@@ -77,7 +77,7 @@ def tokenize_anndata(
     """
     from cellcorpus.config import HuggingfaceConfig
     from cellcorpus.io.atomic import write_json_atomic
-    from cellcorpus.sources.inputs import discover_inputs, inspect_inputs, obs_index_column
+    from cellcorpus.sources.inputs import discover_and_inspect, obs_index_column
     from cellcorpus.stages.tokenize import plan_tokenize, tokenize_unit
     from cellcorpus.stages.tokenize_finalize import TokenizeContext
 
@@ -100,8 +100,7 @@ def tokenize_anndata(
             )
         except Exception as exc:
             raise ConfigError(f"tokenize_anndata: {exc}") from exc
-        inputs = discover_inputs(hf)
-        inspect_inputs(hf, inputs, vocab)
+        inputs, _ = discover_and_inspect(hf, vocab)
         index_column = obs_index_column(hf, inputs[0])
         ctx = TokenizeContext(
             hf=hf,

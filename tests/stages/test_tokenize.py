@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,7 +15,7 @@ from cellcorpus.core.ids import decode_ids
 from cellcorpus.errors import ConfigError, InputError, UnitFailed
 from cellcorpus.stages import tokenize as tok
 from cellcorpus.stages.tokenize import run_tokenize
-from tests._utils import GENES, arrow_rows, data_bytes, make_h5ad, write_vocab
+from tests._utils import GENES, arrow_rows, data_bytes, make_h5ad, random_corpus, write_vocab
 
 # columns: ENSG..3 (versioned) -> 5, ENSG..1 -> 3, OOV, ENSG..5 -> 7
 VAR = [GENES[2] + ".4", GENES[0], "ENSG99999999999", GENES[4]]
@@ -425,3 +426,24 @@ def test_filter_and_join_key_may_be_joined_columns(tmp_path, tiny_vocab, write_c
         ("bc1", "s1", "p1"),
         ("bc3", "s2", "p2"),
     ]
+
+
+def test_each_input_is_opened_once_to_discover_and_inspect_it(tmp_path, write_config, monkeypatch):
+    """Discovery and the per-file checks share one open (over 10^4 remote files: one round trip each)."""
+    from cellcorpus.io import h5ad
+    from cellcorpus.io.vocab import load_vocab
+    from cellcorpus.sources.inputs import discover_and_inspect
+
+    random_corpus(tmp_path, n_files=3, n_cells=20)
+    hf = load_config(write_config()).huggingface
+    opened = []
+    real = h5ad.H5adReader.__init__
+
+    def counting(self, path, *args, **kwargs):
+        opened.append(Path(str(path)).name)
+        real(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(h5ad.H5adReader, "__init__", counting)
+    inputs, report = discover_and_inspect(hf, load_vocab(hf.vocab_file))
+    assert sorted(opened) == ["f0.h5ad", "f1.h5ad", "f2.h5ad"]
+    assert [f.n_obs for f in inputs] == [20, 20, 20] and set(report.coverage.values()) == {1.0}

@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,28 +28,30 @@ __all__ = [
     "InputFormat",
     "INPUT_FORMATS",
     "input_format",
-    "discover_inputs",
     "peek_first_input",
     "obs_index_column",
     "required_obs_columns",
     "InputsReport",
-    "inspect_inputs",
+    "discover_and_inspect",
     "gene_mapping",
 ]
 
 _ENSEMBL = re.compile(r"^ENS[A-Z]*\d{6,}(\.\d+)?$")
 
 
-def _discover_h5ad(hf: HuggingfaceConfig) -> list[InputFile]:
+Visit = Callable[[InputFile, Any], None]  # (input, its open reader or None): runs during discovery
+
+
+def _discover_h5ad(hf: HuggingfaceConfig, visit: Visit | None = None) -> list[InputFile]:
     from cellcorpus.sources.local import discover_h5ad
 
-    return discover_h5ad(hf.adata_dir, hf.ignore_dir, str(decompressed_dir(hf)), hf.counts_layer)
+    return discover_h5ad(hf.adata_dir, hf.ignore_dir, str(decompressed_dir(hf)), hf.counts_layer, visit)
 
 
-def _discover_parquet(hf: HuggingfaceConfig) -> list[InputFile]:
+def _discover_parquet(hf: HuggingfaceConfig, visit: Visit | None = None) -> list[InputFile]:
     from cellcorpus.sources.tahoe import discover_parquet
 
-    return discover_parquet(hf.adata_dir, hf.ignore_dir)
+    return discover_parquet(hf.adata_dir, hf.ignore_dir, visit)
 
 
 def _peek_h5ad(hf: HuggingfaceConfig) -> InputFile | None:
@@ -92,21 +95,16 @@ class InputFormat:
     """
 
     name: str
-    discover: Callable[[HuggingfaceConfig], list[InputFile]]
+    discover: Callable[[HuggingfaceConfig, Visit | None], list[InputFile]]
     peek_first: Callable[[HuggingfaceConfig], InputFile | None]  # listing only, before a full discovery
     index_name: Callable[[HuggingfaceConfig, InputFile | None], str | None]  # None: unknown until inputs exist
     read_block: Callable[[str, int, int, HuggingfaceConfig], RawBlock]
-    inspect: Callable[[HuggingfaceConfig, InputFile, VocabLookup | None, InputsReport], None]
+    inspect: Callable[[HuggingfaceConfig, InputFile, VocabLookup | None, InputsReport, Any], None]
 
 
 def input_format(hf: HuggingfaceConfig) -> InputFormat:
     """The registered input format the config names."""
     return INPUT_FORMATS[hf.input_format]
-
-
-def discover_inputs(hf: HuggingfaceConfig) -> list[InputFile]:
-    """Every input file of the config, sorted (the order defines `file_index`)."""
-    return input_format(hf).discover(hf)
 
 
 def peek_first_input(hf: HuggingfaceConfig) -> InputFile | None:
@@ -214,44 +212,52 @@ def _check_coverage(
         raise _coverage_error(hf, f, ids, share, lookup, alternatives())
 
 
-def _inspect_h5ad(hf: HuggingfaceConfig, f: InputFile, lookup: VocabLookup | None, rep: InputsReport) -> None:
-    from cellcorpus.io.h5ad import H5adReader
+def _inspect_h5ad(
+    hf: HuggingfaceConfig, f: InputFile, lookup: VocabLookup | None, rep: InputsReport, reader: Any = None
+) -> None:
+    if reader is None:  # not visited during discovery: open it here
+        from cellcorpus.io.h5ad import H5adReader
 
+        with H5adReader(f.path) as r:
+            _inspect_h5ad(hf, f, lookup, rep, r)
+        return
+    r = reader
     need = required_obs_columns(hf)
-    with H5adReader(f.path) as r:
-        if r.n_vars == 0:
-            raise InputError(f"{f.path}: file has no genes (var is empty)")
-        var_cols = r.var_columns()
-        if hf.gene_col != "index" and hf.gene_col not in var_cols:
+    if r.n_vars == 0:
+        raise InputError(f"{f.path}: file has no genes (var is empty)")
+    var_cols = r.var_columns()
+    if hf.gene_col != "index" and hf.gene_col not in var_cols:
+        raise ConfigError(
+            f"huggingface.gene_col: '{hf.gene_col}' is not a var column of {f.path}",
+            hint=f"var columns: index, {', '.join(var_cols)}",
+        )
+    obs_cols = set(r.obs_columns()) | {r.obs_index_name}
+    for name, key in need.items():
+        if name not in obs_cols and name not in hf.joined_columns():
             raise ConfigError(
-                f"huggingface.gene_col: '{hf.gene_col}' is not a var column of {f.path}",
-                hint=f"var columns: index, {', '.join(var_cols)}",
+                f"{key}: '{name}' is not an obs column of {f.path}",
+                hint=f"obs columns: {', '.join(sorted(map(str, obs_cols)))}",
             )
-        obs_cols = set(r.obs_columns()) | {r.obs_index_name}
-        for name, key in need.items():
-            if name not in obs_cols and name not in hf.joined_columns():
-                raise ConfigError(
-                    f"{key}: '{name}' is not an obs column of {f.path}",
-                    hint=f"obs columns: {', '.join(sorted(map(str, obs_cols)))}",
-                )
-        ids = r.var_column(hf.gene_col)
-        n_empty = int(np.count_nonzero(np.char.str_len(ids.astype(str)) == 0)) if ids.size else 0
-        if n_empty:
-            rep.notes.append(f"{f.rel_path}: {n_empty} gene(s) with an empty id in '{hf.gene_col}' (not tokenized)")
-        if lookup is None:
-            return
+    ids = r.var_column(hf.gene_col)
+    n_empty = int(np.count_nonzero(np.char.str_len(ids.astype(str)) == 0)) if ids.size else 0
+    if n_empty:
+        rep.notes.append(f"{f.rel_path}: {n_empty} gene(s) with an empty id in '{hf.gene_col}' (not tokenized)")
+    if lookup is None:
+        return
 
-        def alternatives() -> dict[str, float]:  # what each other var column would cover (for the hint)
-            return {
-                col: float(np.mean(gene_mapping(hf, r.var_column(col), lookup).gene_map >= 0))
-                for col in ["index", *var_cols]
-                if col != hf.gene_col
-            }
+    def alternatives() -> dict[str, float]:  # what each other var column would cover (for the hint)
+        return {
+            col: float(np.mean(gene_mapping(hf, r.var_column(col), lookup).gene_map >= 0))
+            for col in ["index", *var_cols]
+            if col != hf.gene_col
+        }
 
-        _check_coverage(hf, f, ids, lookup, rep, alternatives)
+    _check_coverage(hf, f, ids, lookup, rep, alternatives)
 
 
-def _inspect_parquet(hf: HuggingfaceConfig, f: InputFile, lookup: VocabLookup | None, rep: InputsReport) -> None:
+def _inspect_parquet(
+    hf: HuggingfaceConfig, f: InputFile, lookup: VocabLookup | None, rep: InputsReport, reader: Any = None
+) -> None:
     import pyarrow.parquet as pq
 
     from cellcorpus.sources.tahoe import INDEX_COLUMN, load_gene_table
@@ -270,20 +276,20 @@ def _inspect_parquet(hf: HuggingfaceConfig, f: InputFile, lookup: VocabLookup | 
         _check_coverage(hf, f, ids[ids != ""], lookup, rep, dict)
 
 
-def inspect_inputs(
-    hf: HuggingfaceConfig, inputs: list[InputFile], vocab: dict[str, int] | None, *, strict: bool = True
-) -> InputsReport:
-    """Check every input's columns (and, with a vocabulary, its gene coverage); raise on the first problem.
-
-    `strict=False` (the `genes` dry run) reports coverage below `min_gene_coverage` instead of raising.
-    """
+def discover_and_inspect(
+    hf: HuggingfaceConfig, vocab: dict[str, int] | None, *, strict: bool = True
+) -> tuple[list[InputFile], InputsReport]:
+    """Every input file of the config, sorted (the order defines `file_index`), each checked while it is open:
+    columns and, with a vocabulary, gene coverage (raising on the first problem). One open per file: over
+    10^4 remote files one round trip each, not two. `strict=False` (the `genes` dry run) reports coverage
+    below `min_gene_coverage` instead of raising."""
     if not strict:
         hf = hf.model_copy(update={"min_gene_coverage": 0.0})
     rep = InputsReport()
     lookup = VocabLookup(vocab) if vocab is not None else None
-    for f in inputs:
-        input_format(hf).inspect(hf, f, lookup, rep)
-    return rep
+    fmt = input_format(hf)
+    inputs = fmt.discover(hf, lambda f, reader: fmt.inspect(hf, f, lookup, rep, reader))
+    return inputs, rep
 
 
 INPUT_FORMATS: dict[str, InputFormat] = {

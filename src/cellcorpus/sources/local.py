@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import fsspec
@@ -60,8 +61,17 @@ def _remote_checksum(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return xxhash.xxh64(repr(key).encode()).hexdigest()
 
 
-def discover_h5ad(adata_dir: str, ignore_dir: list[str], cache_dir: str, layer: str | None = None) -> list[InputFile]:
-    """List inputs with their cell counts; unreadable or empty files are errors naming the file."""
+def discover_h5ad(
+    adata_dir: str,
+    ignore_dir: list[str],
+    cache_dir: str,
+    layer: str | None = None,
+    visit: Callable[[InputFile, H5adReader], None] | None = None,
+) -> list[InputFile]:
+    """List inputs with their cell counts; unreadable or empty files are errors naming the file.
+
+    `visit(input, reader)` runs while each file is open (the inspection), so a file is opened once, not twice.
+    """
     rels = find_h5ad_files(adata_dir, ignore_dir)
     if not rels:
         raise InputError(f"no .h5ad files found under {adata_dir}", hint="check huggingface.adata_dir / ignore_dir")
@@ -79,11 +89,14 @@ def discover_h5ad(adata_dir: str, ignore_dir: list[str], cache_dir: str, layer: 
         with reader as r:
             n_obs = r.n_obs
             r.x_encoding  # noqa: B018 - validates the X layout now, before any worker starts
-        if n_obs == 0:
-            raise InputError(f"{path}: file has no cells")
-        full = f"{root.rstrip('/')}/{rel}"
-        checksum = _remote_checksum(fs, full) if is_url(adata_dir) else quick_checksum(full)
-        out.append(InputFile(readable, rel, i, n_obs, int(fs.size(full)), checksum))
+            if n_obs == 0:
+                raise InputError(f"{path}: file has no cells")
+            full = f"{root.rstrip('/')}/{rel}"
+            checksum = _remote_checksum(fs, full) if is_url(adata_dir) else quick_checksum(full)
+            f = InputFile(readable, rel, i, n_obs, int(fs.size(full)), checksum)
+            if visit is not None:
+                visit(f, r)
+        out.append(f)
     return out
 
 

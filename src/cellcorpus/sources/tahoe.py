@@ -10,7 +10,9 @@ counted). Rows are read by row group: only the groups overlapping the unit's ran
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,8 +31,11 @@ RELEASE_PAD = -2.0  # expression of the release's leading CLS token
 INDEX_COLUMN = "BARCODE_SUB_LIB_ID"  # the release's cell barcode: our obs index
 
 
-def discover_parquet(directory: str, ignore_dir: list[str]) -> list[InputFile]:
-    """Every .parquet file below `directory` (sorted; folders in `ignore_dir` skipped)."""
+def discover_parquet(
+    directory: str, ignore_dir: list[str], visit: Callable[[InputFile, Any], None] | None = None
+) -> list[InputFile]:
+    """Every .parquet file below `directory` (sorted; folders in `ignore_dir` skipped); `visit(input, None)`
+    inspects each as it is listed (a parquet schema is read from the footer, so nothing is kept open)."""
     root = Path(directory)
     if not root.is_dir():
         raise ConfigError(f"huggingface.adata_dir: folder not found: {directory}")
@@ -48,9 +53,10 @@ def discover_parquet(directory: str, ignore_dir: list[str]) -> list[InputFile]:
             raise InputError(f"{p}: not a readable parquet file: {exc}") from exc
         if meta.num_rows == 0:
             raise InputError(f"{p}: file has no cells")
-        out.append(
-            InputFile(str(p), p.relative_to(root).as_posix(), i, meta.num_rows, p.stat().st_size, quick_checksum(p))
-        )
+        f = InputFile(str(p), p.relative_to(root).as_posix(), i, meta.num_rows, p.stat().st_size, quick_checksum(p))
+        if visit is not None:
+            visit(f, None)
+        out.append(f)
     return out
 
 

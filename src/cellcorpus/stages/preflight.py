@@ -5,7 +5,7 @@ encoding, compression and hash; the columns the MDS stage will see, from obs col
 joins; settings that contradict each other), the optional extras the settings need, the Dask scheduler,
 and that every output root is writable. Problems that are the config's are ConfigErrors (exit 2);
 legal-but-odd settings become one note each. Per-input checks (columns, gene coverage) need the
-vocabulary and run at the start of tokenize (`sources.inputs.inspect_inputs`), still before any unit.
+vocabulary and run at the start of tokenize (`sources.inputs.discover_and_inspect`), still before any unit.
 """
 
 from __future__ import annotations

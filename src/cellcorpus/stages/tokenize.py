@@ -36,13 +36,7 @@ from cellcorpus.io.vocab import load_vocab
 from cellcorpus.layout import SPLITS, parts_dir, tokenize_publisher, units_dir
 from cellcorpus.manifest import Ledger, MdsManifest, TokenizeManifest, UnitResult, file_checksum, output_record
 from cellcorpus.sources.base import InputFile, RawBlock
-from cellcorpus.sources.inputs import (
-    discover_inputs,
-    gene_mapping,
-    input_format,
-    inspect_inputs,
-    obs_index_column,
-)
+from cellcorpus.sources.inputs import discover_and_inspect, gene_mapping, input_format, obs_index_column
 from cellcorpus.stages.base import StageRun, StageSummary, WorkUnit, decide_rerun, run_stage
 from cellcorpus.stages.mds_unit import MdsContext, mds_identity
 from cellcorpus.stages.preflight import preflight
@@ -342,9 +336,9 @@ def run_tokenize(
     spec = spec or ExecutorSpec.resolve(cfg, hf.num_proc)
     vocab = load_vocab(hf.vocab_file)
     _check_cls(hf, vocab)
-    inputs = discover_inputs(hf)
-    notes = preflight(cfg, spec, "tokenize", inputs)
-    notes += inspect_inputs(hf, inputs, vocab).notes
+    notes = preflight(cfg, spec, "tokenize")  # the config first; then every input, each opened once
+    inputs, inspection = discover_and_inspect(hf, vocab)
+    notes += inspection.notes
     work_hash = _work_hash(hf)
     stage_hash = _stage_hash(work_hash, inputs)
     out = tokenize_publisher(hf)
