@@ -14,11 +14,19 @@ from cellcorpus.config import Config, MdsConfig
 from cellcorpus.errors import ConfigError, InputError
 from cellcorpus.exec.runner import ExecutorSpec, Reporter
 from cellcorpus.formats.arrow import read_arrow
-from cellcorpus.formats.mds import MdsSpec, merge_split_index
+from cellcorpus.formats.mds import merge_split_index
 from cellcorpus.io.paths import Publisher, local_copy
 from cellcorpus.manifest import MdsManifest, TokenizeManifest, UnitResult
 from cellcorpus.stages.base import StageRun, StageSummary, run_stage
-from cellcorpus.stages.mds_unit import MdsContext, MdsUnit, convert_file, mds_identity, sub_dir_of, unit_id_of
+from cellcorpus.stages.mds_unit import (
+    MdsContext,
+    MdsUnit,
+    convert_file,
+    mds_context,
+    mds_identity,
+    sub_dir_of,
+    unit_id_of,
+)
 from cellcorpus.stages.preflight import preflight
 
 __all__ = ["plan_mds", "mds_unit", "run_mds"]
@@ -56,12 +64,12 @@ def run_mds(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | 
     mds: MdsConfig = cfg.need("mds")
     spec = spec or ExecutorSpec.resolve(cfg, mds.num_proc)
     notes = preflight(cfg, spec, "mds")
-    wspec = MdsSpec.create(mds.columns, mds.compression, mds.hashes, mds.size_limit)
     source = Publisher(mds.root_dir, staging=".")
     source_manifest = source.read_manifest("manifest.json", TokenizeManifest)
     ident = mds_identity(mds)
     stage_hash = ident.stage_hash(source_manifest.config_hash if source_manifest else None)
     out = ident.out
+    context = mds_context(mds, out)
     outputs = {s: out.url(s) for s in mds.splits}
 
     def finalize(units: Sequence[MdsUnit], results: list[UnitResult]) -> tuple[dict[str, Any], StageSummary]:
@@ -94,7 +102,7 @@ def run_mds(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | 
             totals[f"{split}_dropped_min_length"] = splits[split]["dropped_min_length"]
         body = {
             "source_manifest": source.url("manifest.json"),
-            "columns": dict(wspec.columns),
+            "columns": dict(context.spec.columns),
             "splits": splits,
             "totals": totals,
         }
@@ -104,15 +112,15 @@ def run_mds(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | 
         name="mds",
         out=out,
         markers=list(ident.markers),
-        key="mds.out_root",
-        what="MDS export",
+        key=ident.key,
+        what=ident.what,
         settings_hash=ident.settings_hash,
         stage_hash=stage_hash,
         manifest_model=MdsManifest,
         ledger=ident.ledger(),
         plan=lambda: plan_mds(mds),
         run_unit=mds_unit,
-        context=MdsContext(wspec, out, mds.min_length),
+        context=context,
         finalize=finalize,
         skipped=lambda m: StageSummary("mds", skipped=True, counts=m.totals, outputs=outputs, notes=notes),
         cells_of=lambda u: u.n_cells,

@@ -11,6 +11,7 @@ import functools
 import json
 import shutil
 from dataclasses import dataclass
+from typing import ClassVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -20,7 +21,8 @@ from cellcorpus.errors import InputError
 from cellcorpus.formats.mds import MdsSpec, ShardWriter, TorchPickler, encode_samples
 from cellcorpus.io.paths import Publisher
 from cellcorpus.layout import mds_publisher, mds_units_dir
-from cellcorpus.manifest import Ledger, UnitResult
+from cellcorpus.manifest import Ledger, MdsManifest, UnitResult
+from cellcorpus.stages.base import decide_rerun
 
 __all__ = [
     "MdsUnit",
@@ -28,6 +30,7 @@ __all__ = [
     "MdsUnitWriter",
     "MdsIdentity",
     "mds_identity",
+    "mds_context",
     "convert_file",
     "publish_unit",
     "sub_dir_of",
@@ -126,6 +129,8 @@ class MdsIdentity:
     markers: tuple[str, ...]
     settings_hash: str
     ledger_dir: str
+    key: ClassVar[str] = "mds.out_root"  # the config key named when a finished export is refused
+    what: ClassVar[str] = "MDS export"
 
     def stage_hash(self, source_hash: str | None) -> str:
         """Settings + the tokenize run it exports (the source manifest's config_hash)."""
@@ -134,6 +139,19 @@ class MdsIdentity:
     def ledger(self) -> Ledger:
         """The MDS completion records (one per writer sub-folder)."""
         return Ledger(self.ledger_dir, self.settings_hash)
+
+    def decide(self, source_hash: str | None) -> MdsManifest | None:
+        """The mds stage's skip / refuse / rebuild decision for an export of `source_hash` (stages.base)."""
+        return decide_rerun(
+            self.out,
+            list(self.markers),
+            key=self.key,
+            what=self.what,
+            stage_hash=self.stage_hash(source_hash),
+            settings_hash=self.settings_hash,
+            ledger=self.ledger(),
+            model=MdsManifest,
+        )
 
 
 def mds_identity(mds: MdsConfig) -> MdsIdentity:
@@ -144,6 +162,11 @@ def mds_identity(mds: MdsConfig) -> MdsIdentity:
         settings_hash=config_hash(mds.model_dump(mode="json", exclude=set(MDS_LOCATION_KEYS))),
         ledger_dir=str(mds_units_dir(mds)),
     )
+
+
+def mds_context(mds: MdsConfig, out: Publisher) -> MdsContext:
+    """What every unit writing `mds`'s export into `out` shares (the writer spec is validated here)."""
+    return MdsContext(MdsSpec.create(mds.columns, mds.compression, mds.hashes, mds.size_limit), out, mds.min_length)
 
 
 def sub_dir_of(index: int) -> str:

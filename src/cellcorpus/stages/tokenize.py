@@ -29,16 +29,15 @@ from cellcorpus.core.vocab import VocabLookup
 from cellcorpus.errors import ConfigError, InputError
 from cellcorpus.exec.runner import ExecutorSpec, Reporter
 from cellcorpus.formats.arrow import cell_schema, cells_table, write_stream
-from cellcorpus.formats.mds import MdsSpec
 from cellcorpus.io.paths import is_url, same_location
 from cellcorpus.io.tables import as_strings, load_table, lookup
 from cellcorpus.io.vocab import load_vocab
 from cellcorpus.layout import SPLITS, parts_dir, tokenize_publisher, units_dir
-from cellcorpus.manifest import Ledger, MdsManifest, TokenizeManifest, UnitResult, file_checksum, output_record
+from cellcorpus.manifest import Ledger, TokenizeManifest, UnitResult, file_checksum, output_record
 from cellcorpus.sources.base import InputFile, RawBlock
 from cellcorpus.sources.inputs import discover_and_inspect, gene_mapping, input_format, obs_index_column
-from cellcorpus.stages.base import StageRun, StageSummary, WorkUnit, decide_rerun, run_stage
-from cellcorpus.stages.mds_unit import MdsContext, mds_identity
+from cellcorpus.stages.base import StageRun, StageSummary, WorkUnit, run_stage
+from cellcorpus.stages.mds_unit import mds_context, mds_identity
 from cellcorpus.stages.preflight import preflight
 from cellcorpus.stages.tokenize_finalize import FusedMds, TokenizeContext, finalize_splits
 
@@ -294,7 +293,7 @@ def _check_split_sizes(hf: HuggingfaceConfig, totals: dict[str, int]) -> None:
 
 
 def _fused_mds(cfg: Config, hf: HuggingfaceConfig, stage_hash: str) -> FusedMds | None:
-    """The MDS export to write in the shuffle pass, when `cfg.mds` exports exactly this output.
+    """The MDS export to write in the Arrow pass, when `cfg.mds` exports exactly this output.
 
     Decided like the mds stage's own run (so a finished export of other settings is refused here, before any
     work): None when there is no mds section, it reads another dataset, or the export is already complete
@@ -304,21 +303,9 @@ def _fused_mds(cfg: Config, hf: HuggingfaceConfig, stage_hash: str) -> FusedMds 
     if mds is None or not same_location(mds.root_dir, hf.merged_dataset_root):
         return None
     ident = mds_identity(mds)
-    previous = decide_rerun(
-        ident.out,
-        list(ident.markers),
-        key="mds.out_root",
-        what="MDS export",
-        stage_hash=ident.stage_hash(stage_hash),
-        settings_hash=ident.settings_hash,
-        ledger=ident.ledger(),
-        model=MdsManifest,
-    )
-    if previous is not None:
+    if ident.decide(stage_hash) is not None:
         return None
-    wspec = MdsSpec.create(mds.columns, mds.compression, mds.hashes, mds.size_limit)
-    context = MdsContext(wspec, ident.out, mds.min_length)
-    return FusedMds(ident, context, tuple(mds.splits))
+    return FusedMds(ident, mds_context(mds, ident.out), tuple(mds.splits))
 
 
 def run_tokenize(
