@@ -233,26 +233,38 @@ def run_job(kind: str, arg: str, script: str = __file__) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cells", type=int, default=200_000)
-    ap.add_argument("--cells-per-file", type=int, default=50_000)
+def input_arguments(doc: str | None, cells: int, per_file: int, out: str) -> argparse.ArgumentParser:
+    """The options every benchmark shares: the synthetic input's size and where it goes (+ the hidden --job)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cells", type=int, default=cells)
+    ap.add_argument("--cells-per-file", type=int, default=per_file)
     ap.add_argument("--genes-per-cell", type=int, default=2000)
-    ap.add_argument("--unit-cells", type=int, default=16384)
-    ap.add_argument("--out", type=Path, default=Path("bench_out"))
-    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--skip-mdswriter", action="store_true")
-    ap.add_argument("--dask", action="store_true", help="also time tokenize on a Dask LocalCluster")
-    ap.add_argument("--only", choices=["rss"], help="rss: floor, tokenize and mds ndarray with 1 process only")
+    ap.add_argument("--out", type=Path, default=Path(out))
     ap.add_argument("--job", nargs=2, help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.job:
-        job(*args.job)
-        return
+    return ap
+
+
+def prepared_input(args: argparse.Namespace) -> tuple[Path, Path]:
+    """(output folder, raw input folder): the synthetic plates written (or reused) and announced."""
     out = args.out.resolve()
     t = time.perf_counter()
     raw = make_input(out, args.cells, args.cells_per_file, args.genes_per_cell)
     print(f"input: {args.cells:,} cells x ~{args.genes_per_cell} genes in {raw} ({time.perf_counter() - t:.0f}s)")
+    return out, raw
+
+
+def main() -> None:
+    ap = input_arguments(__doc__, 200_000, 50_000, "bench_out")
+    ap.add_argument("--unit-cells", type=int, default=16384)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--skip-mdswriter", action="store_true")
+    ap.add_argument("--dask", action="store_true", help="also time tokenize on a Dask LocalCluster")
+    ap.add_argument("--only", choices=["rss"], help="rss: floor, tokenize and mds ndarray with 1 process only")
+    args = ap.parse_args()
+    if args.job:
+        job(*args.job)
+        return
+    out, raw = prepared_input(args)
     from cellcorpus.config import load_config
     from cellcorpus.stages.vocab import run_vocab
 

@@ -15,7 +15,6 @@ Nothing is asserted; numbers go in docs/scaling.md and the closing notes. Output
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench import _peak_rss_mb, make_input, run_job, vocab_section  # noqa: E402 - shared with bench.py
+from bench import _peak_rss_mb, input_arguments, prepared_input, run_job, vocab_section  # noqa: E402 - shared
 
 CELL_LINES = ["CVCL_0023", "CVCL_0028", "CVCL_0062"]
 
@@ -177,23 +176,15 @@ def job(kind: str, arg: str) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cells", type=int, default=300_000)
-    ap.add_argument("--cells-per-file", type=int, default=25_000)
-    ap.add_argument("--genes-per-cell", type=int, default=2000)
+    ap = input_arguments(__doc__, 300_000, 25_000, "e2e_out")
     ap.add_argument("--num-proc", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=Path("e2e_out"))
     ap.add_argument("--keep", action="store_true", help="keep inputs and outputs")
-    ap.add_argument("--job", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.job:
         job(*args.job)
         return
-    out = args.out.resolve()
-    t = time.perf_counter()
-    raw = make_input(out, args.cells, args.cells_per_file, args.genes_per_cell)
+    out, raw = prepared_input(args)
     cfg = write_config(out, args.num_proc, write_tables(out))
-    print(f"input: {args.cells:,} cells x ~{args.genes_per_cell} genes in {raw} ({time.perf_counter() - t:.0f}s)")
     try:
         floor1 = run_job("floor:1", str(raw), __file__)
         floorn = run_job(f"floor:{args.num_proc}", str(raw), __file__)
