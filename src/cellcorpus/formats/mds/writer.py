@@ -120,8 +120,8 @@ class ShardWriter:
             data = self._compressor.compress(raw_view)
             name = f"{raw_name}.zstd"
             zip_info = self._info(data, name)
-        with atomic_path(self.dir / name) as tmp, open(tmp, "wb") as f:
-            f.write(data)
+        with atomic_path(self.dir / name) as tmp:
+            tmp.write_bytes(data)
         self.shards.append({"samples": n, "raw_data": raw_info, "zip_data": zip_info, **self.spec.config()})
         self.n_samples += n
         self._pending, self._pending_size = [], 0
