@@ -36,7 +36,7 @@ def _drugs(cfg: Config, spec: ExecutorSpec, reporter: Reporter | None) -> StageS
 def _tokenize(cfg: Config, spec: ExecutorSpec, reporter: Reporter | None) -> StageSummary:
     from cellcorpus.stages.tokenize import run_tokenize
 
-    return run_tokenize(cfg, spec, reporter, fuse_mds=True)  # the shuffle pass also writes the MDS export
+    return run_tokenize(cfg, spec, reporter, fuse_mds=True)  # the Arrow pass also writes the MDS export
 
 
 def _mds(cfg: Config, spec: ExecutorSpec, reporter: Reporter | None) -> StageSummary:

@@ -99,6 +99,7 @@ class InputFormat:
     peek_first: Callable[[HuggingfaceConfig], InputFile | None]  # listing only, before a full discovery
     index_name: Callable[[HuggingfaceConfig, InputFile | None], str | None]  # None: unknown until inputs exist
     read_block: Callable[[str, int, int, HuggingfaceConfig], RawBlock]
+    # the last argument: the reader discovery holds open on the file (None for formats without one)
     inspect: Callable[[HuggingfaceConfig, InputFile, VocabLookup | None, InputsReport, Any], None]
 
 
@@ -212,16 +213,8 @@ def _check_coverage(
         raise _coverage_error(hf, f, ids, share, lookup, alternatives())
 
 
-def _inspect_h5ad(
-    hf: HuggingfaceConfig, f: InputFile, lookup: VocabLookup | None, rep: InputsReport, reader: Any = None
-) -> None:
-    if reader is None:  # not visited during discovery: open it here
-        from cellcorpus.io.h5ad import H5adReader
-
-        with H5adReader(f.path) as r:
-            _inspect_h5ad(hf, f, lookup, rep, r)
-        return
-    r = reader
+def _inspect_h5ad(hf: HuggingfaceConfig, f: InputFile, lookup: VocabLookup | None, rep: InputsReport, r: Any) -> None:
+    # `r`: the file's H5adReader, open while discovery visits the file
     need = required_obs_columns(hf)
     if r.n_vars == 0:
         raise InputError(f"{f.path}: file has no genes (var is empty)")
@@ -256,7 +249,7 @@ def _inspect_h5ad(
 
 
 def _inspect_parquet(
-    hf: HuggingfaceConfig, f: InputFile, lookup: VocabLookup | None, rep: InputsReport, reader: Any = None
+    hf: HuggingfaceConfig, f: InputFile, lookup: VocabLookup | None, rep: InputsReport, reader: Any
 ) -> None:
     import pyarrow.parquet as pq
 
