@@ -43,3 +43,12 @@ def test_prefix_is_the_first_value_of_every_list(tmp_path, lengths):
     assert [g["genes"] for g in got] == [[1, *w["genes"]] for w in want]
     assert [g["expressions"] for g in got] == [[-2.0, *w["expressions"]] for w in want]
     assert [g["name"] for g in got] == [w["name"] for w in want]
+
+
+def test_large_batches_hashed_in_windows_equal_the_file(tmp_path):
+    # a batch's genes buffer is ~2.4 MB: written (and hashed) in 256 KB windows, the file and hash still whole
+    table = _table([600] * 2500)
+    written = write_stream(tmp_path / "big.arrow", table)
+    assert written.rows == 2500
+    assert read_arrow(tmp_path / "big.arrow").equals(table)
+    assert written.xxh64 == file_checksum(tmp_path / "big.arrow")

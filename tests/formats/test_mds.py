@@ -10,7 +10,14 @@ import pyarrow as pa
 import pytest
 
 from cellcorpus.errors import ConfigError, MissingExtraError
-from cellcorpus.formats.mds import MdsSpec, ShardWriter, TorchPickler, encode_samples, merge_split_index
+from cellcorpus.formats.mds import (
+    MdsSpec,
+    ShardWriter,
+    TorchPickler,
+    encode_samples,
+    hash_bytes,
+    merge_split_index,
+)
 from tests.streaming_compat import import_streaming, streaming_dataset
 
 
@@ -54,6 +61,18 @@ def _write_reference(tmp_path, table, columns, compression, size_limit=1 << 16):
             sample["expressions"] = np.array(row["expressions"], np.float32)
             w.write(sample)
     return json.loads((tmp_path / "index.json").read_text())
+
+
+def test_shard_hashes_span_pieces_and_windows(tmp_path):
+    # shards of ~1 MB from batches of ~270 KB: the hashes are fed in 256 KB windows that cross batch pieces
+    table = _table(n=600, seed=3)
+    ours = _write_native(tmp_path / "ours", table, COLUMNS, "zstd", size_limit=1 << 20)
+    ref = _write_reference(tmp_path / "ref", table, COLUMNS, "zstd", size_limit=1 << 20)
+    assert len(ours["shards"]) >= 2 and ours["shards"][0]["raw_data"]["bytes"] > 3 * (256 << 10)
+    assert [s["raw_data"] for s in ours["shards"]] == [s["raw_data"] for s in ref["shards"]]
+    for s in ours["shards"]:  # the compressed file's hashes: of the bytes on disk
+        data = (tmp_path / "ours" / s["zip_data"]["basename"]).read_bytes()
+        assert s["zip_data"]["hashes"] == {a: hash_bytes(a, data) for a in ("sha1", "xxh64")}
 
 
 @pytest.mark.parametrize("compression", [None, "zstd"])

@@ -14,17 +14,22 @@ from cellcorpus.errors import ConfigError
 from cellcorpus.formats.mds.encodings import encoding
 from cellcorpus.formats.mds.torch_pickle import require_torch
 
-__all__ = ["MdsSpec", "hash_bytes", "decompress", "parse_compression"]
+__all__ = ["MdsSpec", "hash_bytes", "hasher", "decompress", "parse_compression"]
 
 _XXH = {"xxh32": xxhash.xxh32, "xxh64": xxhash.xxh64, "xxh128": xxhash.xxh128, "xxh3_64": xxhash.xxh3_64,
         "xxh3_128": xxhash.xxh3_128}  # fmt: skip
 
 
+def hasher(algo: str) -> Any:
+    """A fresh incremental hash (`update`, `hexdigest`) for a hashlib or xxhash name."""
+    return _XXH[algo]() if algo in _XXH else hashlib.new(algo)
+
+
 def hash_bytes(algo: str, data: bytes | memoryview) -> str:
     """Hex digest as mosaicml-streaming records it (hashlib names or xxhash names)."""
-    if algo in _XXH:
-        return _XXH[algo](data).hexdigest()
-    return hashlib.new(algo, data).hexdigest()
+    h = hasher(algo)
+    h.update(data)
+    return str(h.hexdigest())
 
 
 def _valid_hash(algo: str) -> bool:
