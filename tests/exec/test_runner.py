@@ -188,3 +188,22 @@ def test_warm_up_starts_every_worker_with_the_stage_imported():
             done = [ex.submit(_modules_loaded, ("cellcorpus.stages.tokenize",)).result() for _ in range(4)]
     assert done == [[True]] * 4
     warm_up(spec, ("cellcorpus.stages.tokenize",))  # outside a session: nothing is started (and nothing leaks)
+
+
+def _env(key):
+    import os
+
+    return os.environ.get(key)
+
+
+@pytest.mark.parametrize("user_value", [None, "50"])
+def test_workers_start_with_the_allocator_setting_unless_the_user_set_one(monkeypatch, user_value):
+    from cellcorpus.exec.runner import ExecutorSpec, open_executor
+
+    if user_value is None:
+        monkeypatch.delenv("MIMALLOC_PURGE_DELAY", raising=False)
+    else:
+        monkeypatch.setenv("MIMALLOC_PURGE_DELAY", user_value)
+    with open_executor(ExecutorSpec(num_proc=2)) as (ex, _):
+        seen = ex.submit(_env, "MIMALLOC_PURGE_DELAY").result()
+    assert seen == (user_value or "-1")  # freed memory kept for reuse (read when the worker loads pyarrow)

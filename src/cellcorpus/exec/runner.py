@@ -97,14 +97,15 @@ def open_executor(spec: ExecutorSpec) -> Iterator[tuple[Executor, int]]:
 
 @contextmanager
 def _open_executor(spec: ExecutorSpec) -> Iterator[tuple[Executor, int]]:
+    from cellcorpus.exec.local import local_executor, set_worker_environment
+
+    set_worker_environment()  # before any worker (pool process or LocalCluster worker) starts
     if spec.dask:
         from cellcorpus.exec.dask import dask_executor
 
         with dask_executor(spec.dask, spec.dask_workers) as pair:
             yield pair
         return
-    from cellcorpus.exec.local import local_executor
-
     ex = local_executor(spec.num_proc)
     try:
         yield ex, spec.num_proc
