@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import xxhash
 from numpy.typing import NDArray
 
@@ -123,38 +124,60 @@ class _Gather:
 
 
 def _reorder(table: pa.Table, order: NDArray[Any], prefix: Prefix | None = None) -> pa.Table:
-    """`table.take(order)` for a single-chunk table, list columns gathered with numpy; `prefix` puts one
-    value before every list of the named columns (the CLS token) in the same pass.
-
-    By hand because Arrow's list take builds child indices per column (~2x slower) and cannot prepend; here
-    lists with equal offsets (genes and expressions of the same cells) share one index array.
-    """
+    """`table.take(order)` for a single-chunk table; `prefix` puts one value before every list of the named
+    columns (the CLS token) in the same pass."""
     prefix = prefix or {}
+    index = pa.array(order, pa.int64())
     cols = []
-    shared: tuple[NDArray[Any], NDArray[Any], NDArray[Any], int] | None = None  # offsets in, out, index, extra
     for name, col in zip(table.column_names, table.columns, strict=True):
         arr = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
-        if not pa.types.is_list(arr.type) or arr.null_count or arr.values.null_count:
-            if name in prefix:
-                raise ValueError(f"column '{name}': a prefix needs a list column without nulls")
-            cols.append(arr.take(pa.array(order)))
+        if _runs_of_bytes(arr):
+            cols.append(_take_lists(arr, index, prefix.get(name)))
             continue
-        extra = int(name in prefix)
-        offs = arr.offsets.to_numpy()
-        if shared is None or not np.array_equal(shared[0], offs) or shared[3] != extra:
-            lengths = np.diff(offs)[order] + extra
-            out = np.zeros(len(order) + 1, np.int32)
-            np.cumsum(lengths, out=out[1:])
-            index = np.repeat(offs[:-1][order] - out[:-1] - extra, lengths) + np.arange(out[-1], dtype=np.int64)
-            if extra:
-                index[out[:-1]] = 0  # the prefix slots: any valid position, overwritten below
-            shared = (offs, out, index, extra)
-        source = arr.values.to_numpy()  # offsets index the whole child array, slice or not
-        values = source[shared[2]] if len(source) else np.zeros(len(shared[2]), source.dtype)  # only prefixes
-        if extra:
-            values[shared[1][:-1]] = prefix[name]
-        cols.append(pa.ListArray.from_arrays(pa.array(shared[1]), pa.array(values, type=arr.type.value_type)))
+        if name in prefix:
+            raise ValueError(f"column '{name}': a prefix needs a list column of numbers without nulls")
+        cols.append(arr.take(index))
     return pa.Table.from_arrays(cols, schema=table.schema)
+
+
+def _runs_of_bytes(arr: pa.Array) -> bool:
+    """A list column whose lists are plain byte runs: fixed-width numbers, no nulls at either level."""
+    if not pa.types.is_list(arr.type) or arr.null_count or arr.values.null_count:
+        return False
+    value_type = arr.type.value_type
+    return bool(pa.types.is_integer(value_type) or pa.types.is_floating(value_type))
+
+
+def _take_lists(arr: pa.ListArray, index: pa.Array, first: Any = None) -> pa.ListArray:
+    """Lists `index` of `arr` (each preceded by `first` if given), copied one list at a time.
+
+    Arrow's list take and a numpy gather both copy element by element through a per-element index built
+    first; a cell's list is one run of bytes, so here the lists are viewed (zero-copy) as binary values and
+    taken with Arrow's binary take, one memcpy per list (~3x faster for ~2,000-gene cells). The prefix is
+    joined in front of every value the same way.
+    """
+    value_type = arr.type.value_type
+    item = value_type.bit_width // 8
+    values = arr.values
+    data = values.buffers()[1]
+    offsets = (arr.offsets.to_numpy().astype(np.int64) + values.offset) * item
+    wide = bool(offsets[-1] > _INT32_MAX) if len(offsets) else False
+    binary_type = pa.large_binary() if wide else pa.binary()
+    runs = pa.Array.from_buffers(
+        binary_type, len(arr), [None, pa.py_buffer(offsets.astype(np.int64 if wide else np.int32)), data]
+    )
+    taken = runs.take(index)
+    if first is not None:
+        head = pa.scalar(np.array([first], value_type.to_pandas_dtype()).tobytes(), binary_type)
+        taken = pc.binary_join_element_wise(head, taken, pa.scalar(b"", binary_type))
+    _, out_offsets, out_data = taken.buffers()
+    width = np.int64 if wide else np.int32
+    byte_offsets = np.frombuffer(out_offsets, width)[taken.offset : taken.offset + len(taken) + 1].astype(np.int64)
+    base = int(byte_offsets[0])
+    flat = pa.Array.from_buffers(
+        value_type, (int(byte_offsets[-1]) - base) // item, [None, out_data], offset=base // item
+    )
+    return pa.ListArray.from_arrays(pa.array(((byte_offsets - base) // item).astype(np.int32)), flat)
 
 
 def write_stream(
