@@ -115,29 +115,34 @@ class _Gather:
                 parts.append(self.batches[c].slice(int(local[0]), len(local)))
             else:
                 parts.append(self.batches[c].take(pa.array(local)))
-        grouped = pa.Table.from_batches(parts, self.schema).combine_chunks()
+        grouped = pa.Table.from_batches(parts, self.schema)
         if np.all(np.diff(by_chunk) > 0):
-            return grouped  # already in the asked order
+            return grouped.combine_chunks()  # already in the asked order
         restore = np.empty_like(by_chunk)
         restore[by_chunk] = np.arange(len(by_chunk))
-        return _reorder(grouped, restore)
+        return _reorder(grouped, restore)  # from the pieces themselves: no concatenated copy first
 
 
 def _reorder(table: pa.Table, order: NDArray[Any], prefix: Prefix | None = None) -> pa.Table:
-    """`table.take(order)` for a single-chunk table; `prefix` puts one value before every list of the named
-    columns (the CLS token) in the same pass."""
+    """`table.take(order)` as one chunk per column, taken from the table's chunks as they are (Arrow's chunked
+    take does not concatenate them first); `prefix` puts one value before every list of the named columns
+    (the CLS token) in the same pass."""
     prefix = prefix or {}
     index = pa.array(order, pa.int64())
     cols = []
     for name, col in zip(table.column_names, table.columns, strict=True):
-        arr = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
-        if _runs_of_bytes(arr):
-            cols.append(_take_lists(arr, index, prefix.get(name)))
+        chunks = col.chunks or [col.combine_chunks()]
+        if all(_runs_of_bytes(c) for c in chunks):
+            cols.append(_take_lists(chunks, index, prefix.get(name)))
             continue
         if name in prefix:
             raise ValueError(f"column '{name}': a prefix needs a list column of numbers without nulls")
-        cols.append(arr.take(index))
+        cols.append(_one_chunk(col.take(index)))
     return pa.Table.from_arrays(cols, schema=table.schema)
+
+
+def _one_chunk(col: pa.ChunkedArray) -> pa.Array:
+    return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
 
 
 def _runs_of_bytes(arr: pa.Array) -> bool:
@@ -148,25 +153,31 @@ def _runs_of_bytes(arr: pa.Array) -> bool:
     return bool(pa.types.is_integer(value_type) or pa.types.is_floating(value_type))
 
 
-def _take_lists(arr: pa.ListArray, index: pa.Array, first: Any = None) -> pa.ListArray:
-    """Lists `index` of `arr` (each preceded by `first` if given), copied one list at a time.
+def _take_lists(chunks: list[pa.ListArray], index: pa.Array, first: Any = None) -> pa.ListArray:
+    """Lists `index` of the concatenated `chunks` (each preceded by `first` if given), one list at a time.
 
     Arrow's list take and a numpy gather both copy element by element through a per-element index built
     first; a cell's list is one run of bytes, so here the lists are viewed (zero-copy) as binary values and
     taken with Arrow's binary take, one memcpy per list (~3x faster for ~2,000-gene cells). The prefix is
     joined in front of every value the same way.
     """
-    value_type = arr.type.value_type
+    value_type = chunks[0].type.value_type
     item = value_type.bit_width // 8
-    values = arr.values
-    data = values.buffers()[1]
-    offsets = (arr.offsets.to_numpy().astype(np.int64) + values.offset) * item
-    wide = bool(offsets[-1] > _INT32_MAX) if len(offsets) else False
+    in_offsets = [(c.offsets.to_numpy().astype(np.int64) + c.values.offset) * item for c in chunks]
+    wide = any(len(o) and o[-1] > _INT32_MAX for o in in_offsets)
     binary_type = pa.large_binary() if wide else pa.binary()
-    runs = pa.Array.from_buffers(
-        binary_type, len(arr), [None, pa.py_buffer(offsets.astype(np.int64 if wide else np.int32)), data]
+    runs = pa.chunked_array(
+        [
+            pa.Array.from_buffers(
+                binary_type,
+                len(c),
+                [None, pa.py_buffer(o.astype(np.int64 if wide else np.int32)), c.values.buffers()[1]],
+            )
+            for c, o in zip(chunks, in_offsets, strict=True)
+        ],
+        binary_type,
     )
-    taken = runs.take(index)
+    taken = _one_chunk(runs.take(index))
     if first is not None:
         head = pa.scalar(np.array([first], value_type.to_pandas_dtype()).tobytes(), binary_type)
         taken = pc.binary_join_element_wise(head, taken, pa.scalar(b"", binary_type))
