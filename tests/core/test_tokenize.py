@@ -71,10 +71,34 @@ def test_check_counts_accepts_good_counts():
     assert check_counts(np.array([0, 1, 2], dtype=np.int32)) is None
 
 
-def test_count_fractional_across_chunk_boundaries():
-    from cellcorpus.core.tokenize import _CHUNK, count_fractional
+def test_scan_counts_across_chunk_boundaries():
+    from cellcorpus.core.tokenize import _CHUNK, scan_counts
 
     data = np.ones(2 * _CHUNK + 5, dtype=np.float32)
     data[[0, _CHUNK - 1, _CHUNK, 2 * _CHUNK + 4]] = 0.5
-    assert count_fractional(data) == 4
-    assert count_fractional(np.arange(10, dtype=np.int32)) == 0
+    data[[1, _CHUNK + 1, 2 * _CHUNK + 3]] = 0
+    scan = scan_counts(data)
+    assert (scan.problem, scan.n_fractional, scan.n_zero) == (None, 4, 3)
+    assert scan_counts(np.arange(10, dtype=np.int32)).n_fractional == 0
+    data[2 * _CHUNK + 2] = -1  # in the last chunk only: the range check sees every chunk
+    assert "1 negative count value(s)" in scan_counts(data).problem
+
+
+@pytest.mark.parametrize(
+    "gene_map, rows",
+    [
+        (np.array([5, 3, 2, 7], np.int32), [[(0, 1), (2, 7)], [(1, 4)]]),  # nothing to drop
+        (np.array([5, 3, 2, 7], np.int32), [[(0, 1), (2, 0)], [(1, 4)]]),  # a stored zero
+        (np.array([5, 3, -1, 7], np.int32), [[(0, 1), (2, 7)], [(1, 4)]]),  # an out-of-vocabulary column
+        (np.array([5, 3, -1, 7], np.int32), [[(0, 0), (2, 7)], [(1, 4), (3, 0)]]),  # both
+    ],
+)
+def test_zero_count_from_the_scan_gives_the_same_tokens(gene_map, rows):
+    from cellcorpus.core.tokenize import scan_counts
+
+    indptr, indices, data = _csr(rows)
+    plain = tokenize_csr(indptr, indices, data, gene_map, None, -2)
+    hinted = tokenize_csr(indptr, indices, data, gene_map, None, -2, scan_counts(data).n_zero)
+    for a, b in ((plain.offsets, hinted.offsets), (plain.genes, hinted.genes), (plain.expressions, hinted.expressions)):
+        assert a.tolist() == b.tolist()
+    assert (plain.n_explicit_zeros, plain.n_oov_entries) == (hinted.n_explicit_zeros, hinted.n_oov_entries)

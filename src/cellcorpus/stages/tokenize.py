@@ -24,7 +24,7 @@ from cellcorpus.core.genemap import merge_duplicate_tokens
 from cellcorpus.core.ids import make_ids
 from cellcorpus.core.shuffle import n_buckets_for, order_by_bucket
 from cellcorpus.core.split import assign_valid, shuffle_keys
-from cellcorpus.core.tokenize import Ragged, check_counts, count_fractional, row_stats, tokenize_csr
+from cellcorpus.core.tokenize import Ragged, row_stats, scan_counts, tokenize_csr
 from cellcorpus.core.vocab import VocabLookup
 from cellcorpus.errors import ConfigError, InputError
 from cellcorpus.exec.runner import ExecutorSpec, Reporter
@@ -156,9 +156,9 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
     hf = ctx.hf
     lookup_ = _lookup(ctx.vocab_file, os.stat(ctx.vocab_file).st_mtime_ns)
     block = input_format(hf).read_block(unit.path, unit.row_start, unit.row_stop, hf)
-    problem = check_counts(block.data)
-    if problem:
-        raise InputError(f"{unit.path} rows {unit.row_start}-{unit.row_stop}: {problem}")
+    scan = scan_counts(block.data)
+    if scan.problem:
+        raise InputError(f"{unit.path} rows {unit.row_start}-{unit.row_stop}: {scan.problem}")
     if hf.gene_id_map is None:
         gene_map = lookup_.map_genes(block.var_ids)
         _check_duplicate_genes(gene_map, block.var_ids, unit.path)
@@ -175,9 +175,8 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
     meta = _metadata(columns, ctx)
     del columns
     cls_id = lookup_.vocab[hf.cls_token] if hf.add_cls_token else None
-    n_fractional = count_fractional(block.data)
     # without CLS: the split writes' gathers put it first in every cell (no insertion pass over the tokens)
-    cells = tokenize_csr(block.indptr, block.indices, block.data, gene_map, None, hf.pad_value)
+    cells = tokenize_csr(block.indptr, block.indices, block.data, gene_map, None, hf.pad_value, scan.n_zero)
     prefix = {"genes": cls_id, "expressions": hf.pad_value} if cls_id is not None else None
     del block  # raw rows no longer needed: peak memory is one copy of the unit, not two
     counts["explicit_zeros_dropped"] = cells.n_explicit_zeros
@@ -221,7 +220,7 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
         "file_index": unit.file_index,
         "oov_genes": n_oov_genes,
         "input_checksum": unit.checksum,
-        "fractional_values": n_fractional,
+        "fractional_values": scan.n_fractional,
         "colliding_entries_summed": n_summed,
         **mapping_counts,
     }
