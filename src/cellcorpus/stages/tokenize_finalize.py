@@ -102,6 +102,7 @@ class TokenizeContext:
     index_column: str | None
     n_buckets: tuple[tuple[str, int], ...]  # split -> shuffle buckets (empty when not shuffling)
     fused_mds: FusedMds | None = None
+    compact_parts: bool = False  # shuffled parts keep genes as uint16 (every vocabulary id < 65,536)
 
 
 @dataclass(frozen=True, order=True)
@@ -133,6 +134,8 @@ def shuffle_unit(unit: ShuffleUnit, ctx: ShuffleContext) -> UnitResult:
     """Concatenate one bucket's slices, order by shuffle key, write the data file atomically."""
     pieces = [read_arrow(p).slice(lo, hi - lo) for p, lo, hi in unit.slices if hi > lo]
     schema = cell_schema(list(ctx.metadata_columns))
+    if len({p.schema for p in pieces}) > 1:  # parts of an earlier version (int32 genes) beside compact ones
+        pieces = [p.cast(schema) for p in pieces]
     table = pa.concat_tables(pieces) if pieces else schema.empty_table()  # zero-copy over memory maps
     order = np.argsort(shuffle_keys(table.column("id").to_numpy(), ctx.seed), kind="stable")
     mds = None
@@ -140,7 +143,7 @@ def shuffle_unit(unit: ShuffleUnit, ctx: ShuffleContext) -> UnitResult:
         i = unit.bucket  # the bucket's data file is the split's i-th
         mds_unit = MdsUnit(unit_id_of(ctx.split, i), unit.path, ctx.split, sub_dir_of(i), table.num_rows)
         mds = MdsUnitWriter(mds_unit, ctx.mds.context)
-    written = write_stream(unit.path, table, rows=order, each=mds.add if mds else None)
+    written = write_stream(unit.path, table, rows=order, each=mds.add if mds else None, schema=schema)
     record = output_record(unit.path, ctx.root, written.xxh64, n_cells=table.num_rows)
     ctx.publisher.publish(unit.path)
     if mds is not None and ctx.mds is not None:  # recorded as the mds stage's unit for exactly this file
