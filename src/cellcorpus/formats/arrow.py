@@ -64,12 +64,12 @@ def cell_schema(metadata_columns: list[str]) -> pa.Schema:
 
 
 def compact_genes(table: pa.Table) -> pa.Table:
-    """The table with `genes` as uint16 lists: the shuffle's parts when every vocabulary id fits in 16 bits
+    """The table with `genes` as uint16 lists, for the shuffle's parts when every vocabulary id is below 65,536
     (6 bytes per token on disk instead of 8); `write_stream(..., schema=cell_schema(...))` widens them back."""
     i = table.schema.get_field_index("genes")
-    return table.set_column(
-        i, table.schema.field(i).with_type(pa.list_(pa.uint16())), table.column(i).cast(pa.list_(pa.uint16()))
-    )
+    narrow = pa.list_(pa.uint16())
+    # unchecked: the caller knows every id fits (a checked cast spent ~2% of a run proving it)
+    return table.set_column(i, table.schema.field(i).with_type(narrow), table.column(i).cast(narrow, safe=False))
 
 
 def cells_table(cells: Ragged, ids: NDArray[Any], metadata: dict[str, NDArray[Any]], schema: pa.Schema) -> pa.Table:
