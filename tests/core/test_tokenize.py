@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from cellcorpus.core.tokenize import check_counts, row_stats, tokenize_csr
+from cellcorpus.core.tokenize import row_stats, scan_counts, tokenize_csr
 
 
 def _csr(rows):
@@ -63,16 +63,16 @@ def test_row_stats_count_nonzero_and_totals():
         (np.array(["a", "b"]), "non-numeric"),
     ],
 )
-def test_check_counts_names_the_problem(data, message):
-    assert message in check_counts(data)
+def test_scan_counts_names_the_problem(data, message):
+    assert message in scan_counts(data).problem
 
 
-def test_check_counts_accepts_good_counts():
-    assert check_counts(np.array([0, 1, 2], dtype=np.int32)) is None
+def test_scan_counts_accepts_good_counts():
+    assert scan_counts(np.array([0, 1, 2], dtype=np.int32)).problem is None
 
 
 def test_scan_counts_across_chunk_boundaries():
-    from cellcorpus.core.tokenize import _CHUNK, scan_counts
+    from cellcorpus.core.tokenize import _CHUNK
 
     data = np.ones(2 * _CHUNK + 5, dtype=np.float32)
     data[[0, _CHUNK - 1, _CHUNK, 2 * _CHUNK + 4]] = 0.5
@@ -94,8 +94,6 @@ def test_scan_counts_across_chunk_boundaries():
     ],
 )
 def test_zero_count_from_the_scan_gives_the_same_tokens(gene_map, rows):
-    from cellcorpus.core.tokenize import scan_counts
-
     indptr, indices, data = _csr(rows)
     plain = tokenize_csr(indptr, indices, data, gene_map, None, -2)
     hinted = tokenize_csr(indptr, indices, data, gene_map, None, -2, scan_counts(data).n_zero)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["Ragged", "row_stats", "check_counts", "CountScan", "scan_counts", "tokenize_csr"]
+__all__ = ["Ragged", "row_stats", "CountScan", "scan_counts", "tokenize_csr"]
 
 
 @dataclass(frozen=True)
@@ -54,11 +54,6 @@ def row_stats(indptr: NDArray[Any], data: NDArray[Any]) -> tuple[NDArray[Any], N
 
 
 _CHUNK = 1 << 18  # elements per step of the scan below: each chunk is read from memory once, then from cache
-
-
-def check_counts(data: NDArray[Any]) -> str | None:
-    """Describe the first problem with a count array (non-numeric, NaN/inf, negative), or None."""
-    return scan_counts(data).problem
 
 
 @dataclass(frozen=True)

@@ -185,7 +185,7 @@ class H5adReader:
 
 
 def _dense_to_csr(block: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    # Keep every finite-or-not value that is non-zero; NaN != 0 so it survives for check_counts.
+    # Keep every finite-or-not value that is non-zero; NaN != 0 so it survives for scan_counts.
     mask = block != 0
     counts = mask.sum(axis=1)
     ip = np.zeros(block.shape[0] + 1, dtype=np.int64)
