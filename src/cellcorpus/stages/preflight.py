@@ -23,7 +23,6 @@ from cellcorpus.formats.mds import MdsSpec
 from cellcorpus.io.paths import filesystem, is_url
 from cellcorpus.io.tables import load_table
 from cellcorpus.manifest import TokenizeManifest
-from cellcorpus.sources.base import InputFile
 
 __all__ = ["preflight", "check_writable", "check_dask_reachable", "mds_input_columns", "PRODUCED_COLUMNS"]
 
@@ -95,12 +94,11 @@ def _check_join_tables(hf: HuggingfaceConfig) -> None:
             raise ConfigError(f"huggingface.additional_metadata_info.{i}: {exc.message}", hint=exc.hint) from exc
 
 
-def _tokenize_columns(hf: HuggingfaceConfig, inputs: list[InputFile] | None) -> list[str] | None:
+def _tokenize_columns(hf: HuggingfaceConfig) -> list[str] | None:
     """Columns tokenize will write; None when the obs index name cannot be known yet (no input found)."""
     from cellcorpus.sources.inputs import obs_index_column, peek_first_input
 
-    first = inputs[0] if inputs else peek_first_input(hf)
-    index_name = obs_index_column(hf, first)
+    index_name = obs_index_column(hf, peek_first_input(hf))
     if index_name is None and hf.add_obs_index:
         return None  # the obs index's name is not known before the inputs exist: checked again at tokenize
     return mds_input_columns(hf, index_name)
@@ -110,13 +108,12 @@ def preflight(
     cfg: Config,
     spec: ExecutorSpec | None,
     command: str,
-    inputs: list[InputFile] | None = None,
     source: str | None = None,
 ) -> list[str]:
     """Check everything `command` (run / tokenize / mds / download) will need; return notes for the user.
 
-    `inputs` (the discovered tokenize inputs) tells the MDS column check the obs index name; without
-    them the first input file is looked up. `source` is the section `download` fetches.
+    The MDS column check learns the obs index name from the first input file (by listing, before the inputs
+    are inspected). `source` is the section `download` fetches.
     """
     notes: list[str] = []
     hf = cfg.huggingface
@@ -127,7 +124,7 @@ def preflight(
         check_writable(section.output_root, f"{source}.output_root")
     columns: list[str] | None = None
     if command in ("run", "tokenize") and hf is not None:
-        columns = _tokenize_columns(hf, inputs)
+        columns = _tokenize_columns(hf)
         if hf.split_parameters.test_size == 0:
             notes.append("huggingface.split_parameters.test_size is 0: the valid split will be empty")
         _check_join_tables(hf)

@@ -325,7 +325,7 @@ def run_tokenize(
     spec = spec or ExecutorSpec.resolve(cfg, hf.num_proc)
     vocab = load_vocab(hf.vocab_file)
     _check_cls(hf, vocab)
-    notes = preflight(cfg, spec, "tokenize")  # the config first; then every input, each opened once
+    notes = preflight(cfg, spec, "tokenize")  # the config first; then every input, opened once for both checks
     inputs, inspection = discover_and_inspect(hf, vocab)
     notes += inspection.notes
     work_hash = _work_hash(hf)
