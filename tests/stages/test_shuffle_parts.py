@@ -1,4 +1,4 @@
-"""The shuffle's parts: genes kept in 16 bits when the vocabulary fits, widened back in the datasets."""
+"""The shuffle's parts: genes and counts kept in 16 bits when they fit, widened back in the datasets."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 
 from cellcorpus.core.split import shuffle_keys
-from cellcorpus.formats.arrow import cell_schema, compact_genes, read_arrow, write_stream
+from cellcorpus.formats.arrow import cell_schema, compact_part, read_arrow, write_stream
 from cellcorpus.io.paths import Publisher
 from cellcorpus.stages.tokenize_finalize import ShuffleContext, ShuffleUnit, shuffle_unit
 
@@ -15,9 +15,10 @@ def _cells(n: int, start: int, seed: int) -> pa.Table:
     rng = np.random.default_rng(seed)
     offsets = np.concatenate([[0], np.cumsum(rng.integers(1, 30, n))]).astype(np.int32)
     genes = rng.integers(0, 65_535, offsets[-1]).astype(np.int32)  # up to the 16-bit limit
+    counts = rng.integers(-2, 32_768, offsets[-1])  # whole counts up to int16's limit, and the pad value
     cols = [
         pa.ListArray.from_arrays(pa.array(offsets), pa.array(genes)),
-        pa.ListArray.from_arrays(pa.array(offsets), pa.array(rng.random(offsets[-1]).astype(np.float32))),
+        pa.ListArray.from_arrays(pa.array(offsets), pa.array(counts.astype(np.float32))),
         pa.array(np.arange(start, start + n, dtype=np.int64)),
         pa.array([f"d{i % 3}" for i in range(n)]),
     ]
@@ -30,19 +31,27 @@ def test_compact_parts_shuffle_to_the_same_bytes_as_wide_ones_even_mixed(tmp_pat
         name: np.argsort(shuffle_keys(t.column("id").to_numpy(), 42), kind="stable") for name, t in (("a", a), ("b", b))
     }
     out = {}
-    for case, compact in (("wide", ()), ("compact", ("a", "b")), ("mixed", ("b",))):  # mixed: resumed across versions
+    cases = {  # which columns each part narrows; mixed: a unit with counts over 32,767, or resumed across versions
+        "wide": {"a": (False, False), "b": (False, False)},
+        "compact": {"a": (True, True), "b": (True, True)},
+        "mixed": {"a": (True, False), "b": (True, True)},
+        "mixed_versions": {"a": (False, False), "b": (True, True)},
+    }
+    for case, narrow in cases.items():
         parts = []
         for name, t in (("a", a), ("b", b)):
             path = tmp_path / case / f"{name}.arrow"
-            write_stream(path, compact_genes(t) if name in compact else t, rows=keys[name])
+            write_stream(path, compact_part(t, *narrow[name]), rows=keys[name])
             parts.append((str(path), 0, t.num_rows))
-        if case == "compact":
-            assert read_arrow(parts[0][0]).schema.field("genes").type == pa.list_(pa.uint16())  # 2 bytes a gene
+        if case == "compact":  # 2 bytes a gene, 2 bytes a count
+            schema = read_arrow(parts[0][0]).schema
+            assert schema.field("genes").type == pa.list_(pa.uint16())
+            assert schema.field("expressions").type == pa.list_(pa.int16())
         target = tmp_path / case / "data-00000-of-00001.arrow"
         ctx = ShuffleContext(42, ("drug",), str(tmp_path / case), Publisher(str(tmp_path / case), tmp_path), "train")
         shuffle_unit(ShuffleUnit("train-b00000", str(target), 0, tuple(parts)), ctx)
         out[case] = target.read_bytes()
-    assert out["compact"] == out["wide"] and out["mixed"] == out["wide"]
+    assert out["compact"] == out["wide"] and out["mixed"] == out["wide"] and out["mixed_versions"] == out["wide"]
     got = read_arrow(tmp_path / "wide" / "data-00000-of-00001.arrow")
     assert got.schema == cell_schema(["drug"])  # int32 genes in the dataset, whatever the parts held
     assert sorted(got.column("id").to_pylist()) == sorted(a.column("id").to_pylist() + b.column("id").to_pylist())

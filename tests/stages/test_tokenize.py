@@ -253,6 +253,30 @@ def test_shuffle_is_seeded_global_order_and_keeps_cells(tmp_path, write_config):
     assert not (tmp_path / "a" / "work" / "parts").exists()  # intermediates removed
 
 
+def test_shuffled_counts_are_exact_whether_or_not_parts_hold_them_in_16_bits(tmp_path, write_config, monkeypatch):
+    # parts narrow a unit's counts to int16 only when all are whole and <= 32,767: big, fractional and
+    # ordinary units shuffled together give exactly the unshuffled run's cells
+    narrowed = []
+    real = tok.compact_part
+    monkeypatch.setattr(tok, "compact_part", lambda t, g, e: (narrowed.append(e), real(t, g, e))[1])
+    rows = {}
+    for name, shuffle in (("shuffled", True), ("plain", False)):
+        root = tmp_path / name
+        write_vocab(root / "vocab" / "vocab.json")
+        rng = np.random.default_rng(5)
+        for f, values in enumerate(([3.0, 32_767.0], [40_000.0, 1.0], [0.5, 2.0])):
+            m = sp.random(60, len(GENES), density=0.6, random_state=rng, format="csr", dtype=np.float32)
+            m.data = rng.choice(values, m.nnz).astype(np.float32)
+            make_h5ad(root / "raw" / f"f{f}.h5ad", m, GENES)
+        split = {"test_size": 0.2, "seed": 7, "shuffle": shuffle}
+        _run(write_config(root, **{"huggingface.unit_cells": 30, "huggingface.split_parameters": split}))
+        rows[name] = sorted((r["id"], tuple(r["genes"]), tuple(r["expressions"])) for r in _all_rows(root))
+    assert narrowed.count(True) == 2 and narrowed.count(False) == 4  # f0's two units narrowed, f1's and f2's not
+    assert rows["shuffled"] == rows["plain"]
+    values = {v for _, _, e in rows["plain"] for v in e[1:]}
+    assert values == {3.0, 32_767.0, 40_000.0, 1.0, 0.5, 2.0}
+
+
 def test_resume_after_failure_is_byte_identical_and_rerun_does_nothing(tmp_path, write_config, monkeypatch):
     for name in ("clean", "crash"):
         _many_cells(tmp_path / name)

@@ -63,6 +63,7 @@ class CountScan:
     problem: str | None  # non-numeric, NaN/inf or negative values, described; None when the counts are usable
     n_fractional: int  # non-integer values (raw counts are expected)
     n_zero: int  # explicitly stored zeros (dropped by the tokenizer)
+    max_value: float = 0.0  # the largest count (0 when there are none)
 
 
 def scan_counts(data: NDArray[Any]) -> CountScan:
@@ -87,7 +88,7 @@ def scan_counts(data: NDArray[Any]) -> CountScan:
         return CountScan(f"{int((~np.isfinite(data)).sum())} NaN/infinite count value(s)", n_fractional, n_zero)
     if lo < 0:
         return CountScan(f"{int((data < 0).sum())} negative count value(s) (min {lo})", n_fractional, n_zero)
-    return CountScan(None, n_fractional, n_zero)
+    return CountScan(None, n_fractional, n_zero, float(hi))
 
 
 def tokenize_csr(

@@ -27,7 +27,7 @@ __all__ = [
     "cell_schema",
     "hf_features",
     "cells_table",
-    "compact_genes",
+    "compact_part",
     "write_stream",
     "Written",
     "write_dataset_metadata",
@@ -63,13 +63,20 @@ def cell_schema(metadata_columns: list[str]) -> pa.Schema:
     return pa.schema(fields, metadata=meta)
 
 
-def compact_genes(table: pa.Table) -> pa.Table:
-    """The table with `genes` as uint16 lists, for the shuffle's parts when every vocabulary id is below 65,536
-    (6 bytes per token on disk instead of 8); `write_stream(..., schema=cell_schema(...))` widens them back."""
-    i = table.schema.get_field_index("genes")
-    narrow = pa.list_(pa.uint16())
-    # unchecked: the caller knows every id fits (a checked cast spent ~2% of a run proving it)
-    return table.set_column(i, table.schema.field(i).with_type(narrow), table.column(i).cast(narrow, safe=False))
+def compact_part(table: pa.Table, genes: bool, expressions: bool) -> pa.Table:
+    """The table with `genes` as uint16 lists and/or `expressions` as int16 lists, for the shuffle's parts
+    (4 bytes per token on disk instead of 8); `write_stream(..., schema=cell_schema(...))` widens them back.
+
+    The caller decides what fits: genes when every vocabulary id is below 65,536, expressions when every count
+    is a whole number up to 32,767 and so is the pad value written before them (int16 -> float32 is exact).
+    """
+    for name, narrow, wanted in (("genes", pa.uint16(), genes), ("expressions", pa.int16(), expressions)):
+        if wanted:
+            i = table.schema.get_field_index(name)
+            # unchecked: the caller knows every value fits (a checked cast spent ~2% of a run proving it)
+            field = table.schema.field(i).with_type(pa.list_(narrow))
+            table = table.set_column(i, field, table.column(i).cast(field.type, safe=False))
+    return table
 
 
 def cells_table(cells: Ragged, ids: NDArray[Any], metadata: dict[str, NDArray[Any]], schema: pa.Schema) -> pa.Table:

@@ -24,11 +24,11 @@ from cellcorpus.core.genemap import merge_duplicate_tokens
 from cellcorpus.core.ids import make_ids
 from cellcorpus.core.shuffle import n_buckets_for, order_by_bucket
 from cellcorpus.core.split import assign_valid, shuffle_keys
-from cellcorpus.core.tokenize import Ragged, row_stats, scan_counts, tokenize_csr
+from cellcorpus.core.tokenize import CountScan, Ragged, row_stats, scan_counts, tokenize_csr
 from cellcorpus.core.vocab import VocabLookup
 from cellcorpus.errors import ConfigError, InputError
 from cellcorpus.exec.runner import ExecutorSpec, Reporter
-from cellcorpus.formats.arrow import cell_schema, cells_table, compact_genes, write_stream
+from cellcorpus.formats.arrow import cell_schema, cells_table, compact_part, write_stream
 from cellcorpus.io.paths import is_url, same_location
 from cellcorpus.io.tables import as_strings, load_table, lookup
 from cellcorpus.io.vocab import load_vocab
@@ -151,6 +151,19 @@ def _apply_filters(block: RawBlock, hf: HuggingfaceConfig, counts: dict[str, int
     return keep
 
 
+_INT16_MAX = (1 << 15) - 1
+
+
+def _counts_fit_int16(scan: CountScan, hf: HuggingfaceConfig, summed: bool) -> bool:
+    """Whether a unit's counts, and the pad value written before them, are whole numbers int16 holds exactly
+    (`summed`: colliding genes' counts were added up, so the scan's maximum no longer bounds them)."""
+    if summed:
+        return False
+    pad = hf.pad_value
+    pad_ok = not hf.add_cls_token or (float(pad).is_integer() and -_INT16_MAX - 1 <= pad <= _INT16_MAX)
+    return pad_ok and scan.n_fractional == 0 and scan.max_value <= _INT16_MAX
+
+
 def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
     """Tokenize rows [row_start, row_stop) of one file and write one Arrow part per split."""
     hf = ctx.hf
@@ -197,8 +210,9 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
     table = cells_table(cells, all_ids, meta, cell_schema(list(ctx.metadata_columns)))
     del cells
     buckets = dict(ctx.n_buckets)
-    # the shuffle reads its parts back once: genes in 16 bits there cut those writes and reads by a quarter
-    shuffled_table = compact_genes(table) if buckets and ctx.compact_parts else table
+    # the shuffle reads its parts back once: tokens in 16 bits there halve those writes and reads
+    narrow_counts = _counts_fit_int16(scan, hf, n_summed > 0)
+    shuffled_table = compact_part(table, ctx.compact_parts, narrow_counts) if buckets else table
     outputs = []
     for split, mask in (("train", ~valid), ("valid", valid)):
         sel = np.flatnonzero(mask)

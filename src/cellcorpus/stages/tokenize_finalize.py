@@ -134,7 +134,7 @@ def shuffle_unit(unit: ShuffleUnit, ctx: ShuffleContext) -> UnitResult:
     """Concatenate one bucket's slices, order by shuffle key, write the data file atomically."""
     pieces = [read_arrow(p).slice(lo, hi - lo) for p, lo, hi in unit.slices if hi > lo]
     schema = cell_schema(list(ctx.metadata_columns))
-    if len({p.schema for p in pieces}) > 1:  # parts of an earlier version (int32 genes) beside compact ones
+    if len({p.schema for p in pieces}) > 1:  # compact and wide parts (counts over 32,767; an earlier version)
         pieces = [p.cast(schema) for p in pieces]
     table = pa.concat_tables(pieces) if pieces else schema.empty_table()  # zero-copy over memory maps
     order = np.argsort(shuffle_keys(table.column("id").to_numpy(), ctx.seed), kind="stable")
