@@ -338,6 +338,16 @@ def test_bad_counts_name_file_and_rows(tmp_path, tiny_vocab, write_config, bad, 
         _run(write_config())
 
 
+def test_column_index_outside_var_names_file_and_rows(tmp_path, tiny_vocab, write_config):
+    import h5py
+
+    p = make_h5ad(tmp_path / "raw" / "a.h5ad", X, VAR)
+    with h5py.File(p, "r+") as f:
+        f["X"]["indices"][1] = 4  # var has 4 genes: columns 0-3
+    with pytest.raises(UnitFailed, match=r"a\.h5ad rows 0-4: a stored column index is outside the file's 4 genes"):
+        _run(write_config())
+
+
 def test_corrupt_and_empty_files_are_named(tmp_path, tiny_vocab, write_config):
     (tmp_path / "raw").mkdir()
     (tmp_path / "raw" / "broken.h5ad").write_bytes(b"not hdf5 at all")

@@ -102,12 +102,15 @@ def tokenize_csr(
 ) -> Ragged:
     """Tokenize CSR rows: keep stored non-zero entries whose column maps into the vocabulary.
 
-    `gene_map[col]` is the vocab id of column `col` or -1. With `cls_id`, every row starts with
-    (cls_id, pad_value). Stored order is kept. Counts are returned as float32 raw values. `n_zero`, the
-    stored zeros in `data` if already counted (`scan_counts`), spares a pass when it is 0.
+    `gene_map[col]` is the vocab id of column `col` or -1 (a column index beyond it: IndexError). With `cls_id`,
+    every row starts with (cls_id, pad_value). Stored order is kept. Counts are returned as float32 raw values.
+    `n_zero`, the stored zeros in `data` if already counted (`scan_counts`), spares a pass when it is 0.
     """
     indptr = np.asarray(indptr, dtype=np.int64)
-    tok = gene_map[indices]
+    try:
+        tok = gene_map[indices]
+    except IndexError as exc:  # "index 70000 is out of bounds for axis 0 with size 62710"
+        raise IndexError(f"a stored column index is outside the file's {len(gene_map):,} genes ({exc})") from None
     may_drop_oov = bool(gene_map.size) and int(gene_map.min()) < 0  # every file column in the vocabulary: none
     if n_zero == 0 and not may_drop_oov:
         drop, n_drop = None, 0

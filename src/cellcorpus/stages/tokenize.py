@@ -189,7 +189,10 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
     del columns
     cls_id = lookup_.vocab[hf.cls_token] if hf.add_cls_token else None
     # without CLS: the split writes' gathers put it first in every cell (no insertion pass over the tokens)
-    cells = tokenize_csr(block.indptr, block.indices, block.data, gene_map, None, hf.pad_value, scan.n_zero)
+    try:
+        cells = tokenize_csr(block.indptr, block.indices, block.data, gene_map, None, hf.pad_value, scan.n_zero)
+    except IndexError as exc:  # a corrupt X
+        raise InputError(f"{unit.path} rows {unit.row_start}-{unit.row_stop}: {exc}") from None
     prefix = {"genes": cls_id, "expressions": hf.pad_value} if cls_id is not None else None
     del block  # raw rows no longer needed: peak memory is one copy of the unit, not two
     counts["explicit_zeros_dropped"] = cells.n_explicit_zeros
