@@ -7,15 +7,17 @@ seed's three join tables, and the reference Tahoe config's settings: `obs_filter
 drug/sample obs columns, three joins, test_size 0.01 with `shuffle: true`, `pkl` genes/expressions, id and
 four string columns, zstd, sha1 + xxh64. The job runs in a fresh subprocess (its own peak RSS) exactly as
 `cellcorpus run` runs it: one worker pool started up front, the MDS shards written in the shuffle pass (so
-the "mds" stage only merges indexes). It prints cells/s (cells written), seconds per stage,
+the "mds" stage only merges indexes). It prints cells/s (cells written), seconds per stage, CPU seconds,
 peak RSS of the main process and of the largest worker, and the ratio to the floor on the same input:
 h5py read of the CSR rows + building the token arrays + zstd level 3 + write, in 1 and in N processes.
+It also prints free memory and page cache at the start: on a VM the same run's time moves with them.
 Nothing is asserted; numbers go in docs/scaling.md and the closing notes. Outputs are removed at the end.
 """
 
 from __future__ import annotations
 
 import json
+import resource
 import shutil
 import sys
 import time
@@ -172,7 +174,21 @@ def job(kind: str, arg: str) -> None:
         res["stages"] = stages
     res["seconds"] = time.perf_counter() - t0
     res["rss_main_mb"], res["rss_workers_mb"] = _peak_rss_mb()
+    # CPU time of this process and its (joined) workers: steadier than wall time on a shared machine
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    res["cpu_seconds"] = sum(u.ru_utime + u.ru_stime for u in usage)
     print(json.dumps(res))
+
+
+def _memory_state() -> str:
+    """Free memory and page cache now: on a VM, writing into memory never touched (or handed back to the host)
+    costs far more kernel time than reusing cached pages, so the same run's time moves with this state."""
+    info = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            key, value = line.split(":", 1)
+            info[key] = int(value.split()[0]) / 2**20
+    return f"memory at start: {info['MemFree']:.1f} GB free, {info['Cached']:.1f} GB page cache"
 
 
 def main() -> None:
@@ -189,6 +205,7 @@ def main() -> None:
 
     # The machine is shared: with --repeat each job runs that many times (floor and run alternating), the
     # fastest of each is reported.
+    print(_memory_state())
     runs: dict[str, list[dict]] = {"floor1": [], "floorn": [], "run": []}
     try:
         for _ in range(args.repeat):
@@ -209,14 +226,16 @@ def main() -> None:
         times = {k: ", ".join(f"{r['seconds']:.1f}" for r in v) for k, v in runs.items()}
         print(f"\nfastest of {args.repeat} kept: run {times['run']} s; {args.num_proc}-proc floor {times['floorn']} s")
     print(f"\ncells read {run['cells_read']:,}, written {kept:,} (train + valid, after the `full` filter)")
-    print(f"{'job':44} {'seconds':>8} {'cells/s':>9} {'x floor(N)':>10} {'RSS main':>9} {'RSS wkr':>8}")
+    print("CPU s: user + system seconds of the job's processes (floors scaled to the kept cells like their time)")
+    print(f"{'job':44} {'seconds':>8} {'cells/s':>9} {'x floor(N)':>10} {'CPU s':>6} {'RSS main':>9} {'RSS wkr':>8}")
     rows = [
         ("floor: read + tokens + zstd + write, 1 proc", f1, floor1),
         (f"floor: same, {args.num_proc} procs", fn, floorn),
         (f"cellcorpus vocab+tokenize+mds, {args.num_proc} procs", run["seconds"], run),
     ]
     for name, secs, r in rows:
-        print(f"{name:44} {secs:8.1f} {kept / secs:9,.0f} {secs / fn:10.2f} "
+        cpu = r["cpu_seconds"] * kept / r["cells"]  # scaled like the seconds (the run's own: factor 1)
+        print(f"{name:44} {secs:8.1f} {kept / secs:9,.0f} {secs / fn:10.2f} {cpu:6.1f} "
               f"{r['rss_main_mb']:8.0f}M {r['rss_workers_mb']:7.0f}M")  # fmt: skip
     print("stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in run["stages"].items()))
 
