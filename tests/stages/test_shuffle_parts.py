@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from cellcorpus.core.split import shuffle_keys
+from cellcorpus.core.tokenize import CountScan
 from cellcorpus.formats.arrow import cell_schema, compact_part, read_arrow, write_stream
 from cellcorpus.io.paths import Publisher
+from cellcorpus.stages.tokenize import _counts_fit_int16
 from cellcorpus.stages.tokenize_finalize import ShuffleContext, ShuffleUnit, shuffle_unit
 
 
@@ -55,3 +60,21 @@ def test_compact_parts_shuffle_to_the_same_bytes_as_wide_ones_even_mixed(tmp_pat
     got = read_arrow(tmp_path / "wide" / "data-00000-of-00001.arrow")
     assert got.schema == cell_schema(["drug"])  # int32 genes in the dataset, whatever the parts held
     assert sorted(got.column("id").to_pylist()) == sorted(a.column("id").to_pylist() + b.column("id").to_pylist())
+
+
+@pytest.mark.parametrize(
+    "max_value, n_fractional, pad, add_cls, summed, fits",
+    [
+        (32_767.0, 0, -2, True, False, True),  # the largest count int16 holds
+        (32_768.0, 0, -2, True, False, False),
+        (5.0, 1, -2, True, False, False),  # a fractional count
+        (5.0, 0, -0.5, True, False, False),  # the pad value written before the counts is fractional
+        (5.0, 0, -0.5, False, False, True),  # ... but no CLS, so no pad value is written
+        (5.0, 0, -40_000, True, False, False),  # a pad value below int16's range
+        (5.0, 0, -2, True, True, False),  # colliding genes' counts were summed: the scan no longer bounds them
+    ],
+)
+def test_counts_narrow_to_int16_only_when_exact(max_value, n_fractional, pad, add_cls, summed, fits):
+    hf = SimpleNamespace(pad_value=pad, add_cls_token=add_cls)
+    scan = CountScan(None, n_fractional, 0, max_value)
+    assert _counts_fit_int16(scan, hf, summed) is fits
