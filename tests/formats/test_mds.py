@@ -64,12 +64,14 @@ def _write_reference(tmp_path, table, columns, compression, size_limit=1 << 16):
 
 
 def test_shard_hashes_span_pieces_and_windows(tmp_path):
-    # shards of ~1 MB from batches of ~270 KB: the hashes are fed in 256 KB windows that cross batch pieces
+    # shards of ~1 MB from batches of ~270 KB: the hashes are fed in 256 KB windows that cross batch pieces;
+    # the compressed file is hashed window by window as it is written
     table = _table(n=600, seed=3)
     ours = _write_native(tmp_path / "ours", table, COLUMNS, "zstd", size_limit=1 << 20)
     ref = _write_reference(tmp_path / "ref", table, COLUMNS, "zstd", size_limit=1 << 20)
     assert len(ours["shards"]) >= 2 and ours["shards"][0]["raw_data"]["bytes"] > 3 * (256 << 10)
     assert [s["raw_data"] for s in ours["shards"]] == [s["raw_data"] for s in ref["shards"]]
+    assert ours["shards"][0]["zip_data"]["bytes"] > 256 << 10  # the compressed file is written in windows too
     for s in ours["shards"]:  # the compressed file's hashes: of the bytes on disk
         data = (tmp_path / "ours" / s["zip_data"]["basename"]).read_bytes()
         assert s["zip_data"]["hashes"] == {a: hash_bytes(a, data) for a in ("sha1", "xxh64")}

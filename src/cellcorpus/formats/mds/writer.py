@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 
 from cellcorpus.errors import ConfigError
 from cellcorpus.formats.mds.encodings import _binary, encoding
-from cellcorpus.formats.mds.spec import MdsSpec, hash_bytes, hasher, parse_compression
+from cellcorpus.formats.mds.spec import MdsSpec, hasher, parse_compression
 from cellcorpus.formats.mds.torch_pickle import TorchPickler
 from cellcorpus.io.atomic import atomic_path, write_json_atomic
 
@@ -115,17 +115,14 @@ class ShardWriter:
         i = len(self.shards)
         raw_name = f"shard.{i:05d}.mds"
         raw_view = raw.data  # a zero-copy memoryview
-        digests = {a: h.hexdigest() for a, h in zip(self.spec.hashes, hashes, strict=True)}
-        raw_info = {"basename": raw_name, "bytes": total, "hashes": digests}
+        raw_info = {"basename": raw_name, "bytes": total, "hashes": self._digests(hashes)}
         zip_info = None
-        data: bytes | memoryview = raw_view
-        name = raw_name
-        if self._compressor is not None:
-            data = self._compressor.compress(raw_view)
+        if self._compressor is None:
+            with atomic_path(self.dir / raw_name) as tmp:
+                tmp.write_bytes(raw_view)
+        else:
             name = f"{raw_name}.zstd"
-            zip_info = self._info(data, name)
-        with atomic_path(self.dir / name) as tmp:
-            tmp.write_bytes(data)
+            zip_info = self._write_hashed(self._compressor.compress(raw_view), name)
         self.shards.append({"samples": n, "raw_data": raw_info, "zip_data": zip_info, **self.spec.config()})
         self.n_samples += n
         self._pending, self._pending_size = [], 0
@@ -146,8 +143,21 @@ class ShardWriter:
                 h.update(window)
         return hi
 
-    def _info(self, data: bytes | memoryview, basename: str) -> dict[str, Any]:
-        return {"basename": basename, "bytes": len(data), "hashes": {a: hash_bytes(a, data) for a in self.spec.hashes}}
+    def _write_hashed(self, data: bytes, basename: str) -> dict[str, Any]:
+        """Write a compressed shard (atomically), hashing each cache-sized window as it goes out: one read from
+        memory for the write and every hash. Returns its index entry."""
+        hashes = [hasher(a) for a in self.spec.hashes]
+        view = memoryview(data)
+        with atomic_path(self.dir / basename) as tmp, open(tmp, "wb") as f:
+            for a in range(0, len(view), _WINDOW):
+                window = view[a : a + _WINDOW]
+                for h in hashes:
+                    h.update(window)
+                f.write(window)
+        return {"basename": basename, "bytes": len(data), "hashes": self._digests(hashes)}
+
+    def _digests(self, hashes: list[Any]) -> dict[str, str]:
+        return {a: h.hexdigest() for a, h in zip(self.spec.hashes, hashes, strict=True)}
 
     def finish(self) -> dict[str, Any]:
         """Flush the last shard and write this writer's index.json (atomically, last)."""
