@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 
 from cellcorpus.core.tokenize import Ragged
 from cellcorpus.io.atomic import atomic_path, write_json_atomic
+from cellcorpus.io.hashed import write_hashed
 
 __all__ = [
     "cell_schema",
@@ -37,7 +38,6 @@ __all__ = [
 ]
 
 _INT32_MAX = (1 << 31) - 1
-_WINDOW = 256 << 10  # bytes hashed then written at a time: fits a core's L2 cache
 
 
 def hf_features(metadata_columns: list[str]) -> dict[str, Any]:
@@ -253,14 +253,7 @@ class _Checksummed:
         self._f, self._h, self.closed = f, xxhash.xxh64(), False
 
     def write(self, data: Any) -> int:
-        # In cache-sized windows, so the bytes the hash just read are still in cache when the file copies them
-        # (whole batches are tens of MB: hashing then writing them read each byte from memory twice).
-        view = memoryview(data).cast("B")
-        for a in range(0, len(view), _WINDOW):
-            window = view[a : a + _WINDOW]
-            self._h.update(window)
-            self._f.write(window)
-        return len(view)
+        return write_hashed(self._f, data, [self._h])
 
     def flush(self) -> None:
         self._f.flush()

@@ -24,10 +24,9 @@ from cellcorpus.formats.mds.encodings import _binary, encoding
 from cellcorpus.formats.mds.spec import MdsSpec, hasher, parse_compression
 from cellcorpus.formats.mds.torch_pickle import TorchPickler
 from cellcorpus.io.atomic import atomic_path, write_json_atomic
+from cellcorpus.io.hashed import WINDOW, write_hashed
 
 __all__ = ["encode_samples", "ShardWriter", "merge_split_index"]
-
-_WINDOW = 256 << 10  # bytes copied then hashed at a time: fits a core's L2 cache
 
 
 def encode_samples(batch: pa.Table, spec: MdsSpec, pickler: TorchPickler | None) -> pa.Array:
@@ -134,8 +133,8 @@ class ShardWriter:
         """Copy `src` into raw[lo:hi] (if given) and feed raw[lo:hi] to every hash, one cache-sized window at a
         time: each window is hashed while it is still in cache (one read from memory for the copy and every
         hash; hashing the finished 64 MB shard afterwards read it once per hash, ~40% slower). Returns hi."""
-        for a in range(lo, hi, _WINDOW):
-            b = min(a + _WINDOW, hi)
+        for a in range(lo, hi, WINDOW):
+            b = min(a + WINDOW, hi)
             if src is not None:
                 raw[a:b] = src[a - lo : b - lo]
             window = raw[a:b].data
@@ -147,13 +146,8 @@ class ShardWriter:
         """Write a compressed shard (atomically), hashing each cache-sized window as it goes out: one read from
         memory for the write and every hash. Returns its index entry."""
         hashes = [hasher(a) for a in self.spec.hashes]
-        view = memoryview(data)
         with atomic_path(self.dir / basename) as tmp, open(tmp, "wb") as f:
-            for a in range(0, len(view), _WINDOW):
-                window = view[a : a + _WINDOW]
-                for h in hashes:
-                    h.update(window)
-                f.write(window)
+            write_hashed(f, data, hashes)
         return {"basename": basename, "bytes": len(data), "hashes": self._digests(hashes)}
 
     def _digests(self, hashes: list[Any]) -> dict[str, str]:
