@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 
 from cellcorpus.core.tokenize import Ragged
 from cellcorpus.io.atomic import atomic_path, write_json_atomic
+from cellcorpus.io.direct import open_output
 from cellcorpus.io.hashed import write_hashed
 
 __all__ = [
@@ -216,14 +217,16 @@ def write_stream(
     each: Callable[[pa.Table], None] | None = None,
     prefix: Prefix | None = None,
     schema: pa.Schema | None = None,
+    final: bool = True,
 ) -> Written:
     """Write `table` (or its rows `rows` in that order, or the rows where `mask`) as an IPC stream file,
     atomically. Rows are gathered one record batch at a time, so memory holds one batch, never a
     second copy of the table; `each` (if given) also receives every written batch, in order (the fused
     MDS export encodes them while they are in memory); `prefix` ({column: value}) writes that value first
     in every list of the column (tokenize's CLS token, added in the gather rather than in a pass of its own);
-    `schema` (if given) is the file's schema, each batch cast to it (compact parts widened to the dataset's).
-    Returns the rows written and the file's xxh64.
+    `schema` (if given) is the file's schema, each batch cast to it (compact parts widened to the dataset's);
+    `final`: the file is an output nothing reads back in this run, written past the page cache (io.direct);
+    False for the shuffle's parts, read back soon. Returns the rows written and the file's xxh64.
     """
     if mask is not None:
         rows = np.flatnonzero(mask)
@@ -231,7 +234,7 @@ def write_stream(
         rows = np.arange(table.num_rows)
     n = table.num_rows if rows is None else len(rows)
     gather = _Gather(table) if rows is not None else None
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open_output(tmp) if final else open(tmp, "wb") as f:
         sink = _Checksummed(f)
         with pa.PythonFile(sink, mode="w") as out, pa.ipc.new_stream(out, schema or table.schema) as w:
             _write_rows(w, table, n, rows, gather, each, prefix, schema)

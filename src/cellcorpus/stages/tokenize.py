@@ -230,7 +230,9 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
         if fused is not None and fused.scratch_ok(split) and split not in buckets:  # unshuffled: the part is final
             mds = fused.scratch_writer(split, unit.unit_id, str(part), len(sel))
         source = shuffled_table if split in buckets else table
-        written = write_stream(part, source, rows=rows[sel], each=mds.add if mds else None, prefix=prefix)
+        written = write_stream(
+            part, source, rows=rows[sel], each=mds.add if mds else None, prefix=prefix, final=split not in buckets
+        )
         if mds is not None:
             mds.close()
         counts[f"written_{split}"] = written.rows

@@ -24,6 +24,7 @@ from cellcorpus.formats.mds.encodings import _binary, encoding
 from cellcorpus.formats.mds.spec import MdsSpec, hasher, parse_compression
 from cellcorpus.formats.mds.torch_pickle import TorchPickler
 from cellcorpus.io.atomic import atomic_path, write_json_atomic
+from cellcorpus.io.direct import open_output
 from cellcorpus.io.hashed import WINDOW, write_hashed
 
 __all__ = ["encode_samples", "ShardWriter", "merge_split_index"]
@@ -117,8 +118,8 @@ class ShardWriter:
         raw_info = {"basename": raw_name, "bytes": total, "hashes": self._digests(hashes)}
         zip_info = None
         if self._compressor is None:
-            with atomic_path(self.dir / raw_name) as tmp:
-                tmp.write_bytes(raw_view)
+            with atomic_path(self.dir / raw_name) as tmp, open_output(tmp) as f:
+                f.write(raw_view)
         else:
             name = f"{raw_name}.zstd"
             zip_info = self._write_hashed(self._compressor.compress(raw_view), name)
@@ -146,7 +147,7 @@ class ShardWriter:
         """Write a compressed shard (atomically), hashing each cache-sized window as it goes out: one read from
         memory for the write and every hash. Returns its index entry."""
         hashes = [hasher(a) for a in self.spec.hashes]
-        with atomic_path(self.dir / basename) as tmp, open(tmp, "wb") as f:
+        with atomic_path(self.dir / basename) as tmp, open_output(tmp) as f:
             write_hashed(f, data, hashes)
         return {"basename": basename, "bytes": len(data), "hashes": self._digests(hashes)}
 

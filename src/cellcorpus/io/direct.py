@@ -1,0 +1,159 @@
+"""Output files written past the page cache (Linux `O_DIRECT`), from a background thread.
+
+Why: a run writes its outputs (Arrow data files, MDS shards) once and reads none of them back. Through the
+page cache, every byte written is first copied into a newly allocated cache page: measured on the 2-core VM
+this project is built on, 2 GB cost 0.4 s of CPU into recently freed memory and 4.7 s into memory the
+hypervisor had taken back, a quarter of a run's CPU; and tens of GB of outputs push the input out of the
+cache, so it is read from disk again. With `O_DIRECT` the disk takes the writer's own reused, aligned
+buffers (2 GB: 0.2 s of CPU, 1.3 s of disk time that overlaps the next batch's work in writer threads).
+
+Written by hand because neither Python's `open` nor pyarrow offers `O_DIRECT`: it needs block-aligned
+buffers, offsets and lengths, so bytes are staged in page-aligned buffers and the last partial block is
+written padded and the file truncated to its true size. Where `O_DIRECT` is unavailable (not Linux, tmpfs,
+some network filesystems) or `CELLCORPUS_DIRECT_IO=0` is set, a plain buffered file is used instead.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, BinaryIO
+
+__all__ = ["open_output", "DirectFile", "BUFFER_BYTES"]
+
+ALIGN = 4096  # block alignment O_DIRECT needs on every common device (512 or 4096)
+BUFFER_BYTES = 4 << 20  # bytes handed to one write call
+RING = 4  # buffers per open file: writes queue this deep before the writer waits for the disk
+
+_lock = threading.Lock()
+_free: list[mmap.mmap] = []  # page-aligned buffers kept for reuse (fresh memory costs its page faults)
+_pool: tuple[int, ThreadPoolExecutor] | None = None  # (pid, writer threads): threads do not survive a fork
+WRITERS = 2  # threads issuing writes: two requests in flight keep this VM's virtio disk busy
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    with _lock:
+        if _pool is None or _pool[0] != os.getpid():
+            _pool = (os.getpid(), ThreadPoolExecutor(WRITERS, thread_name_prefix="cellcorpus-direct-io"))
+        return _pool[1]
+
+
+def _take_buffer() -> mmap.mmap:
+    with _lock:
+        return _free.pop() if _free else mmap.mmap(-1, BUFFER_BYTES)
+
+
+def _give_back(buf: mmap.mmap) -> None:
+    with _lock:
+        _free.append(buf)
+
+
+def _write_all(fd: int, view: memoryview, offset: int) -> None:
+    while len(view):
+        try:
+            n = os.pwrite(fd, view, offset)
+        except OSError as exc:
+            import fcntl  # POSIX only, and O_DIRECT (Linux) is the only way here
+
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+            if exc.errno != errno.EINVAL or not flags & os.O_DIRECT:
+                raise
+            # the filesystem opened the file with O_DIRECT but refuses this alignment: write through the cache
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
+            continue
+        view, offset = view[n:], offset + n
+
+
+def direct_io_enabled() -> bool:
+    """Whether outputs may be written with O_DIRECT here (Linux, not switched off by the environment)."""
+    return hasattr(os, "O_DIRECT") and os.environ.get("CELLCORPUS_DIRECT_IO", "1") != "0"
+
+
+def open_output(path: str | Path) -> BinaryIO:
+    """A new file at `path` for writing once, front to back: a `DirectFile` where the filesystem takes
+    `O_DIRECT`, a buffered file otherwise. Either way: `write`, `flush`, `close`, a context manager."""
+    if direct_io_enabled():
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o666)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:  # EINVAL: this filesystem does not take O_DIRECT
+                raise
+        else:
+            return DirectFile(fd)  # type: ignore[return-value]
+    return open(path, "wb")
+
+
+class DirectFile:
+    """Write-only, sequential: bytes fill a ring of aligned buffers; a full one is written by a writer thread
+    while the next fills (with two buffers the writer still waited ~1 s per 300k-cell run on the disk).
+    `close` writes the last block padded to the alignment, truncates the file to its size and waits for
+    every write (a failed write raises there, or when its buffer comes round again)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._bufs = [_take_buffer() for _ in range(RING)]
+        self._pending: list[Future[None] | None] = [None] * RING
+        self._cur, self._fill, self._size, self._flushed = 0, 0, 0, 0
+        self.closed = False
+
+    def write(self, data: Any) -> int:
+        """Copy `data` into the buffers (a full buffer goes to a writer thread); return its length."""
+        view = memoryview(data).cast("B")
+        at = 0
+        while at < len(view):
+            k = min(BUFFER_BYTES - self._fill, len(view) - at)
+            self._bufs[self._cur][self._fill : self._fill + k] = view[at : at + k]
+            self._fill += k
+            at += k
+            if self._fill == BUFFER_BYTES:
+                self._submit(BUFFER_BYTES)
+        self._size += len(view)
+        return len(view)
+
+    def flush(self) -> None:
+        """Nothing to do before `close`: only whole blocks can be written with O_DIRECT."""
+
+    def _submit(self, length: int) -> None:
+        i = self._cur
+        view = memoryview(self._bufs[i])[:length]
+        self._pending[i] = _executor().submit(_write_all, self._fd, view, self._flushed)
+        self._flushed += length
+        self._cur, self._fill = (i + 1) % RING, 0
+        self._wait(self._cur)  # the next buffer is refilled only once its write is done
+
+    def _wait(self, i: int) -> None:
+        pending, self._pending[i] = self._pending[i], None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        """Write what is left, truncate the padding off, wait for every write, close the descriptor."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            if self._fill:
+                pad = -self._fill % ALIGN
+                self._bufs[self._cur][self._fill : self._fill + pad] = bytes(pad)
+                self._submit(self._fill + pad)
+            for i in range(RING):
+                self._wait(i)
+            os.ftruncate(self._fd, self._size)  # drop the last block's padding
+        finally:
+            for f in self._pending:  # after a failure too: a buffer goes back only when no write uses it
+                if f is not None:
+                    f.exception()
+            os.close(self._fd)
+            for buf in self._bufs:
+                _give_back(buf)
+
+    def __enter__(self) -> DirectFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

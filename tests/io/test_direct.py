@@ -1,0 +1,110 @@
+"""Outputs written past the page cache: exact bytes whatever the sizes, and a plain file wherever O_DIRECT is not
+available; a failed write is raised, never left as a file that looks complete."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import numpy as np
+import pytest
+
+from cellcorpus.io import direct
+from cellcorpus.io.atomic import atomic_path
+from cellcorpus.io.direct import ALIGN, BUFFER_BYTES, RING, DirectFile, open_output
+
+needs_o_direct = pytest.mark.skipif(not hasattr(os, "O_DIRECT"), reason="O_DIRECT is Linux-only")
+
+
+def _write_in_pieces(f, data: bytes, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    at = 0
+    while at < len(data):
+        k = int(rng.integers(1, 3 * ALIGN))
+        if rng.random() < 0.05:
+            k = BUFFER_BYTES + 7  # a piece larger than a whole buffer
+        assert f.write(memoryview(data)[at : at + k]) == len(data[at : at + k])
+        at += k
+
+
+@needs_o_direct
+@pytest.mark.parametrize(
+    "size", [0, 1, ALIGN - 1, ALIGN, ALIGN + 1, BUFFER_BYTES, BUFFER_BYTES * RING + 123, BUFFER_BYTES * (RING + 3)]
+)
+def test_direct_file_holds_exactly_the_bytes_written(tmp_path, size):
+    data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
+    path = tmp_path / "out.bin"
+    with open_output(path) as f:
+        assert isinstance(f, DirectFile)  # the test folder's filesystem takes O_DIRECT on Linux
+        _write_in_pieces(f, data, size)
+    assert path.stat().st_size == size
+    assert path.read_bytes() == data
+
+
+@needs_o_direct
+def test_buffers_are_reused_across_files(tmp_path):
+    for i in range(3):
+        with open_output(tmp_path / f"{i}.bin") as f:
+            f.write(b"x" * (BUFFER_BYTES + 1))
+    assert len(direct._free) >= RING
+    before = len(direct._free)
+    with open_output(tmp_path / "again.bin") as f:
+        f.write(b"y")
+    assert len(direct._free) == before
+
+
+def test_switched_off_by_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("CELLCORPUS_DIRECT_IO", "0")
+    with open_output(tmp_path / "a.bin") as f:
+        assert not isinstance(f, DirectFile)
+        f.write(b"abc")
+    assert (tmp_path / "a.bin").read_bytes() == b"abc"
+
+
+@needs_o_direct
+def test_filesystem_without_o_direct_gets_a_plain_file(tmp_path, monkeypatch):
+    real_open = os.open
+
+    def refuse_direct(path, flags, *args):
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(direct.os, "open", refuse_direct)
+    with open_output(tmp_path / "a.bin") as f:
+        assert not isinstance(f, DirectFile)
+        f.write(b"abc" * 5000)
+    assert (tmp_path / "a.bin").read_bytes() == b"abc" * 5000
+
+
+@needs_o_direct
+def test_alignment_refused_at_write_falls_back_to_the_cache(tmp_path, monkeypatch):
+    """A filesystem that opens with O_DIRECT but wants another alignment: the same bytes, written buffered."""
+    import fcntl
+
+    real_pwrite = os.pwrite
+
+    def picky(fd, data, offset):
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(direct.os, "pwrite", picky)
+    data = bytes(range(256)) * 40_000  # ~10 MB: several buffers, then a partial block
+    with open_output(tmp_path / "a.bin") as f:
+        f.write(data)
+    assert (tmp_path / "a.bin").read_bytes() == data
+
+
+@needs_o_direct
+def test_failed_write_raises_and_leaves_no_file(tmp_path, monkeypatch):
+    def disk_full(fd, data, offset):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(direct.os, "pwrite", disk_full)
+    free_before = len(direct._free)
+    final = tmp_path / "shard.mds.zstd"
+    with pytest.raises(OSError, match="No space left on device"), atomic_path(final) as tmp, open_output(tmp) as f:
+        f.write(b"z" * (2 * BUFFER_BYTES + 5))
+    assert list(tmp_path.iterdir()) == []  # neither the final name nor a temporary one
+    assert len(direct._free) == max(free_before, RING)  # its buffers came back, no write still using them
