@@ -569,7 +569,7 @@ def disk_full_during_tokenize(w: Workspace) -> Case:
 def disk_full_while_writing_mds(w: Workspace) -> Case:
     """Shards are written past the page cache (io.direct): a full disk still ends in the storage error."""
     w.finished()
-    full = w.root / "fullmds"
+    full = w.root / "full"
     _mount_tmpfs(full, "size=64k")
     _fill(full)
     return Case(["mds", w.config(**{"mds.out_root": str(full / "mds")})], 1, r"No space left on device")

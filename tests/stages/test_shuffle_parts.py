@@ -10,7 +10,8 @@ import pytest
 
 from cellcorpus.core.split import shuffle_keys
 from cellcorpus.core.tokenize import CountScan
-from cellcorpus.formats.arrow import cell_schema, compact_part, read_arrow, write_stream
+from cellcorpus.errors import InputError
+from cellcorpus.formats.arrow import cell_schema, compact_part, read_arrow, read_stream_ranges, write_stream
 from cellcorpus.io.paths import Publisher
 from cellcorpus.stages.tokenize import _counts_fit_int16
 from cellcorpus.stages.tokenize_finalize import ShuffleContext, ShuffleUnit, shuffle_unit
@@ -46,8 +47,13 @@ def test_compact_parts_shuffle_to_the_same_bytes_as_wide_ones_even_mixed(tmp_pat
         parts = []
         for name, t in (("a", a), ("b", b)):
             path = tmp_path / case / f"{name}.arrow"
-            write_stream(path, compact_part(t, *narrow[name]), rows=keys[name])
-            parts.append((str(path), 0, t.num_rows))
+            n = t.num_rows
+            if case == "mixed_versions" and name == "a":  # an earlier version's part: no bucket byte ranges
+                write_stream(path, compact_part(t, *narrow[name]), rows=keys[name])
+                parts.append((str(path), 0, n, -1, -1))
+            else:
+                written = write_stream(path, compact_part(t, *narrow[name]), rows=keys[name], cuts=np.array([0, n]))
+                parts.append((str(path), 0, n, *written.cut_bytes))
         if case == "compact":  # 2 bytes a gene, 2 bytes a count
             schema = read_arrow(parts[0][0]).schema
             assert schema.field("genes").type == pa.list_(pa.uint16())
@@ -78,3 +84,27 @@ def test_counts_narrow_to_int16_only_when_exact(max_value, n_fractional, pad, ad
     hf = SimpleNamespace(pad_value=pad, add_cls_token=add_cls)
     scan = CountScan(None, n_fractional, 0, max_value)
     assert _counts_fit_int16(scan, hf, summed) is fits
+
+
+def test_each_bucket_is_read_alone_from_its_own_bytes(tmp_path):
+    """A part is written with a batch cut at every bucket bound; a bucket's byte range holds exactly its rows
+    (empty buckets too), whatever the batch size, so a shuffle unit reads only its bucket from each part."""
+    t = _cells(2_500, 0, 3)
+    bounds = np.array([0, 0, 1, 1_000, 1_001, 2_400, 2_500, 2_500])  # empty, 1 row, one batch exactly, ...
+    path = tmp_path / "part.arrow"
+    written = write_stream(path, t, rows=np.arange(t.num_rows), cuts=bounds)
+    assert written.cut_bytes[0] == 0 and written.cut_bytes[-1] < path.stat().st_size  # the stream's end marker
+    ranges = [(str(path), written.cut_bytes[b], written.cut_bytes[b + 1]) for b in range(len(bounds) - 1)]
+    pieces = read_stream_ranges(ranges)
+    for b, piece in enumerate(pieces):
+        assert piece.equals(t.slice(bounds[b], bounds[b + 1] - bounds[b])), b
+    assert read_arrow(path).equals(t)  # still one ordinary stream file
+
+
+def test_a_part_changed_since_it_was_recorded_is_named(tmp_path):
+    t = _cells(100, 0, 4)
+    path = tmp_path / "part.arrow"
+    written = write_stream(path, t, rows=np.arange(100), cuts=np.array([0, 40, 100]))
+    unit = ShuffleUnit("train-b00001", str(tmp_path / "d.arrow"), 1, ((str(path), 40, 90, *written.cut_bytes[1:]),))
+    with pytest.raises(InputError, match=r"part\.arrow: bucket 1 holds 60 rows, 50 recorded"):
+        unit.pieces()

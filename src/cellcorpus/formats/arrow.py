@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 
 from cellcorpus.core.tokenize import Ragged
 from cellcorpus.io.atomic import atomic_path, write_json_atomic
-from cellcorpus.io.direct import open_output
+from cellcorpus.io.direct import open_output, read_ranges
 from cellcorpus.io.hashed import write_hashed
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "write_dataset_metadata",
     "data_file_name",
     "read_arrow",
+    "read_stream_ranges",
     "dataset_files",
 ]
 
@@ -217,7 +218,7 @@ def write_stream(
     each: Callable[[pa.Table], None] | None = None,
     prefix: Prefix | None = None,
     schema: pa.Schema | None = None,
-    final: bool = True,
+    cuts: NDArray[Any] | None = None,
 ) -> Written:
     """Write `table` (or its rows `rows` in that order, or the rows where `mask`) as an IPC stream file,
     atomically. Rows are gathered one record batch at a time, so memory holds one batch, never a
@@ -225,8 +226,9 @@ def write_stream(
     MDS export encodes them while they are in memory); `prefix` ({column: value}) writes that value first
     in every list of the column (tokenize's CLS token, added in the gather rather than in a pass of its own);
     `schema` (if given) is the file's schema, each batch cast to it (compact parts widened to the dataset's);
-    `final`: the file is an output nothing reads back in this run, written past the page cache (io.direct);
-    False for the shuffle's parts, read back soon. Returns the rows written and the file's xxh64.
+    `cuts` (row positions 0 = c0 <= c1 <= ... = n): no batch spans a cut, and `Written.cut_bytes` gives the
+    file offset where each segment's batches end (`read_stream_ranges` reads a segment alone: a shuffle bucket).
+    The file is written past the page cache (io.direct). Returns the rows written and the file's xxh64.
     """
     if mask is not None:
         rows = np.flatnonzero(mask)
@@ -234,11 +236,17 @@ def write_stream(
         rows = np.arange(table.num_rows)
     n = table.num_rows if rows is None else len(rows)
     gather = _Gather(table) if rows is not None else None
-    with atomic_path(path) as tmp, open_output(tmp) if final else open(tmp, "wb") as f:
+    segments = list(zip(cuts[:-1], cuts[1:], strict=True)) if cuts is not None else [(0, n)]
+    if segments[0][0] != 0 or segments[-1][1] != n:
+        raise ValueError(f"cuts must run from 0 to {n} rows")
+    ends = []
+    with atomic_path(path) as tmp, open_output(tmp) as f:
         sink = _Checksummed(f)
         with pa.PythonFile(sink, mode="w") as out, pa.ipc.new_stream(out, schema or table.schema) as w:
-            _write_rows(w, table, n, rows, gather, each, prefix, schema)
-    return Written(n, sink.digest())
+            for lo, hi in segments:
+                _write_rows(w, table, int(lo), int(hi), rows, gather, each, prefix, schema)
+                ends.append(sink.bytes)  # the stream writer passes every message straight through
+    return Written(n, sink.digest(), tuple([0, *ends]) if cuts is not None else ())
 
 
 @dataclass(frozen=True)
@@ -247,16 +255,19 @@ class Written:
 
     rows: int
     xxh64: str
+    cut_bytes: tuple[int, ...] = ()  # with `cuts`: 0, then the offset where each segment's batches end
 
 
 class _Checksummed:
     """A write-only file that hashes what passes through it (so a written file is not read back to hash it)."""
 
     def __init__(self, f: Any) -> None:
-        self._f, self._h, self.closed = f, xxhash.xxh64(), False
+        self._f, self._h, self.closed, self.bytes = f, xxhash.xxh64(), False, 0
 
     def write(self, data: Any) -> int:
-        return write_hashed(self._f, data, [self._h])
+        n = write_hashed(self._f, data, [self._h])
+        self.bytes += n
+        return n
 
     def flush(self) -> None:
         self._f.flush()
@@ -271,25 +282,40 @@ class _Checksummed:
 def _write_rows(
     w: Any,
     table: pa.Table,
-    n: int,
+    lo: int,
+    hi: int,
     rows: NDArray[Any] | None,
     gather: _Gather | None,
     each: Callable[[pa.Table], None] | None,
     prefix: Prefix | None,
     schema: pa.Schema | None,
 ) -> None:
-    for start in range(0, n, BATCH_ROWS):
+    for start in range(lo, hi, BATCH_ROWS):
+        stop = min(start + BATCH_ROWS, hi)
         if gather is None:
-            chunk = table.slice(start, BATCH_ROWS).combine_chunks()
+            chunk = table.slice(start, stop - start).combine_chunks()
         else:
             assert rows is not None
-            chunk = gather.take(rows[start : start + BATCH_ROWS], prefix)
+            chunk = gather.take(rows[start:stop], prefix)
         if schema is not None and chunk.schema != schema:
             chunk = chunk.cast(schema)
         for batch in chunk.to_batches():
             w.write_batch(batch)
         if each is not None:
             each(chunk)
+
+
+def read_stream_ranges(ranges: list[tuple[str, int, int]]) -> list[pa.Table]:
+    """The record batches in bytes [lo, hi) of each (IPC stream file, lo, hi), a segment `write_stream` cut
+    (`Written.cut_bytes`), read past the page cache and in parallel (io.direct.read_ranges)."""
+    tables = []
+    for (path, _, _), data in zip(ranges, read_ranges(ranges), strict=True):
+        with pa.OSFile(str(path)) as f:
+            schema = pa.ipc.open_stream(f).schema  # the first message; the first segment holds it too
+        messages = pa.ipc.MessageReader.open_stream(pa.BufferReader(data))
+        batches = [pa.ipc.read_record_batch(m, schema) for m in messages if m.type == "record batch"]
+        tables.append(pa.Table.from_batches(batches, schema))
+    return tables
 
 
 def read_arrow(path: str | Path) -> pa.Table:

@@ -1,4 +1,4 @@
-"""Output files written past the page cache (Linux `O_DIRECT`), from a background thread.
+"""Files written once and read at most once, past the page cache (Linux `O_DIRECT`), from I/O threads.
 
 Why: a run writes its outputs (Arrow data files, MDS shards) once and reads none of them back. Through the
 page cache, every byte written is first copied into a newly allocated cache page: measured on the 2-core VM
@@ -23,7 +23,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
-__all__ = ["open_output", "DirectFile", "BUFFER_BYTES"]
+import pyarrow as pa
+
+from cellcorpus.errors import InputError
+
+__all__ = ["open_output", "read_ranges", "DirectFile", "BUFFER_BYTES"]
 
 ALIGN = 4096  # block alignment O_DIRECT needs on every common device (512 or 4096)
 BUFFER_BYTES = 4 << 20  # bytes handed to one write call
@@ -53,20 +57,73 @@ def _give_back(buf: mmap.mmap) -> None:
         _free.append(buf)
 
 
+def _through_cache_instead(fd: int, exc: OSError) -> bool:
+    """After EINVAL on a descriptor opened with O_DIRECT (the filesystem took the flag but refuses this
+    alignment): clear the flag so the call can be retried through the page cache. False: not that case."""
+    if exc.errno != errno.EINVAL:
+        return False
+    import fcntl  # POSIX only, and only reached where O_DIRECT (Linux) was used
+
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    if not flags & os.O_DIRECT:
+        return False
+    fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
+    return True
+
+
 def _write_all(fd: int, view: memoryview, offset: int) -> None:
     while len(view):
         try:
             n = os.pwrite(fd, view, offset)
         except OSError as exc:
-            import fcntl  # POSIX only, and O_DIRECT (Linux) is the only way here
-
-            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-            if exc.errno != errno.EINVAL or not flags & os.O_DIRECT:
-                raise
-            # the filesystem opened the file with O_DIRECT but refuses this alignment: write through the cache
-            fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
-            continue
+            if _through_cache_instead(fd, exc):
+                continue
+            raise
         view, offset = view[n:], offset + n
+
+
+def _open_for_reading(path: str) -> int:
+    """`os.open` with O_DIRECT where enabled and taken by the filesystem (EINVAL: not taken)."""
+    if direct_io_enabled():
+        try:
+            return os.open(path, os.O_RDONLY | os.O_DIRECT)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+    return os.open(path, os.O_RDONLY)
+
+
+def _read_range(path: str, lo: int, hi: int) -> pa.Buffer:
+    start = lo - lo % ALIGN
+    length = -(-(hi - start) // ALIGN) * ALIGN
+    # from Arrow's pool, not fresh memory: its allocator keeps what a worker frees (MIMALLOC_PURGE_DELAY=-1)
+    buf = pa.allocate_buffer(length + ALIGN)
+    shift = -buf.address % ALIGN
+    view = memoryview(buf)[shift : shift + length]
+    fd = _open_for_reading(path)
+    try:
+        got = 0
+        while got < hi - start:
+            try:
+                n = os.preadv(fd, [view[got:]], start + got)
+            except OSError as exc:
+                if _through_cache_instead(fd, exc):
+                    continue
+                raise
+            if n == 0:
+                raise InputError(f"{path}: ends at byte {start + got}, {hi} expected (a damaged intermediate file)")
+            got += n
+    finally:
+        os.close(fd)
+    return buf.slice(shift + lo - start, hi - lo)
+
+
+def read_ranges(ranges: list[tuple[str, int, int]]) -> list[pa.Buffer]:
+    """Bytes [lo, hi) of each (path, lo, hi), read past the page cache, by the I/O threads at once.
+
+    For files written with `open_output` and read back once (the shuffle's parts): through the cache, reading
+    them would fill new cache pages, the cost `open_output` avoids when writing them."""
+    return list(_executor().map(lambda r: _read_range(*r), ranges))
 
 
 def direct_io_enabled() -> bool:

@@ -220,6 +220,7 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
     for split, mask in (("train", ~valid), ("valid", valid)):
         sel = np.flatnonzero(mask)
         extra = {"split": split, "n_cells": len(sel)}
+        bounds = None
         if split in buckets:
             order, bounds = order_by_bucket(shuffle_keys(ids[sel], hf.split_parameters.seed), buckets[split])
             sel = sel[order]
@@ -230,9 +231,10 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
         if fused is not None and fused.scratch_ok(split) and split not in buckets:  # unshuffled: the part is final
             mds = fused.scratch_writer(split, unit.unit_id, str(part), len(sel))
         source = shuffled_table if split in buckets else table
-        written = write_stream(
-            part, source, rows=rows[sel], each=mds.add if mds else None, prefix=prefix, final=split not in buckets
-        )
+        # shuffled: a bucket's rows are their own batches, so its shuffle unit reads just its bytes
+        written = write_stream(part, source, rows=rows[sel], each=mds.add if mds else None, prefix=prefix, cuts=bounds)
+        if bounds is not None:
+            extra["bucket_bytes"] = list(written.cut_bytes)
         if mds is not None:
             mds.close()
         counts[f"written_{split}"] = written.rows

@@ -23,8 +23,16 @@ import pyarrow as pa
 
 from cellcorpus.config import HuggingfaceConfig, config_hash
 from cellcorpus.core.split import shuffle_keys
+from cellcorpus.errors import InputError
 from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
-from cellcorpus.formats.arrow import cell_schema, data_file_name, read_arrow, write_dataset_metadata, write_stream
+from cellcorpus.formats.arrow import (
+    cell_schema,
+    data_file_name,
+    read_arrow,
+    read_stream_ranges,
+    write_dataset_metadata,
+    write_stream,
+)
 from cellcorpus.io.paths import Publisher
 from cellcorpus.layout import SPLITS, dataset_dir, tokenize_publisher, units_dir
 from cellcorpus.manifest import Ledger, UnitResult, output_record
@@ -107,17 +115,34 @@ class TokenizeContext:
 
 @dataclass(frozen=True, order=True)
 class ShuffleUnit:
-    """Gather bucket `bucket` of `split` from the parts' row slices `(part, lo, hi)`."""
+    """Gather bucket `bucket` of `split` from the parts' slices `(part, lo, hi, byte_lo, byte_hi)`: rows
+    [lo, hi), stored as their own batches in bytes [byte_lo, byte_hi) (-1, -1: parts of an earlier version
+    whose batches span buckets; sliced from the whole part, memory-mapped)."""
 
     unit_id: str
     path: str  # the output data file (named in errors)
     bucket: int
-    slices: tuple[tuple[str, int, int], ...]
+    slices: tuple[tuple[str, int, int, int, int], ...]
 
     @property
     def n_cells(self) -> int:
         """Cells gathered into this bucket."""
-        return sum(hi - lo for _, lo, hi in self.slices)
+        return sum(hi - lo for _, lo, hi, _, _ in self.slices)
+
+    def pieces(self) -> list[pa.Table]:
+        """The bucket's rows from every part, each piece read alone past the page cache where its bytes are known."""
+        live = [s for s in self.slices if s[2] > s[1]]
+        by_bytes = iter(read_stream_ranges([(p, blo, bhi) for p, _, _, blo, bhi in live if blo >= 0]))
+        pieces = []
+        for part, lo, hi, blo, _ in live:
+            piece = next(by_bytes) if blo >= 0 else read_arrow(part).slice(lo, hi - lo)
+            if piece.num_rows != hi - lo:
+                raise InputError(
+                    f"{part}: bucket {self.bucket} holds {piece.num_rows} rows, {hi - lo} recorded",
+                    hint="an intermediate file was changed; delete huggingface.output_root's parts and rerun",
+                )
+            pieces.append(piece)
+        return pieces
 
 
 @dataclass(frozen=True)
@@ -132,7 +157,7 @@ class ShuffleContext:
 
 def shuffle_unit(unit: ShuffleUnit, ctx: ShuffleContext) -> UnitResult:
     """Concatenate one bucket's slices, order by shuffle key, write the data file atomically."""
-    pieces = [read_arrow(p).slice(lo, hi - lo) for p, lo, hi in unit.slices if hi > lo]
+    pieces = unit.pieces()
     schema = cell_schema(list(ctx.metadata_columns))
     if len({p.schema for p in pieces}) > 1:  # compact and wide parts (counts over 32,767; an earlier version)
         pieces = [p.cast(schema) for p in pieces]
@@ -149,6 +174,12 @@ def shuffle_unit(unit: ShuffleUnit, ctx: ShuffleContext) -> UnitResult:
     if mds is not None and ctx.mds is not None:  # recorded as the mds stage's unit for exactly this file
         ctx.mds.identity.ledger().record(mds.finish(record["xxh64"]))
     return UnitResult(unit.unit_id, {"cells": table.num_rows}, [record])
+
+
+def _bucket_slice(part: str, record: dict, b: int) -> tuple[str, int, int, int, int]:
+    rows = record["bucket_bounds"]
+    ends = record.get("bucket_bytes") or [-1] * len(rows)  # absent: a part written by an earlier version
+    return part, rows[b], rows[b + 1], ends[b], ends[b + 1]
 
 
 def _parts(
@@ -206,7 +237,7 @@ def finalize_splits(
                     f"{split}-b{b:05d}",
                     str(dest / data_file_name(b, n)),
                     b,
-                    tuple((p, r["bucket_bounds"][b], r["bucket_bounds"][b + 1]) for p, r in parts),
+                    tuple(_bucket_slice(p, r, b) for p, r in parts),
                 )
                 for b in range(n)
             ]
