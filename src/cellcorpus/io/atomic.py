@@ -28,6 +28,17 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
 
 
 def write_json_atomic(path: str | Path, obj: Any, sort_keys: bool = True) -> None:
-    """Write JSON via a temporary sibling and rename: complete or absent, never partial."""
+    """Write JSON (indented by 2) via a temporary sibling and rename: complete or absent, never partial."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n")
+        tmp.write_text(_indented(obj, sort_keys) + "\n")
+
+
+def _indented(obj: Any, sort_keys: bool) -> str:
+    """`json.dumps(obj, indent=2, sort_keys=...)`, byte for byte. A flat mapping of scalars (a 62k-gene
+    vocabulary) goes through the C encoder, which `indent` turns off (0.12 s -> 0.02 s): its separators put
+    each item on its own indented line, and only the braces need their line breaks added."""
+    scalars = (str, int, float, bool, type(None))
+    if isinstance(obj, dict) and obj and all(isinstance(v, scalars) for v in obj.values()):
+        flat = json.dumps(obj, sort_keys=sort_keys, separators=(",\n  ", ": "))
+        return "{\n  " + flat[1:-1] + "\n}"
+    return json.dumps(obj, indent=2, sort_keys=sort_keys)

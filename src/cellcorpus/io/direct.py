@@ -26,6 +26,7 @@ from typing import Any, BinaryIO
 import pyarrow as pa
 
 from cellcorpus.errors import InputError
+from cellcorpus.io.threads import thread_pool
 
 __all__ = ["open_output", "read_ranges", "DirectFile", "BUFFER_BYTES"]
 
@@ -35,16 +36,11 @@ RING = 4  # buffers per open file: writes queue this deep before the writer wait
 
 _lock = threading.Lock()
 _free: list[mmap.mmap] = []  # page-aligned buffers kept for reuse (fresh memory costs its page faults)
-_pool: tuple[int, ThreadPoolExecutor] | None = None  # (pid, writer threads): threads do not survive a fork
 WRITERS = 2  # threads issuing writes: two requests in flight keep this VM's virtio disk busy
 
 
 def _executor() -> ThreadPoolExecutor:
-    global _pool
-    with _lock:
-        if _pool is None or _pool[0] != os.getpid():
-            _pool = (os.getpid(), ThreadPoolExecutor(WRITERS, thread_name_prefix="cellcorpus-direct-io"))
-        return _pool[1]
+    return thread_pool("direct-io", WRITERS)
 
 
 def _take_buffer() -> mmap.mmap:
