@@ -196,14 +196,18 @@ def _env(key):
     return os.environ.get(key)
 
 
+@pytest.mark.parametrize(
+    "key, default",
+    [("MIMALLOC_PURGE_DELAY", "-1"), ("MALLOC_MMAP_MAX_", "0"), ("MALLOC_TRIM_THRESHOLD_", str(1 << 40))],
+)
 @pytest.mark.parametrize("user_value", [None, "50"])
-def test_workers_start_with_the_allocator_setting_unless_the_user_set_one(monkeypatch, user_value):
+def test_workers_start_with_the_allocator_settings_unless_the_user_set_one(monkeypatch, key, default, user_value):
     from cellcorpus.exec.runner import ExecutorSpec, open_executor
 
     if user_value is None:
-        monkeypatch.delenv("MIMALLOC_PURGE_DELAY", raising=False)
+        monkeypatch.delenv(key, raising=False)
     else:
-        monkeypatch.setenv("MIMALLOC_PURGE_DELAY", user_value)
+        monkeypatch.setenv(key, user_value)
     with open_executor(ExecutorSpec(num_proc=2)) as (ex, _):
-        seen = ex.submit(_env, "MIMALLOC_PURGE_DELAY").result()
-    assert seen == (user_value or "-1")  # freed memory kept for reuse (read when the worker loads pyarrow)
+        seen = ex.submit(_env, key).result()
+    assert seen == (user_value or default)  # freed memory kept for reuse (read when the worker starts)
