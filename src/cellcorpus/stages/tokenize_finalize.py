@@ -2,8 +2,9 @@
 
 Unshuffled: each unit's part becomes a data file, in unit order (a rename, no copy).
 Shuffled: an external bucket shuffle. Every part is already sorted by the cell's shuffle key and
-records where each bucket starts; a shuffle unit gathers bucket b from all parts (memory-mapped
-slices, so memory ~ one bucket), sorts by key and writes `data-b-of-B`. Bucket b holds the key
+records where each bucket starts, in rows and in bytes (a bucket's rows are batches of their own); a
+shuffle unit reads bucket b's bytes from every part (past the page cache, so memory ~ one bucket), sorts
+by key and writes `data-b-of-B`. Bucket b holds the key
 range [b/B, (b+1)/B), so bucket order + in-bucket key order is one seeded global permutation.
 Fused (`cellcorpus run` with an mds section reading this output): the shuffle unit also encodes each
 batch it writes into the MDS writer sub-folder of its data file and records that MDS unit as done;
@@ -161,7 +162,7 @@ def shuffle_unit(unit: ShuffleUnit, ctx: ShuffleContext) -> UnitResult:
     schema = cell_schema(list(ctx.metadata_columns))
     if len({p.schema for p in pieces}) > 1:  # compact and wide parts (counts over 32,767; an earlier version)
         pieces = [p.cast(schema) for p in pieces]
-    table = pa.concat_tables(pieces) if pieces else schema.empty_table()  # zero-copy over memory maps
+    table = pa.concat_tables(pieces) if pieces else schema.empty_table()  # zero-copy over the pieces
     order = np.argsort(shuffle_keys(table.column("id").to_numpy(), ctx.seed), kind="stable")
     mds = None
     if ctx.mds is not None:
