@@ -546,22 +546,23 @@ def read_only_output_folder(w: Workspace) -> Case:
     )
 
 
-def _fill(folder: Path) -> None:
-    """Fill a small tmpfs: the preflight's empty probe file still fits, the first real write does not."""
+def _full_disk(w: Workspace) -> Path:
+    """A small tmpfs at `<root>/full`, filled: the preflight's empty probe file still fits, a real write does not."""
+    folder = w.root / "full"
+    _mount_tmpfs(folder, "size=64k")
     with open(folder / "filler", "wb", buffering=0) as f:
         try:
             while True:
                 f.write(b"\0" * 4096)
         except OSError:
             pass
+    return folder
 
 
 @case
 def disk_full_during_tokenize(w: Workspace) -> Case:
     w.corpus()
-    full = w.root / "full"
-    _mount_tmpfs(full, "size=64k")
-    _fill(full)
+    full = _full_disk(w)
     return Case(w.tokenize(**{"huggingface.output_root": str(full / "work")}), 1, r"No space left on device")
 
 
@@ -569,9 +570,7 @@ def disk_full_during_tokenize(w: Workspace) -> Case:
 def disk_full_while_writing_mds(w: Workspace) -> Case:
     """Shards are written past the page cache (io.direct): a full disk still ends in the storage error."""
     w.finished()
-    full = w.root / "full"
-    _mount_tmpfs(full, "size=64k")
-    _fill(full)
+    full = _full_disk(w)
     return Case(["mds", w.config(**{"mds.out_root": str(full / "mds")})], 1, r"No space left on device")
 
 
