@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pytest
 
+from cellcorpus.errors import InputError
 from cellcorpus.io import direct
 from cellcorpus.io.atomic import atomic_path
 from cellcorpus.io.direct import ALIGN, BUFFER_BYTES, RING, DirectFile, open_output
@@ -108,3 +109,20 @@ def test_failed_write_raises_and_leaves_no_file(tmp_path, monkeypatch):
         f.write(b"z" * (2 * BUFFER_BYTES + 5))
     assert list(tmp_path.iterdir()) == []  # neither the final name nor a temporary one
     assert len(direct._free) == max(free_before, RING)  # its buffers came back, no write still using them
+
+
+def test_read_ranges_gives_exactly_the_bytes_asked(tmp_path):
+    data = np.random.default_rng(7).integers(0, 256, 3 * BUFFER_BYTES + 999, dtype=np.uint8).tobytes()
+    path = tmp_path / "part.arrow"
+    with open_output(path) as f:
+        f.write(data)
+    ranges = [(0, 0), (0, 1), (1, ALIGN + 3), (ALIGN, 2 * ALIGN), (5, len(data)), (len(data) - 7, len(data))]
+    got = direct.read_ranges([(str(path), lo, hi) for lo, hi in ranges])
+    assert [g.to_pybytes() for g in got] == [data[lo:hi] for lo, hi in ranges]
+
+
+def test_a_truncated_file_is_named_not_read_short(tmp_path):
+    path = tmp_path / "part.arrow"
+    path.write_bytes(b"x" * 5000)
+    with pytest.raises(InputError, match=r"part\.arrow: ends at byte 5000, 9000 expected"):
+        direct.read_ranges([(str(path), 100, 9000)])

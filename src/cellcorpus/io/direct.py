@@ -1,16 +1,17 @@
 """Files written once and read at most once, past the page cache (Linux `O_DIRECT`), from I/O threads.
 
-Why: a run writes its outputs (Arrow data files, MDS shards) once and reads none of them back. Through the
-page cache, every byte written is first copied into a newly allocated cache page: measured on the 2-core VM
-this project is built on, 2 GB cost 0.4 s of CPU into recently freed memory and 4.7 s into memory the
-hypervisor had taken back, a quarter of a run's CPU; and tens of GB of outputs push the input out of the
-cache, so it is read from disk again. With `O_DIRECT` the disk takes the writer's own reused, aligned
-buffers (2 GB: 0.2 s of CPU, 1.3 s of disk time that overlaps the next batch's work in writer threads).
+Why: a run writes its outputs (Arrow data files, MDS shards) once and reads none of them back, and writes
+the shuffle's parts once and reads each byte of them back once. Through the page cache, every byte written
+is first copied into a newly allocated cache page: measured on the 2-core VM this project is built on, 2 GB
+cost 0.4 s of CPU into recently freed memory and 4.7 s into memory the hypervisor had taken back, a quarter
+of a run's CPU; and tens of GB of outputs push the input out of the cache, so it is read from disk again.
+With `O_DIRECT` the disk takes the writer's own reused, aligned buffers (2 GB: 0.2 s of CPU, 1.3 s of disk
+time that overlaps the next batch's work in writer threads).
 
 Written by hand because neither Python's `open` nor pyarrow offers `O_DIRECT`: it needs block-aligned
 buffers, offsets and lengths, so bytes are staged in page-aligned buffers and the last partial block is
-written padded and the file truncated to its true size. Where `O_DIRECT` is unavailable (not Linux, tmpfs,
-some network filesystems) or `CELLCORPUS_DIRECT_IO=0` is set, a plain buffered file is used instead.
+written padded and the file truncated to its true size. Where `O_DIRECT` is unavailable (not Linux, tmpfs
+before Linux 6.6, some network filesystems) or `CELLCORPUS_DIRECT_IO=0` is set, a plain buffered file is used instead.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def _read_range(path: str, lo: int, hi: int) -> pa.Buffer:
         got = 0
         while got < hi - start:
             try:
-                n = os.preadv(fd, [view[got:]], start + got)
+                n = _pread_into(fd, view[got:], start + got)
             except OSError as exc:
                 if _through_cache_instead(fd, exc):
                     continue
@@ -112,6 +113,15 @@ def _read_range(path: str, lo: int, hi: int) -> pa.Buffer:
     finally:
         os.close(fd)
     return buf.slice(shift + lo - start, hi - lo)
+
+
+def _pread_into(fd: int, view: memoryview, offset: int) -> int:
+    if hasattr(os, "preadv"):  # straight into the buffer
+        return os.preadv(fd, [view], offset)
+    os.lseek(fd, offset, os.SEEK_SET)  # platforms without preadv (Windows): through a bytes object
+    data = os.read(fd, len(view))
+    view[: len(data)] = data
+    return len(data)
 
 
 def read_ranges(ranges: list[tuple[str, int, int]]) -> list[pa.Buffer]:
