@@ -27,7 +27,6 @@ from typing import Any, BinaryIO
 import pyarrow as pa
 
 from cellcorpus.errors import InputError
-from cellcorpus.io.threads import thread_pool
 
 __all__ = ["open_output", "read_ranges", "DirectFile", "BUFFER_BYTES"]
 
@@ -38,10 +37,15 @@ RING = 4  # buffers per open file: writes queue this deep before the writer wait
 _lock = threading.Lock()
 _free: list[mmap.mmap] = []  # page-aligned buffers kept for reuse (fresh memory costs its page faults)
 WRITERS = 2  # threads issuing writes: two requests in flight keep this VM's virtio disk busy
+_pool: tuple[int, ThreadPoolExecutor] | None = None  # (pid, I/O threads): threads do not survive a fork
 
 
 def _executor() -> ThreadPoolExecutor:
-    return thread_pool("direct-io", WRITERS)
+    global _pool
+    with _lock:
+        if _pool is None or _pool[0] != os.getpid():
+            _pool = (os.getpid(), ThreadPoolExecutor(WRITERS, thread_name_prefix="cellcorpus-direct-io"))
+        return _pool[1]
 
 
 def _take_buffer() -> mmap.mmap:
@@ -79,15 +83,16 @@ def _write_all(fd: int, view: memoryview, offset: int) -> None:
         view, offset = view[n:], offset + n
 
 
-def _open_for_reading(path: str) -> int:
-    """`os.open` with O_DIRECT where enabled and taken by the filesystem (EINVAL: not taken)."""
-    if direct_io_enabled():
-        try:
-            return os.open(path, os.O_RDONLY | os.O_DIRECT)
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
-    return os.open(path, os.O_RDONLY)
+def _open_direct(path: str | Path, flags: int) -> int | None:
+    """`os.open(path, flags | O_DIRECT)`; None where O_DIRECT is off or the filesystem refuses it (EINVAL)."""
+    if not direct_io_enabled():
+        return None
+    try:
+        return os.open(path, flags | os.O_DIRECT, 0o666)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        return None
 
 
 def _read_range(path: str, lo: int, hi: int) -> pa.Buffer:
@@ -97,7 +102,9 @@ def _read_range(path: str, lo: int, hi: int) -> pa.Buffer:
     buf = pa.allocate_buffer(length + ALIGN)
     shift = -buf.address % ALIGN
     view = memoryview(buf)[shift : shift + length]
-    fd = _open_for_reading(path)
+    fd = _open_direct(path, os.O_RDONLY)
+    if fd is None:
+        fd = os.open(path, os.O_RDONLY)
     try:
         got = 0
         while got < hi - start:
@@ -140,15 +147,8 @@ def direct_io_enabled() -> bool:
 def open_output(path: str | Path) -> BinaryIO:
     """A new file at `path` for writing once, front to back: a `DirectFile` where the filesystem takes
     `O_DIRECT`, a buffered file otherwise. Either way: `write`, `flush`, `close`, a context manager."""
-    if direct_io_enabled():
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o666)
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:  # EINVAL: this filesystem does not take O_DIRECT
-                raise
-        else:
-            return DirectFile(fd)  # type: ignore[return-value]
-    return open(path, "wb")
+    fd = _open_direct(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    return open(path, "wb") if fd is None else DirectFile(fd)  # type: ignore[return-value]
 
 
 class DirectFile:
