@@ -226,14 +226,6 @@ def valid_split_exported_with_test_size_zero(w: Workspace) -> Case:
     return Case(w.tokenize(**{"huggingface.split_parameters.test_size": 0}), 2, r"mds\.splits: 'valid' would be empty")
 
 
-@case
-def pkl_without_torch(w: Workspace) -> Case:
-    w.corpus()
-    cols = {"genes": "pkl", "expressions": "pkl", "id": "int64"}
-    # the hint keeps its brackets: rich must not eat `[torch]` as markup
-    return Case(w.tokenize(**{"mds.columns": cols}), 1, r"torch is not installed", env={"torch": None})
-
-
 # ---- inputs that do not fit the config (config-class: exit 2) ----------------------------------------
 @case
 def gene_col_missing_from_a_file(w: Workspace) -> Case:
@@ -625,11 +617,13 @@ def test_catalogue_is_large_enough():
     assert len(CASES) >= 40
 
 
-def test_torch_hint_keeps_its_brackets(workspace, monkeypatch):
-    c = pkl_without_torch(workspace)
-    monkeypatch.setitem(sys.modules, "torch", None)
-    result = runner.invoke(app, c.args)
-    assert "pip install 'cellcorpus[torch]'" in result.output, result.output
+def test_extra_hint_keeps_its_brackets(workspace, monkeypatch):
+    """rich must not eat `[chem]` in a pip hint as markup."""
+    workspace.corpus()
+    drugs = {"table": str(workspace.root / "drugs.csv"), "output_root": str(workspace.root / "drugs")}
+    monkeypatch.setitem(sys.modules, "rdkit", None)
+    result = runner.invoke(app, ["run", workspace.config(drugs=drugs)])
+    assert result.exit_code == 1 and "pip install 'cellcorpus[chem]'" in result.output, result.output
 
 
 def test_debug_shows_the_traceback(workspace):

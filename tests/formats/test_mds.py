@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from cellcorpus.errors import ConfigError, MissingExtraError
+from cellcorpus.errors import ConfigError
 from cellcorpus.formats.mds import (
     MdsSpec,
     ShardWriter,
@@ -142,13 +142,6 @@ def test_pkl_bytes_identical_across_processes(tmp_path):
     )
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, check=True).stdout for _ in range(2)}
     assert len(outs) == 1
-
-
-def test_missing_torch_with_pkl_is_clear(monkeypatch):
-    monkeypatch.setitem(sys.modules, "torch", None)
-    with pytest.raises(MissingExtraError, match=r"'pkl' MDS encoding writes torch tensors.*") as e:
-        MdsSpec.create({"genes": "pkl"}, "zstd", [], 1 << 26)
-    assert "cellcorpus[torch]" in e.value.hint and "ndarray:int32" in e.value.hint
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ from cellcorpus.core.ids import decode_ids
 from cellcorpus.errors import ConfigError, InputError, VerifyError
 from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
 from cellcorpus.formats.arrow import cell_schema, hf_features, read_arrow
-from cellcorpus.formats.mds import decode_value, inspect_shard, iter_samples
+from cellcorpus.formats.mds import decode_value, decoded_dtype, inspect_shard, iter_samples
 from cellcorpus.io.atomic import write_json_atomic
 from cellcorpus.io.paths import Publisher, exists, is_url, local_copy
 from cellcorpus.io.vocab import load_vocab
@@ -196,19 +196,29 @@ def _verify_shard(unit: _FileUnit, ctx: _Ctx, path: Path) -> _Checked:
     rep.check("mds encodings as configured").add(encs == dict(ctx.mds_columns), f"{where}: encodings {encs}")
     ids, g_all, lens, e_lens, first_e = [], [], [], [], []
     dtype_bad = 0
+    want_g, want_e = (
+        decoded_dtype(encs.get("genes", ""), "genes"),
+        decoded_dtype(encs.get("expressions", ""), "expressions"),
+    )
+    decodes = rep.check("mds samples decode (no pickle executed)")
     for k, sample in enumerate(iter_samples(raw, config, offsets)):
-        sid = int(decode_value(encs["id"], sample["id"])) if "id" in sample else k
+        try:  # a hostile or damaged sample is a named failure; `pkl` is read by the restricted reader
+            sid = int(decode_value(encs["id"], sample["id"])) if "id" in sample else k
+            pair = "genes" in sample and "expressions" in sample
+            gv = np.asarray(decode_value(encs["genes"], sample["genes"])) if pair else None
+            ev = np.asarray(decode_value(encs["expressions"], sample["expressions"])) if pair else None
+        except (ValueError, TypeError, IndexError, KeyError) as exc:
+            decodes.add(False, f"{where} sample {k}: {exc}")
+            continue
+        decodes.add(True, "")
         ids.append(sid)
-        if "genes" in sample and "expressions" in sample:
-            gv = np.asarray(decode_value(encs["genes"], sample["genes"]))
-            ev = np.asarray(decode_value(encs["expressions"], sample["expressions"]))
-            want_g = np.int64 if encs["genes"] == "pkl" else np.dtype(encs["genes"].split(":")[1])
-            want_e = np.float32 if encs["expressions"] == "pkl" else np.dtype(encs["expressions"].split(":")[1])
-            dtype_bad += int(gv.dtype != want_g or ev.dtype != want_e)
-            g_all.append(gv.astype(np.int64))
-            lens.append(len(gv))
-            e_lens.append(len(ev))
-            first_e.append(ev[0] if len(ev) else np.nan)
+        if gv is not None and ev is not None:
+            dtype_bad += int(gv.ndim != 1 or ev.ndim != 1)
+            dtype_bad += int((want_g is not None and gv.dtype != want_g) or (want_e is not None and ev.dtype != want_e))
+            g_all.append(gv.reshape(-1).astype(np.int64))
+            lens.append(gv.size)
+            e_lens.append(ev.size)
+            first_e.append(ev.reshape(-1)[0] if ev.size else np.nan)
     rep.check("mds sample dtypes").add(dtype_bad, f"{where}: genes/expressions dtype differs from encoding", len(lens))
     if lens:
         offs = np.zeros(len(lens) + 1, np.int64)

@@ -3,13 +3,15 @@
 Why not `streaming.MDSWriter`: it pins numpy<2.2 / transformers<5, imports torchvision, and encodes sample by
 sample in Python. The layout is the one its reader expects (see `writer`). Modules mirror
 mosaicml/streaming's `format/mds/`: `spec` (settings, hashes, compression), `encodings` (the table),
-`torch_pickle` (deterministic `pkl` tensors), `writer` (shards + index merge), `reader` (verify).
+`torch_pickle` (deterministic `pkl` tensors),
+`safe_pickle` (reading them back, executing nothing), `writer` (shards + index merge), `reader` (verify).
 """
 
-from cellcorpus.formats.mds.encodings import PKL_TENSOR_DTYPES, SCALAR_DTYPES, Encoding, encoding
+from cellcorpus.formats.mds.encodings import PKL_TENSOR_DTYPES, SCALAR_DTYPES, Encoding, decoded_dtype, encoding
 from cellcorpus.formats.mds.reader import ShardInspection, decode_value, inspect_shard, iter_samples, parse_shard
+from cellcorpus.formats.mds.safe_pickle import UnsafePickleError, load_pkl
 from cellcorpus.formats.mds.spec import MdsSpec, decompress, hash_bytes
-from cellcorpus.formats.mds.torch_pickle import TorchPickler, require_torch
+from cellcorpus.formats.mds.torch_pickle import TorchPickler
 from cellcorpus.formats.mds.writer import ShardWriter, encode_samples, merge_split_index
 
 __all__ = [
@@ -27,7 +29,9 @@ __all__ = [
     "ShardInspection",
     "iter_samples",
     "decode_value",
-    "require_torch",
+    "load_pkl",
+    "UnsafePickleError",
+    "decoded_dtype",
     "SCALAR_DTYPES",
     "PKL_TENSOR_DTYPES",
 ]

@@ -19,9 +19,10 @@ import pyarrow.compute as pc
 from numpy.typing import NDArray
 
 from cellcorpus.errors import ConfigError
+from cellcorpus.formats.mds.safe_pickle import load_pkl
 from cellcorpus.formats.mds.torch_pickle import TorchPickler
 
-__all__ = ["Encoding", "encoding", "SCALAR_DTYPES", "PKL_TENSOR_DTYPES", "SUPPORTED"]
+__all__ = ["Encoding", "encoding", "decoded_dtype", "SCALAR_DTYPES", "PKL_TENSOR_DTYPES", "SUPPORTED"]
 
 SCALAR_DTYPES = {
     "uint8": np.uint8, "uint16": np.uint16, "uint32": np.uint32, "uint64": np.uint64,
@@ -176,9 +177,19 @@ _FIXED: dict[str, Encoding] = {
     "str_int": Encoding("str_int", None, _numbers_as_text, lambda data: int(data)),
     "str_float": Encoding("str_float", None, _numbers_as_text, lambda data: float(data)),
     "json": Encoding("json", None, _json, json.loads),
-    "pkl": Encoding("pkl", None, _pkl, pickle.loads),  # our own output, verified by hash before it is read
+    # read back by the restricted reader: a shard's bytes are never executed, whoever wrote them
+    "pkl": Encoding("pkl", None, _pkl, load_pkl),
     **{name: _scalar(name) for name in SCALAR_DTYPES},
 }
+
+
+def decoded_dtype(name: str, column: str) -> np.dtype[Any] | None:
+    """The numpy dtype a list column's samples decode to under encoding `name` (None: any, or not a list)."""
+    if name == "pkl":
+        dtype = PKL_TENSOR_DTYPES.get(column)
+        return np.dtype(dtype) if dtype is not None else None
+    parts = name.split(":")
+    return np.dtype(parts[1]) if parts[0] == "ndarray" and len(parts) == 2 else None
 
 
 def encoding(name: str, column: str = "?") -> Encoding:

@@ -12,7 +12,6 @@ import zstandard
 
 from cellcorpus.errors import ConfigError
 from cellcorpus.formats.mds.encodings import encoding
-from cellcorpus.formats.mds.torch_pickle import require_torch
 
 __all__ = ["MdsSpec", "hash_bytes", "hasher", "decompress", "parse_compression"]
 
@@ -76,8 +75,6 @@ class MdsSpec:
             raise ConfigError(f"mds.hashes: must be sorted (MDS requirement), got {hashes}", hint=f"{sorted(hashes)}")
         if not 0 < size_limit < 1 << 32:
             raise ConfigError(f"mds.size_limit: must be in (0, 2**32), got {size_limit}")
-        if "pkl" in columns.values():
-            require_torch()
         return cls(tuple(sorted(columns.items())), compression or None, tuple(hashes), size_limit)
 
     def config(self) -> dict[str, Any]:

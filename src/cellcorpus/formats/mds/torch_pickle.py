@@ -4,41 +4,21 @@ torch keys a pickled storage by its memory address, so its own pickles differ fr
 legacy `torch.save` payload is written with the fixed key "0": the same loader calls
 (`_rebuild_tensor_v2(_load_from_bytes(payload), ...)`) and the bytes of `pickle.dumps(torch.from_numpy(a))`
 otherwise. torch's functions and storage classes are pickled by name (`_Name`), so writing never imports
-torch (~1 s and ~300 MB per worker); reading the samples back (training, `verify`) needs it.
+torch (~1 s and ~300 MB per worker). The training loader reads the samples with torch; cellcorpus reads
+them back (`verify`) with the restricted reader in `safe_pickle`, which needs no torch and executes nothing.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import pickle
-import sys
 from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from cellcorpus.errors import MissingExtraError
-
-__all__ = ["TorchPickler", "require_torch"]
-
-
-def require_torch() -> None:
-    """Fail with a MissingExtraError naming the extra (and the pickle-free alternative) when torch is absent.
-
-    Found without importing it: writing `pkl` does not need torch, but whoever reads the samples does.
-    """
-    if "torch" in sys.modules:
-        present = sys.modules["torch"] is not None
-    else:
-        present = importlib.util.find_spec("torch") is not None
-    if not present:
-        raise MissingExtraError(
-            "the 'pkl' MDS encoding writes torch tensors, but torch is not installed",
-            hint="pip install 'cellcorpus[torch]' (CPU: pip install torch==2.13.0), or use ndarray:int32 / "
-            "ndarray:float32, the pickle-free encodings",
-        )
+__all__ = ["TorchPickler"]
 
 
 class _Name:
