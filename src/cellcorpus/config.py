@@ -10,12 +10,12 @@ import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cellcorpus.errors import ConfigError
 from cellcorpus.io.paths import join as _join
@@ -39,6 +39,17 @@ __all__ = [
 ]
 
 
+def _plain_name(value: str) -> str:
+    """A config value that becomes one path component under a root (a split, a file or folder name): no
+    separators, no `..`, so nothing derived from it can land outside its root or delete there."""
+    if value in ("", ".", "..") or "/" in value or "\\" in value or "\0" in value:
+        raise ValueError("must be a plain file or folder name (no '/', no '..')")
+    return value
+
+
+PlainName = Annotated[str, AfterValidator(_plain_name)]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -52,8 +63,8 @@ class VocabConfig(_Section):
     add_junk_tokens: bool = False
     special_tokens: list[str] = Field(default_factory=lambda: ["<pad>", "<cls>", "<eoc>"])
     output_root: str
-    output_file: str = "vocab.json"
-    id_to_gene_output_file: str | None = None
+    output_file: PlainName = "vocab.json"
+    id_to_gene_output_file: PlainName | None = None
 
     @property
     def vocab_file(self) -> str:
@@ -85,7 +96,7 @@ class RemoteSourceConfig(_Section):
     url: str
     output_root: str
     glob: str = "**/*.h5ad"
-    data_dir: str = "h5ad"
+    data_dir: PlainName = "h5ad"
     metadata_urls: list[str] = Field(default_factory=list)
     # Google Cloud project billed for a Requester Pays bucket (gs://arc-institute-virtual-cell-atlas is one).
     requester_pays_project: str | None = None
@@ -238,7 +249,7 @@ class MdsConfig(_Section):
 
     out_root: str
     root_dir: str
-    splits: list[str] = Field(default_factory=lambda: ["train", "valid"])
+    splits: list[PlainName] = Field(default_factory=lambda: ["train", "valid"])
     columns: dict[str, str]
     compression: str | None = "zstd"
     hashes: list[str] = Field(default_factory=list)
@@ -252,6 +263,8 @@ class MdsConfig(_Section):
     def _non_empty(cls, v: list[str]) -> list[str]:
         if not v:
             raise ValueError("must list at least one split")
+        if len(set(v)) != len(v):
+            raise ValueError("lists a split twice")
         return v
 
 
@@ -269,8 +282,8 @@ class DrugsConfig(_Section):
     n_bits: int = Field(2048, gt=0)
     on_invalid_smiles: Literal["error", "skip"] = "error"
     output_root: str
-    drug_to_id_file: str = "drug_to_id.json"
-    fingerprints_file: str = "drug_fps.npy"
+    drug_to_id_file: PlainName = "drug_to_id.json"
+    fingerprints_file: PlainName = "drug_fps.npy"
 
     @property
     def drug_to_id_path(self) -> str:

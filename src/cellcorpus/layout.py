@@ -26,6 +26,8 @@ __all__ = [
     "drugs_manifest",
     "REPORT_DIR",
     "VERIFY_RECORD",
+    "OUTPUT_RECORDS",
+    "scratch_dirs",
 ]
 
 SPLITS = ("train", "valid")  # the seed's split names: <merged_dataset_root>/<split>.dataset
@@ -34,6 +36,8 @@ REPORT_DIR = "report"  # under merged_dataset_root
 VERIFY_RECORD = "verify.json"  # in REPORT_DIR: the last verify's checks, shown by the report
 DRUG_PAD = "<pad>"  # drug_to_id's padding key (id 0, fingerprint row 0)
 _DRUGS_MANIFEST = "drugs_manifest.json"
+# Names an earlier cellcorpus run leaves in an output root: a folder holding one of them is ours to adopt.
+OUTPUT_RECORDS = (MANIFEST, ".units", REPORT_DIR)
 
 
 def tokenize_publisher(hf: HuggingfaceConfig) -> Publisher:
@@ -60,6 +64,12 @@ def units_dir(hf: HuggingfaceConfig, ledger: str | None = None) -> Path:
 def decompressed_dir(hf: HuggingfaceConfig) -> Path:
     """`.h5ad.gz` inputs decompressed once (h5py cannot read gzip streams)."""
     return Path(hf.output_root) / "decompressed"
+
+
+def scratch_dirs(hf: HuggingfaceConfig) -> dict[str, Path]:
+    """Tokenize's scratch folders under `huggingface.output_root` (claimed before use, removed only if ours)."""
+    root = Path(hf.output_root)
+    return {name: root / name for name in ("parts", "units", "decompressed", "staging")}
 
 
 def mds_publisher(mds: MdsConfig) -> Publisher:

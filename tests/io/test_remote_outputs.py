@@ -7,6 +7,7 @@ import pytest
 
 from cellcorpus.config import load_config
 from cellcorpus.errors import UnitFailed
+from cellcorpus.io.owned import OWNER_MARK
 from cellcorpus.stages import mds as mds_stage
 from cellcorpus.stages.mds import run_mds
 from cellcorpus.stages.tokenize import run_tokenize
@@ -30,7 +31,7 @@ def _tree(url: str) -> dict[str, bytes]:
     out = {}
     for p in fs.find(root):
         rel = p[len(root) :].lstrip("/")
-        if rel.endswith("manifest.json") or rel.startswith(".units"):
+        if rel.endswith("manifest.json") or rel.startswith((".units", OWNER_MARK)):  # records, not data
             continue
         out[rel] = fs.cat_file(p)
     return out
@@ -135,6 +136,6 @@ def test_remote_roots_fused_run_matches_local(tmp_path, write_config, scheme, nu
     assert {k: v for k, v in _tree(f"{base}/merged").items() if not k.startswith("report/")} == want_hf
     assert _tree(f"{base}/mds") == want_mds
     staged = [p for p in (root / "mds_staging").rglob("*") if p.is_file() and ".units" not in p.parts]
-    assert not staged  # every shard and index uploaded (completion records stay in the staging folder)
+    assert [p.name for p in staged] == [OWNER_MARK]  # every shard and index uploaded (records stay in staging)
     if scheme == "memory":
         fsspec.filesystem("memory").rm(f"/{tmp_path.name}-fused", recursive=True)

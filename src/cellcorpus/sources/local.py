@@ -14,6 +14,7 @@ import xxhash
 from cellcorpus.errors import ConfigError, InputError
 from cellcorpus.io.atomic import atomic_path
 from cellcorpus.io.h5ad import H5adReader
+from cellcorpus.io.owned import claim_dir
 from cellcorpus.io.paths import exists, filesystem, is_url, join
 from cellcorpus.manifest import quick_checksum
 from cellcorpus.sources.base import InputFile, RawBlock
@@ -46,6 +47,7 @@ def _decompressed(path: str, cache_dir: Path, rel: str) -> Path:
     target = cache_dir / rel[: -len(".gz")]
     if target.is_file():
         return target
+    claim_dir(cache_dir, "huggingface.output_root (decompressed/)")
     with atomic_path(target) as tmp, fsspec.open(path, "rb", compression="gzip") as src, open(tmp, "wb") as dst:
         try:
             shutil.copyfileobj(src, dst, length=1 << 22)

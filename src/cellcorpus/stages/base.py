@@ -9,8 +9,9 @@ from typing import Any, Generic, TypeVar
 
 from cellcorpus.errors import ConfigError
 from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
+from cellcorpus.io.owned import claim_dir
 from cellcorpus.io.paths import Publisher
-from cellcorpus.layout import MANIFEST
+from cellcorpus.layout import MANIFEST, OUTPUT_RECORDS
 from cellcorpus.manifest import Ledger, StageManifest, UnitResult, write_manifest
 
 __all__ = ["WorkUnit", "StageSummary", "StageRun", "run_stage", "decide_rerun"]
@@ -130,6 +131,7 @@ def run_stage(stage: StageRun[M], spec: ExecutorSpec, reporter: Reporter | None)
     )
     if previous is not None:
         return stage.skipped(previous)
+    claim_dir(stage.out.local_dir, stage.key, OUTPUT_RECORDS)  # a folder of someone else's is refused, not used
     units = stage.plan()
     for marker in stage.markers:  # decided to rebuild: a stale marker must never make half-done work look complete
         stage.out.remove(marker)

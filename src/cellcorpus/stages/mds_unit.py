@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from cellcorpus.config import MDS_LOCATION_KEYS, MdsConfig, config_hash
 from cellcorpus.errors import InputError
 from cellcorpus.formats.mds import MdsSpec, ShardWriter, TorchPickler, encode_samples
+from cellcorpus.io.owned import is_owned
 from cellcorpus.io.paths import Publisher
 from cellcorpus.layout import mds_publisher, mds_units_dir
 from cellcorpus.manifest import Ledger, MdsManifest, UnitResult
@@ -74,7 +75,10 @@ class MdsUnitWriter:
     def __init__(self, unit: MdsUnit, ctx: MdsContext) -> None:
         self.unit, self.ctx = unit, ctx
         self.dir = ctx.out.local_dir / unit.split / unit.sub_dir
-        shutil.rmtree(self.dir, ignore_errors=True)  # leftovers of an interrupted attempt
+        if self.dir.exists():  # leftovers of an interrupted attempt, inside a root claimed before any unit ran
+            if not is_owned(ctx.out.local_dir):
+                raise InputError(f"{self.dir}: exists in an MDS root cellcorpus did not create; left untouched")
+            shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True)
         self._pickler = _pickler() if any(e == "pkl" for _, e in ctx.spec.columns) else None
         self._writer = ShardWriter(self.dir, ctx.spec)

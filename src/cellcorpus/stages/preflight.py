@@ -20,8 +20,10 @@ from cellcorpus.errors import ConfigError, InputError, MissingExtraError
 from cellcorpus.exec.dask import check_dask_reachable
 from cellcorpus.exec.runner import ExecutorSpec
 from cellcorpus.formats.mds import MdsSpec
+from cellcorpus.io.owned import check_claimable
 from cellcorpus.io.paths import filesystem, is_url
 from cellcorpus.io.tables import load_table
+from cellcorpus.layout import OUTPUT_RECORDS, mds_publisher, scratch_dirs, tokenize_publisher
 from cellcorpus.manifest import TokenizeManifest
 
 __all__ = ["preflight", "check_writable", "check_dask_reachable", "mds_input_columns", "PRODUCED_COLUMNS"]
@@ -130,6 +132,9 @@ def preflight(
         _check_join_tables(hf)
         check_writable(hf.output_root, "huggingface.output_root")
         check_writable(hf.merged_dataset_root, "huggingface.merged_dataset_root")
+        for name, d in scratch_dirs(hf).items():  # folders tokenize writes and cleans: never a user's
+            check_claimable(d, f"huggingface.output_root ({name}/)")
+        check_claimable(tokenize_publisher(hf).local_dir, "huggingface.merged_dataset_root", OUTPUT_RECORDS)
     if command == "mds" and cfg.mds is not None:
         from cellcorpus.io.paths import Publisher
 
@@ -140,6 +145,7 @@ def preflight(
         _check_mds(cfg, columns, notes)
         if command != "tokenize":
             check_writable(cfg.mds.out_root, "mds.out_root")
+        check_claimable(mds_publisher(cfg.mds).local_dir, "mds.out_root", OUTPUT_RECORDS)
     if command == "run" and cfg.drugs is not None and importlib.util.find_spec("rdkit") is None:
         raise MissingExtraError(
             "drugs: the fingerprints need RDKit, which is not installed",

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,10 +28,11 @@ from cellcorpus.core.vocab import VocabLookup
 from cellcorpus.errors import ConfigError, InputError
 from cellcorpus.exec.runner import ExecutorSpec, Reporter
 from cellcorpus.formats.arrow import cell_schema, cells_table, compact_part, write_stream
+from cellcorpus.io.owned import claim_dir, remove_owned
 from cellcorpus.io.paths import is_url, same_location
 from cellcorpus.io.tables import as_strings, load_table, lookup
 from cellcorpus.io.vocab import load_vocab
-from cellcorpus.layout import SPLITS, parts_dir, tokenize_publisher, units_dir
+from cellcorpus.layout import OUTPUT_RECORDS, SPLITS, parts_dir, tokenize_publisher, units_dir
 from cellcorpus.manifest import Ledger, TokenizeManifest, UnitResult, file_checksum, output_record
 from cellcorpus.sources.base import InputFile, RawBlock
 from cellcorpus.sources.inputs import discover_and_inspect, gene_mapping, input_format, obs_index_column
@@ -374,7 +374,10 @@ def run_tokenize(
     )
 
     def plan() -> list[WorkUnit]:
+        for key, d in (("parts", parts_dir(hf)), ("units", units_dir(hf))):
+            claim_dir(d, f"huggingface.output_root ({key}/)")
         if fused is not None:  # tokenize rebuilds: the export it replaces must never look complete meanwhile
+            claim_dir(fused.identity.out.local_dir, fused.identity.key, OUTPUT_RECORDS)
             for marker in fused.identity.markers:
                 fused.identity.out.remove(marker)
             fused.clear_stale()
@@ -409,8 +412,8 @@ def run_tokenize(
     def cleanup() -> None:
         # The manifest is now the completion record: unit parts were moved or shuffled into the datasets, so
         # their completion records would point at nothing; a later rebuild redoes every unit.
-        shutil.rmtree(ctx.parts_dir, ignore_errors=True)
-        shutil.rmtree(units_dir(hf), ignore_errors=True)
+        remove_owned(ctx.parts_dir)  # only folders this tool created and marked: never a user's
+        remove_owned(units_dir(hf))
 
     stage: StageRun[TokenizeManifest] = StageRun(
         name="tokenize",
