@@ -29,6 +29,7 @@ __all__ = [
     "fetch_unit",
     "check_reachable",
     "check_billing",
+    "safe_destination",
     "REQUESTER_PAYS_BUCKETS",
 ]
 
@@ -117,6 +118,7 @@ class DownloadUnit:
     url: str  # the bucket root URL, to reopen the filesystem in the worker
     requester_pays_project: str | None
     retries: int
+    base: str = ""  # the cache folder `dest` must stay inside (checked again before writing)
 
 
 def _size(fs: fsspec.AbstractFileSystem, path: str, info: dict[str, Any]) -> int:
@@ -127,6 +129,20 @@ def _size(fs: fsspec.AbstractFileSystem, path: str, info: dict[str, Any]) -> int
     if size is None:
         raise InputError(f"{path}: the server gives no size, so a download could not be checked")
     return int(size)
+
+
+def safe_destination(base: Path, rel: str, entry: str) -> Path:
+    """`base / rel` for a remote entry, refused (InputError naming the entry) when it would land outside `base`:
+    a `..` or empty component, an absolute name, or a symlink in the cache that points elsewhere. Checked
+    before any byte is fetched, and again by the worker just before it writes."""
+    parts = rel.replace("\\", "/").split("/")
+    if not rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\0" in rel:
+        raise InputError(f"{entry}: remote name {rel!r} would be written outside {base}; refused, nothing fetched")
+    dest = base / rel
+    root = base.resolve()
+    if not dest.resolve().is_relative_to(root):  # resolve() follows symlinks already in the cache
+        raise InputError(f"{entry}: {dest} leads outside {base} through a symlink; refused, nothing fetched")
+    return dest
 
 
 def plan_download(src: RemoteSourceConfig, section: str = "source") -> list[DownloadUnit]:
@@ -141,14 +157,19 @@ def plan_download(src: RemoteSourceConfig, section: str = "source") -> list[Down
     except Exception as exc:
         raise _billing_refusal(exc, src.url, key) or InputError(f"cannot list {src.url}: {exc}") from exc
     units = []
+    data_base = Path(src.output_root) / src.data_dir
     for path, info in sorted(listing.items()):
         if info.get("type") == "directory":
             continue
+        if not path.startswith(f"{root}/"):
+            raise InputError(f"{path}: listed under {src.url} but not inside it; refused, nothing fetched")
         rel = path[len(root) :].lstrip("/")
-        dest = Path(src.output_root) / src.data_dir / rel
+        dest = safe_destination(data_base, rel, path)
         size = _size(fs, path, info)
         units.append(
-            DownloadUnit(f"data-{rel}", path, str(dest), size, src.url, src.requester_pays_project, src.retries)
+            DownloadUnit(
+                f"data-{rel}", path, str(dest), size, src.url, src.requester_pays_project, src.retries, str(data_base)
+            )
         )
     if not units:
         raise InputError(f"no files match {src.glob} under {src.url}")
@@ -160,10 +181,18 @@ def plan_download(src: RemoteSourceConfig, section: str = "source") -> list[Down
             raise
         except Exception as exc:
             raise _billing_refusal(exc, murl, key) or InputError(f"cannot stat metadata table {murl}: {exc}") from exc
-        dest = Path(src.output_root) / "metadata" / Path(mpath).name
+        meta_base = Path(src.output_root) / "metadata"
+        dest = safe_destination(meta_base, mpath.rstrip("/").rsplit("/", 1)[-1], murl)
         units.append(
             DownloadUnit(
-                f"meta-{Path(mpath).name}", mpath, str(dest), size, murl, src.requester_pays_project, src.retries
+                f"meta-{dest.name}",
+                mpath,
+                str(dest),
+                size,
+                murl,
+                src.requester_pays_project,
+                src.retries,
+                str(meta_base),
             )
         )
     return units
@@ -172,6 +201,8 @@ def plan_download(src: RemoteSourceConfig, section: str = "source") -> list[Down
 def fetch_unit(unit: DownloadUnit, _ctx: object = None) -> UnitResult:
     """Fetch one file unless the cache holds it at the listed size; retries with backoff."""
     dest = Path(unit.dest)
+    if unit.base:  # a symlink may have appeared in the cache since the plan
+        safe_destination(Path(unit.base), dest.relative_to(unit.base).as_posix(), unit.path)
     if dest.is_file() and dest.stat().st_size == unit.size:
         return UnitResult(unit.unit_id, {"bytes": unit.size, "fetched": 0}, [{"path": unit.dest, "bytes": unit.size}])
     fs, _ = open_bucket(unit.url, unit.requester_pays_project)
