@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -15,7 +16,16 @@ from typing import Annotated, Any, Literal
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from cellcorpus.errors import ConfigError
 from cellcorpus.io.paths import join as _join
@@ -315,6 +325,14 @@ class Config(_Section):
     mds: MdsConfig | None = None
     drugs: DrugsConfig | None = None
     executor: ExecutorConfig = Field(default_factory=lambda: ExecutorConfig.model_validate({}))
+    # dotted key -> its text before resolution, for every value that came (maybe through `${key}` references)
+    # from the environment: outputs record this reference, never the value (a secret stays out of manifests)
+    _env_refs: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def for_output(self, key: str, value: Any) -> Any:
+        """What an output may record for config `key`: its `${oc.env:...}` reference when the value came
+        from the environment, else the value itself."""
+        return self._env_refs.get(key, value)
 
     def need(self, section: str) -> Any:
         """Return a section or raise a ConfigError naming it (a stage needs it)."""
@@ -357,6 +375,49 @@ def load_config(path: str | Path | dict[str, Any], overrides: Sequence[str] = ()
     return _load_mapping(raw, overrides, str(path))
 
 
+# OmegaConf resolvers a config may call. `${key}` references are not resolvers and always work; every other
+# resolver (oc.create, oc.decode, oc.coerce, which imports any module it names, ...) is refused by name.
+ALLOWED_RESOLVERS = frozenset({"oc.env"})
+_RESOLVER_CALL = re.compile(r"\$\{\s*([A-Za-z_][\w.]*)\s*:")
+_KEY_REFERENCE = re.compile(r"\$\{\s*([A-Za-z_][\w.]*)\s*\}")
+
+
+def _strings(node: Any, prefix: str = "") -> dict[str, str]:
+    """Every string leaf of an unresolved config, by dotted key (list items by index)."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    out: dict[str, str] = {}
+    for k, v in items:
+        key = f"{prefix}{k}"
+        if isinstance(v, str):
+            out[key] = v
+        else:
+            out.update(_strings(v, f"{key}."))
+    return out
+
+
+def _check_interpolations(raw: DictConfig, path: str) -> dict[str, str]:
+    """Refuse resolvers outside ALLOWED_RESOLVERS (naming key and resolver); return the keys whose value comes
+    from the environment, directly or through `${key}` references, with their unresolved text."""
+    texts = _strings(OmegaConf.to_container(raw, resolve=False))
+    for key, text in texts.items():
+        for name in _RESOLVER_CALL.findall(text):
+            if name not in ALLOWED_RESOLVERS:
+                raise ConfigError(
+                    f"{path}: {key}: the resolver '{name}' is not allowed",
+                    hint="a config may use ${oc.env:NAME} (for paths) and ${other.key} references",
+                )
+    tainted = {k for k, t in texts.items() if "oc.env" in _RESOLVER_CALL.findall(t)}
+    grew = True
+    while grew:  # a key referring to an env-derived key (or to a section holding one) is env-derived too
+        grew = False
+        for key, text in texts.items():
+            refs = _KEY_REFERENCE.findall(text)
+            if key not in tainted and any(r == t or t.startswith(f"{r}.") for r in refs for t in tainted):
+                tainted.add(key)
+                grew = True
+    return {k: texts[k] for k in sorted(tainted)}
+
+
 def _load_mapping(raw: Any, overrides: Sequence[str], path: str) -> Config:
     """Merge overrides, resolve `${}` and validate; every problem is a ConfigError prefixed with `path`."""
     try:
@@ -366,13 +427,16 @@ def _load_mapping(raw: Any, overrides: Sequence[str], path: str) -> Config:
             merged = OmegaConf.merge(raw, OmegaConf.from_dotlist(list(overrides)))
             assert isinstance(merged, DictConfig)  # merging a dotlist into a mapping keeps a mapping
             raw = merged
+        env_refs = _check_interpolations(raw, path)  # before resolving: a refused resolver never runs
         data = OmegaConf.to_container(raw, resolve=True)
     except OmegaConfBaseException as exc:
         raise ConfigError(f"{path}: {str(exc).splitlines()[0]}") from exc
     try:
-        return Config.model_validate(data)
+        cfg = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{path}: {_format_validation_error(exc)}") from exc
+    cfg._env_refs.update(env_refs)
+    return cfg
 
 
 # Keys that only say *where* things are. They never change an output's bytes, so a relative vs absolute

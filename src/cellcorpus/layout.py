@@ -9,7 +9,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from cellcorpus.config import DrugsConfig, HuggingfaceConfig, MdsConfig, config_hash
+from cellcorpus.config import Config, DrugsConfig, HuggingfaceConfig, MdsConfig, config_hash
 from cellcorpus.io.paths import Publisher, join
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "VERIFY_RECORD",
     "OUTPUT_RECORDS",
     "scratch_dirs",
+    "write_roots",
 ]
 
 SPLITS = ("train", "valid")  # the seed's split names: <merged_dataset_root>/<split>.dataset
@@ -70,6 +71,25 @@ def scratch_dirs(hf: HuggingfaceConfig) -> dict[str, Path]:
     """Tokenize's scratch folders under `huggingface.output_root` (claimed before use, removed only if ours)."""
     root = Path(hf.output_root)
     return {name: root / name for name in ("parts", "units", "decompressed", "staging")}
+
+
+def write_roots(cfg: Config, stage: str, source: str | None = None) -> list[tuple[str, str]]:
+    """(config key, local folder) of every root `stage` writes (the ones its lock covers); `run`: all."""
+    hf, mds = cfg.huggingface, cfg.mds
+    merged = ("huggingface.merged_dataset_root", str(tokenize_publisher(hf).local_dir) if hf else None)
+    export = ("mds.out_root", str(mds_publisher(mds).local_dir) if mds else None)
+    section = getattr(cfg, source, None) if source else None
+    roots = {
+        "vocab": [("vocab.output_root", cfg.vocab.output_root if cfg.vocab else None)],
+        "drugs": [("drugs.output_root", cfg.drugs.output_root if cfg.drugs else None)],
+        "tokenize": [("huggingface.output_root", hf.output_root if hf else None), merged, export],
+        "mds": [export],
+        "verify": [merged, export],
+        "report": [merged],
+        "download": [(f"{source}.output_root", section.output_root if section else None)],
+    }
+    chosen = [r for rs in roots.values() for r in rs] if stage == "run" else roots[stage]
+    return [(k, r) for k, r in chosen if r]
 
 
 def mds_publisher(mds: MdsConfig) -> Publisher:

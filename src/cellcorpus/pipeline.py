@@ -9,6 +9,8 @@ from pathlib import Path
 
 from cellcorpus.config import Config, load_config
 from cellcorpus.exec.runner import ExecutorSpec, Reporter, executor_session, warm_up
+from cellcorpus.io.lock import hold_locks
+from cellcorpus.layout import write_roots
 from cellcorpus.stages.base import StageSummary
 
 __all__ = ["STAGES", "run_pipeline", "run_demo", "packaged_config", "shipped_configs", "DEMO_CONFIGS"]
@@ -82,7 +84,7 @@ def run_pipeline(
     procs = [s.num_proc for s in (cfg.huggingface, cfg.mds) if s is not None] or [1]
     spec = ExecutorSpec.resolve(cfg, max(procs), num_proc, dask)
     preflight(cfg, spec, "run")
-    with executor_session():
+    with hold_locks(write_roots(cfg, "run"), "run"), executor_session():
         if cfg.huggingface is not None:
             warm_up(spec, ("cellcorpus.stages.tokenize",))  # workers start while vocab and inputs are checked
         for _, section, runner in STAGES:

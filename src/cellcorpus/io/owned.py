@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from cellcorpus.errors import ConfigError
+from cellcorpus.io.lock import LOCK_NAME
 
 __all__ = ["OWNER_MARK", "check_claimable", "claim_dir", "remove_owned", "is_owned"]
 
@@ -30,7 +31,7 @@ def _foreign(path: Path, records: tuple[str, ...]) -> list[str]:
         return []
     if not path.is_dir():
         return [path.name]
-    entries = sorted(p.name for p in path.iterdir())
+    entries = sorted(p.name for p in path.iterdir() if p.name not in (OWNER_MARK, LOCK_NAME))
     if not entries or any(r in entries for r in records):
         return []
     return entries

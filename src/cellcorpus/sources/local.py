@@ -42,17 +42,25 @@ def find_h5ad_files(directory: str, ignore_dir: list[str]) -> list[str]:
     return sorted(found)
 
 
-def _decompressed(path: str, cache_dir: Path, rel: str) -> Path:
-    """h5py cannot read gzip streams: decompress once into the cache (atomic, reused on rerun)."""
+def _decompressed(path: str, cache_dir: Path, rel: str, fingerprint: str) -> Path:
+    """h5py cannot read gzip streams: decompress once into the cache (atomic, reused on rerun).
+
+    The copy is tied to its source by `fingerprint` (the `.gz`'s checksum), recorded beside it after the copy
+    is whole: a replaced `.gz` gives another fingerprint, and its stale copy is decompressed again, never read.
+    """
     target = cache_dir / rel[: -len(".gz")]
-    if target.is_file():
+    stamp = target.with_name(f".{target.name}.source")
+    if target.is_file() and stamp.is_file() and stamp.read_text() == fingerprint:
         return target
     claim_dir(cache_dir, "huggingface.output_root (decompressed/)")
+    stamp.unlink(missing_ok=True)  # from here until the new stamp, the copy counts as stale
     with atomic_path(target) as tmp, fsspec.open(path, "rb", compression="gzip") as src, open(tmp, "wb") as dst:
         try:
             shutil.copyfileobj(src, dst, length=1 << 22)
         except (OSError, EOFError, zlib.error) as exc:
             raise InputError(f"{path}: corrupt gzip file: {exc}") from exc
+    with atomic_path(stamp) as tmp:
+        tmp.write_text(fingerprint)
     return target
 
 
@@ -81,7 +89,9 @@ def discover_h5ad(
     out = []
     for i, rel in enumerate(rels):
         path = join(adata_dir, rel)
-        readable = str(_decompressed(path, Path(cache_dir), rel)) if rel.endswith(".gz") else path
+        full = f"{root.rstrip('/')}/{rel}"
+        checksum = _remote_checksum(fs, full) if is_url(adata_dir) else quick_checksum(full)
+        readable = str(_decompressed(path, Path(cache_dir), rel, checksum)) if rel.endswith(".gz") else path
         try:
             reader = H5adReader(readable, layer)
         except InputError as exc:
@@ -93,8 +103,6 @@ def discover_h5ad(
             r.x_encoding  # noqa: B018 - validates the X layout now, before any worker starts
             if n_obs == 0:
                 raise InputError(f"{path}: file has no cells")
-            full = f"{root.rstrip('/')}/{rel}"
-            checksum = _remote_checksum(fs, full) if is_url(adata_dir) else quick_checksum(full)
             f = InputFile(readable, rel, i, n_obs, int(fs.size(full)), checksum)
             if visit is not None:
                 visit(f, r)

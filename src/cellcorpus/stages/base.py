@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -9,15 +10,36 @@ from typing import Any, Generic, TypeVar
 
 from cellcorpus.errors import ConfigError
 from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
+from cellcorpus.io.lock import hold_locks
 from cellcorpus.io.owned import claim_dir
 from cellcorpus.io.paths import Publisher
-from cellcorpus.layout import MANIFEST, OUTPUT_RECORDS
+from cellcorpus.layout import MANIFEST, OUTPUT_RECORDS, write_roots
 from cellcorpus.manifest import Ledger, StageManifest, UnitResult, write_manifest
 
-__all__ = ["WorkUnit", "StageSummary", "StageRun", "run_stage", "decide_rerun"]
+__all__ = ["WorkUnit", "StageSummary", "StageRun", "run_stage", "decide_rerun", "locked"]
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=StageManifest)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def locked(stage: str) -> Callable[[F], F]:
+    """Run a stage entry point (`run_x(cfg, ...)`, or `run_download(source, cfg, ...)`) holding the locks of
+    the roots it writes (io/lock.py): a second run on the same output stops at once, naming the first."""
+
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        def inner(*args: Any, **kwargs: Any) -> Any:
+            source = args[0] if stage == "download" else None
+            cfg = args[1] if stage == "download" else args[0]
+            with hold_locks(write_roots(cfg, stage, source), stage):
+                return fn(*args, **kwargs)
+
+        return inner  # type: ignore[return-value]
+
+    return wrap
 
 
 @dataclass(frozen=True, order=True)

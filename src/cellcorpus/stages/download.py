@@ -11,7 +11,7 @@ from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
 from cellcorpus.io.paths import join
 from cellcorpus.io.vocab import load_vocab
 from cellcorpus.manifest import Ledger, write_manifest
-from cellcorpus.stages.base import StageSummary
+from cellcorpus.stages.base import StageSummary, locked
 from cellcorpus.stages.preflight import preflight
 
 __all__ = ["SOURCES", "run_download"]
@@ -20,7 +20,9 @@ SOURCES = ("cellxgene", "scbasecamp", "tahoe")
 log = logging.getLogger(__name__)
 
 
-def _download_bucket(src: RemoteSourceConfig, name: str, spec: ExecutorSpec, reporter: Reporter | None) -> StageSummary:
+def _download_bucket(
+    cfg: Config, src: RemoteSourceConfig, name: str, spec: ExecutorSpec, reporter: Reporter | None
+) -> StageSummary:
     from cellcorpus.sources.remote import fetch_unit, plan_download
 
     units = plan_download(src, name)
@@ -31,8 +33,8 @@ def _download_bucket(src: RemoteSourceConfig, name: str, spec: ExecutorSpec, rep
         Path(src.output_root) / "download_manifest.json",
         stage=f"download-{name}",
         config_hash=config_hash(src),
-        source_url=src.url,
-        files=[{"remote": u.path, "local": u.dest, "bytes": u.size} for u in units],
+        source_url=cfg.for_output(f"{name}.url", src.url),  # a URL from the environment: its reference
+        files=[{"local": Path(u.dest).relative_to(src.output_root).as_posix(), "bytes": u.size} for u in units],
     )
     counts = {
         "files": len(units),
@@ -67,7 +69,7 @@ def _download_census(cfg: Config, spec: ExecutorSpec, reporter: Reporter | None 
         out / "download_manifest.json",
         stage="download-cellxgene",
         config_hash=work,
-        census=cx.census_uri or cx.version,
+        census=cfg.for_output("cellxgene.census_uri", cx.census_uri) or cx.version,
         chunks=[{"file": Path(u.path).name, **done[u.unit_id].counts} for u in units],
     )
     return StageSummary(
@@ -77,6 +79,7 @@ def _download_census(cfg: Config, spec: ExecutorSpec, reporter: Reporter | None 
     )
 
 
+@locked("download")
 def run_download(
     source: str, cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | None = None
 ) -> StageSummary:
@@ -88,4 +91,4 @@ def run_download(
     preflight(cfg, spec, "download", source=source)
     if source == "cellxgene":
         return _download_census(cfg, spec, reporter)
-    return _download_bucket(section, source, spec, reporter)
+    return _download_bucket(cfg, section, source, spec, reporter)

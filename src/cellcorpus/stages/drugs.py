@@ -27,7 +27,7 @@ from cellcorpus.io.paths import filesystem
 from cellcorpus.io.tables import as_strings, read_frame
 from cellcorpus.layout import DRUG_PAD, drugs_manifest
 from cellcorpus.manifest import DrugsManifest, parse_manifest, write_manifest
-from cellcorpus.stages.base import StageSummary
+from cellcorpus.stages.base import StageSummary, locked
 
 __all__ = ["run_drugs", "DrugPlan", "plan_drugs", "morgan_fingerprints"]
 
@@ -127,6 +127,7 @@ def _read_plan(dc: DrugsConfig, parses: Any) -> DrugPlan:
     return plan_drugs(as_strings(df[dc.name_column].to_numpy()), as_strings(df[dc.smiles_column].to_numpy()), parses)
 
 
+@locked("drugs")
 def run_drugs(cfg: Config) -> StageSummary:
     """Write drug_to_id + drug_fps (and a manifest); skips when they already match this table and settings."""
     dc: DrugsConfig = cfg.need("drugs")
@@ -182,7 +183,7 @@ def run_drugs(cfg: Config) -> StageSummary:
         manifest_path,
         stage="drugs",
         config_hash=stage_hash,
-        table=dc.table,
+        table=cfg.for_output("drugs.table", dc.table),
         table_xxh64=table_checksum,
         rdkit_version=rdkit_version,
         radius=dc.radius,

@@ -15,9 +15,10 @@ from cellcorpus.errors import ConfigError, InputError
 from cellcorpus.exec.runner import ExecutorSpec, Reporter
 from cellcorpus.formats.arrow import read_arrow
 from cellcorpus.formats.mds import merge_split_index
-from cellcorpus.io.paths import Publisher, local_copy
+from cellcorpus.io.paths import Publisher, join, local_copy
+from cellcorpus.layout import MANIFEST
 from cellcorpus.manifest import MdsManifest, TokenizeManifest, UnitResult
-from cellcorpus.stages.base import StageRun, StageSummary, run_stage
+from cellcorpus.stages.base import StageRun, StageSummary, locked, run_stage
 from cellcorpus.stages.mds_unit import (
     MdsContext,
     MdsUnit,
@@ -59,6 +60,7 @@ def mds_unit(unit: MdsUnit, ctx: MdsContext) -> UnitResult:
         return convert_file(unit, ctx, read_arrow(local))
 
 
+@locked("mds")
 def run_mds(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | None = None) -> StageSummary:
     """Export every split to MDS; skips when the merged indexes already match this config + input."""
     mds: MdsConfig = cfg.need("mds")
@@ -101,7 +103,7 @@ def run_mds(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | 
             totals[f"{split}_written"] = n
             totals[f"{split}_dropped_min_length"] = splits[split]["dropped_min_length"]
         body = {
-            "source_manifest": source.url("manifest.json"),
+            "source_manifest": join(cfg.for_output("mds.root_dir", mds.root_dir), MANIFEST),
             "columns": dict(context.spec.columns),
             "splits": splits,
             "totals": totals,

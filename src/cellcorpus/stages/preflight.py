@@ -26,7 +26,14 @@ from cellcorpus.io.tables import load_table
 from cellcorpus.layout import OUTPUT_RECORDS, mds_publisher, scratch_dirs, tokenize_publisher
 from cellcorpus.manifest import TokenizeManifest
 
-__all__ = ["preflight", "check_writable", "check_dask_reachable", "mds_input_columns", "PRODUCED_COLUMNS"]
+__all__ = [
+    "preflight",
+    "check_renames",
+    "check_writable",
+    "check_dask_reachable",
+    "mds_input_columns",
+    "PRODUCED_COLUMNS",
+]
 
 PRODUCED_COLUMNS = ("genes", "expressions", "id")
 _SMALL_SHARD = 1 << 20  # an MDS size_limit below 1 MiB makes shards of a handful of cells
@@ -49,6 +56,29 @@ def check_writable(path: str, key: str) -> None:
     except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         raise ConfigError(f"{key}: cannot write to {path} ({reason})") from exc
+
+
+def check_renames(hf: HuggingfaceConfig, index_column: str | None, index_known: bool = True) -> None:
+    """`rename_columns` may not lose a column: its source must be a metadata column, its target neither a
+    produced column nor another column's name (two `sample` columns would drop one silently)."""
+    if not hf.rename_columns:
+        return
+    names = hf.model_copy(update={"rename_columns": {}}).metadata_columns(index_column)
+    for src, dst in hf.rename_columns.items():
+        key = f"huggingface.rename_columns.{src}"
+        if src not in names and index_known:
+            raise ConfigError(
+                f"{key}: no input column '{src}' among the metadata columns ({', '.join(names) or 'none'})",
+                hint="rename a column listed in obs_metadata_columns or a join's columns",
+            )
+        if dst in PRODUCED_COLUMNS:
+            raise ConfigError(f"{key}: '{dst}' is a column tokenize writes ({', '.join(PRODUCED_COLUMNS)})")
+        clash = [c for c in names if c != src and hf.rename_columns.get(c, c) == dst]
+        if clash:
+            raise ConfigError(
+                f"{key}: '{dst}' is already the name of column '{clash[0]}'; both would be written as '{dst}'",
+                hint="choose another name, or rename the other column too",
+            )
 
 
 def mds_input_columns(hf: HuggingfaceConfig, index_column: str | None) -> list[str]:
@@ -101,6 +131,7 @@ def _tokenize_columns(hf: HuggingfaceConfig) -> list[str] | None:
     from cellcorpus.sources.inputs import obs_index_column, peek_first_input
 
     index_name = obs_index_column(hf, peek_first_input(hf))
+    check_renames(hf, index_name, index_known=index_name is not None or not hf.add_obs_index)
     if index_name is None and hf.add_obs_index:
         return None  # the obs index's name is not known before the inputs exist: checked again at tokenize
     return mds_input_columns(hf, index_name)

@@ -29,7 +29,7 @@ from cellcorpus.io.paths import Publisher, local_copy
 from cellcorpus.io.vocab import load_vocab
 from cellcorpus.layout import REPORT_DIR, VERIFY_RECORD, mds_publisher, tokenize_publisher
 from cellcorpus.manifest import MdsManifest, TokenizeManifest
-from cellcorpus.stages.base import StageSummary
+from cellcorpus.stages.base import StageSummary, locked
 
 __all__ = ["run_report", "CONTEXT_LENGTHS"]
 
@@ -199,6 +199,7 @@ def _funnel(manifest: TokenizeManifest, mds: MdsManifest | None) -> list[tuple[s
     return steps
 
 
+@locked("report")
 def run_report(cfg: Config) -> StageSummary:
     """Write `<merged_dataset_root>/report/{stats.json, report.html}` (local scratch for URL roots)."""
     hf = cfg.need("huggingface")

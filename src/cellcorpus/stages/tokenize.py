@@ -36,9 +36,9 @@ from cellcorpus.layout import OUTPUT_RECORDS, SPLITS, parts_dir, tokenize_publis
 from cellcorpus.manifest import Ledger, TokenizeManifest, UnitResult, file_checksum, output_record
 from cellcorpus.sources.base import InputFile, RawBlock
 from cellcorpus.sources.inputs import discover_and_inspect, gene_mapping, input_format, obs_index_column
-from cellcorpus.stages.base import StageRun, StageSummary, WorkUnit, run_stage
+from cellcorpus.stages.base import StageRun, StageSummary, WorkUnit, locked, run_stage
 from cellcorpus.stages.mds_unit import mds_context, mds_identity
-from cellcorpus.stages.preflight import preflight
+from cellcorpus.stages.preflight import check_renames, preflight
 from cellcorpus.stages.tokenize_finalize import FusedMds, TokenizeContext, finalize_splits
 
 __all__ = ["TokenizeContext", "plan_tokenize", "tokenize_unit", "run_tokenize"]
@@ -331,6 +331,7 @@ def _fused_mds(cfg: Config, hf: HuggingfaceConfig, stage_hash: str) -> FusedMds 
     return FusedMds(ident, mds_context(mds, ident.out), tuple(mds.splits))
 
 
+@locked("tokenize")
 def run_tokenize(
     cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | None = None, *, fuse_mds: bool = False
 ) -> StageSummary:
@@ -361,6 +362,7 @@ def run_tokenize(
             for s, frac in (("train", 1 - tsize), ("valid", tsize))
         )
     index_column = obs_index_column(hf, inputs[0])
+    check_renames(hf, index_column)  # again, now that the obs index's name is known
     fused = _fused_mds(cfg, hf, stage_hash) if fuse_mds else None
     ctx = TokenizeContext(
         hf=hf,
@@ -388,7 +390,7 @@ def run_tokenize(
         _check_split_sizes(hf, totals)
         shard_records = finalize_splits(ctx, list(units), results, spec, stage_hash, reporter)
         body = {
-            "dataset_name": hf.dataset_name,
+            "dataset_name": cfg.for_output("huggingface.dataset_name", hf.dataset_name),
             "metadata_columns": list(ctx.metadata_columns),
             "inputs": [
                 {

@@ -31,7 +31,7 @@ from cellcorpus.io.paths import Publisher, exists, is_url, local_copy
 from cellcorpus.io.vocab import load_vocab
 from cellcorpus.layout import DRUG_PAD, REPORT_DIR, VERIFY_RECORD, drugs_manifest, mds_publisher, tokenize_publisher
 from cellcorpus.manifest import DrugsManifest, MdsManifest, TokenizeManifest, file_checksum
-from cellcorpus.stages.base import StageSummary
+from cellcorpus.stages.base import StageSummary, locked
 
 __all__ = ["Check", "VerifyReport", "run_verify"]
 
@@ -355,6 +355,7 @@ def _check_drugs(rep: VerifyReport, dc: DrugsConfig, arrow_files: list[str]) -> 
         rep.notes.append(f"{sum(unmapped.values()):,} cells have a drug not in drug_to_id (mapped to <pad>): {shown}")
 
 
+@locked("verify")
 def run_verify(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | None = None) -> VerifyReport:
     """Check the HF Arrow output (and the MDS output when the config has `mds`); raise VerifyError on failure."""
     hf = cfg.need("huggingface")

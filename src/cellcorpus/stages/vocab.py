@@ -16,13 +16,14 @@ from cellcorpus.io.h5ad import H5adReader
 from cellcorpus.io.paths import join
 from cellcorpus.io.tables import as_strings, read_frame
 from cellcorpus.io.vocab import load_vocab
-from cellcorpus.stages.base import StageSummary
+from cellcorpus.stages.base import StageSummary, locked
 
 __all__ = ["run_vocab", "load_vocab"]  # load_vocab re-exported from io.vocab (where stages read it)
 
 log = logging.getLogger(__name__)
 
 
+@locked("vocab")
 def run_vocab(cfg: Config) -> StageSummary:
     """Build and write the vocabulary; rewrites it (cheap) unless the existing file is identical."""
     vc = cfg.need("vocab")
