@@ -162,6 +162,8 @@ class StageManifest(_Record):
     manifest_version: int = MANIFEST_VERSION
     config_hash: str
     settings_hash: str | None = None
+    # what settings_hash was made of (and `source`: where the stage's input was), for naming what differs
+    settings: dict[str, Any] | None = None
 
 
 class InputRecord(_Record):

@@ -12,7 +12,7 @@ from cellcorpus.errors import ConfigError
 from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
 from cellcorpus.io.lock import hold_locks
 from cellcorpus.io.owned import claim_dir
-from cellcorpus.io.paths import Publisher
+from cellcorpus.io.paths import Publisher, same_location
 from cellcorpus.layout import MANIFEST, OUTPUT_RECORDS, write_roots
 from cellcorpus.manifest import Ledger, StageManifest, UnitResult, write_manifest
 
@@ -80,23 +80,30 @@ def decide_rerun(
     settings_hash: str,
     ledger: Ledger,
     model: type[M],
+    settings: dict[str, Any] | None = None,
 ) -> M | None:
     """Skip, refuse or rebuild a stage's output, decided before anything on disk is touched.
 
     `markers` are the files whose presence makes an output complete (a split's state.json or index.json).
     Returns the finished run's manifest when it is complete for this stage hash (settings + inputs); raises
     a ConfigError naming `key` when proceeding would overwrite a finished `what` made with other settings
-    or not by cellcorpus; returns None when the stage should (re)build. Completion records of other
-    settings raise too, before any change.
+    or not by cellcorpus, or (`settings["source"]`) from another source folder; returns None when the stage
+    should (re)build. Completion records of other settings raise too, before any change. The refusal names
+    what differs from the settings the finished output recorded.
     """
     previous = out.read_manifest("manifest.json", model)  # damaged: an error here, before any change
     complete = [m for m in markers if out.exists(m)]
     if previous and len(complete) == len(markers):
         if previous.config_hash == stage_hash:
             return previous
-        if previous.settings_hash != settings_hash:
+        old, new = previous.settings or {}, settings or {}
+        moved = "source" in old and "source" in new and not same_location(old["source"], new["source"])
+        if previous.settings_hash != settings_hash or moved:
+            diff = settings_diff(old, new) if previous.settings is not None else ""
             raise ConfigError(
-                f"{key}: {out.root} holds a finished {what} made with other settings; it is left untouched",
+                f"{key}: {out.root} holds a finished {what} made with other settings"
+                + (f" ({diff})" if diff else "")
+                + "; it is left untouched",
                 hint=f"use a new {key.split('.')[-1]}, or delete the old {what} to rebuild",
             )
         log.warning("inputs changed since the finished run: rebuilding %s", out.root)
@@ -108,6 +115,21 @@ def decide_rerun(
             hint=f"use a new {key.split('.')[-1]}, or delete it",
         )
     return None
+
+
+def settings_diff(old: dict[str, Any], new: dict[str, Any], limit: int = 4) -> str:
+    """`key: old -> new` for the (dotted) settings that differ, at most `limit` of them."""
+
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+        return out
+
+    a, b = flat(old), flat(new)
+    changed = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    shown = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:limit]]
+    return "; ".join(shown) + (f"; and {len(changed) - limit} more" if len(changed) > limit else "")
 
 
 @dataclass
@@ -137,6 +159,7 @@ class StageRun(Generic[M]):
     cells_of: Callable[[Any], int] = lambda u: 0
     is_current: Callable[[Any, UnitResult], bool] = lambda u, r: True
     after_manifest: Callable[[], None] = lambda: None  # cleanup once the manifest is the completion record
+    settings: dict[str, Any] | None = None  # recorded in the manifest: what a refusal names as different
 
 
 def run_stage(stage: StageRun[M], spec: ExecutorSpec, reporter: Reporter | None) -> StageSummary:
@@ -150,6 +173,7 @@ def run_stage(stage: StageRun[M], spec: ExecutorSpec, reporter: Reporter | None)
         settings_hash=stage.settings_hash,
         ledger=stage.ledger,
         model=stage.manifest_model,
+        settings=stage.settings,
     )
     if previous is not None:
         return stage.skipped(previous)
@@ -171,7 +195,12 @@ def run_stage(stage: StageRun[M], spec: ExecutorSpec, reporter: Reporter | None)
     body, summary = stage.finalize(units, [results[u.unit_id] for u in units])
     manifest_path = stage.out.local_dir / MANIFEST
     write_manifest(
-        manifest_path, stage=stage.name, config_hash=stage.stage_hash, settings_hash=stage.settings_hash, **body
+        manifest_path,
+        stage=stage.name,
+        config_hash=stage.stage_hash,
+        settings_hash=stage.settings_hash,
+        settings=stage.settings,
+        **body,
     )
     stage.out.publish(manifest_path)
     stage.after_manifest()

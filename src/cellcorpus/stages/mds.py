@@ -68,7 +68,7 @@ def run_mds(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | 
     notes = preflight(cfg, spec, "mds")
     source = Publisher(mds.root_dir, staging=".")
     source_manifest = source.read_manifest("manifest.json", TokenizeManifest)
-    ident = mds_identity(mds)
+    ident = mds_identity(mds, cfg.for_output("mds.root_dir", mds.root_dir))
     stage_hash = ident.stage_hash(source_manifest.config_hash if source_manifest else None)
     out = ident.out
     context = mds_context(mds, out)
@@ -127,5 +127,6 @@ def run_mds(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | 
         skipped=lambda m: StageSummary("mds", skipped=True, counts=m.totals, outputs=outputs, notes=notes),
         cells_of=lambda u: u.n_cells,
         is_current=lambda u, r: r.extra.get("input_checksum") == u.checksum,
+        settings=ident.settings,
     )
     return run_stage(stage, spec, reporter)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import functools
 import json
 import shutil
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -133,6 +133,7 @@ class MdsIdentity:
     markers: tuple[str, ...]
     settings_hash: str
     ledger_dir: str
+    settings: dict[str, Any] = field(default_factory=dict)  # recorded (with `source`): a refusal names changes
     key: ClassVar[str] = "mds.out_root"  # the config key named when a finished export is refused
     what: ClassVar[str] = "MDS export"
 
@@ -155,16 +156,19 @@ class MdsIdentity:
             settings_hash=self.settings_hash,
             ledger=self.ledger(),
             model=MdsManifest,
+            settings=self.settings,
         )
 
 
-def mds_identity(mds: MdsConfig) -> MdsIdentity:
+def mds_identity(mds: MdsConfig, source: str | None = None) -> MdsIdentity:
     """Where things are never enters the identity (a moved export is still complete), the settings do."""
+    settings = mds.model_dump(mode="json", exclude=set(MDS_LOCATION_KEYS))
     return MdsIdentity(
         out=mds_publisher(mds),
         markers=tuple(f"{s}/index.json" for s in mds.splits),
-        settings_hash=config_hash(mds.model_dump(mode="json", exclude=set(MDS_LOCATION_KEYS))),
+        settings_hash=config_hash(settings),
         ledger_dir=str(mds_units_dir(mds)),
+        settings={**settings, "source": source or mds.root_dir},
     )
 
 

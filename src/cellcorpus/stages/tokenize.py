@@ -252,7 +252,7 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
 
 
 # ---- stage --------------------------------------------------------------------------------------
-def _work_hash(hf: HuggingfaceConfig) -> str:
+def _work_settings(hf: HuggingfaceConfig) -> tuple[str, dict[str, Any]]:
     """Identity of the settings: everything that decides the output bytes, nothing that only says where.
 
     Paths are replaced by the content of what they point at (vocabulary, join tables, gene table), so a
@@ -264,7 +264,8 @@ def _work_hash(hf: HuggingfaceConfig) -> str:
     if settings.get("gene_id_map"):
         settings["gene_id_map"]["path"] = file_checksum(settings["gene_id_map"]["path"])
     gene_table = file_checksum(hf.parquet_gene_table) if hf.parquet_gene_table else None
-    return config_hash(settings, file_checksum(hf.vocab_file), gene_table)
+    vocab = file_checksum(hf.vocab_file)
+    return config_hash(settings, vocab, gene_table), {**settings, "vocabulary": vocab, "gene_table": gene_table}
 
 
 def _stage_hash(work_hash: str, inputs: list[InputFile]) -> str:
@@ -325,7 +326,7 @@ def _fused_mds(cfg: Config, hf: HuggingfaceConfig, stage_hash: str) -> FusedMds 
     mds = cfg.mds
     if mds is None or not same_location(mds.root_dir, hf.merged_dataset_root):
         return None
-    ident = mds_identity(mds)
+    ident = mds_identity(mds, cfg.for_output("mds.root_dir", mds.root_dir))
     if ident.decide(stage_hash) is not None:
         return None
     return FusedMds(ident, mds_context(mds, ident.out), tuple(mds.splits))
@@ -350,7 +351,7 @@ def run_tokenize(
     notes = preflight(cfg, spec, "tokenize")  # the config first; then every input, opened once for both checks
     inputs, inspection = discover_and_inspect(hf, vocab)
     notes += inspection.notes
-    work_hash = _work_hash(hf)
+    work_hash, work_settings = _work_settings(hf)
     stage_hash = _stage_hash(work_hash, inputs)
     out = tokenize_publisher(hf)
     total = sum(f.n_obs for f in inputs)
@@ -435,6 +436,7 @@ def run_tokenize(
         cells_of=lambda u: u.n_cells,
         is_current=lambda u, r: r.extra.get("input_checksum") == u.checksum,
         after_manifest=cleanup,
+        settings=work_settings,
     )
     return run_stage(stage, spec, reporter)
 
