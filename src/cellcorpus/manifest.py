@@ -24,6 +24,7 @@ __all__ = [
     "Ledger",
     "file_checksum",
     "quick_checksum",
+    "mapping_checksum",
     "output_record",
     "write_manifest",
     "parse_manifest",
@@ -67,6 +68,11 @@ def file_checksum(path: str | Path) -> str:
 
 
 _EDGE = 1 << 16
+
+
+def mapping_checksum(mapping: dict[str, Any]) -> str:
+    """xxh64 of a mapping's (key, value) pairs in order: swapping two values changes it, whitespace does not."""
+    return xxhash.xxh64(json.dumps(list(mapping.items())).encode()).hexdigest()
 
 
 def quick_checksum(path: str | Path) -> str:
@@ -224,6 +230,7 @@ class DrugsManifest(StageManifest):
     n_bits: int
     counts: dict[str, int]
     rows_xxh64: list[str]
+    drug_to_id_xxh64: str | None = None  # of the name -> id pairs in order (None: written by an earlier version)
 
 
 M = TypeVar("M", bound=StageManifest)

@@ -10,7 +10,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "write_json_atomic"]
+__all__ = ["atomic_path", "write_json_atomic", "remove_temporaries", "TEMP_INFIX"]
+
+TEMP_INFIX = ".tmp-"  # `.<final name>.tmp-<8 hex>`: the temporaries atomic_path writes
 
 
 @contextmanager
@@ -18,13 +20,24 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling path; rename it to `final` only if the block succeeds."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = final.with_name(f".{final.name}{TEMP_INFIX}{uuid.uuid4().hex[:8]}")
     try:
         yield tmp
         os.replace(tmp, final)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def remove_temporaries(folder: str | Path, name: str) -> int:
+    """Remove the temporaries `atomic_path` left for files named `name` (a glob) in `folder`, e.g. after a
+    kill -9: the file it was writing is ours by name, so is its temporary. Returns how many went."""
+    n = 0
+    for tmp in Path(folder).glob(f".{name}{TEMP_INFIX}*"):
+        if tmp.is_file():
+            tmp.unlink()
+            n += 1
+    return n
 
 
 def write_json_atomic(path: str | Path, obj: Any, sort_keys: bool = True) -> None:

@@ -22,11 +22,11 @@ import xxhash
 
 from cellcorpus.config import Config, DrugsConfig, config_hash
 from cellcorpus.errors import ConfigError, InputError, MissingExtraError
-from cellcorpus.io.atomic import atomic_path, write_json_atomic
+from cellcorpus.io.atomic import atomic_path, remove_temporaries, write_json_atomic
 from cellcorpus.io.paths import filesystem
 from cellcorpus.io.tables import as_strings, read_frame
 from cellcorpus.layout import DRUG_PAD, drugs_manifest
-from cellcorpus.manifest import DrugsManifest, parse_manifest, write_manifest
+from cellcorpus.manifest import DrugsManifest, mapping_checksum, parse_manifest, write_manifest
 from cellcorpus.stages.base import StageSummary, locked
 
 __all__ = ["run_drugs", "DrugPlan", "plan_drugs", "morgan_fingerprints"]
@@ -136,6 +136,8 @@ def run_drugs(cfg: Config) -> StageSummary:
     settings = dc.model_dump(mode="json", exclude={"table", "output_root", "drug_to_id_file", "fingerprints_file"})
     stage_hash = config_hash(settings, table_checksum, rdkit_version)
     manifest_path = Path(drugs_manifest(dc))
+    for name in (dc.drug_to_id_file, dc.fingerprints_file, manifest_path.name):  # left by a killed run
+        remove_temporaries(dc.output_root, name)
     outputs = {"drug_to_id": dc.drug_to_id_path, "fingerprints": dc.fingerprints_path}
     if manifest_path.is_file() and Path(dc.drug_to_id_path).is_file() and Path(dc.fingerprints_path).is_file():
         try:
@@ -194,5 +196,6 @@ def run_drugs(cfg: Config) -> StageSummary:
         duplicated_names=plan.duplicated_names,
         shared_smiles=plan.shared_smiles,
         rows_xxh64=[xxhash.xxh64(row.tobytes()).hexdigest() for row in fps],
+        drug_to_id_xxh64=mapping_checksum(drug_to_id),
     )
     return StageSummary("drugs", counts=counts, outputs=outputs, notes=notes)

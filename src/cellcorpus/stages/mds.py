@@ -15,8 +15,9 @@ from cellcorpus.errors import ConfigError, InputError
 from cellcorpus.exec.runner import ExecutorSpec, Reporter
 from cellcorpus.formats.arrow import read_arrow
 from cellcorpus.formats.mds import merge_split_index
+from cellcorpus.io.atomic import remove_temporaries
 from cellcorpus.io.paths import Publisher, join, local_copy
-from cellcorpus.layout import MANIFEST
+from cellcorpus.layout import MANIFEST, mds_publisher
 from cellcorpus.manifest import MdsManifest, TokenizeManifest, UnitResult
 from cellcorpus.stages.base import StageRun, StageSummary, locked, run_stage
 from cellcorpus.stages.mds_unit import (
@@ -66,6 +67,11 @@ def run_mds(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | 
     mds: MdsConfig = cfg.need("mds")
     spec = spec or ExecutorSpec.resolve(cfg, mds.num_proc)
     notes = preflight(cfg, spec, "mds")
+    export = mds_publisher(mds).local_dir
+    for split in mds.splits:  # a killed run's half-written shards and indexes: ours by their names
+        for folder in (export / split, *(d for d in (export / split).glob("*") if d.is_dir())):
+            remove_temporaries(folder, "*")
+    remove_temporaries(export, "*")
     source = Publisher(mds.root_dir, staging=".")
     source_manifest = source.read_manifest("manifest.json", TokenizeManifest)
     ident = mds_identity(mds, cfg.for_output("mds.root_dir", mds.root_dir))

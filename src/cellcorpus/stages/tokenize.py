@@ -28,6 +28,7 @@ from cellcorpus.core.vocab import VocabLookup
 from cellcorpus.errors import ConfigError, InputError
 from cellcorpus.exec.runner import ExecutorSpec, Reporter
 from cellcorpus.formats.arrow import cell_schema, cells_table, compact_part, write_stream
+from cellcorpus.io.atomic import remove_temporaries
 from cellcorpus.io.owned import claim_dir, remove_owned
 from cellcorpus.io.paths import is_url, same_location
 from cellcorpus.io.tables import as_strings, load_table, lookup
@@ -349,6 +350,9 @@ def run_tokenize(
     vocab = load_vocab(hf.vocab_file)
     _check_cls(hf, vocab)
     notes = preflight(cfg, spec, "tokenize")  # the config first; then every input, opened once for both checks
+    out_dir = tokenize_publisher(hf).local_dir
+    for folder in (out_dir, *(out_dir / f"{s}.dataset" for s in SPLITS)):
+        remove_temporaries(folder, "*")  # a killed run's half-written files: ours by their names
     inputs, inspection = discover_and_inspect(hf, vocab)
     notes += inspection.notes
     work_hash, work_settings = _work_settings(hf)

@@ -30,7 +30,7 @@ from cellcorpus.io.atomic import write_json_atomic
 from cellcorpus.io.paths import Publisher, exists, is_url, local_copy
 from cellcorpus.io.vocab import load_vocab
 from cellcorpus.layout import DRUG_PAD, REPORT_DIR, VERIFY_RECORD, drugs_manifest, mds_publisher, tokenize_publisher
-from cellcorpus.manifest import DrugsManifest, MdsManifest, TokenizeManifest, file_checksum
+from cellcorpus.manifest import DrugsManifest, MdsManifest, TokenizeManifest, file_checksum, mapping_checksum
 from cellcorpus.stages.base import StageSummary, locked
 
 __all__ = ["Check", "VerifyReport", "run_verify"]
@@ -293,6 +293,32 @@ def _check_dataset_metadata(rep: VerifyReport, out: Publisher, d: str, records: 
         )
 
 
+def _check_foreign_files(rep: VerifyReport, folder: Path, expected: set[str], where: str) -> None:
+    """Files in a finished output folder that no record names (a killed run's temporary, a stray copy): a
+    loader may pick them up, and nothing else would ever remove them. Local outputs only."""
+    if not folder.is_dir():
+        return
+    foreign = sorted(p.name for p in folder.iterdir() if p.name not in expected)
+    rep.check("no foreign files in finished outputs").add(
+        len(foreign),
+        f"{where}/{foreign[0]}: not written by cellcorpus (or left by a killed run)" if foreign else "",
+        max(len(foreign), 1),
+    )
+
+
+def _check_mds_folders(rep: VerifyReport, root: Path, split: str, index: dict) -> None:
+    """The split folder holds its writer folders and index.json; each writer folder its shards and index."""
+    # both names of a compressed shard: a reader (StreamingDataset) decompresses it in place
+    stored = [s[k]["basename"].split("/") for s in index["shards"] for k in ("zip_data", "raw_data") if s[k]]
+    subs = {sub for sub, _ in stored}
+    if (root / split).is_dir():  # a writer whose cells were all dropped (min_length) keeps an index of no shards
+        subs |= {d.name for d in (root / split).iterdir() if d.is_dir() and (d / "index.json").is_file()}
+    _check_foreign_files(rep, root / split, subs | {"index.json"}, split)
+    for sub in sorted(subs):
+        names = {name for s, name in stored if s == sub} | {"index.json"}
+        _check_foreign_files(rep, root / split / sub, names, f"{split}/{sub}")
+
+
 def _check_writer_indexes(rep: VerifyReport, out: Publisher, split: str, index: dict) -> None:
     """Each writer's own index.json (read when the export is resumed or re-merged) agrees with the merged one."""
     merged: dict[str, list[tuple[str, int]]] = {}
@@ -325,6 +351,13 @@ def _check_drugs(rep: VerifyReport, dc: DrugsConfig, arrow_files: list[str]) -> 
         return
     if drug_to_id is None or manifest is None:
         return
+    if manifest.drug_to_id_xxh64 is not None:
+        rep.check("drug_to_id as written").add(
+            mapping_checksum(drug_to_id) == manifest.drug_to_id_xxh64,
+            f"{dc.drug_to_id_path}: names or ids differ from what the drugs stage wrote",
+        )
+    else:
+        rep.notes.append(f"{dc.drug_to_id_path}: written by an earlier version, its mapping is not checksummed")
     ids = sorted(drug_to_id.values())
     rep.check("drug ids 0..n-1, <pad> = 0").add(
         ids == list(range(len(ids))) and drug_to_id.get(DRUG_PAD) == 0,
@@ -380,6 +413,9 @@ def run_verify(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter
         records = [r.model_dump() for r in typed]
         d = f"{split}.dataset"
         _check_dataset_metadata(rep, out, d, records, list(ctx.metadata_columns))
+        if not out.remote:
+            names = {r["path"] for r in records} | {"state.json", "dataset_info.json"}
+            _check_foreign_files(rep, out.local_dir / d, names, d)
         for rec in records:
             path = out.url(f"{d}/{rec['path']}")
             units.append(_FileUnit(f"arrow-{split}-{rec['path']}", path, "arrow", split, tuple(sorted(rec.items()))))
@@ -392,6 +428,8 @@ def run_verify(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter
             if index is None:
                 continue
             _check_writer_indexes(rep, mout, split, index)
+            if not mout.remote:
+                _check_mds_folders(rep, mout.local_dir, split, index)
             for k, shard in enumerate(index["shards"]):
                 stored = shard["zip_data"] or shard["raw_data"]
                 path = mout.url(f"{split}/{stored['basename']}")
