@@ -106,6 +106,12 @@ def _handle_errors(fn: Callable[..., None]) -> Callable[..., None]:
                 console.print_exception()
             _print_error(exc.message, exc.hint)
             raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            _print_error(
+                "interrupted: every finished unit is recorded and kept, and nothing half-written looks complete",
+                "run the same command again to resume where it stopped",
+            )
+            raise typer.Exit(130) from None
         except OSError as exc:
             # Storage faults (full disk, read-only or forbidden folder) are the environment's, not a bug:
             # one line naming the file; anything else keeps its traceback.

@@ -418,13 +418,37 @@ def _check_interpolations(raw: DictConfig, path: str) -> dict[str, str]:
     return {k: texts[k] for k in sorted(tainted)}
 
 
+def _dotlist(overrides: Sequence[str]) -> DictConfig:
+    """`--set KEY=VALUE` items as a config. A VALUE is read as YAML (numbers, lists, null) and, where it is not
+    valid YAML (`*.h5ad`, a leading backtick, `@` or `%`), kept as the string it is; an item without `=` is
+    refused instead of silently setting the key to null (OmegaConf's `from_dotlist` does that)."""
+    loader: Any = yaml.SafeLoader
+    try:  # OmegaConf's own YAML flavour (floats like 1e-3), as `from_dotlist` reads values
+        from omegaconf._yaml import get_yaml_loader
+
+        loader = get_yaml_loader()
+    except ImportError:  # a private module: plain safe YAML where it moved
+        pass
+    conf = OmegaConf.create({})
+    for item in overrides:
+        key, eq, text = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"--set {item}: expected KEY=VALUE", hint="e.g. --set output_root=/data")
+        try:
+            value = yaml.load(text, Loader=loader)
+        except yaml.YAMLError:
+            value = text
+        OmegaConf.update(conf, key.strip(), value)
+    return conf
+
+
 def _load_mapping(raw: Any, overrides: Sequence[str], path: str) -> Config:
     """Merge overrides, resolve `${}` and validate; every problem is a ConfigError prefixed with `path`."""
     try:
         if not isinstance(raw, DictConfig):
             raise ConfigError(f"{path}: the config must be a mapping of sections, got a {type(raw).__name__}")
         if overrides:
-            merged = OmegaConf.merge(raw, OmegaConf.from_dotlist(list(overrides)))
+            merged = OmegaConf.merge(raw, _dotlist(overrides))
             assert isinstance(merged, DictConfig)  # merging a dotlist into a mapping keeps a mapping
             raw = merged
         env_refs = _check_interpolations(raw, path)  # before resolving: a refused resolver never runs

@@ -620,6 +620,7 @@ def test_catalogue_is_large_enough():
 def test_extra_hint_keeps_its_brackets(workspace, monkeypatch):
     """rich must not eat `[chem]` in a pip hint as markup."""
     workspace.corpus()
+    (workspace.root / "drugs.csv").write_text("drug,canonical_smiles\nd0,CCO\n")
     drugs = {"table": str(workspace.root / "drugs.csv"), "output_root": str(workspace.root / "drugs")}
     monkeypatch.setitem(sys.modules, "rdkit", None)
     result = runner.invoke(app, ["run", workspace.config(drugs=drugs)])

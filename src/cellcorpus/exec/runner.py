@@ -205,6 +205,8 @@ def _consume(ex, window, fn, pending, context, ledger, done, cells_of, reporter)
                 record(fut, unit)
             except BaseException as exc:
                 _drain(inflight, record)
+                if isinstance(exc, KeyboardInterrupt):  # Ctrl-C reached a unit: the user's stop, not its failure
+                    raise
                 raise UnitFailed(unit.unit_id, getattr(unit, "path", "?"), exc) from exc
         fill()
 

@@ -211,6 +211,11 @@ def _check_coverage(
     rep.coverage[f.rel_path] = share
     if share < hf.min_gene_coverage:
         raise _coverage_error(hf, f, ids, share, lookup, alternatives())
+    if share == 0.0:  # allowed (min_gene_coverage 0), but never silent: every cell of the file will be dropped
+        rep.notes.append(
+            f"{f.rel_path}: no gene id ('{hf.gene_col}': {_shown(ids)}) is in the vocabulary, so all its cells "
+            "are dropped (huggingface.min_gene_coverage is 0, which allows it)"
+        )
 
 
 def _inspect_h5ad(hf: HuggingfaceConfig, f: InputFile, lookup: VocabLookup | None, rep: InputsReport, r: Any) -> None:

@@ -108,6 +108,8 @@ def _shown(names: list[str]) -> str:
 
 def _table_checksum(path: str) -> str:
     fs, p = filesystem(path)
+    if not fs.exists(p):
+        raise ConfigError(f"drugs.table: file not found: {path}")
     h = xxhash.xxh64()
     with fs.open(p, "rb") as f:
         while chunk := f.read(1 << 22):

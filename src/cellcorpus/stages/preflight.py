@@ -21,7 +21,7 @@ from cellcorpus.exec.dask import check_dask_reachable
 from cellcorpus.exec.runner import ExecutorSpec
 from cellcorpus.formats.mds import MdsSpec
 from cellcorpus.io.owned import check_claimable
-from cellcorpus.io.paths import filesystem, is_url
+from cellcorpus.io.paths import exists, filesystem, is_url
 from cellcorpus.io.tables import load_table
 from cellcorpus.layout import OUTPUT_RECORDS, mds_publisher, scratch_dirs, tokenize_publisher
 from cellcorpus.manifest import TokenizeManifest
@@ -177,6 +177,8 @@ def preflight(
         if command != "tokenize":
             check_writable(cfg.mds.out_root, "mds.out_root")
         check_claimable(mds_publisher(cfg.mds).local_dir, "mds.out_root", OUTPUT_RECORDS)
+    if command == "run" and cfg.drugs is not None and not exists(cfg.drugs.table):
+        raise ConfigError(f"drugs.table: file not found: {cfg.drugs.table}")
     if command == "run" and cfg.drugs is not None and importlib.util.find_spec("rdkit") is None:
         raise MissingExtraError(
             "drugs: the fingerprints need RDKit, which is not installed",

@@ -375,14 +375,17 @@ def _check_drugs(rep: VerifyReport, dc: DrugsConfig, arrow_files: list[str]) -> 
     )
     unmapped: dict[str, int] = {}
     for path in arrow_files:
-        with local_copy(path) as local:
-            table = read_arrow(local)
-            if "drug" not in table.column_names:
-                return
-            counts = pc.value_counts(table.column("drug").combine_chunks())
-            for item in counts.to_pylist():
-                if item["values"] not in drug_to_id:
-                    unmapped[item["values"]] = unmapped.get(item["values"], 0) + item["counts"]
+        try:
+            with local_copy(path) as local:
+                table = read_arrow(local)
+        except (OSError, pa.ArrowInvalid):
+            continue  # a missing or damaged file is already a failed check of its own
+        if "drug" not in table.column_names:
+            return
+        counts = pc.value_counts(table.column("drug").combine_chunks())
+        for item in counts.to_pylist():
+            if item["values"] not in drug_to_id:
+                unmapped[item["values"]] = unmapped.get(item["values"], 0) + item["counts"]
     if unmapped:
         shown = ", ".join(f"{k or '(empty)'} ({v:,})" for k, v in sorted(unmapped.items())[:8])
         rep.notes.append(f"{sum(unmapped.values()):,} cells have a drug not in drug_to_id (mapped to <pad>): {shown}")
