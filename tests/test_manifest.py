@@ -8,7 +8,7 @@ import pytest
 
 from cellcorpus.errors import InputError
 from cellcorpus.io.paths import Publisher
-from cellcorpus.manifest import MANIFEST_VERSION, TokenizeManifest, write_manifest
+from cellcorpus.manifest import MANIFEST_VERSION, TokenizeManifest, read_manifest, write_manifest
 
 
 def _tokenize_manifest(path, **extra):
@@ -27,14 +27,14 @@ def _tokenize_manifest(path, **extra):
 def test_written_with_its_version_and_read_typed(tmp_path):
     _tokenize_manifest(tmp_path)
     assert json.loads((tmp_path / "manifest.json").read_text())["manifest_version"] == MANIFEST_VERSION
-    m = Publisher(str(tmp_path), ".").read_manifest("manifest.json", TokenizeManifest)
+    m = read_manifest(Publisher(str(tmp_path), "."), "manifest.json", TokenizeManifest)
     assert m is not None and m.inputs[0].n_obs == 3 and m.splits["train"][0].n_cells == 3
 
 
 def test_damaged_and_newer_manifests_are_named(tmp_path):
     _tokenize_manifest(tmp_path, totals="many")
     with pytest.raises(InputError, match=r"manifest\.json: damaged manifest \(totals: "):
-        Publisher(str(tmp_path), ".").read_manifest("manifest.json", TokenizeManifest)
+        read_manifest(Publisher(str(tmp_path), "."), "manifest.json", TokenizeManifest)
     _tokenize_manifest(tmp_path, manifest_version=MANIFEST_VERSION + 1)
     with pytest.raises(InputError, match="written by a newer cellcorpus"):
-        Publisher(str(tmp_path), ".").read_manifest("manifest.json", TokenizeManifest)
+        read_manifest(Publisher(str(tmp_path), "."), "manifest.json", TokenizeManifest)

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from cellcorpus._version import __version__
 from cellcorpus.errors import ConfigError, InputError
 from cellcorpus.io.atomic import write_json_atomic
+from cellcorpus.io.paths import Publisher
 
 __all__ = [
     "UnitResult",
@@ -28,6 +29,7 @@ __all__ = [
     "output_record",
     "write_manifest",
     "parse_manifest",
+    "read_manifest",
     "StageManifest",
     "TokenizeManifest",
     "MdsManifest",
@@ -234,6 +236,13 @@ class DrugsManifest(StageManifest):
 
 
 M = TypeVar("M", bound=StageManifest)
+
+
+def read_manifest(pub: Publisher, rel: str, model: type[M]) -> M | None:
+    """A typed manifest under a (maybe remote) output root; None when absent, an InputError when damaged or
+    unknown. Lives here, not on Publisher: storage knows no record schema."""
+    data = pub.read_json(rel)
+    return None if data is None else parse_manifest(data, model, pub.url(rel))
 
 
 def parse_manifest(data: Any, model: type[M], where: str) -> M:

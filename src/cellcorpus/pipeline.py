@@ -9,9 +9,7 @@ from pathlib import Path
 
 from cellcorpus.config import Config, load_config
 from cellcorpus.exec.runner import ExecutorSpec, Reporter, executor_session, warm_up
-from cellcorpus.io.lock import hold_locks
-from cellcorpus.layout import write_roots
-from cellcorpus.stages.base import StageSummary
+from cellcorpus.stages.base import StageSummary, stage_locks
 
 __all__ = ["STAGES", "run_pipeline", "run_demo", "packaged_config", "shipped_configs", "DEMO_CONFIGS"]
 
@@ -83,8 +81,8 @@ def run_pipeline(
 
     procs = [s.num_proc for s in (cfg.huggingface, cfg.mds) if s is not None] or [1]
     spec = ExecutorSpec.resolve(cfg, max(procs), num_proc, dask)
-    preflight(cfg, spec, "run")
-    with hold_locks(write_roots(cfg, "run"), "run"), executor_session():
+    with stage_locks(cfg, "run"), executor_session():  # locked first: a second run stops before it writes
+        preflight(cfg, spec, "run")
         if cfg.huggingface is not None:
             warm_up(spec, ("cellcorpus.stages.tokenize",))  # workers start while vocab and inputs are checked
         for _, section, runner in STAGES:

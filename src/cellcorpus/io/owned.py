@@ -18,6 +18,7 @@ from cellcorpus.io.lock import LOCK_NAME
 __all__ = ["OWNER_MARK", "check_claimable", "claim_dir", "remove_owned", "is_owned"]
 
 OWNER_MARK = ".cellcorpus-owned"
+WRITE_PROBE = ".cellcorpus-write-test-"  # preflight's writability probe (created and removed at once)
 
 
 def is_owned(path: Path) -> bool:
@@ -31,7 +32,8 @@ def _foreign(path: Path, records: tuple[str, ...]) -> list[str]:
         return []
     if not path.is_dir():
         return [path.name]
-    entries = sorted(p.name for p in path.iterdir() if p.name not in (OWNER_MARK, LOCK_NAME))
+    entries = sorted(p.name for p in path.iterdir() if p.name not in (OWNER_MARK, LOCK_NAME)
+                     and not p.name.startswith(WRITE_PROBE))  # fmt: skip
     if not entries or any(r in entries for r in records):
         return []
     return entries

@@ -7,16 +7,11 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 import fsspec
 
 from cellcorpus.errors import InputError
-
-if TYPE_CHECKING:
-    from cellcorpus.manifest import StageManifest
-
-M = TypeVar("M", bound="StageManifest")
 
 __all__ = ["is_url", "same_location", "join", "filesystem", "exists", "Publisher", "local_copy"]
 
@@ -94,13 +89,6 @@ class Publisher:
         fs, path = filesystem(self.url(rel))
         if fs.exists(path):
             fs.rm(path)
-
-    def read_manifest(self, rel: str, model: type[M]) -> M | None:
-        """A typed manifest under the root (None when absent); damaged or unknown is an InputError."""
-        from cellcorpus.manifest import parse_manifest
-
-        data = self.read_json(rel)
-        return None if data is None else parse_manifest(data, model, self.url(rel))
 
     def read_json(self, rel: str) -> Any:
         """The parsed JSON file, None when absent; a damaged (truncated, edited) file is an InputError."""

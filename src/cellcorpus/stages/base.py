@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -14,15 +15,20 @@ from cellcorpus.io.lock import hold_locks
 from cellcorpus.io.owned import claim_dir
 from cellcorpus.io.paths import Publisher, same_location
 from cellcorpus.layout import MANIFEST, OUTPUT_RECORDS, write_roots
-from cellcorpus.manifest import Ledger, StageManifest, UnitResult, write_manifest
+from cellcorpus.manifest import Ledger, StageManifest, UnitResult, read_manifest, write_manifest
 
-__all__ = ["WorkUnit", "StageSummary", "StageRun", "run_stage", "decide_rerun", "locked"]
+__all__ = ["WorkUnit", "StageSummary", "StageRun", "run_stage", "decide_rerun", "locked", "stage_locks"]
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=StageManifest)
 
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def stage_locks(cfg: Any, stage: str, source: str | None = None) -> AbstractContextManager[None]:
+    """Hold the locks of every local root `stage` (or `run`: every stage) writes, for a `with` block."""
+    return hold_locks(write_roots(cfg, stage, source), stage)
 
 
 def locked(stage: str) -> Callable[[F], F]:
@@ -34,7 +40,7 @@ def locked(stage: str) -> Callable[[F], F]:
         def inner(*args: Any, **kwargs: Any) -> Any:
             source = args[0] if stage == "download" else None
             cfg = args[1] if stage == "download" else args[0]
-            with hold_locks(write_roots(cfg, stage, source), stage):
+            with stage_locks(cfg, stage, source):
                 return fn(*args, **kwargs)
 
         return inner  # type: ignore[return-value]
@@ -91,7 +97,7 @@ def decide_rerun(
     should (re)build. Completion records of other settings raise too, before any change. The refusal names
     what differs from the settings the finished output recorded.
     """
-    previous = out.read_manifest("manifest.json", model)  # damaged: an error here, before any change
+    previous = read_manifest(out, "manifest.json", model)  # damaged: an error here, before any change
     complete = [m for m in markers if out.exists(m)]
     if previous and len(complete) == len(markers):
         if previous.config_hash == stage_hash:

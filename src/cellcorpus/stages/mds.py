@@ -18,7 +18,7 @@ from cellcorpus.formats.mds import merge_split_index
 from cellcorpus.io.atomic import remove_temporaries
 from cellcorpus.io.paths import Publisher, join, local_copy
 from cellcorpus.layout import MANIFEST, mds_publisher
-from cellcorpus.manifest import MdsManifest, TokenizeManifest, UnitResult
+from cellcorpus.manifest import MdsManifest, TokenizeManifest, UnitResult, read_manifest
 from cellcorpus.stages.base import StageRun, StageSummary, locked, run_stage
 from cellcorpus.stages.mds_unit import (
     MdsContext,
@@ -37,7 +37,7 @@ __all__ = ["plan_mds", "mds_unit", "run_mds"]
 def plan_mds(mds: MdsConfig) -> list[MdsUnit]:
     """One unit per Arrow data file of every split, in split then file order (sizes from the manifest)."""
     src = Publisher(mds.root_dir, staging=".")
-    manifest = src.read_manifest("manifest.json", TokenizeManifest)
+    manifest = read_manifest(src, "manifest.json", TokenizeManifest)
     units = []
     for split in mds.splits:
         state = src.read_json(f"{split}.dataset/state.json")
@@ -73,7 +73,7 @@ def run_mds(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | 
             remove_temporaries(folder, "*")
     remove_temporaries(export, "*")
     source = Publisher(mds.root_dir, staging=".")
-    source_manifest = source.read_manifest("manifest.json", TokenizeManifest)
+    source_manifest = read_manifest(source, "manifest.json", TokenizeManifest)
     ident = mds_identity(mds, cfg.for_output("mds.root_dir", mds.root_dir))
     stage_hash = ident.stage_hash(source_manifest.config_hash if source_manifest else None)
     out = ident.out

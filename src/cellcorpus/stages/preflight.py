@@ -20,11 +20,11 @@ from cellcorpus.errors import ConfigError, InputError, MissingExtraError
 from cellcorpus.exec.dask import check_dask_reachable
 from cellcorpus.exec.runner import ExecutorSpec
 from cellcorpus.formats.mds import MdsSpec
-from cellcorpus.io.owned import check_claimable
+from cellcorpus.io.owned import WRITE_PROBE, check_claimable
 from cellcorpus.io.paths import exists, filesystem, is_url
 from cellcorpus.io.tables import load_table
 from cellcorpus.layout import OUTPUT_RECORDS, mds_publisher, scratch_dirs, tokenize_publisher
-from cellcorpus.manifest import TokenizeManifest
+from cellcorpus.manifest import TokenizeManifest, read_manifest
 
 __all__ = [
     "preflight",
@@ -48,7 +48,7 @@ def check_writable(path: str, key: str) -> None:
         except Exception as exc:  # every fsspec backend raises its own types
             raise ConfigError(f"{key}: cannot create {path}: {exc}") from exc
         return
-    probe = Path(path) / f".cellcorpus-write-test-{uuid.uuid4().hex[:8]}"
+    probe = Path(path) / f"{WRITE_PROBE}{uuid.uuid4().hex[:8]}"
     try:
         Path(path).mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"")
@@ -169,7 +169,7 @@ def preflight(
     if command == "mds" and cfg.mds is not None:
         from cellcorpus.io.paths import Publisher
 
-        manifest = Publisher(cfg.mds.root_dir, staging=".").read_manifest("manifest.json", TokenizeManifest)
+        manifest = read_manifest(Publisher(cfg.mds.root_dir, staging="."), "manifest.json", TokenizeManifest)
         if manifest is not None:
             columns = [*PRODUCED_COLUMNS, *manifest.metadata_columns]
     if command in ("run", "tokenize", "mds") and cfg.mds is not None:

@@ -28,7 +28,7 @@ from cellcorpus.io.atomic import write_json_atomic
 from cellcorpus.io.paths import Publisher, local_copy
 from cellcorpus.io.vocab import load_vocab
 from cellcorpus.layout import REPORT_DIR, VERIFY_RECORD, mds_publisher, tokenize_publisher
-from cellcorpus.manifest import MdsManifest, TokenizeManifest
+from cellcorpus.manifest import MdsManifest, TokenizeManifest, read_manifest
 from cellcorpus.stages.base import StageSummary, locked
 
 __all__ = ["run_report", "CONTEXT_LENGTHS"]
@@ -204,12 +204,12 @@ def run_report(cfg: Config) -> StageSummary:
     """Write `<merged_dataset_root>/report/{stats.json, report.html}` (local scratch for URL roots)."""
     hf = cfg.need("huggingface")
     out = tokenize_publisher(hf)
-    manifest = out.read_manifest("manifest.json", TokenizeManifest)
+    manifest = read_manifest(out, "manifest.json", TokenizeManifest)
     if manifest is None:
         raise ConfigError(
             f"nothing to report: no manifest in {hf.merged_dataset_root}", hint="run `cellcorpus tokenize`"
         )
-    mds_manifest = mds_publisher(cfg.mds).read_manifest("manifest.json", MdsManifest) if cfg.mds else None
+    mds_manifest = read_manifest(mds_publisher(cfg.mds), "manifest.json", MdsManifest) if cfg.mds else None
     scan = _scan(out, manifest, hf.add_cls_token)
     dist = scan["splits"]
     vocab = load_vocab(hf.vocab_file)

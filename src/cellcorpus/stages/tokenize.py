@@ -12,11 +12,13 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from cellcorpus.config import HF_LOCATION_KEYS, Config, HuggingfaceConfig, config_hash
 from cellcorpus.core.genemap import merge_duplicate_tokens
@@ -27,8 +29,8 @@ from cellcorpus.core.tokenize import CountScan, Ragged, row_stats, scan_counts, 
 from cellcorpus.core.vocab import VocabLookup
 from cellcorpus.errors import ConfigError, InputError
 from cellcorpus.exec.runner import ExecutorSpec, Reporter
-from cellcorpus.formats.arrow import cell_schema, cells_table, compact_part, write_stream
-from cellcorpus.io.atomic import remove_temporaries
+from cellcorpus.formats.arrow import cell_schema, cells_table, compact_part, read_arrow, write_stream
+from cellcorpus.io.atomic import remove_temporaries, write_json_atomic
 from cellcorpus.io.owned import claim_dir, remove_owned
 from cellcorpus.io.paths import is_url, same_location
 from cellcorpus.io.tables import as_strings, load_table, lookup
@@ -42,7 +44,7 @@ from cellcorpus.stages.mds_unit import mds_context, mds_identity
 from cellcorpus.stages.preflight import check_renames, preflight
 from cellcorpus.stages.tokenize_finalize import FusedMds, TokenizeContext, finalize_splits
 
-__all__ = ["TokenizeContext", "plan_tokenize", "tokenize_unit", "run_tokenize"]
+__all__ = ["TokenizeContext", "plan_tokenize", "tokenize_unit", "run_tokenize", "tokenize_in_memory"]
 
 log = logging.getLogger(__name__)
 
@@ -447,3 +449,49 @@ def run_tokenize(
 
 def _outputs(hf: HuggingfaceConfig) -> dict[str, str]:
     return {s: tokenize_publisher(hf).url(f"{s}.dataset") for s in SPLITS}
+
+
+def tokenize_in_memory(
+    adata: Any, vocab: dict[str, int], gene_col: str, file_index: int, settings: dict[str, Any]
+) -> dict[str, pa.Table]:
+    """Tokenize an in-memory AnnData with the tokenize unit itself (`cellcorpus.tokenize_anndata`): written to a
+    temporary h5ad, read back in row ranges, so nothing can drift from the CLI. {split: table} of kept cells."""
+    with tempfile.TemporaryDirectory(prefix="cellcorpus-api-") as tmp:
+        root = Path(tmp)
+        (root / "raw").mkdir()
+        adata.write_h5ad(root / "raw" / "cells.h5ad")
+        write_json_atomic(root / "vocab.json", vocab, sort_keys=False)
+        try:
+            hf = HuggingfaceConfig.model_validate(
+                {
+                    "adata_dir": str(root / "raw"),
+                    "output_root": str(root / "work"),
+                    "merged_dataset_root": str(root / "merged"),
+                    "vocab_output_root": str(root),
+                    "vocab_path": "vocab.json",
+                    "gene_col": gene_col,
+                    **settings,
+                }
+            )
+        except Exception as exc:
+            raise ConfigError(f"tokenize_anndata: {exc}") from exc
+        inputs, _ = discover_and_inspect(hf, vocab)
+        index_column = obs_index_column(hf, inputs[0])
+        ctx = TokenizeContext(
+            hf=hf,
+            vocab_file=str(root / "vocab.json"),
+            parts_dir=str(root / "parts"),
+            metadata_columns=tuple(hf.metadata_columns(index_column)),
+            index_column=index_column,
+            n_buckets=(),
+        )
+        tables: dict[str, list[pa.Table]] = {"train": [], "valid": []}
+        for unit in plan_tokenize(hf, inputs):
+            unit = type(unit)(unit.unit_id, unit.path, file_index, unit.row_start, unit.row_stop, unit.checksum)
+            tokenize_unit(unit, ctx)
+            for name in tables:
+                tables[name].append(read_arrow(root / "parts" / name / f"{unit.unit_id}.arrow"))
+        out = {name: pa.concat_tables(parts) if parts else None for name, parts in tables.items()}
+        # materialise before the temporary folder (and the memory-mapped parts in it) goes away
+        result = {name: pa.table(t.to_pydict(), schema=t.schema) for name, t in out.items() if t is not None}
+    return result

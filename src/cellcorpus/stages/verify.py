@@ -30,7 +30,14 @@ from cellcorpus.io.atomic import write_json_atomic
 from cellcorpus.io.paths import Publisher, exists, is_url, local_copy
 from cellcorpus.io.vocab import load_vocab
 from cellcorpus.layout import DRUG_PAD, REPORT_DIR, VERIFY_RECORD, drugs_manifest, mds_publisher, tokenize_publisher
-from cellcorpus.manifest import DrugsManifest, MdsManifest, TokenizeManifest, file_checksum, mapping_checksum
+from cellcorpus.manifest import (
+    DrugsManifest,
+    MdsManifest,
+    TokenizeManifest,
+    file_checksum,
+    mapping_checksum,
+    read_manifest,
+)
 from cellcorpus.stages.base import StageSummary, locked
 
 __all__ = ["Check", "VerifyReport", "run_verify"]
@@ -269,7 +276,7 @@ def _read_checked(rep: VerifyReport, name: str, pub: Publisher, rel: str, model:
     """A JSON file a reader depends on (a typed manifest with `model`): missing or damaged is a failed
     check (named), not a crash."""
     try:
-        obj = pub.read_json(rel) if model is None else pub.read_manifest(rel, model)
+        obj = pub.read_json(rel) if model is None else read_manifest(pub, rel, model)
     except InputError as exc:
         rep.check(name).add(False, exc.message)
         return None
@@ -397,7 +404,7 @@ def run_verify(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter
     hf = cfg.need("huggingface")
     spec = spec or ExecutorSpec.resolve(cfg, hf.num_proc)
     out = tokenize_publisher(hf)
-    manifest = out.read_manifest("manifest.json", TokenizeManifest)
+    manifest = read_manifest(out, "manifest.json", TokenizeManifest)
     if manifest is None:
         raise ConfigError(
             f"nothing to verify: no manifest in {hf.merged_dataset_root}", hint="run `cellcorpus tokenize`"
