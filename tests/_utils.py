@@ -115,6 +115,19 @@ def base_config(root: Path) -> dict:
     }
 
 
+def config_file(root: Path, **overrides: Any) -> str:
+    """`base_config(root)` with dotted `overrides`, written to `root/config.yaml`; its path (for the CLI)."""
+    import yaml
+
+    cfg = base_config(root)
+    for k, v in overrides.items():
+        set_dotted(cfg, k, v)
+    path = root / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
 def arrow_rows(dataset_dir: Path) -> list[dict]:
     """All rows of a split, in file order, read with pyarrow (not through cellcorpus)."""
     import pyarrow as pa

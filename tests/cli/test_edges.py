@@ -18,23 +18,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 from cellcorpus.cli import app
 from cellcorpus.io.lock import LOCK_NAME
-from tests._utils import GENES, arrow_rows, base_config, make_h5ad, random_corpus, set_dotted
+from tests._utils import GENES, arrow_rows, config_file, make_h5ad, random_corpus
 
 runner = CliRunner()
-
-
-def _config(root: Path, **overrides) -> str:
-    cfg = base_config(root)
-    for k, v in overrides.items():
-        set_dotted(cfg, k, v)
-    path = root / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return str(path)
 
 
 def _ok(*args: str) -> str:
@@ -67,10 +57,10 @@ def test_replaced_gz_input_is_decompressed_again(tmp_path):
         plain.unlink()
 
     gz_corpus(tmp_path / "want", seed=11)  # what the replaced file holds, tokenized fresh
-    _ok("tokenize", _config(tmp_path / "want"))
+    _ok("tokenize", config_file(tmp_path / "want"))
     root = tmp_path / "run"
     gz_corpus(root, seed=10)
-    cfg = _config(root)
+    cfg = config_file(root)
     _ok("tokenize", cfg)
     first = _tokens(root)
     gz_corpus(root, seed=11)  # the user replaces the input under the same name
@@ -98,7 +88,7 @@ def two_columns(tmp_path) -> Path:
     ],
 )
 def test_rename_that_would_lose_a_column_is_refused(two_columns, rename, message):
-    cfg = _config(
+    cfg = config_file(
         two_columns,
         **{"huggingface.obs_metadata_columns": ["drug", "sample"], "huggingface.rename_columns": rename},
     )
@@ -120,7 +110,7 @@ _HOLDER = textwrap.dedent(
 
 def test_second_run_exits_at_once_naming_the_holder(tmp_path):
     random_corpus(tmp_path, n_files=1, n_cells=40, seed=1)
-    cfg = _config(tmp_path)
+    cfg = config_file(tmp_path)
     holder = subprocess.Popen(
         [sys.executable, "-c", _HOLDER, str(tmp_path / "merged")], stdout=subprocess.PIPE, text=True
     )
@@ -140,7 +130,7 @@ def test_lock_left_by_a_killed_run_is_taken_over_with_a_note(tmp_path):
     (tmp_path / "merged").mkdir()
     stale = {"host": "gone", "pid": 999999, "command": "run", "started": "2026-01-01T00:00:00"}
     (tmp_path / "merged" / LOCK_NAME).write_text(json.dumps(stale))
-    result = runner.invoke(app, ["tokenize", _config(tmp_path)])
+    result = runner.invoke(app, ["tokenize", config_file(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "took over the lock left by a run that ended without releasing it (`run` on host gone, pid 999999" in (
         result.output
@@ -156,7 +146,7 @@ def test_ten_concurrent_runs_damage_nothing(tmp_path):
     for trial in range(10):
         root = tmp_path / f"t{trial}"
         random_corpus(root, n_files=2, n_cells=300, seed=trial)
-        cfg = _config(root, **{"mds.columns": {"genes": "pkl", "expressions": "pkl", "id": "int64"}})
+        cfg = config_file(root, **{"mds.columns": {"genes": "pkl", "expressions": "pkl", "id": "int64"}})
         cmd = [sys.executable, "-m", "cellcorpus", "run", cfg]
         procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
         outs = [(p.wait(), p.stdout.read()) for p in procs]
@@ -175,7 +165,7 @@ def test_ten_concurrent_runs_damage_nothing(tmp_path):
 # ---- 8: a finished MDS export is not rebuilt from another dataset -------------------------------------
 def test_finished_mds_export_of_another_dataset_is_refused(tmp_path):
     random_corpus(tmp_path, n_files=1, n_cells=120, seed=1)
-    cfg = _config(tmp_path)
+    cfg = config_file(tmp_path)
     _ok("tokenize", cfg)
     _ok("mds", cfg)
     index = (tmp_path / "mds" / "valid" / "index.json").read_bytes()
@@ -184,7 +174,7 @@ def test_finished_mds_export_of_another_dataset_is_refused(tmp_path):
         "huggingface.split_parameters.test_size": 0.5,
         "mds.root_dir": str(tmp_path / "merged2"),
     }
-    cfg2 = _config(tmp_path, **other)
+    cfg2 = config_file(tmp_path, **other)
     _ok("tokenize", cfg2)
     out = _fails(2, "mds.out_root: ", "mds", cfg2)
     assert f"holds a finished MDS export made with other settings (source: '{tmp_path}/merged' -> " in out
@@ -194,9 +184,9 @@ def test_finished_mds_export_of_another_dataset_is_refused(tmp_path):
 
 def test_finished_mds_export_names_the_settings_that_differ(tmp_path):
     random_corpus(tmp_path, n_files=1, n_cells=60, seed=1)
-    _ok("tokenize", _config(tmp_path))
-    _ok("mds", _config(tmp_path))
-    out = _fails(2, "mds.out_root: ", "mds", _config(tmp_path, **{"mds.compression": None, "mds.min_length": 2}))
+    _ok("tokenize", config_file(tmp_path))
+    _ok("mds", config_file(tmp_path))
+    out = _fails(2, "mds.out_root: ", "mds", config_file(tmp_path, **{"mds.compression": None, "mds.min_length": 2}))
     assert "(compression: 'zstd' -> None; min_length: None -> 2)" in out
 
 
@@ -210,7 +200,7 @@ def with_drugs(tmp_path):
         table, index=False
     )
     drugs = {"table": str(table), "output_root": str(tmp_path / "drugs")}
-    cfg = _config(tmp_path, drugs=drugs, **{"huggingface.obs_metadata_columns": ["drug"]})
+    cfg = config_file(tmp_path, drugs=drugs, **{"huggingface.obs_metadata_columns": ["drug"]})
     for command in ("drugs", "tokenize", "mds", "verify"):
         _ok(command, cfg)
     return tmp_path, cfg
@@ -253,26 +243,26 @@ def test_verify_with_drugs_and_a_missing_split_is_a_failure_not_a_traceback(with
 def test_missing_drugs_table_is_named(tmp_path, command):
     random_corpus(tmp_path, n_files=1, n_cells=20, seed=1)
     drugs = {"table": str(tmp_path / "nope.csv"), "output_root": str(tmp_path / "drugs")}
-    _fails(2, f"drugs.table: file not found: {tmp_path}/nope.csv", command, _config(tmp_path, drugs=drugs))
+    _fails(2, f"drugs.table: file not found: {tmp_path}/nope.csv", command, config_file(tmp_path, drugs=drugs))
     assert not (tmp_path / "drugs").exists()
 
 
 @pytest.mark.parametrize("value", ["*weird", "`tick", "@at", "%pct"])
 def test_set_value_that_is_not_yaml_is_a_string(tmp_path, value):
     random_corpus(tmp_path, n_files=1, n_cells=20, seed=1)
-    _ok("tokenize", _config(tmp_path), "--set", f"huggingface.dataset_name={value}")
+    _ok("tokenize", config_file(tmp_path), "--set", f"huggingface.dataset_name={value}")
     assert json.loads((tmp_path / "merged" / "manifest.json").read_text())["dataset_name"] == value
 
 
 def test_set_without_a_value_is_refused(tmp_path):
-    _fails(2, "--set huggingface.dataset_name: expected KEY=VALUE", "tokenize", _config(tmp_path), "--set",
+    _fails(2, "--set huggingface.dataset_name: expected KEY=VALUE", "tokenize", config_file(tmp_path), "--set",
            "huggingface.dataset_name")  # fmt: skip
 
 
 def test_symbol_keyed_file_with_coverage_check_off_is_noted(tmp_path):
     random_corpus(tmp_path, n_files=1, n_cells=20, seed=1)
     make_h5ad(tmp_path / "raw" / "symbols.h5ad", np.eye(20, 5) * 2, ["TP53", "EGFR", "MYC", "KRAS", "GAPDH"])
-    out = _ok("tokenize", _config(tmp_path, **{"huggingface.min_gene_coverage": 0}))
+    out = _ok("tokenize", config_file(tmp_path, **{"huggingface.min_gene_coverage": 0}))
     assert "symbols.h5ad: no gene id ('gene_id': 'TP53', 'EGFR', 'MYC', 'KRAS') is in the vocabulary, so all" in out
 
 
@@ -285,7 +275,7 @@ def test_ctrl_c_says_what_was_kept(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(tokenize, "tokenize_unit", interrupted)
-    result = runner.invoke(app, ["tokenize", _config(tmp_path)])
+    result = runner.invoke(app, ["tokenize", config_file(tmp_path)])
     assert result.exit_code == 130, result.output
     assert "interrupted: every finished unit is recorded and kept" in result.output
     assert "run the same command again to resume" in result.output

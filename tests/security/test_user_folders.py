@@ -13,18 +13,9 @@ from typer.testing import CliRunner
 
 from cellcorpus.cli import app
 from cellcorpus.io.owned import OWNER_MARK
-from tests._utils import base_config, random_corpus, set_dotted
+from tests._utils import base_config, config_file, random_corpus
 
 runner = CliRunner()
-
-
-def _config(root: Path, **overrides) -> str:
-    cfg = base_config(root)
-    for k, v in overrides.items():
-        set_dotted(cfg, k, v)
-    path = root / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return str(path)
 
 
 def _plant(folder: Path) -> Path:
@@ -43,7 +34,7 @@ def test_scratch_folders_of_a_user_project_are_refused_not_cleaned(tmp_path):
     proj = tmp_path / "proj"
     keeps = [_plant(proj / "parts"), _plant(proj / "units")]
     before = _files(proj)
-    result = runner.invoke(app, ["tokenize", _config(tmp_path, **{"huggingface.output_root": str(proj)})])
+    result = runner.invoke(app, ["tokenize", config_file(tmp_path, **{"huggingface.output_root": str(proj)})])
     assert result.exit_code == 2, result.output
     assert "huggingface.output_root (parts/): " in result.output and "did not write (keep.txt)" in result.output
     assert _files(proj) == before and all(k.read_text() == "the user's" for k in keeps)
@@ -55,14 +46,14 @@ def test_empty_scratch_folders_are_adopted_and_removed_after_the_run(tmp_path):
     proj = tmp_path / "proj"
     (proj / "parts").mkdir(parents=True)
     keep = _plant(proj)  # beside the scratch folders, never touched
-    result = runner.invoke(app, ["tokenize", _config(tmp_path, **{"huggingface.output_root": str(proj)})])
+    result = runner.invoke(app, ["tokenize", config_file(tmp_path, **{"huggingface.output_root": str(proj)})])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in proj.iterdir()) == ["keep.txt"] and keep.read_text() == "the user's"
 
 
 def test_mds_writer_folders_of_someone_else_are_refused(tmp_path):
     random_corpus(tmp_path, n_cells=60, seed=1)
-    cfg = _config(tmp_path)
+    cfg = config_file(tmp_path)
     assert runner.invoke(app, ["tokenize", cfg]).exit_code == 0
     keep = _plant(tmp_path / "mds" / "train" / "00000")
     result = runner.invoke(app, ["mds", cfg])
@@ -75,7 +66,7 @@ def test_split_name_with_dotdot_is_refused_before_anything_is_removed(tmp_path):
     random_corpus(tmp_path, n_cells=60, seed=1)
     escape = tmp_path / "mds" / "escape"
     planted = _plant(escape / ".fused-0123456789abcdef")
-    result = runner.invoke(app, ["run", _config(tmp_path, **{"mds.splits": ["train", "../escape"]})])
+    result = runner.invoke(app, ["run", config_file(tmp_path, **{"mds.splits": ["train", "../escape"]})])
     assert result.exit_code == 2, result.output
     assert "mds.splits.1: Value error, must be a plain file or folder name (no '/', no '..')" in result.output
     assert planted.read_text() == "the user's"
