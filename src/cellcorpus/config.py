@@ -38,6 +38,7 @@ __all__ = [
     "MdsConfig",
     "RemoteSourceConfig",
     "ExecutorConfig",
+    "IoConfig",
     "DrugsConfig",
     "GeneIdMap",
     "SplitParameters",
@@ -306,6 +307,13 @@ class DrugsConfig(_Section):
         return _join(self.output_root, self.fingerprints_file)
 
 
+class IoConfig(_Section):
+    """`io:` — how outputs are written (never what they hold: not part of any output's identity)."""
+
+    # O_DIRECT for outputs and the shuffle's parts: auto = local block-device filesystems only (io/direct.py)
+    direct: Literal["auto", "on", "off"] = "auto"
+
+
 class ExecutorConfig(_Section):
     """`executor:` — where units run: local process pool (default) or a Dask scheduler."""
 
@@ -325,6 +333,7 @@ class Config(_Section):
     mds: MdsConfig | None = None
     drugs: DrugsConfig | None = None
     executor: ExecutorConfig = Field(default_factory=lambda: ExecutorConfig.model_validate({}))
+    io: IoConfig = Field(default_factory=lambda: IoConfig.model_validate({}))
     # dotted key -> its text before resolution, for every value that came (maybe through `${key}` references)
     # from the environment: outputs record this reference, never the value (a secret stays out of manifests)
     _env_refs: dict[str, str] = PrivateAttr(default_factory=dict)

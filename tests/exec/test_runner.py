@@ -3,11 +3,13 @@ named and the cause's exit code, finished units are kept for the rerun."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import pytest
 
 from cellcorpus.errors import ConfigError, InputError, UnitFailed
+from cellcorpus.exec.local import WORKER_ENV
 from cellcorpus.exec.runner import ExecutorSpec, run_units
 from cellcorpus.manifest import Ledger, UnitResult
 
@@ -102,9 +104,9 @@ def test_one_pool_per_command(tmp_path, monkeypatch):
     opened = []
     real = local.local_executor
 
-    def counting(num_proc):
+    def counting(num_proc, direct="auto"):
         opened.append(num_proc)
-        return real(num_proc)
+        return real(num_proc, direct)
 
     monkeypatch.setattr(local, "local_executor", counting)
     random_corpus(tmp_path, n_cells=200)
@@ -191,8 +193,6 @@ def test_warm_up_starts_every_worker_with_the_stage_imported():
 
 
 def _env(key):
-    import os
-
     return os.environ.get(key)
 
 
@@ -209,5 +209,39 @@ def test_workers_start_with_the_allocator_settings_unless_the_user_set_one(monke
     else:
         monkeypatch.setenv(key, user_value)
     with open_executor(ExecutorSpec(num_proc=2)) as (ex, _):
-        seen = ex.submit(_env, key).result()
-    assert seen == (user_value or default)  # freed memory kept for reuse (read when the worker starts)
+        seen = [ex.submit(_env, key).result() for _ in range(4)]
+        assert os.environ.get(key) == user_value  # never put in the caller's environment, even while it runs
+    assert seen == [user_value or default] * 4  # freed memory kept for reuse (read when the worker starts)
+    assert os.environ.get(key) == user_value
+
+
+def test_run_leaves_the_callers_environment_as_it_was(tmp_path, write_config, monkeypatch):
+    """A notebook that runs cellcorpus keeps its own allocator settings (inline and with a pool)."""
+    from cellcorpus.config import load_config
+    from cellcorpus.pipeline import run_pipeline
+    from tests._utils import random_corpus
+
+    for key in WORKER_ENV:
+        monkeypatch.delenv(key, raising=False)
+    random_corpus(tmp_path, n_files=1, n_cells=40, seed=1)
+    cfg = load_config(write_config(tmp_path))
+    before = dict(os.environ)
+    for num_proc in (1, 2):
+        list(run_pipeline(cfg, num_proc=num_proc))
+        assert dict(os.environ) == before
+
+
+def _direct_mode_here():
+    from cellcorpus.io import direct
+
+    return direct._MODE
+
+
+@pytest.mark.parametrize("num_proc", [1, 2])
+def test_io_direct_reaches_the_workers_and_is_restored(num_proc):
+    from cellcorpus.exec.runner import ExecutorSpec, open_executor
+    from cellcorpus.io import direct
+
+    with open_executor(ExecutorSpec(num_proc=num_proc, direct_io="off")) as (ex, _):
+        assert [ex.submit(_direct_mode_here).result() for _ in range(3)] == ["off"] * 3
+    assert direct._MODE == "auto"  # this process's mode as it was

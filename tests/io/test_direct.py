@@ -14,7 +14,34 @@ from cellcorpus.io import direct
 from cellcorpus.io.atomic import atomic_path
 from cellcorpus.io.direct import ALIGN, BUFFER_BYTES, RING, DirectFile, open_output
 
-needs_o_direct = pytest.mark.skipif(not hasattr(os, "O_DIRECT"), reason="O_DIRECT is Linux-only")
+
+def _refuses_o_direct(folder) -> str | None:
+    """Why O_DIRECT cannot be tested in `folder` (None when it can): not Linux, or a filesystem that refuses
+    the flag (tmpfs before Linux 6.6, some network filesystems)."""
+    if not hasattr(os, "O_DIRECT"):
+        return "O_DIRECT is Linux-only"
+    probe = os.path.join(folder, ".o_direct_probe")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600))
+    except OSError as exc:
+        return f"the test folder's filesystem refuses O_DIRECT ({os.strerror(exc.errno or 0)})"
+    finally:
+        if os.path.exists(probe):
+            os.unlink(probe)
+    return None
+
+
+@pytest.fixture
+def forced_on(tmp_path):
+    """O_DIRECT wherever the filesystem takes it (`io.direct: on`); skipped, with the reason, where it does not."""
+    reason = _refuses_o_direct(str(tmp_path))
+    if reason:
+        pytest.skip(reason)
+    with direct.direct_mode("on"):
+        yield
+
+
+needs_o_direct = pytest.mark.usefixtures("forced_on")
 
 
 def _write_in_pieces(f, data: bytes, seed: int) -> None:
@@ -36,7 +63,7 @@ def test_direct_file_holds_exactly_the_bytes_written(tmp_path, size):
     data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
     path = tmp_path / "out.bin"
     with open_output(path) as f:
-        assert isinstance(f, DirectFile)  # the test folder's filesystem takes O_DIRECT on Linux
+        assert isinstance(f, DirectFile)  # `on`, and the test folder's filesystem takes the flag
         _write_in_pieces(f, data, size)
     assert path.stat().st_size == size
     assert path.read_bytes() == data
@@ -126,3 +153,63 @@ def test_a_truncated_file_is_named_not_read_short(tmp_path):
     path.write_bytes(b"x" * 5000)
     with pytest.raises(InputError, match=r"part\.arrow: ends at byte 5000, 9000 expected"):
         direct.read_ranges([(str(path), 100, 9000)])
+
+
+@pytest.mark.parametrize("value, direct_file", [("0", False), ("off", False)])
+def test_environment_overrides_the_setting(tmp_path, monkeypatch, value, direct_file):
+    monkeypatch.setenv("CELLCORPUS_DIRECT_IO", value)
+    with direct.direct_mode("on"), open_output(tmp_path / "a.bin") as f:
+        assert isinstance(f, DirectFile) is direct_file
+
+
+def test_off_never_uses_o_direct(tmp_path, monkeypatch):
+    monkeypatch.delenv("CELLCORPUS_DIRECT_IO", raising=False)
+    with direct.direct_mode("off"), open_output(tmp_path / "a.bin") as f:
+        assert not isinstance(f, DirectFile)
+
+
+MOUNTS = """\
+/dev/vda / ext4 rw 0 0
+server:/export /data nfs4 rw 0 0
+/dev/sdb /data/scratch xfs rw 0 0
+lustre@tcp:/fs /lustre lustre rw 0 0
+sshfs#me@host: /data/scratch/remote fuse.sshfs rw 0 0
+tmpfs /tmp/ram tmpfs rw 0 0
+/dev/sdc /my\\040disk btrfs rw 0 0
+"""
+
+
+@pytest.mark.parametrize(
+    "folder, kind, direct_io",
+    [
+        ("/home/me/out", "ext4", True),
+        ("/data/run1", "nfs4", False),  # network: the flag may be taken and make every write synchronous
+        ("/data/scratch/run1", "xfs", True),
+        ("/data/scratchy", "nfs4", False),  # a longer name is not a mount point below /data/scratch
+        ("/lustre/project", "lustre", False),
+        ("/data/scratch/remote/x", "fuse.sshfs", False),
+        ("/tmp/ram/x", "tmpfs", False),
+        ("/my disk/out", "btrfs", True),
+    ],
+)
+def test_auto_uses_o_direct_on_local_block_devices_only(tmp_path, monkeypatch, folder, kind, direct_io):
+    mounts = tmp_path / "mounts"
+    mounts.write_text(MOUNTS)
+    monkeypatch.setattr(direct, "_MOUNTS", str(mounts))
+    monkeypatch.delenv("CELLCORPUS_DIRECT_IO", raising=False)
+    direct._filesystem_type.cache_clear()
+    try:
+        assert direct._filesystem_type(folder) == kind
+        with direct.direct_mode("auto"):
+            assert direct.direct_io_for(f"{folder}/shard.mds") is (direct_io and hasattr(os, "O_DIRECT"))
+    finally:
+        direct._filesystem_type.cache_clear()
+
+
+def test_io_direct_setting_is_validated(tmp_path):
+    from cellcorpus.config import load_config
+    from cellcorpus.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"io\.direct: "):
+        load_config({"io": {"direct": "sometimes"}})
+    assert load_config({"io": {"direct": "off"}}).io.direct == "off"

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from urllib.parse import urlparse
 
 from cellcorpus.errors import ConfigError, MissingExtraError
-from cellcorpus.log import worker_init
+from cellcorpus.exec.local import init_worker, worker_environment
 
 __all__ = ["dask_executor", "check_dask_reachable"]
 
@@ -38,7 +38,7 @@ def check_dask_reachable(address: str, timeout: float = 3.0) -> None:
 
 
 @contextmanager
-def dask_executor(address: str, n_workers: int = 2) -> Iterator[tuple[Executor, int]]:
+def dask_executor(address: str, n_workers: int = 2, direct: str = "auto") -> Iterator[tuple[Executor, int]]:
     """`address` is a scheduler (tcp://host:port) or `local` for a LocalCluster of `n_workers` processes.
 
     Yields the executor and the number of workers the scheduler knows (to size the in-flight window).
@@ -47,12 +47,16 @@ def dask_executor(address: str, n_workers: int = 2) -> Iterator[tuple[Executor, 
     from distributed import Client, LocalCluster, WorkerPlugin
 
     class _Init(WorkerPlugin):
+        def __init__(self, direct: str) -> None:
+            self.direct = direct
+
         def setup(self, worker: object) -> None:
-            worker_init()
+            init_worker(self.direct)
 
     cluster = None
     if address == "local":
-        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        with worker_environment():  # the worker processes start inside LocalCluster(): they copy it then
+            cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None)
         client = Client(cluster)
     elif address == "inprocess":  # tests: threads in this process, no spawn cost
         cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=False, dashboard_address=None)
@@ -60,7 +64,7 @@ def dask_executor(address: str, n_workers: int = 2) -> Iterator[tuple[Executor, 
     else:
         client = Client(address)
     try:
-        client.register_plugin(_Init())
+        client.register_plugin(_Init(direct))
         workers = len(client.scheduler_info().get("workers", {})) or n_workers
         yield client.get_executor(pure=False), workers
     finally:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 from cellcorpus.log import worker_init
 
-__all__ = ["InlineExecutor", "local_executor", "WORKER_ENV", "set_worker_environment"]
+__all__ = ["InlineExecutor", "local_executor", "WORKER_ENV", "worker_environment", "init_worker"]
 
 # Workers keep the memory they free for reuse: every unit allocates arrays of the same sizes again, and memory
 # given back to the OS comes back as fresh pages the kernel must fault in and zero (more where a hypervisor
@@ -21,16 +23,40 @@ __all__ = ["InlineExecutor", "local_executor", "WORKER_ENV", "set_worker_environ
 # units ran ~1 s faster per 300k cells (a ~4% shorter run), at the cost of ~0.35 GB more peak RSS per worker
 # (numpy's freed memory is no longer available to Arrow's allocator). A value the user set wins: glibc's
 # defaults, MALLOC_MMAP_MAX_=65536 MALLOC_TRIM_THRESHOLD_=131072, trade the speed back for that memory.
+# Both allocators read these when a process starts, so they are given to worker processes as they start, and
+# never left in the caller's environment (a notebook that runs cellcorpus keeps its own allocator settings).
 WORKER_ENV = {"MIMALLOC_PURGE_DELAY": "-1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
+_ENV_LOCK = threading.Lock()
 
 
-def set_worker_environment() -> None:
-    """Put WORKER_ENV into this process's environment (unless set), for the worker processes it starts next.
+@contextmanager
+def worker_environment() -> Iterator[None]:
+    """WORKER_ENV (where the user has not set a value) in os.environ while worker processes start, and the
+    environment exactly as it was afterwards. Spawned processes copy the environment when they start."""
+    with _ENV_LOCK:
+        saved = {key: os.environ.get(key) for key in WORKER_ENV}
+        for key, value in WORKER_ENV.items():
+            os.environ.setdefault(key, value)
+        try:
+            yield
+        finally:
+            for key, old in saved.items():
+                if old is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = old
 
-    This process's own allocator is already initialised and unaffected; only processes started later read it.
-    """
-    for key, value in WORKER_ENV.items():
-        os.environ.setdefault(key, value)
+
+def init_worker(direct: str = "auto") -> None:
+    """A worker process's start (pool initializer, Dask worker plugin): thread caps, logging, `io.direct`."""
+    from cellcorpus.io.direct import set_direct_mode
+
+    worker_init()
+    set_direct_mode(direct)
+
+
+def _started() -> None:
+    """A no-op: submitting one per worker makes the pool start every process now."""
 
 
 class InlineExecutor(Executor):
@@ -46,9 +72,18 @@ class InlineExecutor(Executor):
         return fut
 
 
-def local_executor(num_proc: int) -> Executor:
-    """Inline executor for one process, else a spawn process pool with worker_init."""
+def local_executor(num_proc: int, direct: str = "auto") -> Executor:
+    """Inline executor for one process, else a spawn process pool whose workers all start now (with
+    WORKER_ENV in their environment, not in ours) and run `init_worker(direct)`."""
     # spawn: forked workers inherit h5py/HDF5 handles and locks, which is unsafe.
     if num_proc <= 1:
         return InlineExecutor()
-    return ProcessPoolExecutor(max_workers=num_proc, mp_context=mp.get_context("spawn"), initializer=worker_init)
+    pool = ProcessPoolExecutor(
+        max_workers=num_proc, mp_context=mp.get_context("spawn"), initializer=init_worker, initargs=(direct,)
+    )
+    with worker_environment():
+        # A spawn pool starts a process per submission while none is idle: a process takes >50 ms to start, the
+        # submissions microseconds, so these start all of them, each copying the environment as it is now.
+        for _ in range(num_proc):
+            pool.submit(_started)
+    return pool

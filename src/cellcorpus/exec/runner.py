@@ -17,6 +17,7 @@ from typing import Any, Protocol, TypeVar
 
 from cellcorpus.config import Config
 from cellcorpus.errors import ConfigError, UnitFailed
+from cellcorpus.io.direct import direct_mode
 from cellcorpus.manifest import Ledger
 
 __all__ = ["Reporter", "ExecutorSpec", "open_executor", "executor_session", "run_units", "warm_up"]
@@ -47,6 +48,7 @@ class ExecutorSpec:
     num_proc: int = 1
     dask: str | None = None
     dask_workers: int = 2
+    direct_io: str = "auto"  # `io.direct`, applied in this process while units run and in every worker
 
     @classmethod
     def resolve(
@@ -59,6 +61,7 @@ class ExecutorSpec:
             num_proc=num_proc or section_num_proc,
             dask=dask or cfg.executor.dask,
             dask_workers=num_proc or cfg.executor.dask_workers,
+            direct_io=cfg.io.direct,
         )
 
 
@@ -97,20 +100,20 @@ def open_executor(spec: ExecutorSpec) -> Iterator[tuple[Executor, int]]:
 
 @contextmanager
 def _open_executor(spec: ExecutorSpec) -> Iterator[tuple[Executor, int]]:
-    from cellcorpus.exec.local import local_executor, set_worker_environment
+    from cellcorpus.exec.local import local_executor
 
-    set_worker_environment()  # before any worker (pool process or LocalCluster worker) starts
-    if spec.dask:
-        from cellcorpus.exec.dask import dask_executor
+    with direct_mode(spec.direct_io):  # units run inline in this process too; restored afterwards
+        if spec.dask:
+            from cellcorpus.exec.dask import dask_executor
 
-        with dask_executor(spec.dask, spec.dask_workers) as pair:
-            yield pair
-        return
-    ex = local_executor(spec.num_proc)
-    try:
-        yield ex, spec.num_proc
-    finally:
-        ex.shutdown(wait=True, cancel_futures=True)
+            with dask_executor(spec.dask, spec.dask_workers, spec.direct_io) as pair:
+                yield pair
+            return
+        ex = local_executor(spec.num_proc, spec.direct_io)
+        try:
+            yield ex, spec.num_proc
+        finally:
+            ex.shutdown(wait=True, cancel_futures=True)
 
 
 def _import_modules(names: tuple[str, ...]) -> None:

@@ -11,16 +11,24 @@ time that overlaps the next batch's work in writer threads).
 Written by hand because neither Python's `open` nor pyarrow offers `O_DIRECT`: it needs block-aligned
 buffers, offsets and lengths, so bytes are staged in page-aligned buffers and the last partial block is
 written padded and the file truncated to its true size. Where `O_DIRECT` is unavailable (not Linux, tmpfs
-before Linux 6.6, some network filesystems) or `CELLCORPUS_DIRECT_IO=0` is set, a plain buffered file is used instead.
+before Linux 6.6, some network filesystems), a plain buffered file is used instead.
+
+When (`io.direct` in the config, one setting per command): `auto`, the default, only on local block-device
+filesystems (ext2/3/4, xfs, btrfs, f2fs; read from the mount table), never on network, parallel or FUSE
+filesystems or tmpfs, where the flag may be accepted and then make every write synchronous; `on` wherever the
+filesystem takes the flag; `off` never. `CELLCORPUS_DIRECT_IO` (`auto`, `on`/`1`, `off`/`0`) overrides it.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import mmap
 import os
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -28,7 +36,23 @@ import pyarrow as pa
 
 from cellcorpus.errors import InputError
 
-__all__ = ["open_output", "read_ranges", "DirectFile", "BUFFER_BYTES"]
+__all__ = [
+    "open_output",
+    "read_ranges",
+    "DirectFile",
+    "BUFFER_BYTES",
+    "DIRECT_MODES",
+    "direct_mode",
+    "set_direct_mode",
+    "direct_io_for",
+    "LOCAL_BLOCK_FILESYSTEMS",
+]
+
+DIRECT_MODES = ("auto", "on", "off")
+# Filesystems on a local block device, where O_DIRECT goes straight to the disk. Anything else (nfs, lustre,
+# gpfs, cifs, fuse.*, overlay, tmpfs, ...) gets buffered writes under `auto`.
+LOCAL_BLOCK_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs"})
+_MODE = "auto"  # this process's mode: set for a command's duration (`direct_mode`) or by a worker's initializer
 
 ALIGN = 4096  # block alignment O_DIRECT needs on every common device (512 or 4096)
 BUFFER_BYTES = 4 << 20  # bytes handed to one write call
@@ -83,9 +107,62 @@ def _write_all(fd: int, view: memoryview, offset: int) -> None:
         view, offset = view[n:], offset + n
 
 
+def set_direct_mode(mode: str) -> str:
+    """Set this process's `io.direct` mode (a worker's initializer does); returns the previous one."""
+    global _MODE
+    if mode not in DIRECT_MODES:
+        raise ValueError(f"io.direct must be one of {', '.join(DIRECT_MODES)}, got {mode!r}")
+    previous, _MODE = _MODE, mode
+    return previous
+
+
+@contextmanager
+def direct_mode(mode: str) -> Iterator[None]:
+    """`mode` for the `with` block (a command's units run in this process), the previous one after it."""
+    previous = set_direct_mode(mode)
+    try:
+        yield
+    finally:
+        set_direct_mode(previous)
+
+
+_MOUNTS = "/proc/self/mounts"
+
+
+@functools.lru_cache(maxsize=256)
+def _filesystem_type(folder: str) -> str:
+    """The type of the filesystem `folder` is on (the longest mount point above it in /proc/self/mounts)."""
+    best, kind = "", "unknown"
+    try:
+        with open(_MOUNTS, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) < 3:
+                    continue
+                mount = fields[1].replace("\\040", " ")
+                if (folder == mount or folder.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
+                    best, kind = mount, fields[2]
+    except OSError:  # no mount table (not Linux): nothing is known to be a local block device
+        return "unknown"
+    return kind
+
+
+def direct_io_for(path: str | Path) -> bool:
+    """Whether a file at `path` is opened with O_DIRECT under this process's mode (see the module text)."""
+    if not hasattr(os, "O_DIRECT"):
+        return False
+    env = os.environ.get("CELLCORPUS_DIRECT_IO")
+    mode = {"0": "off", "1": "on"}.get(env, env) if env else _MODE
+    if mode == "off":
+        return False
+    if mode == "on":
+        return True
+    return _filesystem_type(os.path.realpath(os.path.dirname(os.path.abspath(path)))) in LOCAL_BLOCK_FILESYSTEMS
+
+
 def _open_direct(path: str | Path, flags: int) -> int | None:
     """`os.open(path, flags | O_DIRECT)`; None where O_DIRECT is off or the filesystem refuses it (EINVAL)."""
-    if not direct_io_enabled():
+    if not direct_io_for(path):
         return None
     try:
         return os.open(path, flags | os.O_DIRECT, 0o666)
@@ -137,11 +214,6 @@ def read_ranges(ranges: list[tuple[str, int, int]]) -> list[pa.Buffer]:
     For files written with `open_output` and read back once (the shuffle's parts): through the cache, reading
     them would fill new cache pages, the cost `open_output` avoids when writing them."""
     return list(_executor().map(lambda r: _read_range(*r), ranges))
-
-
-def direct_io_enabled() -> bool:
-    """Whether outputs may be written with O_DIRECT here (Linux, not switched off by the environment)."""
-    return hasattr(os, "O_DIRECT") and os.environ.get("CELLCORPUS_DIRECT_IO", "1") != "0"
 
 
 def open_output(path: str | Path) -> BinaryIO:
