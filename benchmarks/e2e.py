@@ -1,4 +1,4 @@
-"""End to end on the recipe's own shape: vocab -> tokenize (shuffled) -> mds, beside the floor, in one run.
+"""End to end on the recipe's own shape: vocab -> tokenize (shuffled) -> mds -> verify -> report, beside the floor.
 
     python benchmarks/e2e.py --cells 300000 --num-proc 2 --out /tmp/e2e [--repeat 2]
 
@@ -7,8 +7,9 @@ seed's three join tables, and the reference Tahoe config's settings: `obs_filter
 drug/sample obs columns, three joins, test_size 0.01 with `shuffle: true`, `pkl` genes/expressions, id and
 four string columns, zstd, sha1 + xxh64. The job runs in a fresh subprocess (its own peak RSS) exactly as
 `cellcorpus run` runs it: one worker pool started up front, the MDS shards written in the shuffle pass (so
-the "mds" stage only merges indexes). It prints cells/s (cells written), seconds per stage, CPU seconds,
-peak RSS of the main process and of the largest worker, and the ratio to the floor on the same input:
+the "mds" stage only merges indexes), then verify and report; one row for the corpus alone (vocab, tokenize,
+mds) and one for the whole run. It prints cells/s (cells written), seconds per stage, CPU seconds, peak RSS
+of the main process and of the largest worker, and the ratio to the floor on the same input:
 h5py read of the CSR rows + building the token arrays + zstd level 3 + write, in 1 and in N processes.
 It also prints free memory and page cache at the start: on a VM the same run's time moves with them.
 Nothing is asserted; numbers go in docs/scaling.md and the closing notes. Outputs are removed at the end.
@@ -152,7 +153,9 @@ def job(kind: str, arg: str) -> None:
         from cellcorpus.config import load_config
         from cellcorpus.exec.runner import ExecutorSpec, executor_session, warm_up
         from cellcorpus.stages.mds import run_mds
+        from cellcorpus.stages.report import run_report
         from cellcorpus.stages.tokenize import run_tokenize
+        from cellcorpus.stages.verify import run_verify
         from cellcorpus.stages.vocab import run_vocab
 
         cfg = load_config(arg)
@@ -164,11 +167,13 @@ def job(kind: str, arg: str) -> None:
                 ("vocab", lambda: run_vocab(cfg)),
                 ("tokenize", lambda: run_tokenize(cfg, spec, fuse_mds=True)),  # as `cellcorpus run`
                 ("mds", lambda: run_mds(cfg, spec)),
+                ("verify", lambda: run_verify(cfg, spec)),  # `cellcorpus run` checks what it wrote
+                ("report", lambda: run_report(cfg)),
             ):
                 t = time.perf_counter()
-                summary = fn()
+                summary = fn() if name != "verify" else (fn(), None)[1]
                 stages[name] = time.perf_counter() - t
-                if name == "tokenize":
+                if name == "tokenize" and summary is not None:
                     res["cells"] = summary.counts["written_train"] + summary.counts["written_valid"]
                     res["cells_read"] = summary.counts["cells_read"]
         res["stages"] = stages
@@ -228,10 +233,12 @@ def main() -> None:
     print(f"\ncells read {run['cells_read']:,}, written {kept:,} (train + valid, after the `full` filter)")
     print("CPU s: user + system seconds of the job's processes (floors scaled to the kept cells like their time)")
     print(f"{'job':44} {'seconds':>8} {'cells/s':>9} {'x floor(N)':>10} {'CPU s':>6} {'RSS main':>9} {'RSS wkr':>8}")
+    made = sum(run["stages"][k] for k in ("vocab", "tokenize", "mds"))
     rows = [
         ("floor: read + tokens + zstd + write, 1 proc", f1, floor1),
         (f"floor: same, {args.num_proc} procs", fn, floorn),
-        (f"cellcorpus vocab+tokenize+mds, {args.num_proc} procs", run["seconds"], run),
+        (f"cellcorpus vocab+tokenize+mds, {args.num_proc} procs", made, run),
+        (f"cellcorpus run (+ verify + report), {args.num_proc} procs", run["seconds"], run),
     ]
     for name, secs, r in rows:
         cpu = r["cpu_seconds"] * kept / r["cells"]  # scaled like the seconds (the run's own: factor 1)
