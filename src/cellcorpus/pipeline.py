@@ -77,11 +77,12 @@ def run_pipeline(
     before tokenization, not after it. One worker pool (or Dask cluster) serves every stage, sized by
     `num_proc` or the largest `num_proc` of the config's sections.
     """
-    from cellcorpus.stages.preflight import preflight
+    from cellcorpus.stages.preflight import preflight, preflight_once
 
     procs = [s.num_proc for s in (cfg.huggingface, cfg.mds) if s is not None] or [1]
     spec = ExecutorSpec.resolve(cfg, max(procs), num_proc, dask)
-    with stage_locks(cfg, "run"), executor_session():  # locked first: a second run stops before it writes
+    # locked first (a second run stops before it writes); the whole config checked once, for every stage
+    with stage_locks(cfg, "run"), executor_session(), preflight_once():
         preflight(cfg, spec, "run")
         if cfg.huggingface is not None:
             warm_up(spec, ("cellcorpus.stages.tokenize",))  # workers start while vocab and inputs are checked

@@ -13,6 +13,9 @@ from __future__ import annotations
 import importlib.util
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 from cellcorpus.config import Config, HuggingfaceConfig
@@ -28,6 +31,7 @@ from cellcorpus.manifest import TokenizeManifest, read_manifest
 
 __all__ = [
     "preflight",
+    "preflight_once",
     "check_renames",
     "check_writable",
     "check_dask_reachable",
@@ -137,6 +141,21 @@ def _tokenize_columns(hf: HuggingfaceConfig) -> list[str] | None:
     return mds_input_columns(hf, index_name)
 
 
+# Within `run` (preflight_once) the whole config is checked once, up front: the stages' own calls then return
+# the notes of that check (to the first stage that asks, so each is said once) instead of checking again.
+_ONCE: ContextVar[dict[int, list[str]] | None] = ContextVar("cellcorpus_preflight_once", default=None)
+
+
+@contextmanager
+def preflight_once() -> Iterator[None]:
+    """Inside the block, `preflight` checks each config once (the first call; `run`'s, which covers all)."""
+    token = _ONCE.set({})
+    try:
+        yield
+    finally:
+        _ONCE.reset(token)
+
+
 def preflight(
     cfg: Config,
     spec: ExecutorSpec | None,
@@ -148,6 +167,17 @@ def preflight(
     The MDS column check learns the obs index name from the first input file (by listing, before the inputs
     are inspected). `source` is the section `download` fetches.
     """
+    once = _ONCE.get()
+    if once is not None and id(cfg) in once:
+        notes, once[id(cfg)] = once[id(cfg)], []  # checked already in this command: its notes said once
+        return notes
+    notes = _preflight(cfg, spec, command, source)
+    if once is not None:
+        once[id(cfg)] = list(notes)
+    return notes
+
+
+def _preflight(cfg: Config, spec: ExecutorSpec | None, command: str, source: str | None) -> list[str]:
     notes: list[str] = []
     hf = cfg.huggingface
     if spec is not None and spec.dask:
