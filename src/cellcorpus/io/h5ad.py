@@ -11,13 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import h5py
 import numpy as np
 import pandas as pd
 
 from cellcorpus.errors import InputError
-from cellcorpus.io.paths import is_url
+from cellcorpus.io.paths import filesystem, is_url
 
 __all__ = ["H5adReader", "CSC_BLOCK_COLS"]
 
@@ -34,8 +33,10 @@ class H5adReader:
         try:
             if is_url(self.path):
                 # Remote input (s3://, gs://, ...): h5py reads through an fsspec file with range requests,
-                # so a unit still fetches only its rows' bytes (plus HDF5 metadata).
-                self._remote = fsspec.open(self.path, "rb", block_size=1 << 22).open()
+                # so a unit still fetches only its rows' bytes (plus HDF5 metadata). The block size goes to
+                # `fs.open`: `fsspec.open` would hand it to the filesystem's constructor, which s3fs refuses.
+                fs, remote_path = filesystem(self.path)
+                self._remote = fs.open(remote_path, "rb", block_size=1 << 22)
                 self._f = h5py.File(self._remote, "r")
             else:
                 self._f = h5py.File(self.path, "r")
