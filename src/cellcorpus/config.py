@@ -343,6 +343,20 @@ class Config(_Section):
         from the environment, else the value itself."""
         return self._env_refs.get(key, value)
 
+    def settings_for_output(self, section: str, settings: dict[str, Any]) -> dict[str, Any]:
+        """A copy of `settings` (dumped from `section`) where every value from the environment is its reference."""
+
+        def walk(node: Any, prefix: str) -> Any:
+            if prefix in self._env_refs:
+                return self._env_refs[prefix]
+            if isinstance(node, dict):
+                return {k: walk(v, f"{prefix}.{k}") for k, v in node.items()}
+            if isinstance(node, list):
+                return [walk(v, f"{prefix}.{i}") for i, v in enumerate(node)]
+            return node
+
+        return {k: walk(v, f"{section}.{k}") for k, v in settings.items()}
+
     def need(self, section: str) -> Any:
         """Return a section or raise a ConfigError naming it (a stage needs it)."""
         value = getattr(self, section)

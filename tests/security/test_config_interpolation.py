@@ -34,6 +34,8 @@ def test_env_values_are_never_written_into_outputs(tmp_path, monkeypatch):
     cfg["huggingface"]["dataset_name"] = "${oc.env:CELLCORPUS_TEST_SECRET}"
     cfg["huggingface"]["merged_dataset_root"] = "${oc.env:CELLCORPUS_TEST_ROOT}/merged"
     cfg["mds"]["root_dir"] = "${huggingface.merged_dataset_root}"  # env-derived through a reference
+    monkeypatch.setenv("CELLCORPUS_TEST_CLS", "<cls>")
+    cfg["huggingface"]["cls_token"] = "${oc.env:CELLCORPUS_TEST_CLS}"  # a setting, recorded in the manifest
     path = _write(tmp_path, cfg)
     for command in ("tokenize", "mds", "verify", "report"):
         result = runner.invoke(app, [command, path])
@@ -44,6 +46,7 @@ def test_env_values_are_never_written_into_outputs(tmp_path, monkeypatch):
     assert leaks == []
     manifest = (tmp_path / "merged" / "manifest.json").read_text()
     assert '"dataset_name": "${oc.env:CELLCORPUS_TEST_SECRET}"' in manifest
+    assert '"cls_token": "${oc.env:CELLCORPUS_TEST_CLS}"' in manifest  # the reference, not the value
     mds_manifest = (tmp_path / "mds" / "manifest.json").read_text()
     assert '"source_manifest": "${huggingface.merged_dataset_root}/manifest.json"' in mds_manifest
 

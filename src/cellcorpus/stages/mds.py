@@ -74,7 +74,7 @@ def run_mds(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | 
     remove_temporaries(export, "*")
     source = Publisher(mds.root_dir, staging=".")
     source_manifest = read_manifest(source, "manifest.json", TokenizeManifest)
-    ident = mds_identity(mds, cfg.for_output("mds.root_dir", mds.root_dir))
+    ident = mds_identity(mds, cfg.for_output("mds.root_dir", mds.root_dir), cfg)
     stage_hash = ident.stage_hash(source_manifest.config_hash if source_manifest else None)
     out = ident.out
     context = mds_context(mds, out)

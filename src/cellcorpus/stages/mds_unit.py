@@ -160,7 +160,7 @@ class MdsIdentity:
         )
 
 
-def mds_identity(mds: MdsConfig, source: str | None = None) -> MdsIdentity:
+def mds_identity(mds: MdsConfig, source: str | None = None, record: Any = None) -> MdsIdentity:
     """Where things are never enters the identity (a moved export is still complete), the settings do."""
     settings = mds.model_dump(mode="json", exclude=set(MDS_LOCATION_KEYS))
     return MdsIdentity(
@@ -168,7 +168,11 @@ def mds_identity(mds: MdsConfig, source: str | None = None) -> MdsIdentity:
         markers=tuple(f"{s}/index.json" for s in mds.splits),
         settings_hash=config_hash(settings),
         ledger_dir=str(mds_units_dir(mds)),
-        settings={**settings, "source": source or mds.root_dir},
+        # what the manifest records: `record` (the config) turns values from the environment into references
+        settings={
+            **(record.settings_for_output("mds", settings) if record else settings),
+            "source": source or mds.root_dir,
+        },
     )
 
 

@@ -329,7 +329,7 @@ def _fused_mds(cfg: Config, hf: HuggingfaceConfig, stage_hash: str) -> FusedMds 
     mds = cfg.mds
     if mds is None or not same_location(mds.root_dir, hf.merged_dataset_root):
         return None
-    ident = mds_identity(mds, cfg.for_output("mds.root_dir", mds.root_dir))
+    ident = mds_identity(mds, cfg.for_output("mds.root_dir", mds.root_dir), cfg)
     if ident.decide(stage_hash) is not None:
         return None
     return FusedMds(ident, mds_context(mds, ident.out), tuple(mds.splits))
@@ -442,7 +442,7 @@ def run_tokenize(
         cells_of=lambda u: u.n_cells,
         is_current=lambda u, r: r.extra.get("input_checksum") == u.checksum,
         after_manifest=cleanup,
-        settings=work_settings,
+        settings=cfg.settings_for_output("huggingface", work_settings),
     )
     return run_stage(stage, spec, reporter)
 
