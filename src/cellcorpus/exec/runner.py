@@ -152,11 +152,14 @@ def run_units(
     cells_of: Callable[[Any], int] = lambda u: 0,
     reporter: Reporter | None = None,
     is_current: Callable[[Any, Any], bool] = lambda u, r: True,
+    keep: Callable[[Any, Any], Any] | None = None,
 ) -> dict[str, R]:
     """Run `fn(unit, context)` for every unit not yet in `ledger`; return all results by unit id.
 
     With `ledger=None` every unit runs and nothing is recorded (read-only stages such as verify).
     A recorded unit for which `is_current(unit, record)` is False (its input changed) runs again.
+    `keep(unit, result)`, called as each new result arrives (after it is recorded), returns what is kept of
+    it: a stage folds bulky parts of results in as they come instead of holding all of them.
     """
     recorded = ledger.done() if ledger else {}
     done = {
@@ -173,14 +176,14 @@ def run_units(
             with open_executor(spec) as (ex, n_workers):
                 # Bounded in-flight window: every worker busy with queued work, no thousands of futures.
                 window = 4 * max(n_workers, 1)
-                _consume(ex, window, fn, pending, context, ledger, done, cells_of, reporter)
+                _consume(ex, window, fn, pending, context, ledger, done, cells_of, reporter, keep)
     finally:
         if reporter:
             reporter.stop()
     return done
 
 
-def _consume(ex, window, fn, pending, context, ledger, done, cells_of, reporter) -> None:
+def _consume(ex, window, fn, pending, context, ledger, done, cells_of, reporter, keep=None) -> None:
     it = iter(pending)
     inflight: dict[Future, Any] = {}
 
@@ -195,7 +198,7 @@ def _consume(ex, window, fn, pending, context, ledger, done, cells_of, reporter)
         result = fut.result()
         if ledger:
             ledger.record(result)
-        done[result.unit_id] = result
+        done[result.unit_id] = keep(unit, result) if keep else result
         if reporter:
             reporter.advance(1, cells_of(unit))
 

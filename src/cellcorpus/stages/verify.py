@@ -4,7 +4,7 @@ Arrow: file checksums vs manifest, schema, CLS + pad first, equal list lengths, 
 vocabulary, counts vs manifest. MDS: shard bytes vs the hashes and sizes in index.json (compressed
 and raw), header/offsets well formed, encodings as configured, decoded samples hold the same
 invariants, counts agree with Arrow minus `min_length` drops. Ids: unique in the corpus and
-decodable to an input row (a per-file row bitmap keeps memory at one bit per cell).
+decodable to an input row (folded in as each file is checked: a flag per input row, not every id).
 """
 
 from __future__ import annotations
@@ -247,29 +247,41 @@ def _verify_unit(unit: _FileUnit, ctx: _Ctx) -> _Checked:
         return fn(unit, ctx, local)
 
 
-def _id_checks(rep: VerifyReport, label: str, ids: list[tuple[str, np.ndarray]], inputs: dict[int, int]) -> None:
-    """Unique + decodable ids with one bit per input row (bounded memory)."""
-    seen = {fi: np.zeros(n, dtype=bool) for fi, n in inputs.items()}
-    uniq, valid = rep.check(f"{label} ids unique"), rep.check(f"{label} ids decode to an input row")
-    for where, arr in ids:
+class _IdTracker:
+    """Unique and decodable ids, folded in as each file's result arrives: one flag per input row is all the
+    parent keeps (the ids themselves are dropped once folded), so memory does not grow with the files checked."""
+
+    def __init__(self, inputs: dict[int, int]) -> None:
+        self.seen = {fi: np.zeros(n, dtype=bool) for fi, n in inputs.items()}
+        self.known = np.fromiter(self.seen, dtype=np.int64, count=len(self.seen))
+        self.uniq, self.valid = Check("unique"), Check("valid")
+
+    def add(self, where: str, arr: NDArray[np.int64]) -> None:
+        """Fold in the ids of one file (`where` names it in a failure)."""
         f, r = decode_ids(arr)
-        ok = np.isin(f, np.fromiter(seen, dtype=np.int64, count=len(seen)))
+        ok = np.isin(f, self.known)
         for fi in np.unique(f[ok]).tolist():
             m = f == fi
-            ok[m] = r[m] < len(seen[fi])
+            ok[m] = r[m] < len(self.seen[fi])
         bad = np.flatnonzero(~ok)
-        valid.add(len(bad), f"{where}: id {arr[bad[0]]}" if len(bad) else "", len(arr))
+        self.valid.add(len(bad), f"{where}: id {arr[bad[0]]}" if len(bad) else "", len(arr))
         dup_first = None
         n_dup = 0
         for fi in np.unique(f[ok]).tolist():
             rows = r[ok & (f == fi)]
             u, c = np.unique(rows, return_counts=True)
-            again = seen[fi][u] | (c > 1)
+            again = self.seen[fi][u] | (c > 1)
             n_dup += int(again.sum())
             if again.any() and dup_first is None:
                 dup_first = f"{where}: id {(fi << 32) | int(u[again][0])} repeats"
-            seen[fi][u] = True
-        uniq.add(n_dup, dup_first or "", len(arr))
+            self.seen[fi][u] = True
+        self.uniq.add(n_dup, dup_first or "", len(arr))
+
+    def report(self, rep: VerifyReport, label: str) -> None:
+        """Add this tracker's two checks to `rep` as `<label> ids unique` / `... decode to an input row`."""
+        for name, check in ((f"{label} ids unique", self.uniq), (f"{label} ids decode to an input row", self.valid)):
+            target = rep.check(name)
+            target.checked, target.failed, target.first_failure = check.checked, check.failed, check.first_failure
 
 
 def _read_checked(rep: VerifyReport, name: str, pub: Publisher, rel: str, model: type[Any] | None = None) -> Any:
@@ -444,18 +456,24 @@ def run_verify(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter
                 stored = shard["zip_data"] or shard["raw_data"]
                 path = mout.url(f"{split}/{stored['basename']}")
                 units.append(_FileUnit(f"mds-{split}-{k:06d}", path, "mds", split, tuple(sorted(shard.items()))))
-    results = run_units(
-        _verify_unit, units, ctx, None, spec, description="verify", reporter=reporter, cells_of=_cells_of
-    )
     inputs = {f.file_index: f.n_obs for f in manifest.inputs}
+    trackers = {"arrow": _IdTracker(inputs), "mds": _IdTracker(inputs)}
+
+    def fold_ids(unit: _FileUnit, res: _Checked) -> _Checked:
+        trackers[unit.kind].add(f"{unit.split}/{Path(unit.path).name}", res.ids)
+        res.ids = np.zeros(0, np.int64)  # folded: the parent keeps a flag per input row, not every id
+        return res
+
+    results = run_units(
+        _verify_unit, units, ctx, None, spec, description="verify", reporter=reporter, cells_of=_cells_of,
+        keep=fold_ids,
+    )  # fmt: skip
     rows: dict[tuple[str, str], int] = {}
-    arrow_ids, mds_ids = [], []
     for u in units:
         res = results[u.unit_id]
         rep.merge(res.report)
         rows[(u.kind, u.split)] = rows.get((u.kind, u.split), 0) + res.rows
-        (arrow_ids if u.kind == "arrow" else mds_ids).append((f"{u.split}/{Path(u.path).name}", res.ids))
-    _id_checks(rep, "arrow", arrow_ids, inputs)
+    trackers["arrow"].report(rep, "arrow")
     if cfg.drugs is not None:
         _check_drugs(rep, cfg.drugs, [u.path for u in units if u.kind == "arrow"])
     counts = rep.check("cell counts agree (manifest, Arrow, MDS)")
@@ -464,7 +482,7 @@ def run_verify(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter
         want = manifest.totals[f"written_{split}"]
         counts.add(n_arrow == want, f"{split}: Arrow has {n_arrow} cells, manifest says {want}")
     if cfg.mds:
-        _id_checks(rep, "mds", mds_ids, inputs)
+        trackers["mds"].report(rep, "mds")
         for split in cfg.mds.splits:
             n_mds = rows.get(("mds", split), 0)
             dropped = mds_manifest.splits[split].dropped_min_length if mds_manifest else 0
