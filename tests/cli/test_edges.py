@@ -228,6 +228,11 @@ def test_leftover_temporaries_are_reported_then_removed_by_the_rerun(with_drugs)
     _ok("drugs", cfg)
     assert not arrow_tmp.exists() and not drug_tmp.exists()
     _ok("verify", cfg)
+    mine = root / "merged" / "train.dataset" / ".notes.tmp-mine"  # not a name cellcorpus writes: kept, reported
+    mine.write_text("the user's")
+    assert "already complete" in _ok("tokenize", cfg)
+    assert mine.read_text() == "the user's"
+    _fails(1, "no foreign files in finished outputs: train.dataset/.notes.tmp-mine", "verify", cfg)
 
 
 def test_verify_with_drugs_and_a_missing_split_is_a_failure_not_a_traceback(with_drugs):

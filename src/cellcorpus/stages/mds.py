@@ -68,10 +68,11 @@ def run_mds(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | 
     spec = spec or ExecutorSpec.resolve(cfg, mds.num_proc)
     notes = preflight(cfg, spec, "mds")
     export = mds_publisher(mds).local_dir
-    for split in mds.splits:  # a killed run's half-written shards and indexes: ours by their names
+    for split in mds.splits:  # a killed run's half-written shards and indexes, by the names this stage writes
         for folder in (export / split, *(d for d in (export / split).glob("*") if d.is_dir())):
-            remove_temporaries(folder, "*")
-    remove_temporaries(export, "*")
+            for name in ("shard.*", "index.json"):
+                remove_temporaries(folder, name)
+    remove_temporaries(export, MANIFEST)
     source = Publisher(mds.root_dir, staging=".")
     source_manifest = read_manifest(source, "manifest.json", TokenizeManifest)
     ident = mds_identity(mds, cfg.for_output("mds.root_dir", mds.root_dir), cfg)

@@ -35,7 +35,7 @@ from cellcorpus.io.owned import claim_dir, remove_owned
 from cellcorpus.io.paths import is_url, same_location
 from cellcorpus.io.tables import as_strings, load_table, lookup
 from cellcorpus.io.vocab import load_vocab
-from cellcorpus.layout import OUTPUT_RECORDS, SPLITS, parts_dir, tokenize_publisher, units_dir
+from cellcorpus.layout import MANIFEST, OUTPUT_RECORDS, SPLITS, parts_dir, tokenize_publisher, units_dir
 from cellcorpus.manifest import Ledger, TokenizeManifest, UnitResult, file_checksum, output_record
 from cellcorpus.sources.base import InputFile, RawBlock
 from cellcorpus.sources.inputs import discover_and_inspect, gene_mapping, input_format, obs_index_column
@@ -353,8 +353,10 @@ def run_tokenize(
     _check_cls(hf, vocab)
     notes = preflight(cfg, spec, "tokenize")  # the config first; then every input, opened once for both checks
     out_dir = tokenize_publisher(hf).local_dir
-    for folder in (out_dir, *(out_dir / f"{s}.dataset" for s in SPLITS)):
-        remove_temporaries(folder, "*")  # a killed run's half-written files: ours by their names
+    remove_temporaries(out_dir, MANIFEST)  # a killed run's half-written files, by the names this stage writes
+    for split in SPLITS:
+        for name in ("data-*-of-*.arrow", "state.json", "dataset_info.json"):
+            remove_temporaries(out_dir / f"{split}.dataset", name)
     inputs, inspection = discover_and_inspect(hf, vocab)
     notes += inspection.notes
     work_hash, work_settings = _work_settings(hf)
