@@ -101,6 +101,8 @@ def _release(key: str) -> None:
         del _HELD[key]
         try:
             os.unlink(Path(key) / LOCK_NAME)  # while still holding it: a waiter re-checks the inode
+        except FileNotFoundError:  # the folder was removed meanwhile (by hand): nothing left to release
+            pass
         finally:
             os.close(fd)
         for folder in created:  # a command that wrote nothing leaves no empty folder behind
