@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -10,7 +14,7 @@ from cellcorpus.errors import UnitFailed
 from cellcorpus.exec.runner import ExecutorSpec
 from cellcorpus.stages.mds import run_mds
 from cellcorpus.stages.tokenize import run_tokenize
-from tests._utils import GENES, make_h5ad, random_corpus
+from tests._utils import GENES, config_file, make_h5ad, random_corpus
 
 pytest.importorskip("distributed")
 pytestmark = pytest.mark.dask
@@ -65,3 +69,15 @@ def test_failing_unit_on_dask_is_named(tmp_path, write_config):
     assert kept and "f00002-r0000000000" not in kept
     s = run_tokenize(cfg, ExecutorSpec(dask="inprocess", dask_workers=2))
     assert s.counts["cells_read"] == 510
+
+
+def test_dask_local_keeps_its_info_logs_out_of_the_progress_output(tmp_path):
+    """`--dask local` used to print ~35 `distributed.*` INFO lines between the bars; `--debug` still shows them."""
+    random_corpus(tmp_path, n_files=1, n_cells=40, seed=1)
+    cmd = [sys.executable, "-m", "cellcorpus", "tokenize", config_file(tmp_path), "--dask", "local"]
+    quiet = subprocess.run(cmd, capture_output=True, text=True)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "distributed." not in quiet.stdout + quiet.stderr
+    shutil.rmtree(tmp_path / "merged")  # so the second run tokenizes again
+    debug = subprocess.run([*cmd, "--debug"], capture_output=True, text=True)
+    assert debug.returncode == 0 and "distributed.scheduler" in debug.stdout + debug.stderr

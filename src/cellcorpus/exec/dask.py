@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -53,9 +54,17 @@ def dask_executor(address: str, n_workers: int = 2, direct: str = "auto") -> Ite
         def setup(self, worker: object) -> None:
             init_worker(self.direct)
 
+    # Dask's own INFO lines (~35 per LocalCluster start) would land between the progress bars: WARNING unless
+    # the command runs with --debug; this process's logger is restored afterwards, workers get it as they start.
+    quiet = logging.getLogger().getEffectiveLevel() > logging.DEBUG
+    dask_logger = logging.getLogger("distributed")
+    level = dask_logger.level
+    if quiet:
+        dask_logger.setLevel(logging.WARNING)
     cluster = None
     if address == "local":
-        with worker_environment():  # the worker processes start inside LocalCluster(): they copy it then
+        extra = {"DASK_LOGGING__DISTRIBUTED": "warning"} if quiet else {}
+        with worker_environment(extra):  # the worker processes start inside LocalCluster(): they copy it then
             cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None)
         client = Client(cluster)
     elif address == "inprocess":  # tests: threads in this process, no spawn cost
@@ -71,3 +80,4 @@ def dask_executor(address: str, n_workers: int = 2, direct: str = "auto") -> Ite
         client.close()
         if cluster is not None:
             cluster.close()
+        dask_logger.setLevel(level)

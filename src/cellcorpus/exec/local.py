@@ -30,12 +30,13 @@ _ENV_LOCK = threading.Lock()
 
 
 @contextmanager
-def worker_environment() -> Iterator[None]:
-    """WORKER_ENV (where the user has not set a value) in os.environ while worker processes start, and the
-    environment exactly as it was afterwards. Spawned processes copy the environment when they start."""
+def worker_environment(extra: dict[str, str] | None = None) -> Iterator[None]:
+    """WORKER_ENV and `extra` (where the user has not set a value) in os.environ while worker processes start,
+    and the environment exactly as it was afterwards. Spawned processes copy the environment when they start."""
+    wanted = {**WORKER_ENV, **(extra or {})}
     with _ENV_LOCK:
-        saved = {key: os.environ.get(key) for key in WORKER_ENV}
-        for key, value in WORKER_ENV.items():
+        saved = {key: os.environ.get(key) for key in wanted}
+        for key, value in wanted.items():
             os.environ.setdefault(key, value)
         try:
             yield
