@@ -212,7 +212,10 @@ def test_swapped_drug_ids_fail_verify(with_drugs):
     ids = json.loads(path.read_text())
     ids["d0"], ids["d1"] = ids["d1"], ids["d0"]
     path.write_text(json.dumps(ids, indent=2))
-    _fails(1, "drug_to_id as written: ", "verify", cfg)
+    out = _fails(1, "drug_to_id as written: ", "verify", cfg)
+    assert f"hint: the drug files differ from what was written: delete {root / 'drugs'} and run `cellcorpus drugs`" in (
+        out.replace("\n", " ")
+    )
 
 
 def test_leftover_temporaries_are_reported_then_removed_by_the_rerun(with_drugs):
@@ -232,7 +235,8 @@ def test_leftover_temporaries_are_reported_then_removed_by_the_rerun(with_drugs)
     mine.write_text("the user's")
     assert "already complete" in _ok("tokenize", cfg)
     assert mine.read_text() == "the user's"
-    _fails(1, "no foreign files in finished outputs: train.dataset/.notes.tmp-mine", "verify", cfg)
+    out = _fails(1, "no foreign files in finished outputs: train.dataset/.notes.tmp-mine", "verify", cfg)
+    assert "hint: remove the named file: cellcorpus did not write it" in out
 
 
 def test_verify_with_drugs_and_a_missing_split_is_a_failure_not_a_traceback(with_drugs):

@@ -499,10 +499,30 @@ def run_verify(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter
     _record_outcome(out, rep, manifest.config_hash)
     if not rep.ok:
         failed = [c for c in rep.checks.values() if c.failed]
-        err = VerifyError(f"verify failed: {failed[0].name}: {failed[0].first_failure}")
+        err = VerifyError(
+            f"verify failed: {failed[0].name}: {failed[0].first_failure}", hint=_repair_hint(failed[0].name, cfg)
+        )
         err.report = rep  # type: ignore[attr-defined]
         raise err
     return rep
+
+
+def _repair_hint(check: str, cfg: Config) -> str:
+    """What rebuilds the output a failed check is about (files changed after cellcorpus wrote them)."""
+    hf = cfg.need("huggingface")
+    if check.startswith("no foreign files"):
+        return "remove the named file: cellcorpus did not write it (or a killed run left it; a rerun removes those)"
+    if check.startswith("drug"):
+        where = cfg.drugs.output_root if cfg.drugs else "drugs.output_root"
+        return f"the drug files differ from what was written: delete {where} and run `cellcorpus drugs` again"
+    if check.startswith("token ids in vocabulary"):
+        return f"the vocabulary changed since tokenize: restore {hf.vocab_file}, or rebuild the corpus"
+    if check.startswith("mds") and cfg.mds is not None:
+        return f"the MDS export differs from its records: delete {cfg.mds.out_root} and run `cellcorpus mds` again"
+    return (
+        f"the dataset differs from its records: delete {hf.merged_dataset_root} (and the MDS export made from it) "
+        "and run `cellcorpus run` again"
+    )
 
 
 def _record_outcome(out: Publisher, rep: VerifyReport, config_hash: str) -> None:
