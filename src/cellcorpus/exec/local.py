@@ -12,7 +12,7 @@ from typing import Any
 
 from cellcorpus.log import worker_init
 
-__all__ = ["InlineExecutor", "local_executor", "WORKER_ENV", "worker_environment", "init_worker"]
+__all__ = ["InlineExecutor", "local_executor", "WORKER_ENV", "worker_environment", "init_worker", "one_per_worker"]
 
 # Workers keep the memory they free for reuse: every unit allocates arrays of the same sizes again, and memory
 # given back to the OS comes back as fresh pages the kernel must fault in and zero (more where a hypervisor
@@ -48,16 +48,29 @@ def worker_environment(extra: dict[str, str] | None = None) -> Iterator[None]:
                     os.environ[key] = old
 
 
-def init_worker(direct: str = "auto") -> None:
+_ALL_WORKERS: Any = None  # in a pool worker: a barrier of all the pool's workers (see `one_per_worker`)
+
+
+def init_worker(direct: str = "auto", all_workers: Any = None) -> None:
     """A worker process's start (pool initializer, Dask worker plugin): thread caps, logging, `io.direct`."""
+    global _ALL_WORKERS
     from cellcorpus.io.direct import set_direct_mode
 
     worker_init()
     set_direct_mode(direct)
+    _ALL_WORKERS = all_workers
 
 
-def _started() -> None:
-    """A no-op: submitting one per worker makes the pool start every process now."""
+def one_per_worker(fn: Callable[..., Any], *args: Any) -> None:
+    """Run `fn(*args)`, then wait until every worker of the pool runs one such call: submitted once per worker,
+    each worker takes exactly one (none is idle to take a second), so a spawn pool starts a process for each."""
+    fn(*args)
+    if _ALL_WORKERS is not None:
+        _ALL_WORKERS.wait(timeout=300)
+
+
+def _nothing() -> None:
+    """What a worker runs to be started."""
 
 
 class InlineExecutor(Executor):
@@ -79,12 +92,14 @@ def local_executor(num_proc: int, direct: str = "auto") -> Executor:
     # spawn: forked workers inherit h5py/HDF5 handles and locks, which is unsafe.
     if num_proc <= 1:
         return InlineExecutor()
+    ctx = mp.get_context("spawn")
+    all_workers = ctx.Barrier(num_proc)  # inherited by each worker at its start (it cannot travel with a task)
     pool = ProcessPoolExecutor(
-        max_workers=num_proc, mp_context=mp.get_context("spawn"), initializer=init_worker, initargs=(direct,)
+        max_workers=num_proc, mp_context=ctx, initializer=init_worker, initargs=(direct, all_workers)
     )
     with worker_environment():
-        # A spawn pool starts a process per submission while none is idle: a process takes >50 ms to start, the
-        # submissions microseconds, so these start all of them, each copying the environment as it is now.
+        # A spawn pool starts a process per submission while none is idle; these keep every worker busy until all
+        # have started, so all start now, each copying the environment as it is during this block.
         for _ in range(num_proc):
-            pool.submit(_started)
+            pool.submit(one_per_worker, _nothing)
     return pool

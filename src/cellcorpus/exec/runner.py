@@ -127,9 +127,11 @@ def warm_up(spec: ExecutorSpec, modules: Sequence[str]) -> None:
     submitted. A no-op outside an executor session, for one process, or on Dask."""
     if spec.dask or spec.num_proc <= 1 or _SESSION.get() is None:
         return
+    from cellcorpus.exec.local import one_per_worker
+
     with open_executor(spec) as (ex, n):
-        for _ in range(n):  # one per worker: the pool spawns a process per submission while none is idle
-            ex.submit(_import_modules, tuple(modules))
+        for _ in range(n):  # each worker takes exactly one (one_per_worker waits for the others)
+            ex.submit(one_per_worker, _import_modules, tuple(modules))
 
 
 class HasUnitId(Protocol):
