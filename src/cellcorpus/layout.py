@@ -43,7 +43,11 @@ OUTPUT_RECORDS = (MANIFEST, ".units", REPORT_DIR)
 
 def tokenize_publisher(hf: HuggingfaceConfig) -> Publisher:
     """The merged datasets' root; a URL `merged_dataset_root` is staged under the scratch folder."""
-    return Publisher(hf.merged_dataset_root, Path(hf.output_root) / "staging")
+    return Publisher(hf.merged_dataset_root, _staging_dir(hf))
+
+
+def _staging_dir(hf: HuggingfaceConfig) -> Path:
+    return Path(hf.output_root) / "staging"
 
 
 def dataset_dir(hf: HuggingfaceConfig, split: str) -> Path:
@@ -69,8 +73,8 @@ def decompressed_dir(hf: HuggingfaceConfig) -> Path:
 
 def scratch_dirs(hf: HuggingfaceConfig) -> dict[str, Path]:
     """Tokenize's scratch folders under `huggingface.output_root` (claimed before use, removed only if ours)."""
-    root = Path(hf.output_root)
-    return {name: root / name for name in ("parts", "units", "decompressed", "staging")}
+    return {"parts": parts_dir(hf), "units": units_dir(hf), "decompressed": decompressed_dir(hf),
+            "staging": _staging_dir(hf)}  # fmt: skip
 
 
 def write_roots(cfg: Config, stage: str, source: str | None = None) -> list[tuple[str, str]]:

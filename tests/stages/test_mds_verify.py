@@ -150,12 +150,12 @@ def test_id_checks_fold_in_file_by_file():
     """Unique and decodable ids are checked as each file's ids arrive (the parent keeps a flag per input row)."""
     from cellcorpus.stages.verify import VerifyReport, _IdTracker
 
-    tracker = _IdTracker({0: 4, 1: 2})
+    tracker = _IdTracker({0: 4, 1: 2}, "arrow")
     tracker.add("train/a", np.array([0, 1, 2], np.int64))
     tracker.add("train/b", np.array([3, (1 << 32) | 1, 2], np.int64))  # id 2 again, in another file
     tracker.add("valid/c", np.array([(1 << 32) | 5, (2 << 32) | 0], np.int64))  # row past file 1's end; file 2
     rep = VerifyReport()
-    tracker.report(rep, "arrow")
+    tracker.report(rep)
     unique, valid = rep.checks["arrow ids unique"], rep.checks["arrow ids decode to an input row"]
     assert (unique.checked, unique.failed, unique.first_failure) == (8, 1, "train/b: id 2 repeats")
     assert (valid.checked, valid.failed, valid.first_failure) == (8, 2, f"valid/c: id {(1 << 32) | 5}")

@@ -75,7 +75,7 @@ def run_mds(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | 
     remove_temporaries(export, MANIFEST)
     source = Publisher(mds.root_dir, staging=".")
     source_manifest = read_manifest(source, "manifest.json", TokenizeManifest)
-    ident = mds_identity(mds, cfg.for_output("mds.root_dir", mds.root_dir), cfg)
+    ident = mds_identity(mds, cfg)
     stage_hash = ident.stage_hash(source_manifest.config_hash if source_manifest else None)
     out = ident.out
     context = mds_context(mds, out)
@@ -110,7 +110,7 @@ def run_mds(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | 
             totals[f"{split}_written"] = n
             totals[f"{split}_dropped_min_length"] = splits[split]["dropped_min_length"]
         body = {
-            "source_manifest": join(cfg.for_output("mds.root_dir", mds.root_dir), MANIFEST),
+            "source_manifest": join(ident.settings["source"], MANIFEST),
             "columns": dict(context.spec.columns),
             "splits": splits,
             "totals": totals,

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cellcorpus.config import MDS_LOCATION_KEYS, MdsConfig, config_hash
+from cellcorpus.config import MDS_LOCATION_KEYS, Config, MdsConfig, config_hash
 from cellcorpus.errors import InputError
 from cellcorpus.formats.mds import MdsSpec, ShardWriter, TorchPickler, encode_samples
 from cellcorpus.io.owned import is_owned
@@ -160,18 +160,20 @@ class MdsIdentity:
         )
 
 
-def mds_identity(mds: MdsConfig, source: str | None = None, record: Any = None) -> MdsIdentity:
-    """Where things are never enters the identity (a moved export is still complete), the settings do."""
+def mds_identity(mds: MdsConfig, cfg: Config | None = None) -> MdsIdentity:
+    """Where things are never enters the identity (a moved export is still complete), the settings do.
+
+    The settings recorded in the manifest (and named in a refusal) hold `source`, the folder exported; with the
+    config `cfg`, values from the environment are recorded as their references."""
     settings = mds.model_dump(mode="json", exclude=set(MDS_LOCATION_KEYS))
     return MdsIdentity(
         out=mds_publisher(mds),
         markers=tuple(f"{s}/index.json" for s in mds.splits),
         settings_hash=config_hash(settings),
         ledger_dir=str(mds_units_dir(mds)),
-        # what the manifest records: `record` (the config) turns values from the environment into references
         settings={
-            **(record.settings_for_output("mds", settings) if record else settings),
-            "source": source or mds.root_dir,
+            **(cfg.settings_for_output("mds", settings) if cfg else settings),
+            "source": cfg.for_output("mds.root_dir", mds.root_dir) if cfg else mds.root_dir,
         },
     )
 

@@ -35,7 +35,15 @@ from cellcorpus.io.owned import claim_dir, remove_owned
 from cellcorpus.io.paths import is_url, same_location
 from cellcorpus.io.tables import as_strings, load_table, lookup
 from cellcorpus.io.vocab import load_vocab
-from cellcorpus.layout import MANIFEST, OUTPUT_RECORDS, SPLITS, parts_dir, tokenize_publisher, units_dir
+from cellcorpus.layout import (
+    MANIFEST,
+    OUTPUT_RECORDS,
+    SPLITS,
+    parts_dir,
+    scratch_dirs,
+    tokenize_publisher,
+    units_dir,
+)
 from cellcorpus.manifest import Ledger, TokenizeManifest, UnitResult, file_checksum, output_record
 from cellcorpus.sources.base import InputFile, RawBlock
 from cellcorpus.sources.inputs import discover_and_inspect, gene_mapping, input_format, obs_index_column
@@ -329,7 +337,7 @@ def _fused_mds(cfg: Config, hf: HuggingfaceConfig, stage_hash: str) -> FusedMds 
     mds = cfg.mds
     if mds is None or not same_location(mds.root_dir, hf.merged_dataset_root):
         return None
-    ident = mds_identity(mds, cfg.for_output("mds.root_dir", mds.root_dir), cfg)
+    ident = mds_identity(mds, cfg)
     if ident.decide(stage_hash) is not None:
         return None
     return FusedMds(ident, mds_context(mds, ident.out), tuple(mds.splits))
@@ -385,8 +393,8 @@ def run_tokenize(
     )
 
     def plan() -> list[WorkUnit]:
-        for key, d in (("parts", parts_dir(hf)), ("units", units_dir(hf))):
-            claim_dir(d, f"huggingface.output_root ({key}/)")
+        for key in ("parts", "units"):
+            claim_dir(scratch_dirs(hf)[key], f"huggingface.output_root ({key}/)")
         if fused is not None:  # tokenize rebuilds: the export it replaces must never look complete meanwhile
             claim_dir(fused.identity.out.local_dir, fused.identity.key, OUTPUT_RECORDS)
             for marker in fused.identity.markers:

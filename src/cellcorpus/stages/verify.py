@@ -251,10 +251,10 @@ class _IdTracker:
     """Unique and decodable ids, folded in as each file's result arrives: one flag per input row is all the
     parent keeps (the ids themselves are dropped once folded), so memory does not grow with the files checked."""
 
-    def __init__(self, inputs: dict[int, int]) -> None:
+    def __init__(self, inputs: dict[int, int], label: str) -> None:
         self.seen = {fi: np.zeros(n, dtype=bool) for fi, n in inputs.items()}
         self.known = np.fromiter(self.seen, dtype=np.int64, count=len(self.seen))
-        self.uniq, self.valid = Check("unique"), Check("valid")
+        self.uniq, self.valid = Check(f"{label} ids unique"), Check(f"{label} ids decode to an input row")
 
     def add(self, where: str, arr: NDArray[np.int64]) -> None:
         """Fold in the ids of one file (`where` names it in a failure)."""
@@ -277,11 +277,10 @@ class _IdTracker:
             self.seen[fi][u] = True
         self.uniq.add(n_dup, dup_first or "", len(arr))
 
-    def report(self, rep: VerifyReport, label: str) -> None:
-        """Add this tracker's two checks to `rep` as `<label> ids unique` / `... decode to an input row`."""
-        for name, check in ((f"{label} ids unique", self.uniq), (f"{label} ids decode to an input row", self.valid)):
-            target = rep.check(name)
-            target.checked, target.failed, target.first_failure = check.checked, check.failed, check.first_failure
+    def report(self, rep: VerifyReport) -> None:
+        """Add this tracker's two checks to `rep` (after the per-file ones, as they are read)."""
+        for check in (self.uniq, self.valid):
+            rep.checks[check.name] = check
 
 
 def _read_checked(rep: VerifyReport, name: str, pub: Publisher, rel: str, model: type[Any] | None = None) -> Any:
@@ -457,7 +456,7 @@ def run_verify(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter
                 path = mout.url(f"{split}/{stored['basename']}")
                 units.append(_FileUnit(f"mds-{split}-{k:06d}", path, "mds", split, tuple(sorted(shard.items()))))
     inputs = {f.file_index: f.n_obs for f in manifest.inputs}
-    trackers = {"arrow": _IdTracker(inputs), "mds": _IdTracker(inputs)}
+    trackers = {kind: _IdTracker(inputs, kind) for kind in ("arrow", "mds")}
 
     def fold_ids(unit: _FileUnit, res: _Checked) -> _Checked:
         trackers[unit.kind].add(f"{unit.split}/{Path(unit.path).name}", res.ids)
@@ -473,7 +472,7 @@ def run_verify(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter
         res = results[u.unit_id]
         rep.merge(res.report)
         rows[(u.kind, u.split)] = rows.get((u.kind, u.split), 0) + res.rows
-    trackers["arrow"].report(rep, "arrow")
+    trackers["arrow"].report(rep)
     if cfg.drugs is not None:
         _check_drugs(rep, cfg.drugs, [u.path for u in units if u.kind == "arrow"])
     counts = rep.check("cell counts agree (manifest, Arrow, MDS)")
@@ -482,7 +481,7 @@ def run_verify(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter
         want = manifest.totals[f"written_{split}"]
         counts.add(n_arrow == want, f"{split}: Arrow has {n_arrow} cells, manifest says {want}")
     if cfg.mds:
-        trackers["mds"].report(rep, "mds")
+        trackers["mds"].report(rep)
         for split in cfg.mds.splits:
             n_mds = rows.get(("mds", split), 0)
             dropped = mds_manifest.splits[split].dropped_min_length if mds_manifest else 0
