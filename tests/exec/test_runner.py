@@ -192,6 +192,23 @@ def test_warm_up_starts_every_worker_with_the_stage_imported():
     warm_up(spec, ("cellcorpus.stages.tokenize",))  # outside a session: nothing is started (and nothing leaks)
 
 
+def test_a_pool_shut_down_with_a_worker_at_the_start_barrier_does_not_wait_for_it():
+    """A refusal just after the pool started cancels start tasks not yet taken; a worker that took one waits at
+    the start barrier for the others (here: one start task, as if the other's had been cancelled), and the
+    shutdown must release it, not wait out the barrier's 300 s timeout."""
+    import threading
+
+    from cellcorpus.exec.local import _nothing, local_executor, one_per_worker
+
+    pool = local_executor(2)
+    held = pool.submit(one_per_worker, _nothing)  # one worker takes it and waits for the other
+    t = threading.Thread(target=pool.shutdown, kwargs={"wait": True, "cancel_futures": True})
+    t.start()
+    t.join(timeout=120)
+    assert not t.is_alive(), "the pool's shutdown waited for a worker held at the start barrier"
+    assert held.result() is None
+
+
 def _env(key):
     return os.environ.get(key)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import threading
@@ -66,7 +67,8 @@ def one_per_worker(fn: Callable[..., Any], *args: Any) -> None:
     each worker takes exactly one (none is idle to take a second), so a spawn pool starts a process for each."""
     fn(*args)
     if _ALL_WORKERS is not None:
-        _ALL_WORKERS.wait(timeout=300)
+        with contextlib.suppress(threading.BrokenBarrierError):  # the pool is shutting down (_Pool.shutdown)
+            _ALL_WORKERS.wait(timeout=300)
 
 
 def _nothing() -> None:
@@ -86,6 +88,21 @@ class InlineExecutor(Executor):
         return fut
 
 
+class _Pool(ProcessPoolExecutor):
+    """A spawn pool whose shutdown releases workers waiting at the start barrier: a command that stops early
+    (a refusal right after the pool started) cancels start tasks not yet taken, and a worker that took one
+    would otherwise wait for the others until the barrier's timeout, holding up the shutdown."""
+
+    def __init__(self, barrier: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._barrier = barrier
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Shut down as a ProcessPoolExecutor does, after breaking the start barrier."""
+        self._barrier.abort()
+        super().shutdown(wait=wait, cancel_futures=cancel_futures)
+
+
 def local_executor(num_proc: int, direct: str = "auto") -> Executor:
     """Inline executor for one process, else a spawn process pool whose workers all start now (with
     WORKER_ENV in their environment, not in ours) and run `init_worker(direct)`."""
@@ -94,8 +111,8 @@ def local_executor(num_proc: int, direct: str = "auto") -> Executor:
         return InlineExecutor()
     ctx = mp.get_context("spawn")
     all_workers = ctx.Barrier(num_proc)  # inherited by each worker at its start (it cannot travel with a task)
-    pool = ProcessPoolExecutor(
-        max_workers=num_proc, mp_context=ctx, initializer=init_worker, initargs=(direct, all_workers)
+    pool = _Pool(
+        all_workers, max_workers=num_proc, mp_context=ctx, initializer=init_worker, initargs=(direct, all_workers)
     )
     with worker_environment():
         # A spawn pool starts a process per submission while none is idle; these keep every worker busy until all
