@@ -3,16 +3,16 @@
     python benchmarks/plan_at_scale.py [--fractions 0.02 0.04 0.08] [--out /tmp/plan_at_scale]
 
 What grows with the corpus besides the cells: the tokenize units (one or more per input file), their completion
-records, each holding where every shuffle bucket starts in its part (rows and bytes: `bucket_bounds`,
-`bucket_bytes`), the shuffle units built from all of those (a slice of every part per bucket), and the MDS index
-merge over every writer folder. Each step runs here on synthetic records of the real shape, through the real
-code (`plan_tokenize`, `Ledger.record` / `Ledger.done`, the shuffle units of `finalize_splits`,
-`merge_split_index`), in a fresh process per scale for its own peak RSS.
+records, where every shuffle bucket starts in each part (rows and bytes, an `.npy` beside the part since issue 21;
+JSON lists in the ledger before), the bucket-major plan the shuffle units read their slices from, and the MDS
+index merge over every writer folder. Each step runs here on synthetic records of the real shape, through the
+real code (`plan_tokenize`, `write_part_bounds`, `Ledger.record` / `Ledger.done`, `shuffle_units`,
+`bucket_slices`, `merge_split_index`), in a fresh process per scale for its own peak RSS.
 
-The full scale cannot run on this 24 GB machine: the ledger holds n_parts x n_buckets x 2 integers (50k x 8.2k x 2
-= 820M at 270M cells), and both factors grow with the corpus, so its cost grows with the square of the corpus.
-So the benchmark measures fractions of it (inputs and buckets scaled together, as they are in a real run) and
-fits each measure to a + b*s^k (k = 2 for what grows with parts x buckets) to estimate the full size.
+The bucket bounds are n_parts x n_buckets x 2 integers (50k x 8.2k x 2 = 820M at 270M cells) and both factors
+grow with the corpus; they now live on disk (~6.5 GB at full scale, twice: per part, then bucket-major), so the
+full scale (`--fractions 1`) runs on a machine with ~15 GB of free disk. Smaller fractions are fitted to
+a + b*s^k (k = 2 for what grows with parts x buckets) to estimate the full size.
 Nothing is asserted; numbers go in docs/scaling.md. Outputs are removed at the end.
 """
 
@@ -46,10 +46,11 @@ def job(fraction: float, out: Path) -> dict:
     from cellcorpus.config import HuggingfaceConfig
     from cellcorpus.core.shuffle import n_buckets_for
     from cellcorpus.formats.mds.writer import merge_split_index
+    from cellcorpus.formats.shuffle_plan import bucket_slices, write_part_bounds
     from cellcorpus.manifest import Ledger, UnitResult
     from cellcorpus.sources.base import InputFile
     from cellcorpus.stages.tokenize import plan_tokenize
-    from cellcorpus.stages.tokenize_finalize import ShuffleUnit, _bucket_slice
+    from cellcorpus.stages.tokenize_finalize import shuffle_units
 
     cells, files = int(FULL_CELLS * fraction), max(1, int(FULL_FILES * fraction))
     per_file = cells // files
@@ -70,18 +71,22 @@ def job(fraction: float, out: Path) -> dict:
     # One completion record per tokenize unit, shaped as tokenize_unit writes it (train split shuffled).
     rng = np.random.default_rng(0)
     ledger = Ledger(out / "work" / "units" / "tokenize", "h" * 16)
+    parts_dir = out / "work" / "parts" / "train"
+    parts_dir.mkdir(parents=True)
     t = time.perf_counter()
     for u in units:
         n = u.n_cells
-        bounds = np.concatenate([[0], np.sort(rng.integers(0, n, n_train - 1)), [n]]).tolist()
+        bounds = np.concatenate([[0], np.sort(rng.integers(0, n, n_train - 1)), [n]])
+        name = write_part_bounds(parts_dir / f"{u.unit_id}.arrow", bounds, bounds * 9000)
         outputs = [
             {"path": f"train/{u.unit_id}.arrow", "bytes": n * 9000, "xxh64": "0" * 16, "split": "train",
-             "n_cells": n, "bucket_bounds": bounds, "bucket_bytes": [b * 9000 for b in bounds]},
+             "n_cells": n, "bounds": name},
             {"path": f"valid/{u.unit_id}.arrow", "bytes": 0, "xxh64": "0" * 16, "split": "valid", "n_cells": 0},
         ]  # fmt: skip
         ledger.record(UnitResult(u.unit_id, {"cells_read": n}, outputs, {"input_checksum": "0" * 16}))
     steps["ledger write"] = time.perf_counter() - t
     res["ledger_mb"] = sum(p.stat().st_size for p in ledger.dir.iterdir()) / 2**20
+    res["bounds_mb"] = sum(p.stat().st_size for p in parts_dir.iterdir()) / 2**20
     del ledger
 
     t = time.perf_counter()
@@ -91,15 +96,16 @@ def job(fraction: float, out: Path) -> dict:
     res["rss_after_ledger_mb"] = _peak_mb()
 
     t = time.perf_counter()
-    parts = [(f"{out}/work/parts/train/{u.unit_id}.arrow", r.outputs[0]) for u, r in zip(units, results, strict=True)]
-    sunits = [
-        ShuffleUnit(f"train-b{b:05d}", f"{out}/data-{b}.arrow", b, tuple(_bucket_slice(p, r, b) for p, r in parts))
-        for b in range(n_train)
-    ]
+    parts = [(str(parts_dir / f"{u.unit_id}.arrow"), r.outputs[0]) for u, r in zip(units, results, strict=True)]
+    sunits = shuffle_units(parts, "train", out, n_train)
     steps["shuffle plan"] = time.perf_counter() - t
     res["shuffle_unit_pickle_kb"] = len(pickle.dumps(sunits[0])) / 1024
     res["rss_after_shuffle_plan_mb"] = _peak_mb()
-    del sunits, parts, results, done
+    t = time.perf_counter()
+    slices = bucket_slices(sunits[n_train // 2].plan, n_train // 2)  # what one shuffle unit reads where it runs
+    steps["one bucket's slices"] = time.perf_counter() - t
+    assert len(slices) <= len(parts)
+    del sunits, parts, results, done, slices
 
     split = out / "mds" / "train"
     subs = [f"{b:05d}" for b in range(n_train)]
@@ -123,8 +129,9 @@ def job(fraction: float, out: Path) -> dict:
 
 
 # How each measure grows with the corpus: with parts x buckets (both grow with it), or with one of them.
-_GROWTH = {"plan": 1, "ledger write": 2, "ledger read": 2, "shuffle plan": 2, "mds index merge": 1,
-           "ledger_mb": 2, "peak_rss_mb": 2, "shuffle_unit_pickle_kb": 1}  # fmt: skip
+_GROWTH = {"plan": 1, "ledger write": 2, "ledger read": 1, "shuffle plan": 2, "one bucket's slices": 1,
+           "mds index merge": 1, "ledger_mb": 1, "bounds_mb": 2, "peak_rss_mb": 1,
+           "shuffle_unit_pickle_kb": 0}  # fmt: skip
 
 
 def _fit(xs: list[float], ys: list[float], power: int) -> float:
@@ -159,22 +166,24 @@ def main() -> None:
         shutil.rmtree(args.out, ignore_errors=True)
     names = list(rows[0]["steps"])
     print(f"{'cells':>12} {'files':>6} {'units':>6} {'buckets':>7} " + " ".join(f"{n:>16}" for n in names)
-          + f" {'ledger MB':>10} {'peak RSS MB':>11} {'1 shuffle unit KB':>17}")  # fmt: skip
+          + f" {'ledger MB':>10} {'bounds MB':>10} {'peak RSS MB':>11} {'1 shuffle unit KB':>17}")  # fmt: skip
     for r in rows:
         print(f"{r['cells']:>12,} {r['files']:>6,} {r['units']:>6,} {r['buckets']:>7,} "
               + " ".join(f"{r['steps'][n]:>15.2f}s" for n in names)
-              + f" {r['ledger_mb']:>10.0f} {r['peak_rss_mb']:>11.0f} {r['shuffle_unit_pickle_kb']:>17.0f}")  # fmt: skip
+              + f" {r['ledger_mb']:>10.0f} {r['bounds_mb']:>10.0f} {r['peak_rss_mb']:>11.0f}"
+              + f" {r['shuffle_unit_pickle_kb']:>17.2f}")  # fmt: skip
     xs = [r["fraction"] for r in rows]
     est = {n: _fit(xs, [r["steps"][n] for r in rows], _GROWTH[n]) for n in names}
     print("\nestimated at 270M cells, 50k files (a + b*s^k fitted to the fractions above, k = 2 for what grows")
     print("with parts x buckets, 1 for the rest; s = 1):")
     print("  " + ", ".join(f"{n} {v / 60:.1f} min" for n, v in est.items()))
     fit = {
-        k: _fit(xs, [r[k] for r in rows], _GROWTH[k]) for k in ("ledger_mb", "peak_rss_mb", "shuffle_unit_pickle_kb")
+        k: _fit(xs, [r[k] for r in rows], _GROWTH[k])
+        for k in ("ledger_mb", "bounds_mb", "peak_rss_mb", "shuffle_unit_pickle_kb")
     }
     print(
-        f"  ledger {fit['ledger_mb'] / 1024:.1f} GB on disk, peak RSS {fit['peak_rss_mb'] / 1024:.1f} GB, "
-        f"one shuffle unit {fit['shuffle_unit_pickle_kb'] / 1024:.1f} MB pickled"
+        f"  ledger {fit['ledger_mb'] / 1024:.2f} GB + bucket bounds {fit['bounds_mb'] / 1024:.1f} GB on disk, "
+        f"peak RSS {fit['peak_rss_mb'] / 1024:.2f} GB, one shuffle unit {fit['shuffle_unit_pickle_kb']:.2f} KB pickled"
     )
 
 

@@ -54,7 +54,7 @@ def _verify(cfg: Config, spec: ExecutorSpec, reporter: Reporter | None) -> Stage
 def _report(cfg: Config, spec: ExecutorSpec, reporter: Reporter | None) -> StageSummary:
     from cellcorpus.stages.report import run_report
 
-    return run_report(cfg)
+    return run_report(cfg, spec, reporter)
 
 
 # (name, config section that enables it, runner): the order `run` follows. Adding a stage = one row.

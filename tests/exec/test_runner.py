@@ -206,7 +206,7 @@ def test_a_pool_shut_down_with_a_worker_at_the_start_barrier_does_not_wait_for_i
     t.start()
     t.join(timeout=120)
     assert not t.is_alive(), "the pool's shutdown waited for a worker held at the start barrier"
-    assert held.result() is None
+    assert held.cancelled() or held.result() is None  # released (or never taken), never an error
 
 
 def _env(key):

@@ -159,3 +159,30 @@ def test_id_checks_fold_in_file_by_file():
     unique, valid = rep.checks["arrow ids unique"], rep.checks["arrow ids decode to an input row"]
     assert (unique.checked, unique.failed, unique.first_failure) == (8, 1, "train/b: id 2 repeats")
     assert (valid.checked, valid.failed, valid.first_failure) == (8, 2, f"valid/c: id {(1 << 32) | 5}")
+
+
+def test_id_checks_agree_with_a_set_over_many_inputs():
+    """Shuffled data files hold cells of every input: the bitmap's tallies equal a plain set's, file by file."""
+    from cellcorpus.stages.verify import VerifyReport, _IdTracker
+
+    rng = np.random.default_rng(7)
+    files, sizes = rng.choice(5_000, 1_000, replace=False), rng.integers(1, 50, 1_000)
+    inputs = {int(f): int(n) for f, n in zip(files, sizes, strict=True)}
+    tracker = _IdTracker(inputs, "mds")
+    seen: set[int] = set()
+    want_dup = want_bad = 0
+    for k in range(20):
+        files = rng.choice(list(inputs), 400)
+        rows = rng.integers(0, 55, 400)  # some rows past their file's end
+        ids = (files.astype(np.int64) << 32) | rows
+        good = [int(i) for i, f, r in zip(ids, files, rows, strict=True) if r < inputs[int(f)]]
+        want_bad += len(ids) - len(good)
+        uniq, counts = np.unique(good, return_counts=True)
+        want_dup += sum(1 for u, c in zip(uniq.tolist(), counts, strict=True) if u in seen or c > 1)
+        seen |= set(good)
+        tracker.add(f"train/{k}", ids)
+    rep = VerifyReport()
+    tracker.report(rep)
+    assert rep.checks["mds ids unique"].failed == want_dup > 0
+    assert rep.checks["mds ids decode to an input row"].failed == want_bad > 0
+    assert rep.checks["mds ids unique"].checked == 20 * 400

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from types import SimpleNamespace
+from unittest import mock
 
 import numpy as np
 import pyarrow as pa
@@ -12,9 +13,10 @@ from cellcorpus.core.split import shuffle_keys
 from cellcorpus.core.tokenize import CountScan
 from cellcorpus.errors import InputError
 from cellcorpus.formats.arrow import cell_schema, compact_part, read_arrow, read_stream_ranges, write_stream
+from cellcorpus.formats.shuffle_plan import bucket_slices, part_bounds, write_bucket_plan, write_part_bounds
 from cellcorpus.io.paths import Publisher
 from cellcorpus.stages.tokenize import _counts_fit_int16
-from cellcorpus.stages.tokenize_finalize import ShuffleContext, ShuffleUnit, shuffle_unit
+from cellcorpus.stages.tokenize_finalize import ShuffleContext, ShuffleUnit, read_bucket, shuffle_unit
 
 
 def _cells(n: int, start: int, seed: int) -> pa.Table:
@@ -60,7 +62,11 @@ def test_compact_parts_shuffle_to_the_same_bytes_as_wide_ones_even_mixed(tmp_pat
             assert schema.field("expressions").type == pa.list_(pa.int16())
         target = tmp_path / case / "data-00000-of-00001.arrow"
         ctx = ShuffleContext(42, ("drug",), str(tmp_path / case), Publisher(str(tmp_path / case), tmp_path), "train")
-        shuffle_unit(ShuffleUnit("train-b00000", str(target), 0, tuple(parts)), ctx)
+        plan = tmp_path / case / "shuffle-plan.npy"
+        bounds = [np.array(p[1:]).reshape(2, 2).T for p in parts]  # (rows, bytes) at the bucket's two ends
+        cells = write_bucket_plan(plan, [p[0] for p in parts], bounds.__getitem__, 1)
+        assert cells.tolist() == [500]
+        shuffle_unit(ShuffleUnit("train-b00000", str(target), 0, 500, str(plan)), ctx)
         out[case] = target.read_bytes()
     assert out["compact"] == out["wide"] and out["mixed"] == out["wide"] and out["mixed_versions"] == out["wide"]
     got = read_arrow(tmp_path / "wide" / "data-00000-of-00001.arrow")
@@ -105,6 +111,43 @@ def test_a_part_changed_since_it_was_recorded_is_named(tmp_path):
     t = _cells(100, 0, 4)
     path = tmp_path / "part.arrow"
     written = write_stream(path, t, rows=np.arange(100), cuts=np.array([0, 40, 100]))
-    unit = ShuffleUnit("train-b00001", str(tmp_path / "d.arrow"), 1, ((str(path), 40, 90, *written.cut_bytes[1:]),))
     with pytest.raises(InputError, match=r"part\.arrow: bucket 1 holds 60 rows, 50 recorded"):
-        unit.pieces()
+        read_bucket([(str(path), 40, 90, *written.cut_bytes[1:])], 1)
+
+
+def test_the_bucket_plan_gives_each_bucket_its_slice_of_every_part(tmp_path):
+    """The plan is written a block of parts at a time (a tiny block here) and read back per bucket: each
+    bucket gets exactly its non-empty (rows, bytes) slice of each part, in part order."""
+    rng = np.random.default_rng(5)
+    n_buckets, n_parts = 7, 23
+    bounds = []
+    for _ in range(n_parts):
+        rows = np.concatenate([[0], np.sort(rng.integers(0, 50, n_buckets - 1)), [50]])
+        bounds.append(np.column_stack([rows, rows * 10 + 3]))
+    paths = [str(tmp_path / f"p{j}.arrow") for j in range(n_parts)]
+    plan = tmp_path / "plan.npy"
+    with mock.patch("cellcorpus.formats.shuffle_plan._BLOCK_BYTES", 16 * (n_buckets + 1) * 5):
+        cells = write_bucket_plan(plan, paths, lambda j: bounds[j], n_buckets)
+    assert cells.sum() == 50 * n_parts
+    for b in range(n_buckets):
+        want = [
+            (paths[j], *map(int, (bounds[j][b, 0], bounds[j][b + 1, 0], bounds[j][b, 1], bounds[j][b + 1, 1])))
+            for j in range(n_parts)
+            if bounds[j][b + 1, 0] > bounds[j][b, 0]
+        ]
+        assert bucket_slices(plan, b) == want
+        assert cells[b] == sum(s[2] - s[1] for s in want)
+    with pytest.raises(InputError, match=r"p3\.arrow: 6 shuffle buckets recorded, 7 planned"):
+        write_bucket_plan(plan, paths, lambda j: bounds[j][:-1] if j == 3 else bounds[j], n_buckets)
+
+
+def test_a_part_record_of_an_earlier_version_still_gives_its_bounds(tmp_path):
+    """Records written before the bounds moved out of the ledger held them as lists (bytes maybe absent)."""
+    name = write_part_bounds(tmp_path / "u.arrow", [0, 4, 9], [0, 80, 170])
+    new = part_bounds(tmp_path / "u.arrow", {"bounds": name})
+    assert new.tolist() == [[0, 0], [4, 80], [9, 170]]
+    assert part_bounds("u.arrow", {"bucket_bounds": [0, 4, 9], "bucket_bytes": [0, 80, 170]}).tolist() == new.tolist()
+    assert part_bounds("u.arrow", {"bucket_bounds": [0, 4, 9]}).tolist() == [[0, -1], [4, -1], [9, -1]]
+    (tmp_path / "u.bounds.npy").write_bytes(b"not numpy")
+    with pytest.raises(InputError, match=r"u\.bounds\.npy: a shuffle part's bucket bounds cannot be read"):
+        part_bounds(tmp_path / "u.arrow", {"bounds": "u.bounds.npy"})

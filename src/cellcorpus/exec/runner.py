@@ -200,7 +200,7 @@ def _consume(ex, window, fn, pending, context, ledger, done, cells_of, reporter,
         result = fut.result()
         if ledger:
             ledger.record(result)
-        done[result.unit_id] = keep(unit, result) if keep else result
+        done[unit.unit_id] = keep(unit, result) if keep else result
         if reporter:
             reporter.advance(1, cells_of(unit))
 

@@ -5,14 +5,16 @@ read through every filter to Arrow train/valid and MDS, the distributions that m
 per cell against context lengths, counts per cell on a log axis in real counts), vocabulary coverage, the
 metadata composition and the output (shards, sizes, compression). Figures are inline SVG drawn here (a few
 lines each), so the page needs no network and the install no plotting library (matplotlib and its
-dependencies were ~80 MB of a default install for three PNGs). The Arrow splits are streamed once, one
-data file at a time.
+dependencies were ~80 MB of a default install for three PNGs). The Arrow splits are read once, a data file
+per worker task; each file's distributions come back as small mergeable counts (`core/sketch.py`), so the
+report's memory does not grow with the corpus.
 """
 
 from __future__ import annotations
 
 import html
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,7 +24,9 @@ from numpy.typing import NDArray
 from cellcorpus._version import __version__
 from cellcorpus.config import Config
 from cellcorpus.core.ids import decode_ids
+from cellcorpus.core.sketch import ValueCounts
 from cellcorpus.errors import ConfigError
+from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
 from cellcorpus.formats.arrow import read_arrow
 from cellcorpus.io.atomic import write_json_atomic
 from cellcorpus.io.paths import Publisher, local_copy
@@ -40,50 +44,127 @@ _COLORS = {"train": "#3b6ea8", "valid": "#d9822b"}
 
 
 # ---- one pass over the data ---------------------------------------------------------------------------
-def _scan(out: Publisher, manifest: TokenizeManifest, has_cls: bool) -> dict[str, Any]:
-    """Per split: genes and counts per cell; per input file: entries written; per column: value counts."""
-    skip = 1 if has_cls else 0
-    per_split: dict[str, dict[str, NDArray[Any]]] = {}
-    entries = Counter[int]()
-    tokens_seen: set[int] = set()
-    values: dict[str, Counter[str]] = {c: Counter() for c in manifest.metadata_columns if c != "index"}
-    for split, records in manifest.splits.items():
-        genes, counts = [], []
-        for rec in records:
-            with local_copy(out.url(f"{split}.dataset/{rec.path}")) as p:
-                table = read_arrow(p)
-                if table.num_rows == 0:
-                    continue
-                lengths = pc.list_value_length(table.column("genes")).to_numpy(zero_copy_only=False) - skip
-                exprs = table.column("expressions").combine_chunks()
-                offsets = exprs.offsets.to_numpy().astype(np.int64)
-                flat = exprs.values.to_numpy()[offsets[0] : offsets[-1]]  # float32, as stored: no float64 copy
-                starts = offsets[:-1] - offsets[0]
-                # summed in float64 element by element, as after an astype(float64) copy (8 bytes per token)
-                sums = np.add.reduceat(flat, starts, dtype=np.float64) if len(flat) else np.zeros(len(lengths))
-                pad = flat[starts].astype(np.float64) if skip else 0.0
-                genes.append(lengths)
-                counts.append(sums - pad)
-                files, _ = decode_ids(table.column("id").to_numpy())
-                uniq, inverse = np.unique(files, return_inverse=True)
-                for fi, n in zip(uniq.tolist(), np.bincount(inverse, weights=lengths).tolist(), strict=True):
-                    entries[int(fi)] += int(n)
-                tokens_seen.update(pc.unique(pc.list_flatten(table.column("genes"))).to_pylist())
-                for col, counter in values.items():
-                    if col in table.column_names:
-                        for item in pc.value_counts(table.column(col).combine_chunks()).to_pylist():
-                            counter[item["values"]] += item["counts"]
-        per_split[split] = {
-            "genes_per_cell": np.concatenate(genes) if genes else np.zeros(0),
-            "counts_per_cell": np.concatenate(counts) if counts else np.zeros(0),
+_VALUES_CAP = 100_000  # distinct values counted exactly per metadata column (a barcode-like column has one per cell)
+
+
+@dataclass(frozen=True, order=True)
+class _FileUnit:
+    unit_id: str
+    path: str
+    split: str
+    n_cells: int
+
+
+@dataclass(frozen=True)
+class _ScanCtx:
+    skip: int  # 1 when cells start with CLS (not a gene)
+    columns: tuple[str, ...]  # metadata columns whose values are counted
+
+
+@dataclass
+class _FileStats:
+    """One data file's distributions: small and mergeable (what a worker sends back, whatever the file's size)."""
+
+    split: str
+    genes: ValueCounts
+    counts: ValueCounts
+    files: NDArray[np.int64]  # input files present, and the entries written from each
+    entries: NDArray[np.int64]
+    tokens: NDArray[np.int64]  # distinct token ids
+    values: dict[str, dict[str, int]]
+
+
+def _scan_file(unit: _FileUnit, ctx: _ScanCtx) -> _FileStats | None:
+    """Genes and total counts per cell, entries per input file, tokens and metadata values of one data file."""
+    with local_copy(unit.path) as p:
+        table = read_arrow(p)
+        if table.num_rows == 0:
+            return None
+        lengths = pc.list_value_length(table.column("genes")).to_numpy(zero_copy_only=False) - ctx.skip
+        exprs = table.column("expressions").combine_chunks()
+        offsets = exprs.offsets.to_numpy().astype(np.int64)
+        flat = exprs.values.to_numpy()[offsets[0] : offsets[-1]]  # float32, as stored: no float64 copy
+        starts = offsets[:-1] - offsets[0]
+        # summed in float64 element by element, as after an astype(float64) copy (8 bytes per token)
+        sums = np.add.reduceat(flat, starts, dtype=np.float64) if len(flat) else np.zeros(len(lengths))
+        pad = flat[starts].astype(np.float64) if ctx.skip else 0.0
+        files, inverse = np.unique(decode_ids(table.column("id").to_numpy())[0], return_inverse=True)
+        entries = np.bincount(inverse, weights=lengths).astype(np.int64)
+        tokens = pc.unique(pc.list_flatten(table.column("genes"))).to_numpy().astype(np.int64)
+        values = {
+            col: {
+                item["values"]: item["counts"]
+                for item in pc.value_counts(table.column(col).combine_chunks()).to_pylist()
+            }
+            for col in ctx.columns
+            if col in table.column_names
         }
-    return {"splits": per_split, "entries": entries, "tokens_seen": tokens_seen, "values": values}
+        return _FileStats(
+            unit.split, ValueCounts.of(lengths), ValueCounts.of(sums - pad), files, entries, tokens, values
+        )
 
 
-def _quantiles(x: NDArray[Any]) -> dict[str, float]:
-    if not len(x):
+class _Totals:
+    """The files' statistics merged as they arrive: memory bounded by distinct values, never by cells."""
+
+    def __init__(self, splits: list[str], inputs: list[int], columns: tuple[str, ...]) -> None:
+        self.genes = {s: ValueCounts() for s in splits}
+        self.counts = {s: ValueCounts() for s in splits}
+        self.inputs = np.array(sorted(inputs), dtype=np.int64)
+        self.entries = np.zeros(len(self.inputs), np.int64)
+        self.tokens = np.zeros(0, np.int64)
+        self.values: dict[str, Counter[str]] = {c: Counter() for c in columns}
+        self.approximate: set[str] = set()  # metadata columns with more distinct values than were kept
+
+    def add(self, unit: _FileUnit, got: _FileStats | None) -> None:
+        """Fold one file's statistics in."""
+        if got is None:
+            return
+        self.genes[got.split] = self.genes[got.split].merge(got.genes)
+        self.counts[got.split] = self.counts[got.split].merge(got.counts)
+        pos = np.searchsorted(self.inputs, got.files)
+        known = (pos < len(self.inputs)) & (self.inputs[np.minimum(pos, len(self.inputs) - 1)] == got.files)
+        np.add.at(self.entries, pos[known], got.entries[known])
+        self.tokens = np.union1d(self.tokens, got.tokens)
+        for col, counts in got.values.items():
+            counter = self.values[col]
+            counter.update(counts)
+            if len(counter) > 2 * _VALUES_CAP:  # keep the most frequent: the report shows the top few
+                self.values[col] = Counter(dict(counter.most_common(_VALUES_CAP)))
+                self.approximate.add(col)
+
+    def entries_by_file(self) -> dict[int, int]:
+        """Entries written per input file index."""
+        return dict(zip(self.inputs.tolist(), self.entries.tolist(), strict=True))
+
+
+def _scan(
+    out: Publisher, manifest: TokenizeManifest, has_cls: bool, spec: ExecutorSpec, reporter: Reporter | None
+) -> _Totals:
+    """Every data file of every split, read once, in the workers; their statistics merged here."""
+    columns = tuple(c for c in manifest.metadata_columns if c != "index")
+    totals = _Totals(list(manifest.splits), [f.file_index for f in manifest.inputs], columns)
+    units = [
+        _FileUnit(f"{split}-{rec.path}", out.url(f"{split}.dataset/{rec.path}"), split, rec.n_cells)
+        for split, records in manifest.splits.items()
+        for rec in records
+    ]
+
+    def fold(unit: _FileUnit, got: _FileStats | None) -> None:
+        totals.add(unit, got)
+
+    run_units(
+        _scan_file, units, _ScanCtx(1 if has_cls else 0, columns), None, spec, description="report",
+        cells_of=lambda u: u.n_cells, reporter=reporter, keep=fold,
+    )  # fmt: skip
+    return totals
+
+
+def _quantiles(x: ValueCounts) -> dict[str, float]:
+    if not x.n:
         return {}
-    return {f"q{int(q * 100):02d}": float(np.quantile(x, q)) for q in _QUANTILES} | {"mean": float(x.mean())}
+    out = {f"q{int(q * 100):02d}": x.quantile(q) for q in _QUANTILES} | {"mean": x.mean()}
+    return out | ({"relative_precision": x.alpha} if x.approximate else {})
 
 
 # ---- inline SVG figures ---------------------------------------------------------------------------------
@@ -115,25 +196,24 @@ def _funnel_svg(steps: list[tuple[str, int, str]]) -> str:
 
 
 def _histogram_svg(
-    series: dict[str, NDArray[Any]], title: str, xlabel: str, log: bool = False, marks: tuple[int, ...] = ()
+    series: dict[str, ValueCounts], title: str, xlabel: str, log: bool = False, marks: tuple[int, ...] = ()
 ) -> str:
     """Share of each split's cells per bin (so a small valid split stays visible beside train)."""
     width, height, left, bottom, top_pad = 760, 300, 60, 50, 20
     plot_w, plot_h = width - left - 20, height - bottom - top_pad
-    data = {k: v for k, v in series.items() if len(v)}
+    data = {k: v for k, v in series.items() if v.n}
     if not data:
         return _svg(width, 60, _text(10, 30, "no cells"), title)
-    lo = min(float(v.min()) for v in data.values())
-    hi = max(float(v.max()) for v in data.values())
+    lo = min(float(v.values[0]) for v in data.values())
+    hi = max(float(v.values[-1]) for v in data.values())
     if log:
         lo, hi = np.log10(max(lo, 1.0)), np.log10(max(hi, 10.0))
     hi = max(hi, lo + 1e-9)
     edges = np.linspace(lo, hi, 41)
     hists = {}
     for k, v in data.items():
-        x = np.log10(np.maximum(v, 1.0)) if log else v
-        counts, _ = np.histogram(x, bins=edges)
-        hists[k] = counts / max(len(v), 1)
+        counts = v.histogram(edges, (lambda x: np.log10(np.maximum(x, 1.0))) if log else None)
+        hists[k] = counts / max(v.n, 1)
     ymax = max(float(h.max()) for h in hists.values()) or 1.0
     parts = [f'<line x1="{left}" y1="{top_pad + plot_h}" x2="{left + plot_w}" y2="{top_pad + plot_h}" stroke="#333"/>']
 
@@ -161,7 +241,7 @@ def _histogram_svg(
                        extra=f'transform="rotate(-90 14 {top_pad + plot_h / 2})"'))  # fmt: skip
     for i, k in enumerate(hists):
         parts.append(f'<rect x="{left + 10 + i * 150}" y="{top_pad}" width="12" height="12" fill="{_COLORS.get(k)}"/>')
-        parts.append(_text(left + 26 + i * 150, top_pad + 10, f"{k} ({len(data[k]):,} cells)"))
+        parts.append(_text(left + 26 + i * 150, top_pad + 10, f"{k} ({data[k].n:,} cells)"))
     return _svg(width, height, "".join(parts), title)
 
 
@@ -202,9 +282,10 @@ def _funnel(manifest: TokenizeManifest, mds: MdsManifest | None) -> list[tuple[s
 
 
 @locked("report")
-def run_report(cfg: Config) -> StageSummary:
+def run_report(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | None = None) -> StageSummary:
     """Write `<merged_dataset_root>/report/{stats.json, report.html}` (local scratch for URL roots)."""
     hf = cfg.need("huggingface")
+    spec = spec or ExecutorSpec.resolve(cfg, hf.num_proc)
     out = tokenize_publisher(hf)
     manifest = read_manifest(out, "manifest.json", TokenizeManifest)
     if manifest is None:
@@ -212,11 +293,12 @@ def run_report(cfg: Config) -> StageSummary:
             f"nothing to report: no manifest in {hf.merged_dataset_root}", hint="run `cellcorpus tokenize`"
         )
     mds_manifest = read_manifest(mds_publisher(cfg.mds), "manifest.json", MdsManifest) if cfg.mds else None
-    scan = _scan(out, manifest, hf.add_cls_token)
-    dist = scan["splits"]
+    scan = _scan(out, manifest, hf.add_cls_token, spec, reporter)
+    dist = {s: {"genes_per_cell": scan.genes[s], "counts_per_cell": scan.counts[s]} for s in manifest.splits}
     vocab = load_vocab(hf.vocab_file)
     gene_tokens = {i for t, i in vocab.items() if not t.startswith("<")}
-    per_file = _per_file(manifest, scan["entries"])
+    seen = len(set(scan.tokens.tolist()) & gene_tokens)
+    per_file = _per_file(manifest, scan.entries_by_file())
     stats: dict[str, Any] = {
         "dataset_name": manifest.dataset_name,
         "tool_version": manifest.tool_version,
@@ -230,20 +312,20 @@ def run_report(cfg: Config) -> StageSummary:
         "funnel": [{"step": s, "cells": n} for s, n, _ in _funnel(manifest, mds_manifest)],
         "splits": {
             s: {
-                "cells": int(len(d["genes_per_cell"])),
+                "cells": d["genes_per_cell"].n,
                 "genes_per_cell": _quantiles(d["genes_per_cell"]),
                 "counts_per_cell": _quantiles(d["counts_per_cell"]),
-                "over_context": {str(c): int((d["genes_per_cell"] + 1 > c).sum()) for c in CONTEXT_LENGTHS},
+                "over_context": {str(c): d["genes_per_cell"].count_above(c - 1) for c in CONTEXT_LENGTHS},
             }
             for s, d in dist.items()
         },
         "vocabulary": {
             "gene_tokens": len(gene_tokens),
-            "seen": len(scan["tokens_seen"] & gene_tokens),
-            "share_seen": len(scan["tokens_seen"] & gene_tokens) / max(len(gene_tokens), 1),
+            "seen": seen,
+            "share_seen": seen / max(len(gene_tokens), 1),
         },
         "per_file": per_file,
-        "metadata_top_values": {c: counter.most_common(_TOP) for c, counter in scan["values"].items()},
+        "metadata_top_values": {c: counter.most_common(_TOP) for c, counter in scan.values.items()},
         "mds": None
         if not mds_manifest
         else {
@@ -259,6 +341,8 @@ def run_report(cfg: Config) -> StageSummary:
         "gene_ids_per_file": _gene_ids_per_file(manifest),
         "verify": _last_verify(out, manifest.config_hash),
     }
+    if scan.approximate:  # top values counted among the most frequent kept, not over all distinct values
+        stats["metadata_top_values_approximate"] = sorted(scan.approximate)
     folder = out.local_dir / REPORT_DIR
     folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(folder / "stats.json", stats)
@@ -281,7 +365,7 @@ def _last_verify(out: Publisher, config_hash: str) -> dict[str, Any] | None:
     return record if record and record.get("config_hash") == config_hash else None
 
 
-def _per_file(manifest: TokenizeManifest, entries: Counter[int]) -> list[dict[str, Any]]:
+def _per_file(manifest: TokenizeManifest, entries: dict[int, int]) -> list[dict[str, Any]]:
     """Cells and vocabulary coverage per input file (OOV rate = stored entries dropped as out-of-vocabulary)."""
     by_file: dict[int, dict[str, int]] = {}
     for unit in manifest.units:
@@ -321,7 +405,7 @@ def _gene_ids_per_file(manifest: TokenizeManifest) -> dict[str, dict[str, int]]:
     return out
 
 
-def _page(stats: dict[str, Any], manifest: TokenizeManifest, dist: dict[str, dict[str, NDArray[Any]]]) -> str:
+def _page(stats: dict[str, Any], manifest: TokenizeManifest, dist: dict[str, dict[str, ValueCounts]]) -> str:
     name = stats["dataset_name"] or "cellcorpus corpus"
     sections = [
         f"<h1>{html.escape(str(name))}</h1>",

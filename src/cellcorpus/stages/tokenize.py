@@ -30,6 +30,7 @@ from cellcorpus.core.vocab import VocabLookup
 from cellcorpus.errors import ConfigError, InputError
 from cellcorpus.exec.runner import ExecutorSpec, Reporter
 from cellcorpus.formats.arrow import cell_schema, cells_table, compact_part, read_arrow, write_stream
+from cellcorpus.formats.shuffle_plan import write_part_bounds
 from cellcorpus.io.atomic import remove_temporaries, write_json_atomic
 from cellcorpus.io.owned import claim_dir, remove_owned
 from cellcorpus.io.paths import is_url, same_location
@@ -235,7 +236,6 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
         if split in buckets:
             order, bounds = order_by_bucket(shuffle_keys(ids[sel], hf.split_parameters.seed), buckets[split])
             sel = sel[order]
-            extra["bucket_bounds"] = bounds.tolist()
         part = Path(ctx.parts_dir) / split / f"{unit.unit_id}.arrow"
         fused = ctx.fused_mds
         mds = None
@@ -244,8 +244,8 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
         source = shuffled_table if split in buckets else table
         # shuffled: a bucket's rows are their own batches, so its shuffle unit reads just its bytes
         written = write_stream(part, source, rows=rows[sel], each=mds.add if mds else None, prefix=prefix, cuts=bounds)
-        if bounds is not None:
-            extra["bucket_bytes"] = list(written.cut_bytes)
+        if bounds is not None:  # beside the part, not in the record: see formats/shuffle_plan.py
+            extra["bounds"] = write_part_bounds(part, bounds, written.cut_bytes)
         if mds is not None:
             mds.close()
         counts[f"written_{split}"] = written.rows

@@ -34,6 +34,7 @@ from cellcorpus.formats.arrow import (
     write_dataset_metadata,
     write_stream,
 )
+from cellcorpus.formats.shuffle_plan import Slice, bucket_slices, part_bounds, write_bucket_plan
 from cellcorpus.io.paths import Publisher
 from cellcorpus.layout import SPLITS, dataset_dir, tokenize_publisher, units_dir
 from cellcorpus.manifest import Ledger, UnitResult, output_record
@@ -48,7 +49,15 @@ from cellcorpus.stages.mds_unit import (
     unit_id_of,
 )
 
-__all__ = ["TokenizeContext", "FusedMds", "ShuffleUnit", "shuffle_unit", "finalize_splits"]
+__all__ = [
+    "TokenizeContext",
+    "FusedMds",
+    "ShuffleUnit",
+    "shuffle_units",
+    "shuffle_unit",
+    "read_bucket",
+    "finalize_splits",
+]
 
 
 @dataclass(frozen=True)
@@ -116,34 +125,35 @@ class TokenizeContext:
 
 @dataclass(frozen=True, order=True)
 class ShuffleUnit:
-    """Gather bucket `bucket` of `split` from the parts' slices `(part, lo, hi, byte_lo, byte_hi)`: rows
-    [lo, hi), stored as their own batches in bytes [byte_lo, byte_hi) (-1, -1: parts of an earlier version
-    whose batches span buckets; sliced from the whole part, memory-mapped)."""
+    """Gather bucket `bucket` of a split from every part: where its rows lie in each part is read from the
+    split's bucket plan (`formats/shuffle_plan.py`) where the unit runs, so the unit itself stays small."""
 
     unit_id: str
     path: str  # the output data file (named in errors)
     bucket: int
-    slices: tuple[tuple[str, int, int, int, int], ...]
-
-    @property
-    def n_cells(self) -> int:
-        """Cells gathered into this bucket."""
-        return sum(hi - lo for _, lo, hi, _, _ in self.slices)
+    n_cells: int  # cells gathered into this bucket
+    plan: str
 
     def pieces(self) -> list[pa.Table]:
         """The bucket's rows from every part, each piece read alone past the page cache where its bytes are known."""
-        live = [s for s in self.slices if s[2] > s[1]]
-        by_bytes = iter(read_stream_ranges([(p, blo, bhi) for p, _, _, blo, bhi in live if blo >= 0]))
-        pieces = []
-        for part, lo, hi, blo, _ in live:
-            piece = next(by_bytes) if blo >= 0 else read_arrow(part).slice(lo, hi - lo)
-            if piece.num_rows != hi - lo:
-                raise InputError(
-                    f"{part}: bucket {self.bucket} holds {piece.num_rows} rows, {hi - lo} recorded",
-                    hint="an intermediate file was changed; delete huggingface.output_root's parts and rerun",
-                )
-            pieces.append(piece)
-        return pieces
+        return read_bucket(bucket_slices(self.plan, self.bucket), self.bucket)
+
+
+def read_bucket(slices: list[Slice], bucket: int) -> list[pa.Table]:
+    """Rows [lo, hi) of each part: its batches in bytes [byte_lo, byte_hi), or (-1, -1: parts of an earlier
+    version whose batches span buckets) sliced from the whole part, memory-mapped."""
+    live = [s for s in slices if s[2] > s[1]]
+    by_bytes = iter(read_stream_ranges([(p, blo, bhi) for p, _, _, blo, bhi in live if blo >= 0]))
+    pieces = []
+    for part, lo, hi, blo, _ in live:
+        piece = next(by_bytes) if blo >= 0 else read_arrow(part).slice(lo, hi - lo)
+        if piece.num_rows != hi - lo:
+            raise InputError(
+                f"{part}: bucket {bucket} holds {piece.num_rows} rows, {hi - lo} recorded",
+                hint="an intermediate file was changed; delete huggingface.output_root's parts and rerun",
+            )
+        pieces.append(piece)
+    return pieces
 
 
 @dataclass(frozen=True)
@@ -177,10 +187,14 @@ def shuffle_unit(unit: ShuffleUnit, ctx: ShuffleContext) -> UnitResult:
     return UnitResult(unit.unit_id, {"cells": table.num_rows}, [record])
 
 
-def _bucket_slice(part: str, record: dict, b: int) -> tuple[str, int, int, int, int]:
-    rows = record["bucket_bounds"]
-    ends = record.get("bucket_bytes") or [-1] * len(rows)  # absent: a part written by an earlier version
-    return part, rows[b], rows[b + 1], ends[b], ends[b + 1]
+def shuffle_units(parts: list[tuple[str, dict]], split: str, dest: Path, n: int) -> list[ShuffleUnit]:
+    """One unit per bucket of `split`, over the bucket plan written beside the parts."""
+    plan = Path(parts[0][0]).parent / "shuffle-plan.npy"
+    cells = write_bucket_plan(plan, [p for p, _ in parts], lambda j: part_bounds(*parts[j]), n)
+    return [
+        ShuffleUnit(f"{split}-b{b:05d}", str(dest / data_file_name(b, n)), b, int(cells[b]), str(plan))
+        for b in range(n)
+    ]
 
 
 def _parts(
@@ -232,16 +246,7 @@ def finalize_splits(
         if split not in buckets:
             records = _finalize_unshuffled(parts, dest, out, split, fused)
         else:
-            n = buckets[split]
-            sunits = [
-                ShuffleUnit(
-                    f"{split}-b{b:05d}",
-                    str(dest / data_file_name(b, n)),
-                    b,
-                    tuple(_bucket_slice(p, r, b) for p, r in parts),
-                )
-                for b in range(n)
-            ]
+            sunits = shuffle_units(parts, split, dest, buckets[split])
             sctx = ShuffleContext(ctx.hf.split_parameters.seed, ctx.metadata_columns, str(dest), out, split, fused)
             # derived work: its identity is the exact parts it reads; stale records are dropped
             parts_hash = config_hash(stage_hash, [r["xxh64"] for _, r in parts])
