@@ -28,6 +28,7 @@ __all__ = [
     "VERIFY_RECORD",
     "OUTPUT_RECORDS",
     "scratch_dirs",
+    "joins_dir",
     "write_roots",
 ]
 
@@ -71,10 +72,15 @@ def decompressed_dir(hf: HuggingfaceConfig) -> Path:
     return Path(hf.output_root) / "decompressed"
 
 
+def joins_dir(hf: HuggingfaceConfig) -> Path:
+    """On-disk indexes of join tables too large to load in every worker (io/join_index.py)."""
+    return Path(hf.output_root) / "joins"
+
+
 def scratch_dirs(hf: HuggingfaceConfig) -> dict[str, Path]:
     """Tokenize's scratch folders under `huggingface.output_root` (claimed before use, removed only if ours)."""
     return {"parts": parts_dir(hf), "units": units_dir(hf), "decompressed": decompressed_dir(hf),
-            "staging": _staging_dir(hf)}  # fmt: skip
+            "staging": _staging_dir(hf), "joins": joins_dir(hf)}  # fmt: skip
 
 
 def write_roots(cfg: Config, stage: str, source: str | None = None) -> list[tuple[str, str]]:

@@ -179,6 +179,40 @@ def test_parquet_join_table(tmp_path, tiny_vocab, write_config):
     assert [r["tissue"] for r in rows] == ["lung", "blood", "lung", ""]
 
 
+@pytest.mark.parametrize("num_proc", [1, 2])
+def test_a_large_join_table_is_indexed_on_disk_with_the_same_outputs(tmp_path, tiny_vocab, write_config, monkeypatch,
+                                                                     num_proc):  # fmt: skip
+    """Over `INDEX_ROWS` rows a parquet join table is indexed once on disk and looked up per unit (never loaded
+    whole in a worker): the datasets are byte for byte those of the in-memory join, and the index is removed."""
+    from cellcorpus.io import join_index
+
+    rng = np.random.default_rng(3)
+    srx = [f"S{i}" for i in rng.integers(0, 60, 40)]
+    make_h5ad(tmp_path / "raw" / "a.h5ad", sp.csr_matrix(rng.integers(0, 4, (40, 4)).astype(np.float32)), VAR,
+              {"srx": srx})  # fmt: skip
+    table = tmp_path / "meta.parquet"
+    pd.DataFrame({"srx_accession": [f"S{i}" for i in range(50)], "tissue": [f"t{i % 7}" for i in range(50)],
+                  "depth": [float(i) if i % 9 else None for i in range(50)]}).to_parquet(table)  # fmt: skip
+    join = {"path": str(table), "merge_keys": {"metadata_key": "srx_accession", "adata_key": "srx"},
+            "columns": ["tissue", "depth"]}  # fmt: skip
+    outputs = {}
+    for case, rows in (("in memory", join_index.INDEX_ROWS), ("indexed", 10)):
+        monkeypatch.setattr(join_index, "INDEX_ROWS", rows)
+        if case == "indexed":  # (inline units, num_proc 1: the table is never loaded whole, in any process)
+            monkeypatch.setattr(tok, "load_table", lambda *a: pytest.fail("the large table was loaded whole"))
+            monkeypatch.setattr("cellcorpus.stages.preflight.load_table", tok.load_table)
+        root = tmp_path / case.replace(" ", "_")
+        cfg = write_config(**{"huggingface.additional_metadata_info": [join], "huggingface.num_proc": num_proc,
+                              "huggingface.output_root": str(root / "work"),
+                              "huggingface.merged_dataset_root": str(root / "merged")})  # fmt: skip
+        _run_tiny(cfg)
+        outputs[case] = data_bytes(root / "merged" / "train.dataset")
+        assert not (root / "work" / "joins").exists()
+    assert outputs["indexed"] == outputs["in memory"]
+    tissues = [r["tissue"] for r in arrow_rows(tmp_path / "indexed" / "merged" / "train.dataset")]
+    assert "" in tissues and "t1" in tissues  # keys past the table's 50 rows are unmatched
+
+
 def _many_cells(root, n_files=3, n=400, seed=0):
     """Vocabulary + 3 files of random counts in two sub-folders (sorted listing: sub0/f0, sub0/f2, sub1/f1)."""
     write_vocab(root / "vocab" / "vocab.json")
@@ -454,6 +488,19 @@ def test_filter_and_join_key_may_be_joined_columns(tmp_path, tiny_vocab, write_c
         )
     )
     assert s.counts["filtered_obs_filter"] == 1
+    assert not [n for n in s.notes if "filters nothing" in n]  # it dropped a cell
+    # every cell "full": the summary says the join filtered nothing (the Tahoe release's 100M-row obs_metadata)
+    pd.DataFrame({"barcode": ["bc3", "bc2", "bc1", "bc0"], "pass_filter": ["full"] * 4,
+                  "sample": ["s2", "s1", "s1", "s1"]}).to_parquet(obs_table)  # fmt: skip
+    again = run_tokenize(
+        load_config(write_config(**{"huggingface.additional_metadata_info": joins,
+                                    "huggingface.obs_filter": {"key": "pass_filter", "value": "full"},
+                                    "huggingface.output_root": str(tmp_path / "w2"),
+                                    "huggingface.merged_dataset_root": str(tmp_path / "m2")}), ALL_TRAIN)
+    )  # fmt: skip
+    assert again.counts["filtered_obs_filter"] == 0
+    assert "obs_filter pass_filter == 'full' (a column of obs_metadata.parquet) dropped no cell: that join filters " \
+        "nothing here" in again.notes  # fmt: skip
     rows = sorted(_all_rows(tmp_path), key=lambda r: r["id"])
     assert [(r["index"], r["sample"], r["plate_id"]) for r in rows] == [
         ("bc0", "s1", "p1"),

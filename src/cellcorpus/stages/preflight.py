@@ -23,6 +23,7 @@ from cellcorpus.errors import ConfigError, InputError, MissingExtraError
 from cellcorpus.exec.dask import check_dask_reachable
 from cellcorpus.exec.runner import ExecutorSpec
 from cellcorpus.formats.mds import MdsSpec
+from cellcorpus.io.join_index import check_columns, is_large_table
 from cellcorpus.io.owned import WRITE_PROBE, check_claimable
 from cellcorpus.io.paths import exists, filesystem, is_url
 from cellcorpus.io.tables import load_table
@@ -124,7 +125,10 @@ def _check_join_tables(hf: HuggingfaceConfig) -> None:
         if not Path(join.path).is_file():
             raise ConfigError(f"huggingface.additional_metadata_info.{i}.path: file not found: {join.path}")
         try:
-            load_table(join.path, join.merge_keys.metadata_key, join.columns)
+            if is_large_table(join.path):  # indexed on disk by tokenize: its columns are checked here
+                check_columns(join.path, [join.merge_keys.metadata_key, *join.columns])
+            else:
+                load_table(join.path, join.merge_keys.metadata_key, join.columns)
         except InputError as exc:
             # the key or a column named by the config is absent from the table: the config's problem
             raise ConfigError(f"huggingface.additional_metadata_info.{i}: {exc.message}", hint=exc.hint) from exc

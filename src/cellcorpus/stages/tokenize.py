@@ -32,6 +32,7 @@ from cellcorpus.exec.runner import ExecutorSpec, Reporter
 from cellcorpus.formats.arrow import cell_schema, cells_table, compact_part, read_arrow, write_stream
 from cellcorpus.formats.shuffle_plan import write_part_bounds
 from cellcorpus.io.atomic import remove_temporaries, write_json_atomic
+from cellcorpus.io.join_index import JoinIndex, build_join_index, is_large_table
 from cellcorpus.io.owned import claim_dir, remove_owned
 from cellcorpus.io.paths import is_url, same_location
 from cellcorpus.io.tables import as_strings, load_table, lookup
@@ -40,6 +41,7 @@ from cellcorpus.layout import (
     MANIFEST,
     OUTPUT_RECORDS,
     SPLITS,
+    joins_dir,
     parts_dir,
     scratch_dirs,
     tokenize_publisher,
@@ -95,6 +97,21 @@ def _lookup(vocab_file: str, mtime_ns: int) -> VocabLookup:
     return VocabLookup(load_vocab(vocab_file))
 
 
+@functools.lru_cache(maxsize=8)
+def _join_index(folder: str) -> JoinIndex:
+    return JoinIndex(folder)
+
+
+def join_index_dirs(hf: HuggingfaceConfig, settings: dict[str, Any]) -> tuple[str | None, ...]:
+    """Where each join table's on-disk index goes (None: a table small enough to load whole), named by the
+    table's content, key and columns (`settings`: the work settings, whose join paths are checksums)."""
+    out: list[str | None] = []
+    for join, recorded in zip(hf.additional_metadata_info, settings["additional_metadata_info"], strict=True):
+        large = is_large_table(join.path)
+        out.append(str(joins_dir(hf) / config_hash(recorded)[:16]) if large else None)
+    return tuple(out)
+
+
 class _Columns:
     """A unit's named columns as strings: obs columns first, then joined columns, joins applied in order.
 
@@ -102,13 +119,19 @@ class _Columns:
     may be a joined column (e.g. the Tahoe release's `pass_filter`, from its obs_metadata table).
     """
 
-    def __init__(self, block: RawBlock, hf: HuggingfaceConfig) -> None:
+    def __init__(self, block: RawBlock, hf: HuggingfaceConfig, join_indexes: tuple[str | None, ...] = ()) -> None:
         self._obs = block.obs
         self._values: dict[str, np.ndarray] = {}
         self._joined: dict[str, np.ndarray] = {}
-        for join in hf.additional_metadata_info:
-            index, cols = load_table(join.path, join.merge_keys.metadata_key, join.columns)
-            for name, values in lookup(index, cols, self[join.merge_keys.adata_key]).items():
+        for i, join in enumerate(hf.additional_metadata_info):
+            keys = self[join.merge_keys.adata_key]
+            folder = join_indexes[i] if i < len(join_indexes) else None
+            if folder is not None:  # a large table: its on-disk index, looked up for this unit's keys only
+                joined = _join_index(folder).lookup(keys)
+            else:
+                index, cols = load_table(join.path, join.merge_keys.metadata_key, join.columns)
+                joined = lookup(index, cols, keys)
+            for name, values in joined.items():
                 self._joined.setdefault(name, values)
 
     def __getitem__(self, name: str) -> np.ndarray:
@@ -194,7 +217,7 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
         gene_map, mapping_counts, collisions = mapping.gene_map, mapping.counts(), mapping.n_colliding > 0
     counts = dict.fromkeys(COUNT_KEYS, 0)
     counts["cells_read"] = unit.n_cells
-    columns = _Columns(block, hf)
+    columns = _Columns(block, hf, ctx.join_indexes)
     keep = _apply_filters(block, hf, counts, columns)
     rows = np.flatnonzero(keep)
     meta = _metadata(columns, ctx)
@@ -281,6 +304,22 @@ def _work_settings(hf: HuggingfaceConfig) -> tuple[str, dict[str, Any]]:
 
 def _stage_hash(work_hash: str, inputs: list[InputFile]) -> str:
     return config_hash(work_hash, [(f.rel_path, f.n_bytes, f.checksum) for f in inputs])
+
+
+def _idle_join_notes(hf: HuggingfaceConfig, totals: dict[str, int]) -> list[str]:
+    """A join read only for the obs_filter's column, where that filter dropped nothing: the join (100M rows in
+    the Tahoe release's obs_metadata) could be left out."""
+    f = hf.obs_filter
+    if f is None or totals.get("filtered_obs_filter", 0) or totals.get("cells_read", 0) == 0:
+        return []
+    notes = []
+    for join in hf.additional_metadata_info:
+        if f.key in join.columns:
+            notes.append(
+                f"obs_filter {f.key} == {f.value!r} (a column of {Path(join.path).name}) dropped no cell: that "
+                "join filters nothing here"
+            )
+    return notes
 
 
 def _file_notes(inputs: list[InputFile], results: list[UnitResult]) -> list[str]:
@@ -390,11 +429,16 @@ def run_tokenize(
         n_buckets=n_buckets,
         fused_mds=fused,
         compact_parts=max(vocab.values(), default=0) < 1 << 16,
+        join_indexes=join_index_dirs(hf, work_settings),
     )
 
     def plan() -> list[WorkUnit]:
-        for key in ("parts", "units"):
+        for key in ("parts", "units") + (("joins",) if any(ctx.join_indexes) else ()):
             claim_dir(scratch_dirs(hf)[key], f"huggingface.output_root ({key}/)")
+        for join, folder in zip(hf.additional_metadata_info, ctx.join_indexes, strict=True):
+            if folder is not None:  # once per run, here: workers then read only the pages their keys need
+                log.info("indexing join table %s (too large to load in every worker)", join.path)
+                build_join_index(join.path, join.merge_keys.metadata_key, join.columns, Path(folder))
         if fused is not None:  # tokenize rebuilds: the export it replaces must never look complete meanwhile
             claim_dir(fused.identity.out.local_dir, fused.identity.key, OUTPUT_RECORDS)
             for marker in fused.identity.markers:
@@ -426,6 +470,7 @@ def run_tokenize(
         summary = StageSummary(
             "tokenize", counts=totals, outputs=_outputs(hf), notes=notes + _file_notes(inputs, results)
         )
+        summary.notes += _idle_join_notes(hf, totals)
         return body, summary
 
     def cleanup() -> None:
@@ -433,6 +478,7 @@ def run_tokenize(
         # their completion records would point at nothing; a later rebuild redoes every unit.
         remove_owned(ctx.parts_dir)  # only folders this tool created and marked: never a user's
         remove_owned(units_dir(hf))
+        remove_owned(joins_dir(hf))
 
     stage: StageRun[TokenizeManifest] = StageRun(
         name="tokenize",

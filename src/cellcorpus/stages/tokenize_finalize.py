@@ -121,6 +121,7 @@ class TokenizeContext:
     n_buckets: tuple[tuple[str, int], ...]  # split -> shuffle buckets (empty when not shuffling)
     fused_mds: FusedMds | None = None
     compact_parts: bool = False  # shuffled parts keep genes as uint16 (every vocabulary id < 65,536)
+    join_indexes: tuple[str | None, ...] = ()  # per join: its on-disk index (a large table), else None
 
 
 @dataclass(frozen=True, order=True)
