@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zstandard
 
 from cellcorpus.config import load_config
 from cellcorpus.errors import VerifyError
@@ -186,3 +187,56 @@ def test_id_checks_agree_with_a_set_over_many_inputs():
     assert rep.checks["mds ids unique"].failed == want_dup > 0
     assert rep.checks["mds ids decode to an input row"].failed == want_bad > 0
     assert rep.checks["mds ids unique"].checked == 20 * 400
+
+
+@pytest.mark.parametrize("damage", [None, "vocabulary", "frame"])
+def test_shards_decoded_at_once_report_what_sample_by_sample_decoding_reports(produced, monkeypatch, damage):
+    """verify decodes our writer's shards with array operations; the per-sample restricted reader stays for
+    anything else. Both give the same checks, counts and first failures (a shrunk vocabulary puts tokens out of
+    range); a frame the fast path does not recognise (a foreign pickle, re-hashed) sends the shard to the slow
+    path, which names the sample."""
+    from cellcorpus.formats.mds import spec
+    from cellcorpus.stages import verify
+
+    cfg, root = produced
+    if damage == "vocabulary":
+        vocab = json.loads(Path(cfg.huggingface.vocab_file).read_text())
+        Path(cfg.huggingface.vocab_file).write_text(json.dumps({k: v for k, v in vocab.items() if v < 5}))
+    if damage == "frame":  # one sample's genes pickle, a byte changed in its frame; hashes re-forged
+        shard = _shards(root)[0]
+        raw = bytearray(spec.decompress(shard.read_bytes()))
+        at = raw.index(b"_rebuild_tensor_v2")
+        raw[at + 1] ^= 0x20
+        _forge(shard, bytes(raw))
+    reports = []
+    for fast in (True, False):
+        if fast and damage != "frame":  # every sample decoded at once: the per-sample reader is never called
+            monkeypatch.setattr(verify, "decode_value", lambda *a: pytest.fail("decoded sample by sample"))
+        if not fast:
+            monkeypatch.undo()
+            monkeypatch.setattr(verify, "_decode_fast", lambda *a: None)
+        try:
+            rep = run_verify(cfg)
+        except VerifyError as exc:
+            rep = exc.report
+        reports.append({k: (c.checked, c.failed, c.first_failure) for k, c in rep.checks.items()})
+    assert reports[0] == reports[1]
+    failed = {k for k, v in reports[0].items() if v[1]}
+    frame = {"mds samples decode (no pickle executed)", "cell counts agree (manifest, Arrow, MDS)"}
+    assert failed == {None: set(), "vocabulary": {"token ids in vocabulary"}, "frame": frame}[damage]
+
+
+def _forge(shard: Path, raw: bytes) -> None:
+    """Write `raw` compressed into `shard` and record its sizes and hashes in its writer's and the split's index."""
+    from cellcorpus.formats.mds import spec
+
+    data = zstandard.ZstdCompressor().compress(raw)
+    shard.write_bytes(data)
+    for index_path in (shard.parent / "index.json", shard.parent.parent / "index.json"):
+        index = json.loads(index_path.read_text())
+        for s in index["shards"]:
+            name = s["zip_data"]["basename"]
+            if name == shard.name or name == f"{shard.parent.name}/{shard.name}":
+                for key, blob in (("zip_data", data), ("raw_data", raw)):
+                    s[key].update(bytes=len(blob), hashes={a: spec.hash_bytes(a, blob) for a in s[key]["hashes"]})
+        index_path.write_text(json.dumps(index))

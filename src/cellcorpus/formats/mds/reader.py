@@ -11,12 +11,22 @@ import numpy as np
 from numpy.typing import NDArray
 
 from cellcorpus.formats.mds.encodings import encoding
-from cellcorpus.formats.mds.spec import decompress, hash_bytes
+from cellcorpus.formats.mds.spec import decompress_view, hash_bytes
 
-__all__ = ["parse_shard", "iter_samples", "decode_value", "ShardInspection", "inspect_shard"]
+__all__ = [
+    "parse_shard",
+    "iter_samples",
+    "column_spans",
+    "gather_bytes",
+    "join_spans",
+    "ReusedArray",
+    "decode_value",
+    "ShardInspection",
+    "inspect_shard",
+]
 
 
-def parse_shard(raw: bytes) -> tuple[dict[str, Any], NDArray[Any]]:
+def parse_shard(raw: bytes | memoryview) -> tuple[dict[str, Any], NDArray[Any]]:
     """(shard config, absolute sample offsets) from raw shard bytes; raises ValueError if malformed."""
     if len(raw) < 8:
         raise ValueError("shard shorter than its header")
@@ -25,7 +35,7 @@ def parse_shard(raw: bytes) -> tuple[dict[str, Any], NDArray[Any]]:
     if end > len(raw):
         raise ValueError(f"header claims {n} samples, more than the shard holds")
     offsets = np.frombuffer(raw[4:end], "<u4").astype(np.int64)
-    config = json.loads(raw[end : offsets[0]].decode("utf-8"))
+    config = json.loads(bytes(raw[end : offsets[0]]).decode("utf-8"))
     if np.any(np.diff(offsets) < 0) or offsets[-1] != len(raw):
         raise ValueError("sample offsets are not increasing or do not end at the shard's end")
     return config, offsets
@@ -41,11 +51,67 @@ def iter_samples(raw: bytes, config: dict[str, Any], offsets: NDArray[Any]) -> I
         out = {}
         for name, size in zip(names, sizes, strict=True):
             k = size if size is not None else next(var_sizes)
-            out[name] = raw[pos : pos + k]
+            out[name] = bytes(raw[pos : pos + k])
             pos += k
         if pos != b:
             raise ValueError("sample bytes do not add up to the sample's size")
         yield out
+
+
+def column_spans(raw: bytes, config: dict[str, Any], offsets: NDArray[Any]) -> dict[str, tuple[NDArray[Any], ...]]:
+    """{column: (start, size)} of every sample's bytes, for all samples at once (what `iter_samples` finds one
+    sample at a time): each sample's uint32 size header is gathered with array operations. Raises ValueError
+    where a sample's sizes do not add up to its length."""
+    names, sizes = config["column_names"], config["column_sizes"]
+    n = len(offsets) - 1
+    var = [i for i, size in enumerate(sizes) if size is None]
+    first = offsets[:-1]
+    if np.any(np.diff(offsets) < 4 * len(var)):
+        raise ValueError("a sample is shorter than its size header")
+    col = np.empty((n, len(names)), dtype=np.int64)
+    for i, size in enumerate(sizes):
+        if size is not None:
+            col[:, i] = size
+    if var:
+        heads = gather_bytes(raw, (first[:, None] + 4 * np.arange(len(var))).ravel(), 4)
+        col[:, var] = heads.view("<u4").reshape(n, len(var))
+    ends = first[:, None] + 4 * len(var) + np.cumsum(col, axis=1)
+    if n and not np.array_equal(ends[:, -1], offsets[1:]):
+        raise ValueError("sample bytes do not add up to the sample's size")
+    return {name: (ends[:, i] - col[:, i], col[:, i]) for i, name in enumerate(names)}
+
+
+def gather_bytes(raw: bytes, starts: NDArray[Any], width: int) -> NDArray[np.uint8]:
+    """The `width` bytes at each start, as a contiguous (len(starts), width) uint8 array."""
+    u8 = np.frombuffer(raw, np.uint8)
+    return np.ascontiguousarray(u8[np.asarray(starts, np.int64)[:, None] + np.arange(width)])
+
+
+class ReusedArray:
+    """A growing byte buffer reused call after call (see `ReusedBuffer`): what it gives is valid until the next."""
+
+    def __init__(self) -> None:
+        self._buf = np.zeros(0, np.uint8)
+
+    def get(self, nbytes: int, dtype: np.dtype[Any]) -> NDArray[Any]:
+        """An uninitialised array of `nbytes` bytes of `dtype`."""
+        if len(self._buf) < nbytes:
+            self._buf = np.empty(nbytes, np.uint8)
+        return self._buf[:nbytes].view(dtype)
+
+
+def join_spans(
+    raw: bytes, starts: NDArray[Any], counts: NDArray[Any], dtype: np.dtype[Any], into: ReusedArray
+) -> NDArray[Any]:
+    """The `counts[i]` values of `dtype` at each `starts[i]`, concatenated in order (one copy, into `into`).
+    Each span is viewed where it lies (zero-copy, aligned or not) and numpy concatenates the views: numpy has no
+    gather of variable-length runs short of an index per byte (8x the data)."""
+    total = int(counts.sum())
+    out = into.get(total * dtype.itemsize, dtype)
+    views = [np.frombuffer(raw, dtype, k, a) for a, k in zip(starts.tolist(), counts.tolist(), strict=True)]
+    if views:
+        np.concatenate(views, out=out)
+    return out
 
 
 def decode_value(name: str, data: bytes) -> Any:
@@ -61,12 +127,12 @@ class ShardInspection:
     """
 
     checks: list[tuple[str, bool, str]] = field(default_factory=list)
-    raw: bytes | None = None
+    raw: bytes | memoryview | None = None
     config: dict[str, Any] | None = None
     offsets: NDArray[Any] | None = None
 
 
-def _hashes_match(info: dict[str, Any], data: bytes) -> bool:
+def _hashes_match(info: dict[str, Any], data: bytes | memoryview) -> bool:
     return len(data) == info["bytes"] and all(hash_bytes(a, data) == h for a, h in info["hashes"].items())
 
 
@@ -79,7 +145,7 @@ def inspect_shard(data: bytes, entry: dict[str, Any]) -> ShardInspection:
     if not ok:
         return out
     try:
-        raw = decompress(data) if entry["zip_data"] else data
+        raw = decompress_view(data, entry["raw_data"]["bytes"]) if entry["zip_data"] else data
         out.checks.append(("mds raw hashes", _hashes_match(entry["raw_data"], raw), "decompressed bytes differ"))
         config, offsets = parse_shard(raw)
     except Exception as exc:  # any malformed shard lands here, named by the caller

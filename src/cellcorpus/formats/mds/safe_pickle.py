@@ -26,7 +26,7 @@ from numpy.typing import NDArray
 
 from cellcorpus.formats.mds.torch_pickle import TorchPickler
 
-__all__ = ["UnsafePickleError", "load_pkl"]
+__all__ = ["UnsafePickleError", "load_pkl", "frames"]
 
 
 class UnsafePickleError(ValueError):
@@ -293,17 +293,58 @@ class _Frames:
                     return np.frombuffer(data, dtype, n, offset=len(prefix))
         return None
 
+    def match_all(
+        self, raw: bytes, starts: NDArray[Any], sizes: NDArray[Any], dtype: np.dtype[Any]
+    ) -> tuple[NDArray[np.bool_], NDArray[np.int64], NDArray[np.int64]]:
+        """`match` for many samples at once (spans of `raw`), as `dtype` tensors: (matched, lengths, payload
+        starts). Each sample's prefix and suffix are compared with its length's frame, byte for byte, in one
+        array comparison per frame shape; a sample that matches no frame is left for `load_pkl`."""
+        from cellcorpus.formats.mds.reader import gather_bytes  # the reader's byte gather (no import cycle)
+
+        n = len(starts)
+        ok = np.zeros(n, bool)
+        lengths = np.zeros(n, np.int64)
+        payload = np.zeros(n, np.int64)
+        for over in self.overheads[np.dtype(dtype)]:
+            count, rest = np.divmod(sizes - over, dtype.itemsize)
+            cand = np.flatnonzero(~ok & (count >= 0) & (rest == 0))
+            if not len(cand):
+                continue
+            uniq, inverse = np.unique(count[cand], return_inverse=True)
+            frames = [self.pickler.template(dtype, int(u)) for u in uniq.tolist()]
+            shapes = np.array([(len(p), len(s)) for p, s in frames])
+            for p_len, s_len in {tuple(x) for x in shapes.tolist()}:
+                if p_len + s_len != over:
+                    continue
+                rows = np.flatnonzero((shapes[:, 0] == p_len) & (shapes[:, 1] == s_len))
+                members = cand[np.isin(inverse, rows)]
+                slot = np.searchsorted(rows, inverse[np.isin(inverse, rows)])
+                want_p = np.frombuffer(b"".join(frames[r][0] for r in rows.tolist()), np.uint8).reshape(-1, p_len)
+                want_s = np.frombuffer(b"".join(frames[r][1] for r in rows.tolist()), np.uint8).reshape(-1, s_len)
+                got_p = gather_bytes(raw, starts[members], p_len)
+                got_s = gather_bytes(raw, starts[members] + sizes[members] - s_len, s_len)
+                good = members[(got_p == want_p[slot]).all(axis=1) & (got_s == want_s[slot]).all(axis=1)]
+                ok[good] = True
+                lengths[good] = count[good]
+                payload[good] = starts[good] + p_len
+        return ok, lengths, payload
+
 
 _FRAMES: _Frames | None = None
+
+
+def frames() -> _Frames:
+    """Our writer's frames (built once per process)."""
+    global _FRAMES
+    if _FRAMES is None:
+        _FRAMES = _Frames()
+    return _FRAMES
 
 
 def load_pkl(data: bytes) -> Any:
     """Decode one `pkl` sample without executing it: a 1-D tensor pickle -> numpy array, a plain scalar
     pickle -> its value. Raises UnsafePickleError for anything else (the caller names shard and sample)."""
-    global _FRAMES
-    if _FRAMES is None:
-        _FRAMES = _Frames()
-    hit = _FRAMES.match(data)
+    hit = frames().match(data)
     if hit is not None:
         return hit
     try:

@@ -7,13 +7,14 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
 import xxhash
 import zstandard
 
 from cellcorpus.errors import ConfigError
 from cellcorpus.formats.mds.encodings import encoding
 
-__all__ = ["MdsSpec", "hash_bytes", "hasher", "decompress", "parse_compression"]
+__all__ = ["MdsSpec", "hash_bytes", "hasher", "decompress", "decompress_view", "parse_compression"]
 
 _XXH = {"xxh32": xxhash.xxh32, "xxh64": xxhash.xxh64, "xxh128": xxhash.xxh128, "xxh3_64": xxhash.xxh3_64,
         "xxh3_128": xxhash.xxh3_128}  # fmt: skip
@@ -51,6 +52,19 @@ def parse_compression(compression: str | None) -> int | None:
 def decompress(data: bytes) -> bytes:
     """Undo zstd compression of one shard."""
     return zstandard.ZstdDecompressor().decompress(data)
+
+
+def decompress_view(data: bytes, expected_size: int) -> memoryview:
+    """Undo zstd compression of one shard whose frame records `expected_size` bytes (else ValueError, before
+    anything is allocated). Decompressed by Arrow's zstd into its memory pool: ~2x `zstandard` here (a newer
+    build, and pool memory reused shard after shard instead of ~16k fresh pages faulted in per 64 MB shard)."""
+    size = zstandard.frame_content_size(data)
+    if size != expected_size:
+        raise ValueError(f"the zstd frame records {size} decompressed bytes, index.json {expected_size}")
+    return memoryview(_ZSTD.decompress(data, decompressed_size=size))
+
+
+_ZSTD = pa.Codec("zstd")
 
 
 @dataclass(frozen=True)
