@@ -21,12 +21,13 @@ import xxhash
 from numpy.typing import NDArray
 
 from cellcorpus.config import Config, DrugsConfig
+from cellcorpus.core.byte_gather import gather_bytes
 from cellcorpus.core.ids import decode_ids
 from cellcorpus.errors import ConfigError, InputError, VerifyError
 from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
 from cellcorpus.formats.arrow import cell_schema, hf_features, read_arrow
 from cellcorpus.formats.mds import SCALAR_DTYPES, decode_value, decoded_dtype, inspect_shard, iter_samples
-from cellcorpus.formats.mds.reader import ReusedArray, column_spans, gather_bytes, join_spans
+from cellcorpus.formats.mds.reader import ReusedArray, column_spans, join_spans
 from cellcorpus.formats.mds.safe_pickle import frames
 from cellcorpus.io.atomic import write_json_atomic
 from cellcorpus.io.paths import Publisher, exists, is_url, local_copy

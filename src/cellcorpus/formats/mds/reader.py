@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from cellcorpus.core.byte_gather import gather_bytes
 from cellcorpus.formats.mds.encodings import encoding
 from cellcorpus.formats.mds.spec import decompress_view, hash_bytes
 
@@ -17,7 +18,6 @@ __all__ = [
     "parse_shard",
     "iter_samples",
     "column_spans",
-    "gather_bytes",
     "join_spans",
     "ReusedArray",
     "decode_value",
@@ -79,12 +79,6 @@ def column_spans(raw: bytes, config: dict[str, Any], offsets: NDArray[Any]) -> d
     if n and not np.array_equal(ends[:, -1], offsets[1:]):
         raise ValueError("sample bytes do not add up to the sample's size")
     return {name: (ends[:, i] - col[:, i], col[:, i]) for i, name in enumerate(names)}
-
-
-def gather_bytes(raw: bytes, starts: NDArray[Any], width: int) -> NDArray[np.uint8]:
-    """The `width` bytes at each start, as a contiguous (len(starts), width) uint8 array."""
-    u8 = np.frombuffer(raw, np.uint8)
-    return np.ascontiguousarray(u8[np.asarray(starts, np.int64)[:, None] + np.arange(width)])
 
 
 class ReusedArray:

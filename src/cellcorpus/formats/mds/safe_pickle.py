@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from cellcorpus.core.byte_gather import gather_bytes
 from cellcorpus.formats.mds.torch_pickle import TorchPickler
 
 __all__ = ["UnsafePickleError", "load_pkl", "frames"]
@@ -299,8 +300,6 @@ class _Frames:
         """`match` for many samples at once (spans of `raw`), as `dtype` tensors: (matched, lengths, payload
         starts). Each sample's prefix and suffix are compared with its length's frame, byte for byte, in one
         array comparison per frame shape; a sample that matches no frame is left for `load_pkl`."""
-        from cellcorpus.formats.mds.reader import gather_bytes  # the reader's byte gather (no import cycle)
-
         n = len(starts)
         ok = np.zeros(n, bool)
         lengths = np.zeros(n, np.int64)
