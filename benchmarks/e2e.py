@@ -153,6 +153,7 @@ def job(kind: str, arg: str) -> None:
         from cellcorpus.config import load_config
         from cellcorpus.exec.runner import ExecutorSpec, executor_session, warm_up
         from cellcorpus.stages.mds import run_mds
+        from cellcorpus.stages.mds_unit import fused_export
         from cellcorpus.stages.report import run_report
         from cellcorpus.stages.tokenize import run_tokenize
         from cellcorpus.stages.verify import run_verify
@@ -165,7 +166,7 @@ def job(kind: str, arg: str) -> None:
             warm_up(spec, ("cellcorpus.stages.tokenize",))  # as `cellcorpus run`
             for name, fn in (
                 ("vocab", lambda: run_vocab(cfg)),
-                ("tokenize", lambda: run_tokenize(cfg, spec, fuse_mds=True)),  # as `cellcorpus run`
+                ("tokenize", lambda: run_tokenize(cfg, spec, export=lambda h: fused_export(cfg, h))),  # as `run`
                 ("mds", lambda: run_mds(cfg, spec)),
                 ("verify", lambda: run_verify(cfg, spec)),  # `cellcorpus run` checks what it wrote
                 ("report", lambda: run_report(cfg)),

@@ -1,9 +1,9 @@
 """The house's import graph: no cycles, no import from a lower layer to a higher one, no stage importing another.
 
 Layers (lower first): errors/_version <- core <- io, config, manifest, log <- layout, formats <- sources <- exec
-<- stages <- pipeline, demo <- cli. Stage modules share only `stages.base`, `stages.preflight` and
-`stages.mds_unit` (an MDS writer sub-folder, written by the mds stage or by tokenize's fused pass);
-`stages.tokenize_finalize` is tokenize's second half.
+<- stages <- pipeline, demo <- cli. Stage modules share only `stages.base` and `stages.preflight`;
+`stages.tokenize_finalize` is tokenize's second half and `stages.mds_unit` the mds stage's (the fused pass
+feeds it through `stages.base.FusedExport`, wired by the pipeline).
 """
 
 from __future__ import annotations
@@ -17,7 +17,10 @@ LAYER = {
     "formats": 3, "sources": 4, "exec": 5, "stages": 6, "pipeline": 7, "demo": 7, "api": 7, "cli": 8, "__main__": 8,
     "__init__": 9,
 }  # fmt: skip
-SHARED_STAGE_MODULES = {"cellcorpus.stages.base", "cellcorpus.stages.preflight", "cellcorpus.stages.mds_unit"}
+SHARED_STAGE_MODULES = {"cellcorpus.stages.base", "cellcorpus.stages.preflight"}
+# a stage's own second module (no stage imports another stage's: the fused pass reaches the MDS side only
+# through the `stages.base.FusedExport` protocol, given by the pipeline)
+STAGE_OF = {"tokenize_finalize": "tokenize", "mds_unit": "mds"}
 
 
 def _graph() -> dict[str, set[str]]:
@@ -52,8 +55,10 @@ def test_no_stage_imports_another_stage():
                 a.startswith("cellcorpus.stages.")
                 and b.startswith("cellcorpus.stages.")
                 and b not in SHARED_STAGE_MODULES
-            ) and (a, b) != ("cellcorpus.stages.tokenize", "cellcorpus.stages.tokenize_finalize"):
-                crossing.append(f"{a} -> {b}")
+            ):
+                stage_a, stage_b = (STAGE_OF.get(m.split(".")[-1], m.split(".")[-1]) for m in (a, b))
+                if stage_a != stage_b:
+                    crossing.append(f"{a} -> {b}")
     assert crossing == []
 
 

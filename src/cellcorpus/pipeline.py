@@ -34,9 +34,11 @@ def _drugs(cfg: Config, spec: ExecutorSpec, reporter: Reporter | None) -> StageS
 
 
 def _tokenize(cfg: Config, spec: ExecutorSpec, reporter: Reporter | None) -> StageSummary:
+    from cellcorpus.stages.mds_unit import fused_export
     from cellcorpus.stages.tokenize import run_tokenize
 
-    return run_tokenize(cfg, spec, reporter, fuse_mds=True)  # the Arrow pass also writes the MDS export
+    # the Arrow pass also feeds the MDS export, which the MDS side writes and records
+    return run_tokenize(cfg, spec, reporter, export=lambda stage_hash: fused_export(cfg, stage_hash))
 
 
 def _mds(cfg: Config, spec: ExecutorSpec, reporter: Reporter | None) -> StageSummary:

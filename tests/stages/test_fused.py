@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import cellcorpus.stages.mds as mds_stage
+import cellcorpus.stages.mds_unit as mds_unit_mod
 import cellcorpus.stages.tokenize_finalize as finalize_mod
 from cellcorpus.config import load_config
 from cellcorpus.errors import ConfigError
@@ -124,7 +125,7 @@ def test_unshuffled_fused_run_interrupted_while_adopting_resumes_to_the_same_byt
     clean = _config(tmp_path / "clean", write_config, shuffle=False)
     _run(clean)
     cfg = _config(tmp_path / "crash", write_config, shuffle=False)
-    real = finalize_mod.FusedMds.adopt
+    real = mds_unit_mod.FusedMds.adopt
     calls = []
 
     def crash_on_second(self, *args):
@@ -134,7 +135,7 @@ def test_unshuffled_fused_run_interrupted_while_adopting_resumes_to_the_same_byt
         return real(self, *args)
 
     with monkeypatch.context() as m:
-        m.setattr(finalize_mod.FusedMds, "adopt", crash_on_second)
+        m.setattr(mds_unit_mod.FusedMds, "adopt", crash_on_second)
         with pytest.raises(OSError, match="killed"):
             _run(cfg)
     assert not (tmp_path / "crash" / "mds" / "train" / "index.json").exists()

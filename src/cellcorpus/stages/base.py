@@ -7,7 +7,8 @@ import logging
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
 
 from cellcorpus.errors import ConfigError
 from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
@@ -63,6 +64,49 @@ class WorkUnit:
     def n_cells(self) -> int:
         """Cells (rows) in the unit."""
         return self.row_stop - self.row_start
+
+
+class BatchWriter(Protocol):
+    """Receives every batch a fused pass writes, in order (see FusedExport)."""
+
+    def add(self, batch: Any) -> None:
+        """Encode one written batch."""
+
+
+class BucketWriter(BatchWriter, Protocol):
+    def finish(self, checksum: str) -> None:
+        """The data file (xxh64 `checksum`) is complete: the export finishes and records its own unit for it."""
+
+
+class ScratchWriter(BatchWriter, Protocol):
+    def close(self) -> None:
+        """The part is complete; its export waits in scratch until `FusedExport.adopt`."""
+
+
+class FusedExport(Protocol):
+    """An export another stage owns, written in tokenize's Arrow pass (the MDS shards, by `cellcorpus run`):
+    tokenize hands it each batch it writes; the owner writes its files and its own completion records, so
+    tokenize never writes another stage's records (the implementation: stages/mds_unit.FusedMds)."""
+
+    splits: tuple[str, ...]
+
+    def scratch_ok(self, split: str) -> bool:
+        """Whether unshuffled tokenize units write `split`'s export into scratch."""
+
+    def scratch_writer(self, split: str, unit_id: str, part: str, n_cells: int) -> ScratchWriter:
+        """A writer for a tokenize unit's part (unshuffled)."""
+
+    def bucket_writer(self, split: str, index: int, path: str, n_cells: int) -> BucketWriter:
+        """A writer for the split's `index`-th data file (a shuffle bucket)."""
+
+    def clear_stale(self) -> None:
+        """Scratch of other settings is removed."""
+
+    def adopt(self, split: str, unit_id: str, index: int, target: Path, record: dict[str, Any]) -> None:
+        """A unit's scratch export becomes the split's `index`-th, for data file `target`, and is recorded."""
+
+    def clear_scratch(self, split: str) -> None:
+        """The split's scratch, once every part was adopted."""
 
 
 @dataclass

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pyarrow as pa
@@ -20,7 +22,7 @@ from cellcorpus.config import MDS_LOCATION_KEYS, Config, MdsConfig, config_hash
 from cellcorpus.errors import InputError
 from cellcorpus.formats.mds import MdsSpec, ShardWriter, TorchPickler, encode_samples
 from cellcorpus.io.owned import is_owned
-from cellcorpus.io.paths import Publisher
+from cellcorpus.io.paths import Publisher, same_location
 from cellcorpus.layout import mds_publisher, mds_units_dir
 from cellcorpus.manifest import Ledger, MdsManifest, UnitResult
 from cellcorpus.stages.base import decide_rerun
@@ -37,6 +39,8 @@ __all__ = [
     "sub_dir_of",
     "unit_id_of",
     "BATCH_ROWS",
+    "FusedMds",
+    "fused_export",
 ]
 
 BATCH_ROWS = 2048  # rows encoded per Arrow compute call: bounds memory to a few batches + one shard
@@ -198,3 +202,83 @@ def convert_file(unit: MdsUnit, ctx: MdsContext, table: pa.Table) -> UnitResult:
     writer = MdsUnitWriter(unit, ctx)
     writer.add(table)
     return writer.finish(unit.checksum)
+
+
+@dataclass(frozen=True)
+class FusedMds:
+    """The MDS export written alongside the Arrow data files (splits in `splits`), a `stages.base.FusedExport`:
+    by the shuffle units, or, unshuffled, by the tokenize units into a scratch folder per unit, adopted when the
+    part becomes a data file."""
+
+    identity: MdsIdentity
+    context: MdsContext
+    splits: tuple[str, ...]
+
+    def scratch_ok(self, split: str) -> bool:
+        """Whether tokenize units write `split`'s MDS into scratch: a local export only (finalize adopts the
+        scratch folders where it runs; with an object-store export they would sit in a worker's staging)."""
+        return split in self.splits and not self.identity.out.remote
+
+    @property
+    def scratch_name(self) -> str:
+        """The split's scratch folder for unshuffled units' writers (named by the settings it was written with)."""
+        return f".fused-{self.identity.settings_hash[:16]}"
+
+    def scratch_writer(self, split: str, unit_id: str, part: str, n_cells: int) -> MdsUnitWriter:
+        """A writer for a tokenize unit's part, in `<split>/<scratch_name>/<unit_id>/`."""
+        unit = MdsUnit(f"{split}-{unit_id}", part, split, f"{self.scratch_name}/{unit_id}", n_cells)
+        return MdsUnitWriter(unit, self.context)
+
+    def clear_stale(self) -> None:
+        """Scratch folders of other settings (an interrupted run of another config) are removed."""
+        for split in self.splits:
+            for d in (self.identity.out.local_dir / split).glob(".fused-*"):
+                if d.name != self.scratch_name:
+                    shutil.rmtree(d, ignore_errors=True)
+
+    def adopt(self, split: str, unit_id: str, index: int, target: Path, record: dict) -> None:
+        """Make a unit's scratch writer the split's `index`-th writer folder and record it as the mds unit
+        for `target` (the data file its part became); absent scratch = the mds stage converts the file."""
+        split_dir = self.identity.out.local_dir / split
+        scratch = split_dir / self.scratch_name / unit_id
+        if not (scratch / "index.json").exists():
+            return
+        unit = MdsUnit(unit_id_of(split, index), str(target), split, sub_dir_of(index), record["n_cells"])
+        shutil.rmtree(split_dir / unit.sub_dir, ignore_errors=True)
+        os.replace(scratch, split_dir / unit.sub_dir)
+        self.identity.ledger().record(publish_unit(unit, self.context, record["n_cells"], record["xxh64"]))
+
+    def bucket_writer(self, split: str, index: int, path: str, n_cells: int) -> _RecordingWriter:
+        """A writer for the split's `index`-th data file (a shuffle bucket's), recorded as the mds unit for it."""
+        unit = MdsUnit(unit_id_of(split, index), path, split, sub_dir_of(index), n_cells)
+        return _RecordingWriter(MdsUnitWriter(unit, self.context), self.identity)
+
+    def clear_scratch(self, split: str) -> None:
+        """The split's scratch folder, once every part was adopted (empty parts leave theirs)."""
+        shutil.rmtree(self.identity.out.local_dir / split / self.scratch_name, ignore_errors=True)
+
+
+class _RecordingWriter:
+    """An MDS unit's writer that records its unit when its data file is complete."""
+
+    def __init__(self, writer: MdsUnitWriter, identity: MdsIdentity) -> None:
+        self._writer, self._identity = writer, identity
+        self.add = writer.add
+
+    def finish(self, checksum: str) -> None:
+        """Finish the shards and record the unit (the mds stage then finds it done)."""
+        self._identity.ledger().record(self._writer.finish(checksum))
+
+
+def fused_export(cfg: Config, stage_hash: str) -> FusedMds | None:
+    """The MDS export to write in the Arrow pass of tokenize run `stage_hash`, when `cfg.mds` exports exactly
+    that output. Decided like the mds stage's own run (so a finished export of other settings is refused here,
+    before any work): None when there is no mds section, it reads another dataset, or the export is already
+    complete for this tokenize run."""
+    mds, hf = cfg.mds, cfg.huggingface
+    if mds is None or hf is None or not same_location(mds.root_dir, hf.merged_dataset_root):
+        return None
+    ident = mds_identity(mds, cfg)
+    if ident.decide(stage_hash) is not None:
+        return None
+    return FusedMds(ident, mds_context(mds, ident.out), tuple(mds.splits))

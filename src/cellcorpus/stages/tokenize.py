@@ -13,7 +13,7 @@ import functools
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from cellcorpus.formats.shuffle_plan import write_part_bounds
 from cellcorpus.io.atomic import remove_temporaries, write_json_atomic
 from cellcorpus.io.join_index import JoinIndex, build_join_index, is_large_table
 from cellcorpus.io.owned import claim_dir, remove_owned
-from cellcorpus.io.paths import is_url, same_location
+from cellcorpus.io.paths import is_url
 from cellcorpus.io.tables import as_strings, load_table, lookup
 from cellcorpus.io.vocab import load_vocab
 from cellcorpus.layout import (
@@ -50,10 +50,9 @@ from cellcorpus.layout import (
 from cellcorpus.manifest import Ledger, TokenizeManifest, UnitResult, file_checksum, output_record
 from cellcorpus.sources.base import InputFile, RawBlock
 from cellcorpus.sources.inputs import discover_and_inspect, gene_mapping, input_format, obs_index_column
-from cellcorpus.stages.base import StageRun, StageSummary, WorkUnit, locked, run_stage
-from cellcorpus.stages.mds_unit import mds_context, mds_identity
+from cellcorpus.stages.base import FusedExport, StageRun, StageSummary, WorkUnit, locked, run_stage
 from cellcorpus.stages.preflight import check_renames, preflight
-from cellcorpus.stages.tokenize_finalize import FusedMds, TokenizeContext, finalize_splits
+from cellcorpus.stages.tokenize_finalize import TokenizeContext, finalize_splits
 
 __all__ = ["TokenizeContext", "plan_tokenize", "tokenize_unit", "run_tokenize", "tokenize_in_memory"]
 
@@ -366,31 +365,20 @@ def _check_split_sizes(hf: HuggingfaceConfig, totals: dict[str, int]) -> None:
             )
 
 
-def _fused_mds(cfg: Config, hf: HuggingfaceConfig, stage_hash: str) -> FusedMds | None:
-    """The MDS export to write in the Arrow pass, when `cfg.mds` exports exactly this output.
-
-    Decided like the mds stage's own run (so a finished export of other settings is refused here, before any
-    work): None when there is no mds section, it reads another dataset, or the export is already complete
-    for this tokenize run.
-    """
-    mds = cfg.mds
-    if mds is None or not same_location(mds.root_dir, hf.merged_dataset_root):
-        return None
-    ident = mds_identity(mds, cfg)
-    if ident.decide(stage_hash) is not None:
-        return None
-    return FusedMds(ident, mds_context(mds, ident.out), tuple(mds.splits))
-
-
 @locked("tokenize")
 def run_tokenize(
-    cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | None = None, *, fuse_mds: bool = False
+    cfg: Config,
+    spec: ExecutorSpec | None = None,
+    reporter: Reporter | None = None,
+    *,
+    export: Callable[[str], FusedExport | None] | None = None,
 ) -> StageSummary:
     """Plan, run pending units, finalize both splits; skips everything when already complete.
 
     Every check (config, inputs' columns and gene coverage, whether finished output may be replaced)
-    happens before the first unit and before anything on disk is changed. `fuse_mds` (`cellcorpus run`):
-    the Arrow writes also write the config's MDS export (stages/tokenize_finalize.py), one pass over tokens.
+    happens before the first unit and before anything on disk is changed. `export` (`cellcorpus run`):
+    given this run's stage hash, the export (owned by another stage: the MDS shards) the Arrow writes also feed,
+    or None (stages/tokenize_finalize.py): one pass over the tokens.
     """
     hf: HuggingfaceConfig = cfg.need("huggingface")
     if is_url(hf.output_root):
@@ -419,7 +407,7 @@ def run_tokenize(
         )
     index_column = obs_index_column(hf, inputs[0])
     check_renames(hf, index_column)  # again, now that the obs index's name is known
-    fused = _fused_mds(cfg, hf, stage_hash) if fuse_mds else None
+    fused = export(stage_hash) if export else None
     ctx = TokenizeContext(
         hf=hf,
         vocab_file=hf.vocab_file,

@@ -6,16 +6,15 @@ records where each bucket starts, in rows and in bytes (a bucket's rows are batc
 shuffle unit reads bucket b's bytes from every part (past the page cache, so memory ~ one bucket), sorts
 by key and writes `data-b-of-B`. Bucket b holds the key
 range [b/B, (b+1)/B), so bucket order + in-bucket key order is one seeded global permutation.
-Fused (`cellcorpus run` with an mds section reading this output): the shuffle unit also encodes each
-batch it writes into the MDS writer sub-folder of its data file and records that MDS unit as done;
-unshuffled, each tokenize unit writes its part's MDS into a scratch folder, moved into place when the
+Fused (`cellcorpus run` with an mds section reading this output): the shuffle unit also hands each batch
+it writes to the export's writer for its data file (`FusedExport`, owned by the MDS side, which writes and
+records its own unit); unshuffled, each tokenize unit writes its part's export into scratch, adopted when the
 part becomes a data file. Either way the tokens are written once and the mds stage only merges indexes.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,75 +37,16 @@ from cellcorpus.formats.shuffle_plan import Slice, bucket_slices, part_bounds, w
 from cellcorpus.io.paths import Publisher
 from cellcorpus.layout import SPLITS, dataset_dir, tokenize_publisher, units_dir
 from cellcorpus.manifest import Ledger, UnitResult, output_record
-from cellcorpus.stages.base import WorkUnit
-from cellcorpus.stages.mds_unit import (
-    MdsContext,
-    MdsIdentity,
-    MdsUnit,
-    MdsUnitWriter,
-    publish_unit,
-    sub_dir_of,
-    unit_id_of,
-)
+from cellcorpus.stages.base import FusedExport, WorkUnit
 
 __all__ = [
     "TokenizeContext",
-    "FusedMds",
     "ShuffleUnit",
     "shuffle_units",
     "shuffle_unit",
     "read_bucket",
     "finalize_splits",
 ]
-
-
-@dataclass(frozen=True)
-class FusedMds:
-    """The MDS export written alongside the Arrow data files (splits in `splits`): by the shuffle units, or,
-    unshuffled, by the tokenize units into a scratch folder per unit, adopted when the part becomes a data file.
-    """
-
-    identity: MdsIdentity
-    context: MdsContext
-    splits: tuple[str, ...]
-
-    def scratch_ok(self, split: str) -> bool:
-        """Whether tokenize units write `split`'s MDS into scratch: a local export only (finalize adopts the
-        scratch folders where it runs; with an object-store export they would sit in a worker's staging)."""
-        return split in self.splits and not self.identity.out.remote
-
-    @property
-    def scratch_name(self) -> str:
-        """The split's scratch folder for unshuffled units' writers (named by the settings it was written with)."""
-        return f".fused-{self.identity.settings_hash[:16]}"
-
-    def scratch_writer(self, split: str, unit_id: str, part: str, n_cells: int) -> MdsUnitWriter:
-        """A writer for a tokenize unit's part, in `<split>/<scratch_name>/<unit_id>/`."""
-        unit = MdsUnit(f"{split}-{unit_id}", part, split, f"{self.scratch_name}/{unit_id}", n_cells)
-        return MdsUnitWriter(unit, self.context)
-
-    def clear_stale(self) -> None:
-        """Scratch folders of other settings (an interrupted run of another config) are removed."""
-        for split in self.splits:
-            for d in (self.identity.out.local_dir / split).glob(".fused-*"):
-                if d.name != self.scratch_name:
-                    shutil.rmtree(d, ignore_errors=True)
-
-    def adopt(self, split: str, unit_id: str, index: int, target: Path, record: dict) -> None:
-        """Make a unit's scratch writer the split's `index`-th writer folder and record it as the mds unit
-        for `target` (the data file its part became); absent scratch = the mds stage converts the file."""
-        split_dir = self.identity.out.local_dir / split
-        scratch = split_dir / self.scratch_name / unit_id
-        if not (scratch / "index.json").exists():
-            return
-        unit = MdsUnit(unit_id_of(split, index), str(target), split, sub_dir_of(index), record["n_cells"])
-        shutil.rmtree(split_dir / unit.sub_dir, ignore_errors=True)
-        os.replace(scratch, split_dir / unit.sub_dir)
-        self.identity.ledger().record(publish_unit(unit, self.context, record["n_cells"], record["xxh64"]))
-
-    def clear_scratch(self, split: str) -> None:
-        """The split's scratch folder, once every part was adopted (empty parts leave theirs)."""
-        shutil.rmtree(self.identity.out.local_dir / split / self.scratch_name, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -119,7 +59,7 @@ class TokenizeContext:
     metadata_columns: tuple[str, ...]
     index_column: str | None
     n_buckets: tuple[tuple[str, int], ...]  # split -> shuffle buckets (empty when not shuffling)
-    fused_mds: FusedMds | None = None
+    fused_mds: FusedExport | None = None  # another stage's export written in this pass (the MDS shards)
     compact_parts: bool = False  # shuffled parts keep genes as uint16 (every vocabulary id < 65,536)
     join_indexes: tuple[str | None, ...] = ()  # per join: its on-disk index (a large table), else None
 
@@ -164,7 +104,7 @@ class ShuffleContext:
     root: str  # the split's local folder (output record paths are relative to it)
     publisher: Publisher
     split: str
-    mds: FusedMds | None = None
+    mds: FusedExport | None = None
 
 
 def shuffle_unit(unit: ShuffleUnit, ctx: ShuffleContext) -> UnitResult:
@@ -175,16 +115,13 @@ def shuffle_unit(unit: ShuffleUnit, ctx: ShuffleContext) -> UnitResult:
         pieces = [p.cast(schema) for p in pieces]
     table = pa.concat_tables(pieces) if pieces else schema.empty_table()  # zero-copy over the pieces
     order = np.argsort(shuffle_keys(table.column("id").to_numpy(), ctx.seed), kind="stable")
-    mds = None
-    if ctx.mds is not None:
-        i = unit.bucket  # the bucket's data file is the split's i-th
-        mds_unit = MdsUnit(unit_id_of(ctx.split, i), unit.path, ctx.split, sub_dir_of(i), table.num_rows)
-        mds = MdsUnitWriter(mds_unit, ctx.mds.context)
+    # the bucket's data file is the split's i-th: the export writes (and records) its own unit for exactly it
+    mds = ctx.mds.bucket_writer(ctx.split, unit.bucket, unit.path, table.num_rows) if ctx.mds else None
     written = write_stream(unit.path, table, rows=order, each=mds.add if mds else None, schema=schema)
     record = output_record(unit.path, ctx.root, written.xxh64, n_cells=table.num_rows)
     ctx.publisher.publish(unit.path)
-    if mds is not None and ctx.mds is not None:  # recorded as the mds stage's unit for exactly this file
-        ctx.mds.identity.ledger().record(mds.finish(record["xxh64"]))
+    if mds is not None:
+        mds.finish(record["xxh64"])
     return UnitResult(unit.unit_id, {"cells": table.num_rows}, [record])
 
 
@@ -209,7 +146,7 @@ def _parts(
 
 
 def _finalize_unshuffled(
-    parts: list[tuple[str, dict]], dest: Path, out: Publisher, split: str, fused: FusedMds | None
+    parts: list[tuple[str, dict]], dest: Path, out: Publisher, split: str, fused: FusedExport | None
 ) -> list[dict]:
     # Empty parts are dropped, unless every part is empty (a dataset needs one file for its schema).
     kept = [(p, r) for p, r in parts if r["n_cells"] > 0] or parts[:1]
