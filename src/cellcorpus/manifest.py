@@ -28,6 +28,7 @@ __all__ = [
     "mapping_checksum",
     "output_record",
     "write_manifest",
+    "DownloadManifest",
     "parse_manifest",
     "read_manifest",
     "StageManifest",
@@ -263,8 +264,16 @@ def parse_manifest(data: Any, model: type[M], where: str) -> M:
         ) from exc
 
 
-def write_manifest(path: str | Path, *, stage: str, config_hash: str, **body: Any) -> None:
-    """Write a stage manifest (atomically, last) with the tool version and config hash."""
+class DownloadManifest(StageManifest):
+    """`<source output_root>/download_manifest.json` (fields by source: a URL and files, or Census chunks)."""
+
+
+def write_manifest(
+    path: str | Path, model: type[StageManifest], *, stage: str, config_hash: str, **body: Any
+) -> StageManifest:
+    """Write a stage manifest (atomically, last) with the tool version and config hash, validated as `model`
+    first: what is written is what readers will parse (a missing or mistyped field fails here, in the writer,
+    not later in a reader). Written with exactly the keys given (no defaults added)."""
     record = {
         "stage": stage,
         "tool_version": __version__,
@@ -272,4 +281,6 @@ def write_manifest(path: str | Path, *, stage: str, config_hash: str, **body: An
         "config_hash": config_hash,
         **body,
     }
-    write_json_atomic(path, record)
+    typed = model.model_validate(record)
+    write_json_atomic(path, typed.model_dump(mode="json", exclude_unset=True))
+    return typed

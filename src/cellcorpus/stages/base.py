@@ -246,6 +246,7 @@ def run_stage(stage: StageRun[M], spec: ExecutorSpec, reporter: Reporter | None)
     manifest_path = stage.out.local_dir / MANIFEST
     write_manifest(
         manifest_path,
+        stage.manifest_model,
         stage=stage.name,
         config_hash=stage.stage_hash,
         settings_hash=stage.settings_hash,

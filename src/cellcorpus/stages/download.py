@@ -10,7 +10,7 @@ from cellcorpus.errors import ConfigError, InputError
 from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
 from cellcorpus.io.paths import join
 from cellcorpus.io.vocab import load_vocab
-from cellcorpus.manifest import Ledger, write_manifest
+from cellcorpus.manifest import DownloadManifest, Ledger, write_manifest
 from cellcorpus.stages.base import StageSummary, locked
 from cellcorpus.stages.preflight import preflight
 
@@ -31,6 +31,7 @@ def _download_bucket(
     results = [done[u.unit_id] for u in units]
     write_manifest(
         Path(src.output_root) / "download_manifest.json",
+        DownloadManifest,
         stage=f"download-{name}",
         config_hash=config_hash(src),
         source_url=cfg.for_output(f"{name}.url", src.url),  # a URL from the environment: its reference
@@ -67,6 +68,7 @@ def _download_census(cfg: Config, spec: ExecutorSpec, reporter: Reporter | None 
     )  # fmt: skip
     write_manifest(
         out / "download_manifest.json",
+        DownloadManifest,
         stage="download-cellxgene",
         config_hash=work,
         census=cfg.for_output("cellxgene.census_uri", cx.census_uri) or cx.version,

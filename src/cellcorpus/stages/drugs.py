@@ -185,6 +185,7 @@ def run_drugs(cfg: Config) -> StageSummary:
         notes.append(f"drugs with the same SMILES (identical fingerprints): {_shown(group)}")
     write_manifest(
         manifest_path,
+        DrugsManifest,
         stage="drugs",
         config_hash=stage_hash,
         table=cfg.for_output("drugs.table", dc.table),
