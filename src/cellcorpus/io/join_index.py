@@ -11,16 +11,18 @@ with the dtype the whole table would get (an integer column holding a null anywh
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import mmap
 import shutil
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cellcorpus.errors import InputError
@@ -31,7 +33,7 @@ __all__ = ["INDEX_ROWS", "JoinIndex", "build_join_index", "check_columns", "is_l
 
 INDEX_ROWS = 2_000_000  # tables with more rows are indexed on disk (smaller ones are loaded whole, cached)
 _PART_ROWS = 1 << 20  # rows per partition (~1M)
-_BATCH_ROWS = 1 << 20  # rows read at a time while building
+_BATCH_ROWS = 1 << 18  # rows read at a time while building (as Python strings through pandas: ~100 MB)
 _DONE = "index.json"
 
 
@@ -134,10 +136,12 @@ def _sort_partition(folder: Path, p: int, schema: pa.Schema) -> None:
         table = schema.empty_table()
     table = table.sort_by([("hash", "ascending"), ("key", "ascending"), ("row", "ascending")])
     h = table.column("hash").to_numpy()
-    k = table.column("key").to_numpy(zero_copy_only=False)
+    k = table.column("key").combine_chunks()
     first = np.ones(len(h), bool)
-    first[1:] = (h[1:] != h[:-1]) | (k[1:] != k[:-1])
-    table = table.filter(pa.array(first)).drop_columns(["row"])
+    if len(h) > 1:  # compared in Arrow: no Python string per row
+        same_key = pc.equal(k.slice(1), k.slice(0, len(k) - 1)).to_numpy(zero_copy_only=False)
+        first[1:] = (h[1:] != h[:-1]) | ~same_key
+    table = table.filter(pa.array(first)).drop_columns(["row"]).combine_chunks()  # one batch: zero-copy columns
     with pa.OSFile(str(folder / f"{p:05d}.arrow"), "wb") as f, pa.ipc.new_file(f, table.schema) as w:
         w.write_table(table)
     src.unlink(missing_ok=True)
@@ -159,26 +163,39 @@ class JoinIndex:
         out = {c: np.full(len(keys), "", dtype=object) for c in self.columns}
         for p in np.unique(part).tolist():
             sel = np.flatnonzero(part == p)
-            table = _partition(self.folder, p)
-            hashes = table.column("hash").to_numpy()  # zero-copy from the mapped file
-            lo = np.searchsorted(hashes, h[sel], "left")
-            hi = np.searchsorted(hashes, h[sel], "right")
-            rows = np.full(len(sel), -1, np.int64)
-            stored = table.column("key")
-            one = np.flatnonzero(hi - lo == 1)
-            same = stored.take(pa.array(lo[one])).to_numpy(zero_copy_only=False) == keys[sel[one]]
-            rows[one[same]] = lo[one[same]]
-            for i in np.flatnonzero(hi - lo > 1).tolist():  # distinct keys with one hash: ~never at 64 bits
-                for r in range(int(lo[i]), int(hi[i])):
-                    if stored[r].as_py() == keys[sel[i]]:
-                        rows[i] = r
+            rows, values = _lookup_partition(Path(self.folder) / f"{p:05d}.arrow", h[sel], keys[sel], self.columns)
             hit = rows >= 0
             for c in self.columns:
-                out[c][sel[hit]] = table.column(c).take(pa.array(rows[hit])).to_numpy(zero_copy_only=False)
+                out[c][sel[hit]] = values[c]
         return out
 
 
-@lru_cache(maxsize=64)
-def _partition(folder: str, p: int) -> pa.Table:
-    """A partition's table, memory-mapped (pages are read only where a lookup touches them)."""
-    return pa.ipc.open_file(pa.memory_map(str(Path(folder) / f"{p:05d}.arrow"))).read_all()
+def _lookup_partition(
+    path: Path, h: np.ndarray, keys: np.ndarray, columns: list[str]
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(row of each key or -1, each column's values for the keys found) in one sorted partition. The file is
+    memory-mapped for this call only and its pages dropped from this process afterwards (they stay in the page
+    cache): random keys touch pages all over the table, which would otherwise add up in every worker's RSS."""
+    with open(path, "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        table = pa.ipc.open_file(pa.BufferReader(pa.py_buffer(mm))).read_all()
+        hashes = table.column("hash").chunk(0).to_numpy() if table.num_rows else np.zeros(0, np.uint64)
+        lo, hi = np.searchsorted(hashes, h, "left"), np.searchsorted(hashes, h, "right")
+        rows = np.full(len(h), -1, np.int64)
+        stored = table.column("key")
+        one = np.flatnonzero(hi - lo == 1)
+        same = stored.take(pa.array(lo[one])).to_numpy(zero_copy_only=False) == keys[one]
+        rows[one[same]] = lo[one[same]]
+        for i in np.flatnonzero(hi - lo > 1).tolist():  # distinct keys with one hash: ~never at 64 bits
+            for r in range(int(lo[i]), int(hi[i])):
+                if stored[r].as_py() == keys[i]:
+                    rows[i] = r
+        found = pa.array(rows[rows >= 0])
+        values = {c: table.column(c).take(found).to_numpy(zero_copy_only=False) for c in columns}
+        del table, hashes, stored
+    finally:
+        mm.madvise(mmap.MADV_DONTNEED)
+        with contextlib.suppress(BufferError):  # an Arrow view still alive: the mapping goes when it does
+            mm.close()
+    return rows, values
