@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 from numpy.typing import NDArray
 
@@ -27,7 +28,6 @@ from cellcorpus.core.ids import decode_ids
 from cellcorpus.core.sketch import ValueCounts
 from cellcorpus.errors import ConfigError
 from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
-from cellcorpus.formats.arrow import read_arrow
 from cellcorpus.io.atomic import write_json_atomic
 from cellcorpus.io.paths import Publisher, local_copy
 from cellcorpus.io.vocab import load_vocab
@@ -75,33 +75,46 @@ class _FileStats:
 
 
 def _scan_file(unit: _FileUnit, ctx: _ScanCtx) -> _FileStats | None:
-    """Genes and total counts per cell, entries per input file, tokens and metadata values of one data file."""
-    with local_copy(unit.path) as p:
-        table = read_arrow(p)
-        if table.num_rows == 0:
-            return None
-        lengths = pc.list_value_length(table.column("genes")).to_numpy(zero_copy_only=False) - ctx.skip
-        exprs = table.column("expressions").combine_chunks()
-        offsets = exprs.offsets.to_numpy().astype(np.int64)
-        flat = exprs.values.to_numpy()[offsets[0] : offsets[-1]]  # float32, as stored: no float64 copy
-        starts = offsets[:-1] - offsets[0]
-        # summed in float64 element by element, as after an astype(float64) copy (8 bytes per token)
-        sums = np.add.reduceat(flat, starts, dtype=np.float64) if len(flat) else np.zeros(len(lengths))
-        pad = flat[starts].astype(np.float64) if ctx.skip else 0.0
-        files, inverse = np.unique(decode_ids(table.column("id").to_numpy())[0], return_inverse=True)
-        entries = np.bincount(inverse, weights=lengths).astype(np.int64)
-        tokens = pc.unique(pc.list_flatten(table.column("genes"))).to_numpy().astype(np.int64)
-        values = {
-            col: {
-                item["values"]: item["counts"]
-                for item in pc.value_counts(table.column(col).combine_chunks()).to_pylist()
-            }
-            for col in ctx.columns
-            if col in table.column_names
-        }
-        return _FileStats(
-            unit.split, ValueCounts.of(lengths), ValueCounts.of(sums - pad), files, entries, tokens, values
-        )
+    """Genes and total counts per cell, entries per input file, tokens and metadata values of one data file,
+    read as a stream one record batch at a time (a mapped file counts whole in the worker's RSS)."""
+    lengths, totals, files, tokens = [], [], [], []
+    values: dict[str, Counter[str]] = {c: Counter() for c in ctx.columns}
+    with local_copy(unit.path) as p, pa.OSFile(str(p)) as f:
+        for batch in pa.ipc.open_stream(f):
+            if not batch.num_rows:
+                continue
+            n_genes = pc.list_value_length(batch.column("genes")).to_numpy(zero_copy_only=False)
+            exprs = batch.column("expressions")
+            offsets = exprs.offsets.to_numpy().astype(np.int64)
+            flat = exprs.values.to_numpy()[offsets[0] : offsets[-1]]  # float32, as stored: no float64 copy
+            starts = offsets[:-1] - offsets[0]
+            some = np.diff(offsets) > 0
+            # summed in float64 element by element, as after an astype(float64) copy (8 bytes per token)
+            sums = np.zeros(len(starts))
+            if len(flat):
+                sums[some] = np.add.reduceat(flat, starts[some], dtype=np.float64)
+            pad = (
+                np.where(some, flat[np.minimum(starts, max(len(flat) - 1, 0))], 0.0) if ctx.skip and len(flat) else 0.0
+            )
+            lengths.append(n_genes - ctx.skip)
+            totals.append(sums - pad)
+            files.append(decode_ids(batch.column("id").to_numpy())[0])
+            tokens.append(pc.unique(pc.list_flatten(batch.column("genes"))).to_numpy().astype(np.int64))
+            for col in ctx.columns:
+                if col in batch.schema.names:
+                    values[col].update(
+                        {v["values"]: v["counts"] for v in pc.value_counts(batch.column(col)).to_pylist()}
+                    )
+    if not lengths:
+        return None
+    n = np.concatenate(lengths)
+    uniq, inverse = np.unique(np.concatenate(files), return_inverse=True)
+    entries = np.bincount(inverse, weights=n).astype(np.int64)
+    found = {c: dict(v) for c, v in values.items() if v}
+    return _FileStats(
+        unit.split, ValueCounts.of(n), ValueCounts.of(np.concatenate(totals)), uniq, entries,
+        np.unique(np.concatenate(tokens)), found,
+    )  # fmt: skip
 
 
 class _Totals:
