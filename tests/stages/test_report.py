@@ -94,3 +94,27 @@ def test_report_renders_in_a_headless_browser(tmp_path, write_config):
     dom = subprocess.run([browser, *flags, "--dump-dom", page.as_uri()], capture_output=True, timeout=120)
     text = dom.stdout.decode()
     assert text.count("<svg") == 3 and "polyline" in text and "Metadata composition" in text
+
+
+def test_a_data_file_is_scanned_batch_by_batch_and_an_empty_cell_totals_zero(tmp_path):
+    """Several record batches, cells without CLS, one of them empty: per-cell totals and gene counts are those
+    of the rows (an empty cell's total is 0, not its neighbour's first count), tokens and values are counted."""
+    import pyarrow as pa
+
+    from cellcorpus.formats.arrow import cell_schema, write_stream
+    from cellcorpus.stages.report import _FileUnit, _scan_file, _ScanCtx
+
+    genes = [[3, 4], [], [5], [3, 6, 7]]
+    exprs = [[1.0, 2.0], [], [4.0], [1.0, 1.0, 5.0]]
+    table = pa.Table.from_pydict(
+        {"genes": genes, "expressions": exprs, "id": [0, 1, 2, (1 << 32) | 4], "drug": ["a", "b", "a", "a"]},
+        schema=cell_schema(["drug"]),
+    )
+    path = tmp_path / "data-00000-of-00001.arrow"
+    write_stream(path, table, cuts=np.array([0, 1, 2, 4]))  # three batches
+    got = _scan_file(_FileUnit("u", str(path), "train", 4), _ScanCtx(0, ("drug",)))
+    assert got is not None
+    assert got.genes.values.tolist() == [0, 1, 2, 3] and got.genes.counts.tolist() == [1, 1, 1, 1]
+    assert got.counts.values.tolist() == [0.0, 3.0, 4.0, 7.0]
+    assert got.files.tolist() == [0, 1] and got.entries.tolist() == [3, 3]
+    assert got.tokens.tolist() == [3, 4, 5, 6, 7] and got.values == {"drug": {"a": 3, "b": 1}}
