@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from cellcorpus.errors import InputError
 from cellcorpus.io.atomic import write_json_atomic
-from cellcorpus.io.tables import as_strings
+from cellcorpus.io.tables import as_strings, is_parquet, join_keys
 
 __all__ = ["INDEX_ROWS", "JoinIndex", "build_join_index", "check_columns", "is_large_table"]
 
@@ -39,10 +39,7 @@ _DONE = "index.json"
 
 def is_large_table(path: str) -> bool:
     """Whether a join table is indexed on disk: a parquet table of more than INDEX_ROWS rows."""
-    suffix = "".join(Path(path.split("?")[0]).suffixes).lower()
-    if not (".parquet" in suffix or suffix.endswith(".pq")):
-        return False
-    return bool(pq.ParquetFile(path).metadata.num_rows > INDEX_ROWS)
+    return is_parquet(path) and bool(pq.ParquetFile(path).metadata.num_rows > INDEX_ROWS)
 
 
 def _hash(keys: np.ndarray) -> np.ndarray:
@@ -71,7 +68,7 @@ def _batches(path: str, key: str, columns: list[str]) -> Any:
             # an integer column with a null anywhere reaches numpy as float64 from the whole table ("1.0")
             return (df[c].astype("float64") if c in widen else df[c]).to_numpy()
 
-        keys = pd.Series(as_strings(values(key)), dtype=object).str.strip().to_numpy()
+        keys = join_keys(values(key))
         yield keys, {c: as_strings(values(c)) for c in columns}
 
 
@@ -157,7 +154,7 @@ class JoinIndex:
 
     def lookup(self, keys: np.ndarray) -> dict[str, np.ndarray]:
         """Left join of `keys` (any values; compared as stripped strings)."""
-        keys = pd.Series(as_strings(keys), dtype=object).str.strip().to_numpy()
+        keys = join_keys(keys)
         h = _hash(keys)
         part = (h >> np.uint64(64 - self.bits)).astype(np.int64) if self.bits else np.zeros(len(h), np.int64)
         out = {c: np.full(len(keys), "", dtype=object) for c in self.columns}

@@ -16,7 +16,7 @@ import pandas as pd
 
 from cellcorpus.errors import InputError
 
-__all__ = ["load_table", "lookup", "as_strings", "read_frame", "read_columns"]
+__all__ = ["load_table", "lookup", "as_strings", "join_keys", "is_parquet", "read_frame", "read_columns"]
 
 
 def as_strings(values: np.ndarray) -> np.ndarray:
@@ -28,15 +28,30 @@ def as_strings(values: np.ndarray) -> np.ndarray:
     return out
 
 
+def join_keys(values: np.ndarray) -> np.ndarray:
+    """Join keys as the seed compares them: strings (missing -> ''), surrounding whitespace stripped."""
+    return pd.Series(as_strings(values), dtype=object).str.strip().to_numpy()
+
+
+def _suffix(path: str) -> str:
+    return "".join(Path(path.split("?")[0]).suffixes).lower()
+
+
+def is_parquet(path: str) -> bool:
+    """Whether a table path names a parquet file (by its suffix, as `read_frame` decides how to read it)."""
+    suffix = _suffix(path)
+    return ".parquet" in suffix or suffix.endswith(".pq")
+
+
 def read_frame(path: str, header: bool = True) -> pd.DataFrame:
     """A CSV / TSV / parquet table (local path or fsspec URL) as read by every table-taking setting.
 
     Text cells stay strings ('' and missing are both missing), so ids such as '0012' keep their zeros.
     """
-    suffix = "".join(Path(path.split("?")[0]).suffixes).lower()
+    suffix = _suffix(path)
     opts = {"dtype": str, "keep_default_na": False, "na_values": [""], "header": 0 if header else None}
     try:
-        if ".parquet" in suffix or suffix.endswith(".pq"):
+        if is_parquet(path):
             return pd.read_parquet(path)
         if suffix.endswith((".tsv", ".tsv.gz", ".txt", ".txt.gz")):
             return pd.read_csv(path, sep="\t", **opts)
@@ -55,9 +70,9 @@ def _load(path: str, key: str, columns: tuple[str, ...], mtime_ns: int) -> tuple
             f"{path}: metadata table has no column(s) {missing}",
             hint=f"available: {', '.join(map(str, df.columns))}",
         )
-    keys = pd.Series(as_strings(df[key].to_numpy()), dtype=object).str.strip()
-    first = ~keys.duplicated(keep="first").to_numpy()
-    index = pd.Index(keys[first].to_numpy())
+    keys = join_keys(df[key].to_numpy())
+    first = ~pd.Series(keys).duplicated(keep="first").to_numpy()
+    index = pd.Index(keys[first])
     cols = {c: as_strings(df[c].to_numpy())[first] for c in columns}
     return index, cols
 
@@ -86,7 +101,7 @@ def load_table(path: str, key: str, columns: list[str]) -> tuple[pd.Index, dict[
 
 def lookup(index: pd.Index, columns: dict[str, np.ndarray], keys: np.ndarray) -> dict[str, np.ndarray]:
     """Left join: for each key (stripped string), the table's values or '' when absent."""
-    pos = index.get_indexer(pd.Series(as_strings(keys), dtype=object).str.strip())
+    pos = index.get_indexer(join_keys(keys))
     hit = pos >= 0
     out = {}
     for name, values in columns.items():

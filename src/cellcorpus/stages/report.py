@@ -129,7 +129,7 @@ class _Totals:
         self.values: dict[str, Counter[str]] = {c: Counter() for c in columns}
         self.approximate: set[str] = set()  # metadata columns with more distinct values than were kept
 
-    def add(self, unit: _FileUnit, got: _FileStats | None) -> None:
+    def add(self, got: _FileStats | None) -> None:
         """Fold one file's statistics in."""
         if got is None:
             return
@@ -162,13 +162,9 @@ def _scan(
         for split, records in manifest.splits.items()
         for rec in records
     ]
-
-    def fold(unit: _FileUnit, got: _FileStats | None) -> None:
-        totals.add(unit, got)
-
     run_units(
         _scan_file, units, _ScanCtx(1 if has_cls else 0, columns), None, spec, description="report",
-        cells_of=lambda u: u.n_cells, reporter=reporter, keep=fold,
+        cells_of=lambda u: u.n_cells, reporter=reporter, keep=lambda _unit, got: totals.add(got),
     )  # fmt: skip
     return totals
 

@@ -455,10 +455,8 @@ def run_tokenize(
             "splits": shard_records,
             "totals": totals,
         }
-        summary = StageSummary(
-            "tokenize", counts=totals, outputs=_outputs(hf), notes=notes + _file_notes(inputs, results)
-        )
-        summary.notes += _idle_join_notes(hf, totals)
+        notes_out = notes + _file_notes(inputs, results) + _idle_join_notes(hf, totals)
+        summary = StageSummary("tokenize", counts=totals, outputs=_outputs(hf), notes=notes_out)
         return body, summary
 
     def cleanup() -> None:

@@ -82,7 +82,8 @@ def column_spans(raw: bytes, config: dict[str, Any], offsets: NDArray[Any]) -> d
 
 
 class ReusedArray:
-    """A growing byte buffer reused call after call (see `ReusedBuffer`): what it gives is valid until the next."""
+    """A growing byte buffer reused call after call (a fresh array per shard would be pages the kernel faults in
+    and zeroes again each time): what it gives is valid until the next call."""
 
     def __init__(self) -> None:
         self._buf = np.zeros(0, np.uint8)

@@ -316,8 +316,9 @@ class _Frames:
                 if p_len + s_len != over:
                     continue
                 rows = np.flatnonzero((shapes[:, 0] == p_len) & (shapes[:, 1] == s_len))
-                members = cand[np.isin(inverse, rows)]
-                slot = np.searchsorted(rows, inverse[np.isin(inverse, rows)])
+                in_shape = np.isin(inverse, rows)
+                members = cand[in_shape]
+                slot = np.searchsorted(rows, inverse[in_shape])
                 want_p = np.frombuffer(b"".join(frames[r][0] for r in rows.tolist()), np.uint8).reshape(-1, p_len)
                 want_s = np.frombuffer(b"".join(frames[r][1] for r in rows.tolist()), np.uint8).reshape(-1, s_len)
                 got_p = gather_bytes(raw, starts[members], p_len)
