@@ -261,7 +261,14 @@ def _print_checks(report: Any) -> None:
 @app.command()
 @_handle_errors
 def verify(
-    config: ConfigArg, set_: SetOpt = None, num_proc: NumProcOpt = None, dask: DaskOpt = None, debug: DebugOpt = False
+    config: ConfigArg,
+    set_: SetOpt = None,
+    num_proc: NumProcOpt = None,
+    dask: DaskOpt = None,
+    all_hashes: Annotated[
+        bool, typer.Option("--all-hashes", help="check every hash index.json lists (default: its fastest one)")
+    ] = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Check every output (Arrow and MDS): hashes, counts, schema, token ids, CLS/pad, unique ids."""
     from cellcorpus.errors import VerifyError
@@ -270,7 +277,10 @@ def verify(
     cfg = _load(config, set_)
     try:
         report = run_verify(
-            cfg, ExecutorSpec.resolve(cfg, cfg.need("huggingface").num_proc, num_proc, dask), RichReporter()
+            cfg,
+            ExecutorSpec.resolve(cfg, cfg.need("huggingface").num_proc, num_proc, dask),
+            RichReporter(),
+            all_hashes=all_hashes,
         )
     except VerifyError as exc:
         _print_checks(exc.report)  # type: ignore[attr-defined]

@@ -148,6 +148,27 @@ def test_read_ranges_gives_exactly_the_bytes_asked(tmp_path):
     assert [g.to_pybytes() for g in got] == [data[lo:hi] for lo, hi in ranges]
 
 
+@pytest.mark.parametrize("mode", ["on", "off"])
+@pytest.mark.parametrize("size", [0, 1, ALIGN + 3, BUFFER_BYTES, 2 * BUFFER_BYTES + 999])
+def test_open_input_and_read_whole_give_the_file_exactly(tmp_path, mode, size):
+    """verify's readers: front to back in pieces of any size, or whole; past the cache (`on`, skipped where the
+    filesystem refuses the flag) or through it (`off`), the same bytes."""
+    if mode == "on" and (reason := _refuses_o_direct(str(tmp_path))):
+        pytest.skip(reason)
+    data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
+    path = tmp_path / "data.arrow"
+    path.write_bytes(data)
+    with direct.direct_mode(mode):
+        assert bytes(direct.read_whole(path)) == data
+        with direct.open_input(path) as f:
+            assert isinstance(f, direct._BlockReader) == (mode == "on")
+            got, rng = bytearray(), np.random.default_rng(1)
+            while chunk := f.read(int(rng.integers(1, 3 * ALIGN))):
+                got += chunk
+            assert f.read(10) == b""
+    assert bytes(got) == data
+
+
 def test_a_truncated_file_is_named_not_read_short(tmp_path):
     path = tmp_path / "part.arrow"
     path.write_bytes(b"x" * 5000)

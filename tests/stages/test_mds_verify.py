@@ -106,6 +106,23 @@ def test_verify_names_shard_with_a_flipped_byte(produced, where):
     assert e.value.report.checks["mds shard hashes"].failed == 1
 
 
+def test_verify_checks_the_fastest_listed_hash_unless_all_hashes(produced):
+    """Every byte is hashed once by default, by xxh64 of the config's sha1 + xxh64; `--all-hashes` checks both,
+    so an index whose sha1 alone is wrong passes the default and fails the full check, naming the shard."""
+    cfg, root = produced
+    index_path = root / "mds" / "train" / _shards(root)[0].parent.name / "index.json"
+    merged_path = root / "mds" / "train" / "index.json"
+    for p in (index_path, merged_path):
+        index = json.loads(p.read_text())
+        entry = index["shards"][0]
+        assert set(entry["zip_data"]["hashes"]) == {"sha1", "xxh64"}
+        entry["zip_data"]["hashes"]["sha1"] = "0" * 40
+        p.write_text(json.dumps(index))
+    assert run_verify(cfg).checks["mds shard hashes"].failed == 0
+    with pytest.raises(VerifyError, match=r"mds shard hashes: train/\d+/shard\.00000\.mds\.zstd"):
+        run_verify(cfg, all_hashes=True)
+
+
 def test_verify_flags_flipped_raw_byte_when_uncompressed(tmp_path, write_config):
     cfg = _corpus(tmp_path, write_config, **{"mds.columns": PKL, "mds.compression": None})
     run_mds(cfg)

@@ -12,7 +12,7 @@ from numpy.typing import NDArray
 
 from cellcorpus.core.byte_gather import gather_bytes
 from cellcorpus.formats.mds.encodings import encoding
-from cellcorpus.formats.mds.spec import decompress_view, hash_bytes
+from cellcorpus.formats.mds.spec import decompress_view, fastest_hash, hash_bytes
 
 __all__ = [
     "parse_shard",
@@ -127,21 +127,26 @@ class ShardInspection:
     offsets: NDArray[Any] | None = None
 
 
-def _hashes_match(info: dict[str, Any], data: bytes | memoryview) -> bool:
-    return len(data) == info["bytes"] and all(hash_bytes(a, data) == h for a, h in info["hashes"].items())
+def _hashes_match(info: dict[str, Any], data: bytes | memoryview, all_hashes: bool) -> bool:
+    algos = list(info["hashes"]) if all_hashes else fastest_hash(info["hashes"])
+    return len(data) == info["bytes"] and all(hash_bytes(a, data) == info["hashes"][a] for a in algos)
 
 
-def inspect_shard(data: bytes, entry: dict[str, Any]) -> ShardInspection:
-    """Check stored bytes/hashes, decompressed bytes/hashes and the sample layout against an index entry."""
+def inspect_shard(data: bytes | memoryview, entry: dict[str, Any], all_hashes: bool = False) -> ShardInspection:
+    """Check stored bytes/hashes, decompressed bytes/hashes and the sample layout against an index entry.
+
+    Every byte is hashed, by the fastest of the index's algorithms unless `all_hashes` (the Tahoe configs list
+    sha1 and xxh64: sha1 runs at ~1.3 GB/s here, xxh64 at ~5.6 GB/s, and both see the same bytes)."""
     out = ShardInspection()
     stored = entry["zip_data"] or entry["raw_data"]
-    ok = _hashes_match(stored, data)
+    ok = _hashes_match(stored, data, all_hashes)
     out.checks.append(("mds shard hashes", ok, f"bytes/hash differ from index.json ({len(data)} bytes)"))
     if not ok:
         return out
     try:
         raw = decompress_view(data, entry["raw_data"]["bytes"]) if entry["zip_data"] else data
-        out.checks.append(("mds raw hashes", _hashes_match(entry["raw_data"], raw), "decompressed bytes differ"))
+        raw_ok = _hashes_match(entry["raw_data"], raw, all_hashes)
+        out.checks.append(("mds raw hashes", raw_ok, "decompressed bytes differ"))
         config, offsets = parse_shard(raw)
     except Exception as exc:  # any malformed shard lands here, named by the caller
         out.checks.append(("mds shard structure", False, str(exc)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,7 @@ import zstandard
 from cellcorpus.errors import ConfigError
 from cellcorpus.formats.mds.encodings import encoding
 
-__all__ = ["MdsSpec", "hash_bytes", "hasher", "decompress", "decompress_view", "parse_compression"]
+__all__ = ["MdsSpec", "hash_bytes", "fastest_hash", "hasher", "decompress", "decompress_view", "parse_compression"]
 
 _XXH = {"xxh32": xxhash.xxh32, "xxh64": xxhash.xxh64, "xxh128": xxhash.xxh128, "xxh3_64": xxhash.xxh3_64,
         "xxh3_128": xxhash.xxh3_128}  # fmt: skip
@@ -30,6 +31,17 @@ def hash_bytes(algo: str, data: bytes | memoryview) -> str:
     h = hasher(algo)
     h.update(data)
     return str(h.hexdigest())
+
+
+# Fastest first (one core here, a 67 MB shard: xxh3_64 7.3 GB/s, xxh64 5.6 GB/s, sha1 1.3 GB/s)
+_SPEED_RANK = ("xxh3_64", "xxh64", "xxh128", "xxh3_128", "xxh32", "sha1", "md5", "blake2b", "sha256")
+
+
+def fastest_hash(algos: Iterable[str]) -> list[str]:
+    """The one algorithm of `algos` to check when one is enough (every byte still hashed): [] for none."""
+    listed = list(algos)
+    ranked = sorted(listed, key=lambda a: _SPEED_RANK.index(a) if a in _SPEED_RANK else len(_SPEED_RANK))
+    return ranked[:1]
 
 
 def _valid_hash(algo: str) -> bool:
@@ -54,7 +66,7 @@ def decompress(data: bytes) -> bytes:
     return zstandard.ZstdDecompressor().decompress(data)
 
 
-def decompress_view(data: bytes, expected_size: int) -> memoryview:
+def decompress_view(data: bytes | memoryview, expected_size: int) -> memoryview:
     """Undo zstd compression of one shard whose frame records `expected_size` bytes (else ValueError, before
     anything is allocated). Decompressed by Arrow's zstd into its memory pool: ~2x `zstandard` here (a newer
     build, and pool memory reused shard after shard instead of ~16k fresh pages faulted in per 64 MB shard)."""
