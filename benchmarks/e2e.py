@@ -151,7 +151,8 @@ def job(kind: str, arg: str) -> None:
                 res["cells"] = sum(pool.starmap(_floor_files, [(files[i::procs], 62_710) for i in range(procs)]))
     else:
         from cellcorpus.config import load_config
-        from cellcorpus.exec.runner import ExecutorSpec, executor_session, warm_up
+        from cellcorpus.exec.runner import executor_session, warm_up
+        from cellcorpus.plan import plan_for
         from cellcorpus.stages.mds import run_mds
         from cellcorpus.stages.mds_unit import fused_export
         from cellcorpus.stages.report import run_report
@@ -159,17 +160,16 @@ def job(kind: str, arg: str) -> None:
         from cellcorpus.stages.verify import run_verify
         from cellcorpus.stages.vocab import run_vocab
 
-        cfg = load_config(arg)
-        spec = ExecutorSpec.resolve(cfg, cfg.huggingface.num_proc)
+        plan = plan_for(load_config(arg), "run")  # one plan for every stage, as `cellcorpus run`
         stages = {}
         with executor_session():
-            warm_up(spec, ("cellcorpus.stages.tokenize",))  # as `cellcorpus run`
+            warm_up(plan.executor, ("cellcorpus.stages.tokenize",))  # as `cellcorpus run`
             for name, fn in (
-                ("vocab", lambda: run_vocab(cfg)),
-                ("tokenize", lambda: run_tokenize(cfg, spec, export=lambda h: fused_export(cfg, h))),  # as `run`
-                ("mds", lambda: run_mds(cfg, spec)),
-                ("verify", lambda: run_verify(cfg, spec)),  # `cellcorpus run` checks what it wrote
-                ("report", lambda: run_report(cfg)),
+                ("vocab", lambda: run_vocab(plan)),
+                ("tokenize", lambda: run_tokenize(plan, export=lambda h: fused_export(plan, h))),  # as `run`
+                ("mds", lambda: run_mds(plan)),
+                ("verify", lambda: run_verify(plan)),  # `cellcorpus run` checks what it wrote
+                ("report", lambda: run_report(plan)),
             ):
                 t = time.perf_counter()
                 summary = fn() if name != "verify" else (fn(), None)[1]

@@ -19,8 +19,9 @@ from rich.table import Table
 from cellcorpus._version import __version__
 from cellcorpus.config import Config, load_config
 from cellcorpus.errors import CellcorpusError
-from cellcorpus.exec.runner import ExecutorSpec, executor_session
+from cellcorpus.exec.runner import executor_session
 from cellcorpus.log import setup_logging
+from cellcorpus.plan import plan_for
 from cellcorpus.stages.base import StageSummary
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Tokenized single-cell pretraining corpora.")
@@ -217,10 +218,8 @@ def download(
     """Download a source into its local folder (parallel, resumable, size-checked)."""
     from cellcorpus.stages.download import run_download
 
-    cfg = _load(config, set_)
-    section = getattr(cfg, source, None)
-    spec = ExecutorSpec.resolve(cfg, section.num_proc if section is not None else 1, num_proc, dask)
-    _print_summary(run_download(source, cfg, spec, RichReporter()))
+    plan = plan_for(_load(config, set_), "download", num_proc=num_proc, dask=dask, source=source)
+    _print_summary(run_download(source, plan, reporter=RichReporter()))
 
 
 @app.command()
@@ -231,9 +230,8 @@ def tokenize(
     """Tokenize every input file into HF Arrow train/valid datasets (resumable)."""
     from cellcorpus.stages.tokenize import run_tokenize
 
-    cfg = _load(config, set_)
-    hf = cfg.need("huggingface")
-    _print_summary(run_tokenize(cfg, ExecutorSpec.resolve(cfg, hf.num_proc, num_proc, dask), RichReporter()))
+    plan = plan_for(_load(config, set_), "tokenize", num_proc=num_proc, dask=dask)
+    _print_summary(run_tokenize(plan, reporter=RichReporter()))
 
 
 @app.command()
@@ -244,8 +242,8 @@ def mds(
     """Export the HF Arrow splits to MosaicML MDS shards with a merged index.json per split."""
     from cellcorpus.stages.mds import run_mds
 
-    cfg = _load(config, set_)
-    _print_summary(run_mds(cfg, ExecutorSpec.resolve(cfg, cfg.need("mds").num_proc, num_proc, dask), RichReporter()))
+    plan = plan_for(_load(config, set_), "mds", num_proc=num_proc, dask=dask)
+    _print_summary(run_mds(plan, reporter=RichReporter()))
 
 
 def _print_checks(report: Any) -> None:
@@ -274,14 +272,9 @@ def verify(
     from cellcorpus.errors import VerifyError
     from cellcorpus.stages.verify import run_verify
 
-    cfg = _load(config, set_)
+    plan = plan_for(_load(config, set_), "verify", num_proc=num_proc, dask=dask)
     try:
-        report = run_verify(
-            cfg,
-            ExecutorSpec.resolve(cfg, cfg.need("huggingface").num_proc, num_proc, dask),
-            RichReporter(),
-            all_hashes=all_hashes,
-        )
+        report = run_verify(plan, reporter=RichReporter(), all_hashes=all_hashes)
     except VerifyError as exc:
         _print_checks(exc.report)  # type: ignore[attr-defined]
         raise

@@ -8,7 +8,8 @@ from importlib import resources
 from pathlib import Path
 
 from cellcorpus.config import Config, load_config
-from cellcorpus.exec.runner import ExecutorSpec, Reporter, executor_session, warm_up
+from cellcorpus.exec.runner import Reporter, executor_session, warm_up
+from cellcorpus.plan import Plan, plan_for
 from cellcorpus.stages.base import StageSummary, stage_locks
 
 __all__ = ["STAGES", "run_pipeline", "run_demo", "packaged_config", "shipped_configs", "DEMO_CONFIGS"]
@@ -21,46 +22,46 @@ def packaged_config(name: str) -> Path:
     return Path(str(resources.files("cellcorpus") / "configs" / name))
 
 
-def _vocab(cfg: Config, spec: ExecutorSpec, reporter: Reporter | None) -> StageSummary:
+def _vocab(plan: Plan, reporter: Reporter | None) -> StageSummary:
     from cellcorpus.stages.vocab import run_vocab
 
-    return run_vocab(cfg)
+    return run_vocab(plan)
 
 
-def _drugs(cfg: Config, spec: ExecutorSpec, reporter: Reporter | None) -> StageSummary:
+def _drugs(plan: Plan, reporter: Reporter | None) -> StageSummary:
     from cellcorpus.stages.drugs import run_drugs
 
-    return run_drugs(cfg)
+    return run_drugs(plan)
 
 
-def _tokenize(cfg: Config, spec: ExecutorSpec, reporter: Reporter | None) -> StageSummary:
+def _tokenize(plan: Plan, reporter: Reporter | None) -> StageSummary:
     from cellcorpus.stages.mds_unit import fused_export
     from cellcorpus.stages.tokenize import run_tokenize
 
     # the Arrow pass also feeds the MDS export, which the MDS side writes and records
-    return run_tokenize(cfg, spec, reporter, export=lambda stage_hash: fused_export(cfg, stage_hash))
+    return run_tokenize(plan, plan.executor, reporter, export=lambda stage_hash: fused_export(plan, stage_hash))
 
 
-def _mds(cfg: Config, spec: ExecutorSpec, reporter: Reporter | None) -> StageSummary:
+def _mds(plan: Plan, reporter: Reporter | None) -> StageSummary:
     from cellcorpus.stages.mds import run_mds
 
-    return run_mds(cfg, spec, reporter)
+    return run_mds(plan, plan.executor, reporter)
 
 
-def _verify(cfg: Config, spec: ExecutorSpec, reporter: Reporter | None) -> StageSummary:
+def _verify(plan: Plan, reporter: Reporter | None) -> StageSummary:
     from cellcorpus.stages.verify import run_verify, summary
 
-    return summary(run_verify(cfg, spec, reporter))
+    return summary(run_verify(plan, plan.executor, reporter))
 
 
-def _report(cfg: Config, spec: ExecutorSpec, reporter: Reporter | None) -> StageSummary:
+def _report(plan: Plan, reporter: Reporter | None) -> StageSummary:
     from cellcorpus.stages.report import run_report
 
-    return run_report(cfg, spec, reporter)
+    return run_report(plan, plan.executor, reporter)
 
 
 # (name, config section that enables it, runner): the order `run` follows. Adding a stage = one row.
-STAGES: tuple[tuple[str, str, Callable[[Config, ExecutorSpec, Reporter | None], StageSummary]], ...] = (
+STAGES: tuple[tuple[str, str, Callable[[Plan, Reporter | None], StageSummary]], ...] = (
     ("vocab", "vocab", _vocab),
     ("drugs", "drugs", _drugs),
     ("tokenize", "huggingface", _tokenize),
@@ -75,22 +76,22 @@ def run_pipeline(
 ) -> Iterator[StageSummary]:
     """The STAGES whose section the config has, in order; yields each stage's summary.
 
-    The whole config is checked first (preflight), so a setting the MDS stage would reject stops the run
-    before tokenization, not after it. One worker pool (or Dask cluster) serves every stage, sized by
-    `num_proc` or the largest `num_proc` of the config's sections.
+    The config is resolved once into a plan (paths, executor) that every stage runs with, and checked once
+    (preflight), so a setting the MDS stage would reject stops the run before tokenization, not after it. One
+    worker pool (or Dask cluster) serves every stage, sized by `num_proc` or the largest `num_proc` of the
+    config's sections.
     """
     from cellcorpus.stages.preflight import preflight, preflight_once
 
-    procs = [s.num_proc for s in (cfg.huggingface, cfg.mds) if s is not None] or [1]
-    spec = ExecutorSpec.resolve(cfg, max(procs), num_proc, dask)
+    plan = plan_for(cfg, "run", num_proc=num_proc, dask=dask)  # resolved once: every stage runs with it
     # locked first (a second run stops before it writes); the whole config checked once, for every stage
-    with stage_locks(cfg, "run"), executor_session(), preflight_once():
-        preflight(cfg, spec, "run")
+    with stage_locks(plan, "run"), executor_session(), preflight_once():
+        preflight(plan)
         if cfg.huggingface is not None:
-            warm_up(spec, ("cellcorpus.stages.tokenize",))  # workers start while vocab and inputs are checked
+            warm_up(plan.executor, ("cellcorpus.stages.tokenize",))  # workers start while vocab and inputs are checked
         for _, section, runner in STAGES:
             if getattr(cfg, section) is not None:
-                yield runner(cfg, spec, reporter)
+                yield runner(plan, reporter)
 
 
 def run_demo(

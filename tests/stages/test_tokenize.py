@@ -525,6 +525,6 @@ def test_each_input_is_opened_once_to_discover_and_inspect_it(tmp_path, write_co
         real(self, path, *args, **kwargs)
 
     monkeypatch.setattr(h5ad.H5adReader, "__init__", counting)
-    inputs, report = discover_and_inspect(hf, load_vocab(hf.vocab_file))
+    inputs, report = discover_and_inspect(hf, load_vocab(hf.vocab_file), tmp_path / "decompressed")
     assert sorted(opened) == ["f0.h5ad", "f1.h5ad", "f2.h5ad"]
     assert [f.n_obs for f in inputs] == [20, 20, 20] and set(report.coverage.values()) == {1.0}

@@ -15,8 +15,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from cellcorpus.config import Config
-from cellcorpus.errors import ConfigError, UnitFailed
+from cellcorpus.errors import UnitFailed
 from cellcorpus.io.direct import direct_mode
 from cellcorpus.manifest import Ledger
 
@@ -49,20 +48,6 @@ class ExecutorSpec:
     dask: str | None = None
     dask_workers: int = 2
     direct_io: str = "auto"  # `io.direct`, applied in this process while units run and in every worker
-
-    @classmethod
-    def resolve(
-        cls, cfg: Config, section_num_proc: int, num_proc: int | None = None, dask: str | None = None
-    ) -> ExecutorSpec:
-        """Command-line choices over the config's: `num_proc` also sizes a `--dask local` cluster."""
-        if num_proc is not None and num_proc < 1:
-            raise ConfigError(f"--num-proc: must be 1 or more, got {num_proc}")
-        return cls(
-            num_proc=num_proc or section_num_proc,
-            dask=dask or cfg.executor.dask,
-            dask_workers=num_proc or cfg.executor.dask_workers,
-            direct_io=cfg.io.direct,
-        )
 
 
 _SESSION: ContextVar[tuple[ExitStack, dict[ExecutorSpec, tuple[Executor, int]]] | None] = ContextVar(

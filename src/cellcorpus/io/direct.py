@@ -85,29 +85,33 @@ def _give_back(buf: mmap.mmap) -> None:
         _free.append(buf)
 
 
-def _through_cache_instead(fd: int, exc: OSError) -> bool:
+def _through_cache_instead(fd: int, exc: OSError, retried: bool) -> bool:
     """After EINVAL on a descriptor opened with O_DIRECT (the filesystem took the flag but refuses this
-    alignment): clear the flag so the call can be retried through the page cache. False: not that case."""
-    if exc.errno != errno.EINVAL:
+    alignment): clear the flag so the call can be retried, once, through the page cache. False: not that case.
+
+    Two I/O threads share a descriptor, so the other may have cleared the flag between this call's failure and
+    now: a first EINVAL is retried whatever the flag says, a second one is raised."""
+    if exc.errno != errno.EINVAL or retried or not hasattr(os, "O_DIRECT"):
         return False
     import fcntl  # POSIX only, and only reached where O_DIRECT (Linux) was used
 
     flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-    if not flags & os.O_DIRECT:
-        return False
-    fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
+    if flags & os.O_DIRECT:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
     return True
 
 
 def _write_all(fd: int, view: memoryview, offset: int) -> None:
+    retried = False
     while len(view):
         try:
             n = os.pwrite(fd, view, offset)
         except OSError as exc:
-            if _through_cache_instead(fd, exc):
+            if _through_cache_instead(fd, exc, retried):
+                retried = True
                 continue
             raise
-        view, offset = view[n:], offset + n
+        view, offset, retried = view[n:], offset + n, False
 
 
 def set_direct_mode(mode: str) -> str:
@@ -186,14 +190,16 @@ def _read_range(path: str, lo: int, hi: int) -> pa.Buffer:
     if fd is None:
         fd = os.open(path, os.O_RDONLY)
     try:
-        got = 0
+        got, retried = 0, False
         while got < hi - start:
             try:
                 n = _pread_into(fd, view[got:], start + got)
             except OSError as exc:
-                if _through_cache_instead(fd, exc):
+                if _through_cache_instead(fd, exc, retried):
+                    retried = True
                     continue
                 raise
+            retried = False
             if n == 0:
                 raise InputError(f"{path}: ends at byte {start + got}, {hi} expected (a damaged intermediate file)")
             got += n

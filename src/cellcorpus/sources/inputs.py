@@ -21,7 +21,6 @@ from cellcorpus.core.genemap import GeneMapping, IdMap, harmonize
 from cellcorpus.core.vocab import VocabLookup
 from cellcorpus.errors import ConfigError, InputError
 from cellcorpus.io.tables import read_columns
-from cellcorpus.layout import decompressed_dir
 from cellcorpus.sources.base import InputFile, RawBlock
 
 __all__ = [
@@ -42,15 +41,16 @@ _ENSEMBL = re.compile(r"^ENS[A-Z]*\d{6,}(\.\d+)?$")
 Visit = Callable[[InputFile, Any], None]  # (input, its open reader or None): runs during discovery
 
 
-def _discover_h5ad(hf: HuggingfaceConfig, visit: Visit | None = None) -> list[InputFile]:
+def _discover_h5ad(hf: HuggingfaceConfig, decompressed: Path, visit: Visit | None = None) -> list[InputFile]:
     from cellcorpus.sources.local import discover_h5ad
 
-    return discover_h5ad(hf.adata_dir, hf.ignore_dir, str(decompressed_dir(hf)), hf.counts_layer, visit)
+    return discover_h5ad(hf.adata_dir, hf.ignore_dir, str(decompressed), hf.counts_layer, visit)
 
 
-def _discover_parquet(hf: HuggingfaceConfig, visit: Visit | None = None) -> list[InputFile]:
+def _discover_parquet(hf: HuggingfaceConfig, decompressed: Path, visit: Visit | None = None) -> list[InputFile]:
     from cellcorpus.sources.tahoe import discover_parquet
 
+    del decompressed  # parquet inputs are read in place
     return discover_parquet(hf.adata_dir, hf.ignore_dir, visit)
 
 
@@ -95,7 +95,7 @@ class InputFormat:
     """
 
     name: str
-    discover: Callable[[HuggingfaceConfig, Visit | None], list[InputFile]]
+    discover: Callable[[HuggingfaceConfig, Path, Visit | None], list[InputFile]]  # Path: where .gz decompress
     peek_first: Callable[[HuggingfaceConfig], InputFile | None]  # listing only, before a full discovery
     index_name: Callable[[HuggingfaceConfig, InputFile | None], str | None]  # None: unknown until inputs exist
     read_block: Callable[[str, int, int, HuggingfaceConfig], RawBlock]
@@ -275,18 +275,19 @@ def _inspect_parquet(
 
 
 def discover_and_inspect(
-    hf: HuggingfaceConfig, vocab: dict[str, int] | None, *, strict: bool = True
+    hf: HuggingfaceConfig, vocab: dict[str, int] | None, decompressed: Path, *, strict: bool = True
 ) -> tuple[list[InputFile], InputsReport]:
     """Every input file of the config, sorted (the order defines `file_index`), each checked while it is open:
     columns and, with a vocabulary, gene coverage (raising on the first problem). One open per file: over
-    10^4 remote files one round trip each, not two. `strict=False` (the `genes` dry run) reports coverage
+    10^4 remote files one round trip each, not two. `.h5ad.gz` inputs are decompressed once into
+    `decompressed` (the layout's scratch folder). `strict=False` (the `genes` dry run) reports coverage
     below `min_gene_coverage` instead of raising."""
     if not strict:
         hf = hf.model_copy(update={"min_gene_coverage": 0.0})
     rep = InputsReport()
     lookup = VocabLookup(vocab) if vocab is not None else None
     fmt = input_format(hf)
-    inputs = fmt.discover(hf, lambda f, reader: fmt.inspect(hf, f, lookup, rep, reader))
+    inputs = fmt.discover(hf, decompressed, lambda f, reader: fmt.inspect(hf, f, lookup, rep, reader))
     return inputs, rep
 
 

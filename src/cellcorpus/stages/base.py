@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -15,8 +16,9 @@ from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
 from cellcorpus.io.lock import hold_locks
 from cellcorpus.io.owned import claim_dir
 from cellcorpus.io.paths import Publisher, same_location
-from cellcorpus.layout import MANIFEST, OUTPUT_RECORDS, write_roots
+from cellcorpus.layout import MANIFEST, OUTPUT_RECORDS
 from cellcorpus.manifest import Ledger, StageManifest, UnitResult, read_manifest, write_manifest
+from cellcorpus.plan import Plan, plan_for
 
 __all__ = ["WorkUnit", "StageSummary", "StageRun", "run_stage", "decide_rerun", "locked", "stage_locks"]
 
@@ -27,22 +29,29 @@ M = TypeVar("M", bound=StageManifest)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def stage_locks(cfg: Any, stage: str, source: str | None = None) -> AbstractContextManager[None]:
+def stage_locks(plan: Plan, stage: str, source: str | None = None) -> AbstractContextManager[None]:
     """Hold the locks of every local root `stage` (or `run`: every stage) writes, for a `with` block."""
-    return hold_locks(write_roots(cfg, stage, source), stage)
+    return hold_locks(plan.layout.write_roots(stage, source), stage)
 
 
 def locked(stage: str) -> Callable[[F], F]:
-    """Run a stage entry point (`run_x(cfg, ...)`, or `run_download(source, cfg, ...)`) holding the locks of
-    the roots it writes (io/lock.py): a second run on the same output stops at once, naming the first."""
+    """A stage entry point (`run_x(cfg, spec, ...)`, or `run_download(source, cfg, spec, ...)`): its config is
+    resolved into a `Plan` once, here (a plan passed in is used as it is), and the stage runs holding the locks
+    of the roots it writes (io/lock.py): a second run on the same output stops at once, naming the first."""
 
     def wrap(fn: F) -> F:
+        signature = inspect.signature(fn)
+
         @functools.wraps(fn)
         def inner(*args: Any, **kwargs: Any) -> Any:
-            source = args[0] if stage == "download" else None
-            cfg = args[1] if stage == "download" else args[0]
-            with stage_locks(cfg, stage, source):
-                return fn(*args, **kwargs)
+            bound = signature.bind(*args, **kwargs)
+            source = bound.arguments.get("source")
+            plan = plan_for(bound.arguments["cfg"], stage, bound.arguments.get("spec"), source=source)
+            bound.arguments["cfg"] = plan
+            if "spec" in signature.parameters:
+                bound.arguments["spec"] = plan.executor
+            with stage_locks(plan, stage, source):
+                return fn(*bound.args, **bound.kwargs)
 
         return inner  # type: ignore[return-value]
 

@@ -11,6 +11,7 @@ from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
 from cellcorpus.io.paths import join
 from cellcorpus.io.vocab import load_vocab
 from cellcorpus.manifest import DownloadManifest, Ledger, write_manifest
+from cellcorpus.plan import Plan, plan_for
 from cellcorpus.stages.base import StageSummary, locked
 from cellcorpus.stages.preflight import preflight
 
@@ -83,14 +84,15 @@ def _download_census(cfg: Config, spec: ExecutorSpec, reporter: Reporter | None 
 
 @locked("download")
 def run_download(
-    source: str, cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | None = None
+    source: str, cfg: Config | Plan, spec: ExecutorSpec | None = None, reporter: Reporter | None = None
 ) -> StageSummary:
     """Download one source named in the config (its section holds URL, cache folder and workers)."""
     if source not in SOURCES:
         raise ConfigError(f"unknown source '{source}'", hint=f"one of: {', '.join(SOURCES)}")
+    plan = plan_for(cfg, "download", spec, source=source)  # (`locked` resolved it: this is that plan)
+    cfg, spec = plan.cfg, plan.executor
     section = cfg.need(source)
-    spec = spec or ExecutorSpec.resolve(cfg, section.num_proc)
-    preflight(cfg, spec, "download", source=source)
+    preflight(plan, source=source)
     if source == "cellxgene":
         return _download_census(cfg, spec, reporter)
     return _download_bucket(cfg, section, source, spec, reporter)

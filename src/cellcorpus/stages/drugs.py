@@ -25,8 +25,9 @@ from cellcorpus.errors import ConfigError, InputError, MissingExtraError
 from cellcorpus.io.atomic import atomic_path, remove_temporaries, write_json_atomic
 from cellcorpus.io.paths import filesystem
 from cellcorpus.io.tables import as_strings, read_frame
-from cellcorpus.layout import DRUG_PAD, drugs_manifest
+from cellcorpus.layout import DRUG_PAD
 from cellcorpus.manifest import DrugsManifest, mapping_checksum, parse_manifest, write_manifest
+from cellcorpus.plan import Plan, plan_for
 from cellcorpus.stages.base import StageSummary, locked
 
 __all__ = ["run_drugs", "DrugPlan", "plan_drugs", "morgan_fingerprints"]
@@ -130,14 +131,16 @@ def _read_plan(dc: DrugsConfig, parses: Any) -> DrugPlan:
 
 
 @locked("drugs")
-def run_drugs(cfg: Config) -> StageSummary:
+def run_drugs(cfg: Config | Plan) -> StageSummary:
     """Write drug_to_id + drug_fps (and a manifest); skips when they already match this table and settings."""
+    resolved = plan_for(cfg, "drugs")  # (`locked` resolved it: this is that plan)
+    cfg = resolved.cfg
     dc: DrugsConfig = cfg.need("drugs")
     chem, _, rdkit_version = _rdkit()
     table_checksum = _table_checksum(dc.table)
     settings = dc.model_dump(mode="json", exclude={"table", "output_root", "drug_to_id_file", "fingerprints_file"})
     stage_hash = config_hash(settings, table_checksum, rdkit_version)
-    manifest_path = Path(drugs_manifest(dc))
+    manifest_path = Path(resolved.layout.drugs_manifest)
     for name in (dc.drug_to_id_file, dc.fingerprints_file, manifest_path.name):  # left by a killed run
         remove_temporaries(dc.output_root, name)
     outputs = {"drug_to_id": dc.drug_to_id_path, "fingerprints": dc.fingerprints_path}

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from cellcorpus.config import Config, HuggingfaceConfig
 from cellcorpus.io.vocab import load_vocab
+from cellcorpus.layout import Layout
 from cellcorpus.sources.inputs import discover_and_inspect
 
 __all__ = ["GeneCoverage", "run_genes"]
@@ -37,7 +38,7 @@ def run_genes(cfg: Config) -> list[GeneCoverage]:
     """Coverage of every input file (no output); files below `min_gene_coverage` are flagged, not raised."""
     hf: HuggingfaceConfig = cfg.need("huggingface")
     vocab = load_vocab(hf.vocab_file)
-    inputs, rep = discover_and_inspect(hf, vocab, strict=False)
+    inputs, rep = discover_and_inspect(hf, vocab, Layout.of(cfg).decompressed, strict=False)
     rows = []
     for f in inputs:
         m = rep.mappings[f.rel_path]

@@ -8,7 +8,7 @@ from cellcorpus.config import Config
 from cellcorpus.core.ids import decode_ids
 from cellcorpus.errors import ConfigError, InputError
 from cellcorpus.io.paths import join
-from cellcorpus.layout import MANIFEST, tokenize_publisher
+from cellcorpus.layout import MANIFEST, Layout
 from cellcorpus.manifest import TokenizeManifest, read_manifest
 
 __all__ = ["decode_cell_id"]
@@ -21,7 +21,7 @@ def decode_cell_id(cfg: Config, cell_id: int) -> tuple[str, int]:
     recorded in the tokenize manifest.
     """
     hf = cfg.need("huggingface")
-    manifest = read_manifest(tokenize_publisher(hf), MANIFEST, TokenizeManifest)
+    manifest = read_manifest(Layout.of(cfg).merged_root(), MANIFEST, TokenizeManifest)
     if manifest is None:
         raise ConfigError(f"no tokenize manifest in {hf.merged_dataset_root}", hint="run `cellcorpus tokenize`")
     f, r = decode_ids(np.array([cell_id], dtype=np.int64))

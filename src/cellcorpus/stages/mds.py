@@ -17,8 +17,9 @@ from cellcorpus.formats.arrow import read_arrow
 from cellcorpus.formats.mds import merge_split_index
 from cellcorpus.io.atomic import remove_temporaries
 from cellcorpus.io.paths import Publisher, join, local_copy
-from cellcorpus.layout import MANIFEST, mds_publisher
+from cellcorpus.layout import MANIFEST
 from cellcorpus.manifest import MdsManifest, TokenizeManifest, UnitResult, read_manifest
+from cellcorpus.plan import Plan, plan_for
 from cellcorpus.stages.base import StageRun, StageSummary, locked, run_stage
 from cellcorpus.stages.mds_unit import (
     MdsContext,
@@ -34,9 +35,9 @@ from cellcorpus.stages.preflight import preflight
 __all__ = ["plan_mds", "mds_unit", "run_mds"]
 
 
-def plan_mds(mds: MdsConfig) -> list[MdsUnit]:
-    """One unit per Arrow data file of every split, in split then file order (sizes from the manifest)."""
-    src = Publisher(mds.root_dir, staging=".")
+def plan_mds(mds: MdsConfig, src: Publisher) -> list[MdsUnit]:
+    """One unit per Arrow data file of every split of `src` (`mds.root_dir`), in split then file order (sizes
+    from the manifest)."""
     manifest = read_manifest(src, "manifest.json", TokenizeManifest)
     units = []
     for split in mds.splits:
@@ -62,20 +63,21 @@ def mds_unit(unit: MdsUnit, ctx: MdsContext) -> UnitResult:
 
 
 @locked("mds")
-def run_mds(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | None = None) -> StageSummary:
+def run_mds(cfg: Config | Plan, spec: ExecutorSpec | None = None, reporter: Reporter | None = None) -> StageSummary:
     """Export every split to MDS; skips when the merged indexes already match this config + input."""
-    mds: MdsConfig = cfg.need("mds")
-    spec = spec or ExecutorSpec.resolve(cfg, mds.num_proc)
-    notes = preflight(cfg, spec, "mds")
-    export = mds_publisher(mds).local_dir
+    plan = plan_for(cfg, "mds", spec)  # (`locked` resolved it: this is that plan)
+    mds: MdsConfig = plan.cfg.need("mds")
+    spec = plan.executor
+    notes = preflight(plan)
+    ident = mds_identity(plan)
+    export = ident.out.local_dir
     for split in mds.splits:  # a killed run's half-written shards and indexes, by the names this stage writes
         for folder in (export / split, *(d for d in (export / split).glob("*") if d.is_dir())):
             for name in ("shard.*", "index.json"):
                 remove_temporaries(folder, name)
     remove_temporaries(export, MANIFEST)
-    source = Publisher(mds.root_dir, staging=".")
+    source = plan.layout.mds_source or Publisher(mds.root_dir, staging=".")
     source_manifest = read_manifest(source, "manifest.json", TokenizeManifest)
-    ident = mds_identity(mds, cfg)
     stage_hash = ident.stage_hash(source_manifest.config_hash if source_manifest else None)
     out = ident.out
     context = mds_context(mds, out)
@@ -127,7 +129,7 @@ def run_mds(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | 
         stage_hash=stage_hash,
         manifest_model=MdsManifest,
         ledger=ident.ledger(),
-        plan=lambda: plan_mds(mds),
+        plan=lambda: plan_mds(mds, source),
         run_unit=mds_unit,
         context=context,
         finalize=finalize,

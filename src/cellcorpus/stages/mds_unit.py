@@ -18,13 +18,14 @@ from typing import Any, ClassVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cellcorpus.config import MDS_LOCATION_KEYS, Config, MdsConfig, config_hash
+from cellcorpus.config import MDS_LOCATION_KEYS, MdsConfig, config_hash
 from cellcorpus.errors import InputError
 from cellcorpus.formats.mds import MdsSpec, ShardWriter, TorchPickler, encode_samples
 from cellcorpus.io.owned import is_owned
 from cellcorpus.io.paths import Publisher, same_location
-from cellcorpus.layout import mds_publisher, mds_units_dir
+from cellcorpus.layout import mds_publisher
 from cellcorpus.manifest import Ledger, MdsManifest, UnitResult
+from cellcorpus.plan import Plan
 from cellcorpus.stages.base import decide_rerun
 
 __all__ = [
@@ -164,20 +165,22 @@ class MdsIdentity:
         )
 
 
-def mds_identity(mds: MdsConfig, cfg: Config | None = None) -> MdsIdentity:
+def mds_identity(plan: Plan) -> MdsIdentity:
     """Where things are never enters the identity (a moved export is still complete), the settings do.
 
-    The settings recorded in the manifest (and named in a refusal) hold `source`, the folder exported; with the
-    config `cfg`, values from the environment are recorded as their references."""
+    The settings recorded in the manifest (and named in a refusal) hold `source`, the folder exported; values
+    from the environment are recorded as their references."""
+    cfg = plan.cfg
+    mds: MdsConfig = cfg.need("mds")
     settings = mds.model_dump(mode="json", exclude=set(MDS_LOCATION_KEYS))
     return MdsIdentity(
-        out=mds_publisher(mds),
+        out=plan.layout.mds or mds_publisher(mds),
         markers=tuple(f"{s}/index.json" for s in mds.splits),
         settings_hash=config_hash(settings),
-        ledger_dir=str(mds_units_dir(mds)),
+        ledger_dir=str(plan.layout.mds_units),
         settings={
-            **(cfg.settings_for_output("mds", settings) if cfg else settings),
-            "source": cfg.for_output("mds.root_dir", mds.root_dir) if cfg else mds.root_dir,
+            **cfg.settings_for_output("mds", settings),
+            "source": cfg.for_output("mds.root_dir", mds.root_dir),
         },
     )
 
@@ -270,15 +273,15 @@ class _RecordingWriter:
         self._identity.ledger().record(self._writer.finish(checksum))
 
 
-def fused_export(cfg: Config, stage_hash: str) -> FusedMds | None:
-    """The MDS export to write in the Arrow pass of tokenize run `stage_hash`, when `cfg.mds` exports exactly
-    that output. Decided like the mds stage's own run (so a finished export of other settings is refused here,
-    before any work): None when there is no mds section, it reads another dataset, or the export is already
-    complete for this tokenize run."""
-    mds, hf = cfg.mds, cfg.huggingface
+def fused_export(plan: Plan, stage_hash: str) -> FusedMds | None:
+    """The MDS export to write in the Arrow pass of tokenize run `stage_hash`, when the plan's `mds` exports
+    exactly that output. Decided like the mds stage's own run (so a finished export of other settings is refused
+    here, before any work): None when there is no mds section, it reads another dataset, or the export is
+    already complete for this tokenize run."""
+    mds, hf = plan.cfg.mds, plan.cfg.huggingface
     if mds is None or hf is None or not same_location(mds.root_dir, hf.merged_dataset_root):
         return None
-    ident = mds_identity(mds, cfg)
+    ident = mds_identity(plan)
     if ident.decide(stage_hash) is not None:
         return None
     return FusedMds(ident, mds_context(mds, ident.out), tuple(mds.splits))

@@ -21,14 +21,14 @@ from pathlib import Path
 from cellcorpus.config import Config, HuggingfaceConfig
 from cellcorpus.errors import ConfigError, InputError, MissingExtraError
 from cellcorpus.exec.dask import check_dask_reachable
-from cellcorpus.exec.runner import ExecutorSpec
 from cellcorpus.formats.mds import MdsSpec
 from cellcorpus.io.join_index import check_columns, is_large_table
 from cellcorpus.io.owned import WRITE_PROBE, check_claimable
 from cellcorpus.io.paths import exists, filesystem, is_url
 from cellcorpus.io.tables import load_table
-from cellcorpus.layout import OUTPUT_RECORDS, mds_publisher, scratch_dirs, tokenize_publisher
+from cellcorpus.layout import OUTPUT_RECORDS
 from cellcorpus.manifest import TokenizeManifest, read_manifest
+from cellcorpus.plan import Plan
 
 __all__ = [
     "preflight",
@@ -160,32 +160,29 @@ def preflight_once() -> Iterator[None]:
         _ONCE.reset(token)
 
 
-def preflight(
-    cfg: Config,
-    spec: ExecutorSpec | None,
-    command: str,
-    source: str | None = None,
-) -> list[str]:
-    """Check everything `command` (run / tokenize / mds / download) will need; return notes for the user.
+def preflight(plan: Plan, source: str | None = None) -> list[str]:
+    """Check everything the plan's command (run / tokenize / mds / download) will need; return notes for the
+    user.
 
     The MDS column check learns the obs index name from the first input file (by listing, before the inputs
     are inspected). `source` is the section `download` fetches.
     """
-    once = _ONCE.get()
-    if once is not None and id(cfg) in once:
-        notes, once[id(cfg)] = once[id(cfg)], []  # checked already in this command: its notes said once
+    once, key = _ONCE.get(), id(plan.cfg)
+    if once is not None and key in once:
+        notes, once[key] = once[key], []  # checked already in this command: its notes said once
         return notes
-    notes = _preflight(cfg, spec, command, source)
+    notes = _preflight(plan, source)
     if once is not None:
-        once[id(cfg)] = list(notes)
+        once[key] = list(notes)
     return notes
 
 
-def _preflight(cfg: Config, spec: ExecutorSpec | None, command: str, source: str | None) -> list[str]:
+def _preflight(plan: Plan, source: str | None) -> list[str]:
     notes: list[str] = []
+    cfg, command, layout = plan.cfg, plan.command, plan.layout
     hf = cfg.huggingface
-    if spec is not None and spec.dask:
-        check_dask_reachable(spec.dask)
+    if plan.executor.dask:
+        check_dask_reachable(plan.executor.dask)
     if command == "download" and source is not None:
         section = cfg.need(source)
         check_writable(section.output_root, f"{source}.output_root")
@@ -197,20 +194,18 @@ def _preflight(cfg: Config, spec: ExecutorSpec | None, command: str, source: str
         _check_join_tables(hf)
         check_writable(hf.output_root, "huggingface.output_root")
         check_writable(hf.merged_dataset_root, "huggingface.merged_dataset_root")
-        for name, d in scratch_dirs(hf).items():  # folders tokenize writes and cleans: never a user's
+        for name, d in layout.scratch_dirs().items():  # folders tokenize writes and cleans: never a user's
             check_claimable(d, f"huggingface.output_root ({name}/)")
-        check_claimable(tokenize_publisher(hf).local_dir, "huggingface.merged_dataset_root", OUTPUT_RECORDS)
-    if command == "mds" and cfg.mds is not None:
-        from cellcorpus.io.paths import Publisher
-
-        manifest = read_manifest(Publisher(cfg.mds.root_dir, staging="."), "manifest.json", TokenizeManifest)
+        check_claimable(layout.merged_root().local_dir, "huggingface.merged_dataset_root", OUTPUT_RECORDS)
+    if command == "mds" and layout.mds_source is not None:
+        manifest = read_manifest(layout.mds_source, "manifest.json", TokenizeManifest)
         if manifest is not None:
             columns = [*PRODUCED_COLUMNS, *manifest.metadata_columns]
-    if command in ("run", "tokenize", "mds") and cfg.mds is not None:
+    if command in ("run", "tokenize", "mds") and cfg.mds is not None and layout.mds is not None:
         _check_mds(cfg, columns, notes)
         if command != "tokenize":
             check_writable(cfg.mds.out_root, "mds.out_root")
-        check_claimable(mds_publisher(cfg.mds).local_dir, "mds.out_root", OUTPUT_RECORDS)
+        check_claimable(layout.mds.local_dir, "mds.out_root", OUTPUT_RECORDS)
     if command == "run" and cfg.drugs is not None and not exists(cfg.drugs.table):
         raise ConfigError(f"drugs.table: file not found: {cfg.drugs.table}")
     if command == "run" and cfg.drugs is not None and importlib.util.find_spec("rdkit") is None:

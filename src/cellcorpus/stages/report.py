@@ -31,8 +31,9 @@ from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
 from cellcorpus.io.atomic import write_json_atomic
 from cellcorpus.io.paths import Publisher, local_copy
 from cellcorpus.io.vocab import load_vocab
-from cellcorpus.layout import REPORT_DIR, VERIFY_RECORD, mds_publisher, tokenize_publisher
+from cellcorpus.layout import REPORT_DIR, VERIFY_RECORD
 from cellcorpus.manifest import MdsManifest, TokenizeManifest, read_manifest
+from cellcorpus.plan import Plan, plan_for
 from cellcorpus.stages.base import StageSummary, locked
 
 __all__ = ["run_report", "CONTEXT_LENGTHS"]
@@ -291,17 +292,18 @@ def _funnel(manifest: TokenizeManifest, mds: MdsManifest | None) -> list[tuple[s
 
 
 @locked("report")
-def run_report(cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | None = None) -> StageSummary:
+def run_report(cfg: Config | Plan, spec: ExecutorSpec | None = None, reporter: Reporter | None = None) -> StageSummary:
     """Write `<merged_dataset_root>/report/{stats.json, report.html}` (local scratch for URL roots)."""
+    plan = plan_for(cfg, "report", spec)  # (`locked` resolved it: this is that plan)
+    cfg, layout, spec = plan.cfg, plan.layout, plan.executor
     hf = cfg.need("huggingface")
-    spec = spec or ExecutorSpec.resolve(cfg, hf.num_proc)
-    out = tokenize_publisher(hf)
+    out = layout.merged_root()
     manifest = read_manifest(out, "manifest.json", TokenizeManifest)
     if manifest is None:
         raise ConfigError(
             f"nothing to report: no manifest in {hf.merged_dataset_root}", hint="run `cellcorpus tokenize`"
         )
-    mds_manifest = read_manifest(mds_publisher(cfg.mds), "manifest.json", MdsManifest) if cfg.mds else None
+    mds_manifest = read_manifest(layout.mds, "manifest.json", MdsManifest) if layout.mds else None
     scan = _scan(out, manifest, hf.add_cls_token, spec, reporter)
     dist = {s: {"genes_per_cell": scan.genes[s], "counts_per_cell": scan.counts[s]} for s in manifest.splits}
     vocab = load_vocab(hf.vocab_file)

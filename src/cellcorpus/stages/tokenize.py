@@ -34,20 +34,12 @@ from cellcorpus.formats.shuffle_plan import write_part_bounds
 from cellcorpus.io.atomic import remove_temporaries, write_json_atomic
 from cellcorpus.io.join_index import JoinIndex, build_join_index, is_large_table
 from cellcorpus.io.owned import claim_dir, remove_owned
-from cellcorpus.io.paths import is_url
+from cellcorpus.io.paths import Publisher, is_url
 from cellcorpus.io.tables import as_strings, load_table, lookup
 from cellcorpus.io.vocab import load_vocab
-from cellcorpus.layout import (
-    MANIFEST,
-    OUTPUT_RECORDS,
-    SPLITS,
-    joins_dir,
-    parts_dir,
-    scratch_dirs,
-    tokenize_publisher,
-    units_dir,
-)
+from cellcorpus.layout import MANIFEST, OUTPUT_RECORDS, SPLITS
 from cellcorpus.manifest import Ledger, TokenizeManifest, UnitResult, file_checksum, output_record
+from cellcorpus.plan import Plan, plan_for
 from cellcorpus.sources.base import InputFile, RawBlock
 from cellcorpus.sources.inputs import discover_and_inspect, gene_mapping, input_format, obs_index_column
 from cellcorpus.stages.base import FusedExport, StageRun, StageSummary, WorkUnit, locked, run_stage
@@ -101,13 +93,14 @@ def _join_index(folder: str) -> JoinIndex:
     return JoinIndex(folder)
 
 
-def join_index_dirs(hf: HuggingfaceConfig, settings: dict[str, Any]) -> tuple[str | None, ...]:
-    """Where each join table's on-disk index goes (None: a table small enough to load whole), named by the
-    table's content, key and columns (`settings`: the work settings, whose join paths are checksums)."""
+def join_index_dirs(hf: HuggingfaceConfig, settings: dict[str, Any], joins: Path) -> tuple[str | None, ...]:
+    """Where each join table's on-disk index goes under `joins` (None: a table small enough to load whole),
+    named by the table's content, key and columns (`settings`: the work settings, whose join paths are
+    checksums)."""
     out: list[str | None] = []
     for join, recorded in zip(hf.additional_metadata_info, settings["additional_metadata_info"], strict=True):
         large = is_large_table(join.path)
-        out.append(str(joins_dir(hf) / config_hash(recorded)[:16]) if large else None)
+        out.append(str(joins / config_hash(recorded)[:16]) if large else None)
     return tuple(out)
 
 
@@ -367,7 +360,7 @@ def _check_split_sizes(hf: HuggingfaceConfig, totals: dict[str, int]) -> None:
 
 @locked("tokenize")
 def run_tokenize(
-    cfg: Config,
+    cfg: Config | Plan,
     spec: ExecutorSpec | None = None,
     reporter: Reporter | None = None,
     *,
@@ -380,23 +373,24 @@ def run_tokenize(
     given this run's stage hash, the export (owned by another stage: the MDS shards) the Arrow writes also feed,
     or None (stages/tokenize_finalize.py): one pass over the tokens.
     """
+    plan = plan_for(cfg, "tokenize", spec)  # (`locked` resolved it: this is that plan)
+    cfg, layout, spec = plan.cfg, plan.layout, plan.executor
     hf: HuggingfaceConfig = cfg.need("huggingface")
     if is_url(hf.output_root):
         raise ConfigError(f"huggingface.output_root: must be a local scratch folder, got {hf.output_root}")
-    spec = spec or ExecutorSpec.resolve(cfg, hf.num_proc)
     vocab = load_vocab(hf.vocab_file)
     _check_cls(hf, vocab)
-    notes = preflight(cfg, spec, "tokenize")  # the config first; then every input, opened once for both checks
-    out_dir = tokenize_publisher(hf).local_dir
+    notes = preflight(plan)  # the config first; then every input, opened once for both checks
+    out = layout.merged_root()
+    out_dir = out.local_dir
     remove_temporaries(out_dir, MANIFEST)  # a killed run's half-written files, by the names this stage writes
     for split in SPLITS:
         for name in ("data-*-of-*.arrow", "state.json", "dataset_info.json"):
             remove_temporaries(out_dir / f"{split}.dataset", name)
-    inputs, inspection = discover_and_inspect(hf, vocab)
+    inputs, inspection = discover_and_inspect(hf, vocab, layout.decompressed)
     notes += inspection.notes
     work_hash, work_settings = _work_settings(hf)
     stage_hash = _stage_hash(work_hash, inputs)
-    out = tokenize_publisher(hf)
     total = sum(f.n_obs for f in inputs)
     n_buckets: tuple[tuple[str, int], ...] = ()
     if hf.split_parameters.shuffle:
@@ -411,18 +405,18 @@ def run_tokenize(
     ctx = TokenizeContext(
         hf=hf,
         vocab_file=hf.vocab_file,
-        parts_dir=str(parts_dir(hf)),
+        parts_dir=str(layout.parts),
         metadata_columns=tuple(hf.metadata_columns(index_column)),
         index_column=index_column,
         n_buckets=n_buckets,
         fused_mds=fused,
         compact_parts=max(vocab.values(), default=0) < 1 << 16,
-        join_indexes=join_index_dirs(hf, work_settings),
+        join_indexes=join_index_dirs(hf, work_settings, layout.joins),
     )
 
-    def plan() -> list[WorkUnit]:
+    def plan_units() -> list[WorkUnit]:
         for key in ("parts", "units") + (("joins",) if any(ctx.join_indexes) else ()):
-            claim_dir(scratch_dirs(hf)[key], f"huggingface.output_root ({key}/)")
+            claim_dir(layout.scratch_dirs()[key], f"huggingface.output_root ({key}/)")
         for join, folder in zip(hf.additional_metadata_info, ctx.join_indexes, strict=True):
             if folder is not None:  # once per run, here: workers then read only the pages their keys need
                 log.info("indexing join table %s (too large to load in every worker)", join.path)
@@ -437,7 +431,7 @@ def run_tokenize(
     def finalize(units: Sequence[WorkUnit], results: list[UnitResult]) -> tuple[dict[str, Any], StageSummary]:
         totals = {k: sum(r.counts.get(k, 0) for r in results) for k in COUNT_KEYS}
         _check_split_sizes(hf, totals)
-        shard_records = finalize_splits(ctx, list(units), results, spec, stage_hash, reporter)
+        shard_records = finalize_splits(ctx, layout, list(units), results, spec, stage_hash, reporter)
         body = {
             "dataset_name": cfg.for_output("huggingface.dataset_name", hf.dataset_name),
             "metadata_columns": list(ctx.metadata_columns),
@@ -456,15 +450,15 @@ def run_tokenize(
             "totals": totals,
         }
         notes_out = notes + _file_notes(inputs, results) + _idle_join_notes(hf, totals)
-        summary = StageSummary("tokenize", counts=totals, outputs=_outputs(hf), notes=notes_out)
+        summary = StageSummary("tokenize", counts=totals, outputs=_outputs(out), notes=notes_out)
         return body, summary
 
     def cleanup() -> None:
         # The manifest is now the completion record: unit parts were moved or shuffled into the datasets, so
         # their completion records would point at nothing; a later rebuild redoes every unit.
         remove_owned(ctx.parts_dir)  # only folders this tool created and marked: never a user's
-        remove_owned(units_dir(hf))
-        remove_owned(joins_dir(hf))
+        remove_owned(layout.units())
+        remove_owned(layout.joins)
 
     stage: StageRun[TokenizeManifest] = StageRun(
         name="tokenize",
@@ -475,12 +469,12 @@ def run_tokenize(
         settings_hash=work_hash,
         stage_hash=stage_hash,
         manifest_model=TokenizeManifest,
-        ledger=Ledger(units_dir(hf, "tokenize"), work_hash),
-        plan=plan,
+        ledger=Ledger(layout.units("tokenize"), work_hash),
+        plan=plan_units,
         run_unit=tokenize_unit,
         context=ctx,
         finalize=finalize,
-        skipped=lambda m: StageSummary("tokenize", skipped=True, counts=m.totals, outputs=_outputs(hf), notes=notes),
+        skipped=lambda m: StageSummary("tokenize", skipped=True, counts=m.totals, outputs=_outputs(out), notes=notes),
         cells_of=lambda u: u.n_cells,
         is_current=lambda u, r: r.extra.get("input_checksum") == u.checksum,
         after_manifest=cleanup,
@@ -489,8 +483,8 @@ def run_tokenize(
     return run_stage(stage, spec, reporter)
 
 
-def _outputs(hf: HuggingfaceConfig) -> dict[str, str]:
-    return {s: tokenize_publisher(hf).url(f"{s}.dataset") for s in SPLITS}
+def _outputs(out: Publisher) -> dict[str, str]:
+    return {s: out.url(f"{s}.dataset") for s in SPLITS}
 
 
 def tokenize_in_memory(
@@ -517,7 +511,7 @@ def tokenize_in_memory(
             )
         except Exception as exc:
             raise ConfigError(f"tokenize_anndata: {exc}") from exc
-        inputs, _ = discover_and_inspect(hf, vocab)
+        inputs, _ = discover_and_inspect(hf, vocab, root / "decompressed")
         index_column = obs_index_column(hf, inputs[0])
         ctx = TokenizeContext(
             hf=hf,

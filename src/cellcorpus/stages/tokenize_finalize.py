@@ -35,7 +35,7 @@ from cellcorpus.formats.arrow import (
 )
 from cellcorpus.formats.shuffle_plan import Slice, bucket_slices, part_bounds, write_bucket_plan
 from cellcorpus.io.paths import Publisher
-from cellcorpus.layout import SPLITS, dataset_dir, tokenize_publisher, units_dir
+from cellcorpus.layout import SPLITS, Layout
 from cellcorpus.manifest import Ledger, UnitResult, output_record
 from cellcorpus.stages.base import FusedExport, WorkUnit
 
@@ -166,6 +166,7 @@ def _finalize_unshuffled(
 
 def finalize_splits(
     ctx: TokenizeContext,
+    layout: Layout,
     units: list[WorkUnit],
     results: list[UnitResult],
     spec: ExecutorSpec,
@@ -173,11 +174,11 @@ def finalize_splits(
     reporter: Reporter | None,
 ) -> dict[str, list[dict]]:
     """Turn unit parts into `<split>.dataset` folders; state.json is written last in each."""
-    out = tokenize_publisher(ctx.hf)
+    out = layout.merged_root()
     buckets = dict(ctx.n_buckets)
     shards: dict[str, list[dict]] = {}
     for split in SPLITS:
-        dest = dataset_dir(ctx.hf, split)
+        dest = layout.dataset_dir(split)
         dest.mkdir(parents=True, exist_ok=True)
         parts = _parts(ctx, units, results, split)
         fused = ctx.fused_mds if ctx.fused_mds and split in ctx.fused_mds.splits else None
@@ -188,7 +189,7 @@ def finalize_splits(
             sctx = ShuffleContext(ctx.hf.split_parameters.seed, ctx.metadata_columns, str(dest), out, split, fused)
             # derived work: its identity is the exact parts it reads; stale records are dropped
             parts_hash = config_hash(stage_hash, [r["xxh64"] for _, r in parts])
-            ledger = Ledger(units_dir(ctx.hf, f"shuffle-{split}"), parts_hash, derived=True)
+            ledger = Ledger(layout.units(f"shuffle-{split}"), parts_hash, derived=True)
             done = run_units(
                 shuffle_unit,
                 sunits,

@@ -34,7 +34,7 @@ from cellcorpus.io.atomic import write_json_atomic
 from cellcorpus.io.direct import open_input, read_whole
 from cellcorpus.io.paths import Publisher, exists, is_url, local_copy
 from cellcorpus.io.vocab import load_vocab
-from cellcorpus.layout import DRUG_PAD, REPORT_DIR, VERIFY_RECORD, drugs_manifest, mds_publisher, tokenize_publisher
+from cellcorpus.layout import DRUG_PAD, REPORT_DIR, VERIFY_RECORD
 from cellcorpus.manifest import (
     DrugsManifest,
     MdsManifest,
@@ -42,6 +42,7 @@ from cellcorpus.manifest import (
     mapping_checksum,
     read_manifest,
 )
+from cellcorpus.plan import Plan, plan_for
 from cellcorpus.stages.base import StageSummary, locked
 
 __all__ = ["Check", "VerifyReport", "run_verify"]
@@ -440,12 +441,12 @@ def _check_writer_indexes(rep: VerifyReport, out: Publisher, split: str, index: 
         )
 
 
-def _check_drugs(rep: VerifyReport, dc: DrugsConfig, arrow_files: list[str]) -> None:
+def _check_drugs(rep: VerifyReport, dc: DrugsConfig, manifest_path: str, arrow_files: list[str]) -> None:
     """drug_to_id and drug_fps agree (shape, ids 0..n-1 with <pad> = 0, row 0 zeros, rows as written), and
     the corpus' `drug` values are keys of drug_to_id (the others are counted: the collator maps them to <pad>).
     """
     pub = Publisher(dc.output_root, staging=".")
-    manifest = _read_checked(rep, "drugs manifest", pub, Path(drugs_manifest(dc)).name, DrugsManifest)
+    manifest = _read_checked(rep, "drugs manifest", pub, Path(manifest_path).name, DrugsManifest)
     drug_to_id = _read_checked(rep, "drug_to_id readable", pub, dc.drug_to_id_file)
     fps_check = rep.check("drug fingerprints readable")
     try:
@@ -498,15 +499,20 @@ def _check_drugs(rep: VerifyReport, dc: DrugsConfig, arrow_files: list[str]) -> 
 
 @locked("verify")
 def run_verify(
-    cfg: Config, spec: ExecutorSpec | None = None, reporter: Reporter | None = None, *, all_hashes: bool = False
+    cfg: Config | Plan,
+    spec: ExecutorSpec | None = None,
+    reporter: Reporter | None = None,
+    *,
+    all_hashes: bool = False,
 ) -> VerifyReport:
     """Check the HF Arrow output (and the MDS output when the config has `mds`); raise VerifyError on failure.
 
     Every output byte is hashed; MDS shards by the fastest algorithm their index lists, or by every one of them
     with `all_hashes`."""
+    plan = plan_for(cfg, "verify", spec)  # (`locked` resolved it: this is that plan)
+    cfg, layout, spec = plan.cfg, plan.layout, plan.executor
     hf = cfg.need("huggingface")
-    spec = spec or ExecutorSpec.resolve(cfg, hf.num_proc)
-    out = tokenize_publisher(hf)
+    out = layout.merged_root()
     manifest = read_manifest(out, "manifest.json", TokenizeManifest)
     if manifest is None:
         raise ConfigError(
@@ -534,8 +540,8 @@ def run_verify(
             path = out.url(f"{d}/{rec['path']}")
             units.append(_FileUnit(f"arrow-{split}-{rec['path']}", path, "arrow", split, tuple(sorted(rec.items()))))
     mds_manifest = None
-    if cfg.mds:
-        mout = mds_publisher(cfg.mds)
+    if cfg.mds and layout.mds:
+        mout = layout.mds
         mds_manifest = _read_checked(rep, "mds manifest (manifest.json)", mout, "manifest.json", MdsManifest)
         for split in cfg.mds.splits:
             index = _read_checked(rep, "mds split complete (index.json)", mout, f"{split}/index.json")
@@ -567,7 +573,7 @@ def run_verify(
         rows[(u.kind, u.split)] = rows.get((u.kind, u.split), 0) + res.rows
     trackers["arrow"].report(rep)
     if cfg.drugs is not None:
-        _check_drugs(rep, cfg.drugs, [u.path for u in units if u.kind == "arrow"])
+        _check_drugs(rep, cfg.drugs, layout.drugs_manifest, [u.path for u in units if u.kind == "arrow"])
     counts = rep.check("cell counts agree (manifest, Arrow, MDS)")
     for split in manifest.splits:
         n_arrow = rows.get(("arrow", split), 0)

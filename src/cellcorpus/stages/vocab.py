@@ -16,6 +16,7 @@ from cellcorpus.io.h5ad import H5adReader
 from cellcorpus.io.paths import join
 from cellcorpus.io.tables import as_strings, read_frame
 from cellcorpus.io.vocab import load_vocab
+from cellcorpus.plan import Plan, plan_for
 from cellcorpus.stages.base import StageSummary, locked
 
 __all__ = ["run_vocab", "load_vocab"]  # load_vocab re-exported from io.vocab (where stages read it)
@@ -24,9 +25,9 @@ log = logging.getLogger(__name__)
 
 
 @locked("vocab")
-def run_vocab(cfg: Config) -> StageSummary:
+def run_vocab(cfg: Config | Plan) -> StageSummary:
     """Build and write the vocabulary; rewrites it (cheap) unless the existing file is identical."""
-    vc = cfg.need("vocab")
+    vc = plan_for(cfg, "vocab").cfg.need("vocab")
     if not Path(vc.reference_adata).is_file():
         raise ConfigError(f"vocab.reference_adata: file not found: {vc.reference_adata}")
     ids, symbols = _reference_genes(vc)
