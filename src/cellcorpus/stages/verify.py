@@ -26,7 +26,7 @@ from cellcorpus.core.byte_gather import gather_bytes
 from cellcorpus.core.ids import decode_ids
 from cellcorpus.errors import ConfigError, InputError, VerifyError
 from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
-from cellcorpus.formats.arrow import cell_schema, hf_features, read_arrow
+from cellcorpus.formats.arrow import cell_schema, hf_features
 from cellcorpus.formats.mds import SCALAR_DTYPES, decode_value, decoded_dtype, inspect_shard, iter_samples
 from cellcorpus.formats.mds.reader import ReusedArray, column_spans, join_spans
 from cellcorpus.formats.mds.safe_pickle import frames
@@ -104,6 +104,7 @@ class _Checked:
     report: dict[str, tuple[int, int, str | None]]
     ids: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
     rows: int = 0
+    values: dict[str, int] = field(default_factory=dict)  # counts of `_Ctx.count_column`'s values (Arrow files)
 
 
 @dataclass(frozen=True, order=True)
@@ -124,6 +125,7 @@ class _Ctx:
     mds_columns: tuple[tuple[str, str], ...]
     n_cells: int = 0
     all_hashes: bool = False  # every algorithm index.json lists (default: its fastest; every byte either way)
+    count_column: str | None = None  # a column whose values the parent checks (`drug`, against drug_to_id)
 
 
 def _cell_checks(rep: VerifyReport, where: str, offsets: np.ndarray, genes: np.ndarray, exprs_len: np.ndarray,
@@ -175,6 +177,7 @@ def _verify_arrow(unit: _FileUnit, ctx: _Ctx, path: Path) -> _Checked:
     rep.check("arrow files present").add(True, "")
     checksums = rep.check("arrow checksums")  # listed in this order, whatever is found first
     ids: list[NDArray[Any]] = []
+    values: dict[str, int] = {}
     with open_input(path) as f:  # past the page cache where io.direct allows: read once, never again
         hashed = _Hashing(f)
         src = io.BufferedReader(hashed, 1 << 22)
@@ -186,9 +189,13 @@ def _verify_arrow(unit: _FileUnit, ctx: _Ctx, path: Path) -> _Checked:
             )
             empty = pa.RecordBatch.from_pylist([], schema=reader.schema)
             n = 0
+            counted = ctx.count_column if ctx.count_column in reader.schema.names else None
             for batch in reader:
                 _check_batch(rep, where, batch, ctx)
                 ids.append(batch.column("id").to_numpy())
+                if counted is not None:  # counted here, while the batch is in memory: no second read
+                    for item in pc.value_counts(batch.column(counted)).to_pylist():
+                        values[item["values"]] = values.get(item["values"], 0) + item["counts"]
                 n += 1
             if not n:  # the checks are listed for an empty file too
                 _check_batch(rep, where, empty, ctx)
@@ -201,7 +208,7 @@ def _verify_arrow(unit: _FileUnit, ctx: _Ctx, path: Path) -> _Checked:
     if "arrow readable" in rep.checks:
         return _Checked(unit.unit_id, _as_tuples(rep))
     all_ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
-    return _Checked(unit.unit_id, _as_tuples(rep), all_ids, len(all_ids))
+    return _Checked(unit.unit_id, _as_tuples(rep), all_ids, len(all_ids), values)
 
 
 def _check_batch(rep: VerifyReport, where: str, batch: pa.RecordBatch, ctx: _Ctx) -> None:
@@ -441,9 +448,10 @@ def _check_writer_indexes(rep: VerifyReport, out: Publisher, split: str, index: 
         )
 
 
-def _check_drugs(rep: VerifyReport, dc: DrugsConfig, manifest_path: str, arrow_files: list[str]) -> None:
+def _check_drugs(rep: VerifyReport, dc: DrugsConfig, manifest_path: str, drug_counts: dict[str, int]) -> None:
     """drug_to_id and drug_fps agree (shape, ids 0..n-1 with <pad> = 0, row 0 zeros, rows as written), and
-    the corpus' `drug` values are keys of drug_to_id (the others are counted: the collator maps them to <pad>).
+    the corpus' `drug` values (`drug_counts`, counted by the workers as they read the Arrow files) are keys of
+    drug_to_id (the others are counted: the collator maps them to <pad>).
     """
     pub = Publisher(dc.output_root, staging=".")
     manifest = _read_checked(rep, "drugs manifest", pub, Path(manifest_path).name, DrugsManifest)
@@ -479,19 +487,7 @@ def _check_drugs(rep: VerifyReport, dc: DrugsConfig, manifest_path: str, arrow_f
     rep.check("drug fingerprint rows as written").add(
         len(bad), f"{dc.fingerprints_path}: row {bad[0]} ({names.get(bad[0])}) differs" if bad else "", len(fps)
     )
-    unmapped: dict[str, int] = {}
-    for path in arrow_files:
-        try:
-            with local_copy(path) as local:
-                table = read_arrow(local)
-        except (OSError, pa.ArrowInvalid):
-            continue  # a missing or damaged file is already a failed check of its own
-        if "drug" not in table.column_names:
-            return
-        counts = pc.value_counts(table.column("drug").combine_chunks())
-        for item in counts.to_pylist():
-            if item["values"] not in drug_to_id:
-                unmapped[item["values"]] = unmapped.get(item["values"], 0) + item["counts"]
+    unmapped = {k: v for k, v in drug_counts.items() if k not in drug_to_id}
     if unmapped:
         shown = ", ".join(f"{k or '(empty)'} ({v:,})" for k, v in sorted(unmapped.items())[:8])
         rep.notes.append(f"{sum(unmapped.values()):,} cells have a drug not in drug_to_id (mapped to <pad>): {shown}")
@@ -526,6 +522,7 @@ def run_verify(
         metadata_columns=tuple(manifest.metadata_columns),
         mds_columns=tuple(sorted(cfg.mds.columns.items())) if cfg.mds else (),
         all_hashes=all_hashes,
+        count_column="drug" if cfg.drugs is not None else None,
     )
     rep = VerifyReport()
     units: list[_FileUnit] = []
@@ -567,13 +564,16 @@ def run_verify(
         keep=fold_ids,
     )  # fmt: skip
     rows: dict[tuple[str, str], int] = {}
+    drug_counts: dict[str, int] = {}
     for u in units:
         res = results[u.unit_id]
         rep.merge(res.report)
         rows[(u.kind, u.split)] = rows.get((u.kind, u.split), 0) + res.rows
+        for value, n in res.values.items():
+            drug_counts[value] = drug_counts.get(value, 0) + n
     trackers["arrow"].report(rep)
     if cfg.drugs is not None:
-        _check_drugs(rep, cfg.drugs, layout.drugs_manifest, [u.path for u in units if u.kind == "arrow"])
+        _check_drugs(rep, cfg.drugs, layout.drugs_manifest, drug_counts)
     counts = rep.check("cell counts agree (manifest, Arrow, MDS)")
     for split in manifest.splits:
         n_arrow = rows.get(("arrow", split), 0)
