@@ -116,11 +116,30 @@ class RemoteSourceConfig(_Section):
 
 
 class SplitParameters(_Section):
-    """`split_parameters:` — seeded hash split of cell ids; `shuffle` = seeded global order."""
+    """`split_parameters:` — seeded hash split of cell ids; `shuffle` = seeded global order.
+
+    `key`: what identifies a cell for the split. `id` (the default, the seed's behaviour) hashes the cell id,
+    i.e. (input file, row): another layout of the same data splits differently. A list of obs columns (`index`
+    = the obs index, e.g. `[index, sample]`) hashes their values, so a cell lands in the same split whichever
+    file or row it is read from; the values must identify one cell (a repeat stops tokenize, naming it)."""
 
     test_size: float = 0.01
     seed: int = 42
     shuffle: bool = False
+    key: Literal["id"] | list[str] = "id"
+
+    @field_validator("key", mode="before")
+    @classmethod
+    def _key(cls, v: Any) -> Any:
+        if isinstance(v, str) and v != "id":
+            return [v]  # one column
+        if isinstance(v, list | tuple):
+            if not v or "id" in v:
+                raise ValueError("a list of obs column names (or `id` alone)")
+            if len(set(v)) != len(v):
+                raise ValueError(f"a column is listed twice: {list(v)}")
+            return list(v)
+        return v
 
     @field_validator("test_size")
     @classmethod

@@ -129,6 +129,9 @@ def required_obs_columns(hf: HuggingfaceConfig) -> dict[str, str]:
         need.setdefault(hf.obs_filter.key, "huggingface.obs_filter.key")
     for i, join in enumerate(hf.additional_metadata_info):
         need.setdefault(join.merge_keys.adata_key, f"huggingface.additional_metadata_info.{i}.merge_keys.adata_key")
+    if hf.split_parameters.key != "id":
+        for i, name in enumerate(hf.split_parameters.key):
+            need.setdefault(name, f"huggingface.split_parameters.key.{i}")
     need.pop("index", None)
     return need
 

@@ -24,7 +24,7 @@ from cellcorpus.config import HF_LOCATION_KEYS, Config, HuggingfaceConfig, confi
 from cellcorpus.core.genemap import merge_duplicate_tokens
 from cellcorpus.core.ids import make_ids
 from cellcorpus.core.shuffle import n_buckets_for, order_by_bucket
-from cellcorpus.core.split import assign_valid, shuffle_keys
+from cellcorpus.core.split import assign_valid, key_ids, shuffle_keys
 from cellcorpus.core.tokenize import CountScan, Ragged, row_stats, scan_counts, tokenize_csr
 from cellcorpus.core.vocab import VocabLookup
 from cellcorpus.errors import ConfigError, InputError
@@ -45,6 +45,7 @@ from cellcorpus.sources.inputs import discover_and_inspect, gene_mapping, input_
 from cellcorpus.stages.base import FusedExport, StageRun, StageSummary, WorkUnit, locked, run_stage
 from cellcorpus.stages.preflight import check_renames, preflight
 from cellcorpus.stages.tokenize_finalize import TokenizeContext, finalize_splits
+from cellcorpus.stages.tokenize_keys import check_unique_keys, write_unit_keys
 
 __all__ = ["TokenizeContext", "plan_tokenize", "tokenize_unit", "run_tokenize", "tokenize_in_memory"]
 
@@ -151,6 +152,30 @@ def _metadata(columns: _Columns, ctx: TokenizeContext) -> dict[str, np.ndarray]:
     return {hf.rename_columns.get(k, k): v for k, v in out.items()}
 
 
+def _split_key(columns: _Columns, hf: HuggingfaceConfig, unit: WorkUnit) -> np.ndarray | None:
+    """Every row's content key (`split_parameters.key` columns hashed), None for the default `id` key; a key
+    repeated within the unit is an error naming its values (repeats across units: tokenize_finalize)."""
+    key = hf.split_parameters.key
+    if key == "id":
+        return None
+    try:
+        values = [columns[name] for name in key]
+        hashed = key_ids(values)
+    except (InputError, ValueError) as exc:
+        raise InputError(f"{unit.path}: huggingface.split_parameters.key: {exc}") from None
+    order = np.argsort(hashed, kind="stable")
+    same = np.flatnonzero(hashed[order][1:] == hashed[order][:-1])
+    if len(same):
+        a, b = order[same[0]], order[same[0] + 1]
+        shown = ", ".join(f"{name}={values[i][a]!r}" for i, name in enumerate(key))
+        raise InputError(
+            f"{unit.path}: huggingface.split_parameters.key does not identify a cell: rows "
+            f"{unit.row_start + a} and {unit.row_start + b} both have {shown}",
+            hint="add a column to the key (e.g. the sample or plate), or use key: id",
+        )
+    return hashed
+
+
 def _check_duplicate_genes(gene_map: np.ndarray, var_ids: np.ndarray, path: str) -> None:
     in_vocab = gene_map[gene_map >= 0]
     if len(np.unique(in_vocab)) != len(in_vocab):
@@ -213,6 +238,7 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
     keep = _apply_filters(block, hf, counts, columns)
     rows = np.flatnonzero(keep)
     meta = _metadata(columns, ctx)
+    split_key = _split_key(columns, hf, unit)
     del columns
     cls_id = lookup_.vocab[hf.cls_token] if hf.add_cls_token else None
     # without CLS: the split writes' gathers put it first in every cell (no insertion pass over the tokens)
@@ -236,7 +262,10 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
     # The table holds every row read; the kept rows are picked by the split writes' gathers (one copy).
     all_ids = make_ids(unit.file_index, unit.row_start + np.arange(unit.n_cells, dtype=np.int64))
     ids = all_ids[rows]
-    valid = assign_valid(ids, hf.split_parameters.test_size, hf.split_parameters.seed)
+    by = ids if split_key is None else split_key[rows]  # the cell's id, or the values of its content key
+    valid = assign_valid(by, hf.split_parameters.test_size, hf.split_parameters.seed)
+    if split_key is not None:  # kept cells' keys, for the corpus-wide repeat check (tokenize_finalize)
+        write_unit_keys(Path(ctx.parts_dir), unit.unit_id, split_key[rows], ids)
     table = cells_table(cells, all_ids, meta, cell_schema(list(ctx.metadata_columns)))
     del cells
     buckets = dict(ctx.n_buckets)
@@ -285,6 +314,8 @@ def _work_settings(hf: HuggingfaceConfig) -> tuple[str, dict[str, Any]]:
     relative vs absolute spelling or a moved folder is the same work; num_proc never changes outputs.
     """
     settings = hf.model_dump(mode="json", exclude=set(HF_LOCATION_KEYS) | {"parquet_gene_table"})
+    if settings["split_parameters"]["key"] == "id":  # the default: identities of earlier runs stay the same
+        del settings["split_parameters"]["key"]
     for join in settings["additional_metadata_info"]:
         join["path"] = file_checksum(join["path"])
     if settings.get("gene_id_map"):
@@ -431,6 +462,8 @@ def run_tokenize(
     def finalize(units: Sequence[WorkUnit], results: list[UnitResult]) -> tuple[dict[str, Any], StageSummary]:
         totals = {k: sum(r.counts.get(k, 0) for r in results) for k in COUNT_KEYS}
         _check_split_sizes(hf, totals)
+        if hf.split_parameters.key != "id":  # before any dataset file is written
+            check_unique_keys(layout.parts, [u.unit_id for u in units], hf, inputs)
         shard_records = finalize_splits(ctx, layout, list(units), results, spec, stage_hash, reporter)
         body = {
             "dataset_name": cfg.for_output("huggingface.dataset_name", hf.dataset_name),

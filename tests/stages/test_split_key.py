@@ -1,0 +1,133 @@
+"""Splits that follow the cell, not the file (issue 22, part 1): `split_parameters.key` hashes the values of
+content columns, so the same cells read from another layout (re-chunked, reordered, another format) are held
+out the same way; a key that does not identify a cell stops tokenize, naming the cells and the values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from cellcorpus.config import load_config
+from cellcorpus.core.split import key_ids
+from cellcorpus.errors import ConfigError, InputError, UnitFailed
+from cellcorpus.stages import tokenize_keys
+from cellcorpus.stages.tokenize import run_tokenize
+from tests._utils import GENES, arrow_rows, make_h5ad, write_vocab
+
+N = 600
+
+
+def _cells(seed: int = 3) -> tuple[sp.csr_matrix, list[str], list[str]]:
+    rng = np.random.default_rng(seed)
+    m = sp.random(N, len(GENES), density=0.5, random_state=rng, format="csr", dtype=np.float32)
+    m.data = np.ceil(m.data * 9)
+    barcodes = [f"AAC{i:05d}-lib_{1100 + i % 3}" for i in range(N)]
+    samples = [f"smp_{i % 4}" for i in range(N)]
+    return m, barcodes, samples
+
+
+def _layout(root: Path, pieces: list[np.ndarray]) -> None:
+    """The same N cells written as one h5ad per piece of row numbers (any order within a piece)."""
+    m, barcodes, samples = _cells()
+    write_vocab(root / "vocab" / "vocab.json")
+    for k, rows in enumerate(pieces):
+        obs = {"sample": [samples[r] for r in rows]}
+        make_h5ad(root / "raw" / f"part{k}.h5ad", m[rows], GENES, obs, obs_index=[barcodes[r] for r in rows])
+
+
+def _valid(root: Path, write_config, key) -> set[str]:
+    cfg = load_config(
+        write_config(
+            root,
+            **{"huggingface.split_parameters.key": key, "huggingface.split_parameters.test_size": 0.2},
+        )
+    )
+    run_tokenize(cfg)
+    train = {r["index"] for r in arrow_rows(root / "merged" / "train.dataset")}
+    valid = {r["index"] for r in arrow_rows(root / "merged" / "valid.dataset")}
+    assert len(train | valid) > 0.9 * N and not train & valid  # (cells without a vocabulary gene are dropped)
+    return valid
+
+
+def test_the_same_cells_in_another_layout_are_held_out_the_same_way(tmp_path, write_config):
+    rng = np.random.default_rng(0)
+    one = [np.arange(N)]
+    rechunked = np.array_split(rng.permutation(N), 3)  # three files, rows in another order
+    for name, pieces in (("a", one), ("b", rechunked), ("a_id", one), ("b_id", rechunked)):
+        _layout(tmp_path / name, pieces)
+    by_key = [_valid(tmp_path / name, write_config, ["index", "sample"]) for name in ("a", "b")]
+    assert by_key[0] == by_key[1] and 60 < len(by_key[0]) < 180  # ~20% of 600
+    by_id = [_valid(tmp_path / name, write_config, "id") for name in ("a_id", "b_id")]
+    assert by_id[0] != by_id[1]  # the default hashes (file, row): another layout, another split
+
+
+def test_key_values_hash_the_same_in_any_order_and_unit():
+    a = np.array([f"cell{i}" for i in range(1000)], dtype=object)
+    s = np.array([f"s{i % 7}" for i in range(1000)], dtype=object)
+    whole = key_ids([a, s])
+    perm = np.random.default_rng(1).permutation(1000)
+    assert np.array_equal(key_ids([a[perm], s[perm]]), whole[perm])
+    assert np.array_equal(np.concatenate([key_ids([a[:10], s[:10]]), key_ids([a[10:], s[10:]])]), whole)
+    assert len(np.unique(whole)) == 1000
+    assert not np.array_equal(key_ids([s, a]), whole)  # the columns' order is part of the key
+    # a value and the same text split differently over two columns are different keys
+    assert key_ids([np.array(["ab"]), np.array(["c"])])[0] != key_ids([np.array(["a"]), np.array(["bc"])])[0]
+
+
+def test_a_key_repeated_within_a_file_names_both_rows_and_the_values(tmp_path, write_config):
+    m, barcodes, samples = _cells()
+    write_vocab(tmp_path / "vocab" / "vocab.json")
+    barcodes[7] = barcodes[3]
+    samples[7] = samples[3]
+    make_h5ad(tmp_path / "raw" / "p.h5ad", m, GENES, {"sample": samples}, obs_index=barcodes)
+    cfg = load_config(write_config(tmp_path, **{"huggingface.split_parameters.key": ["index", "sample"]}))
+    # raised in the unit that read both rows (reported as that unit's failure, naming the input)
+    with pytest.raises(
+        UnitFailed, match=r"p\.h5ad: .*rows 3 and 7 both have index='AAC00003-lib_1100', sample='smp_3'"
+    ):
+        run_tokenize(cfg)
+    assert not (tmp_path / "merged" / "train.dataset" / "state.json").exists()
+
+
+@pytest.mark.parametrize("part_keys", [tokenize_keys.PART_KEYS, 64])  # in memory, and over partition files
+def test_a_key_repeated_across_files_stops_before_any_dataset_is_written(
+    tmp_path, write_config, monkeypatch, part_keys
+):
+    monkeypatch.setattr(tokenize_keys, "PART_KEYS", part_keys)
+    m, barcodes, samples = _cells()
+    write_vocab(tmp_path / "vocab" / "vocab.json")
+    make_h5ad(tmp_path / "raw" / "p0.h5ad", m[:300], GENES, {"sample": samples[:300]}, obs_index=barcodes[:300])
+    again = barcodes[300:]
+    again[150] = barcodes[42]  # the same barcode and sample as p0's row 42
+    s1 = samples[300:]
+    s1[150] = samples[42]
+    make_h5ad(tmp_path / "raw" / "p1.h5ad", m[300:], GENES, {"sample": s1}, obs_index=again)
+    cfg = load_config(
+        write_config(
+            tmp_path, **{"huggingface.split_parameters.key": ["index", "sample"], "huggingface.unit_cells": 100}
+        )
+    )
+    with pytest.raises(
+        InputError, match=r"p0\.h5ad row 42 and p1\.h5ad row 150 both have index='AAC00042-lib_1100', sample='smp_2'"
+    ):
+        run_tokenize(cfg)
+    assert not (tmp_path / "merged" / "train.dataset").exists() or not any(
+        (tmp_path / "merged" / "train.dataset").glob("data-*.arrow")
+    )
+    # another sample: the two cells differ by their key, so the corpus is written; a rerun has nothing to do
+    s1[150] = "smp_other"
+    make_h5ad(tmp_path / "raw" / "p1.h5ad", m[300:], GENES, {"sample": s1}, obs_index=again)
+    done = run_tokenize(cfg)
+    assert done.counts["written_train"] + done.counts["written_valid"] > 0.9 * N and not done.skipped
+    assert run_tokenize(cfg).skipped
+    assert not (tmp_path / "work" / "parts").exists()  # the saved keys went with the parts
+
+
+def test_the_default_key_keeps_identity_and_a_bad_key_is_named(tmp_path, write_config):
+    with pytest.raises(ConfigError, match=r"split_parameters.key"):
+        load_config(write_config(tmp_path, **{"huggingface.split_parameters.key": ["id", "sample"]}))
+    cfg = load_config(write_config(tmp_path, **{"huggingface.split_parameters.key": "sample"}))
+    assert cfg.huggingface.split_parameters.key == ["sample"]
