@@ -131,3 +131,65 @@ def test_the_default_key_keeps_identity_and_a_bad_key_is_named(tmp_path, write_c
         load_config(write_config(tmp_path, **{"huggingface.split_parameters.key": ["id", "sample"]}))
     cfg = load_config(write_config(tmp_path, **{"huggingface.split_parameters.key": "sample"}))
     assert cfg.huggingface.split_parameters.key == ["sample"]
+
+
+def test_key_id_gives_the_demo_outputs_of_before_byte_for_byte(tmp_path):
+    """The shipped configs now split by content; `key: id` on them is the seed's split: every output file of
+    the demo's three datasets has the bytes recorded before `split_parameters.key` existed."""
+    import json
+
+    from cellcorpus.demo import make_demo_atlas
+    from cellcorpus.pipeline import DEMO_CONFIGS, packaged_config, run_pipeline
+    from tests._utils import output_digests
+
+    out = tmp_path / "demo"
+    make_demo_atlas(out)
+    for name in DEMO_CONFIGS:
+        cfg = load_config(packaged_config(name), [f"output_root={out}", "huggingface.split_parameters.key=id"])
+        assert cfg.huggingface.split_parameters.key == "id"
+        list(run_pipeline(cfg))
+    stored = json.loads((Path(__file__).parents[1] / "data" / "demo_output_digests_key_id.json").read_text())
+    assert output_digests(out) == stored
+
+
+def test_the_two_tahoe_routes_hold_out_the_same_cells(tmp_path, write_config):
+    """The same Tahoe cells from the Hugging Face release's parquet files and from per-plate h5ad files (obs
+    index = BARCODE_SUB_LIB_ID, as in the plates): with the shipped configs' key [index, sample] both routes
+    put the same cells in valid; with `id` (file, row) they did not (issue 22: 0 of ~30 in common)."""
+    import pyarrow.parquet as pq
+
+    from tests._release import make_release
+
+    release = tmp_path / "release"
+    tables = make_release(release, n_files=2, cells_per_file=150)
+    gene_table = tables["gene_metadata"]
+    ensembl = [e.split(".")[0] for e in gene_table["ensembl_id"]]
+    by_token = dict(zip(gene_table["token_id"], range(len(ensembl)), strict=True))
+    valid: dict[tuple[str, str], set[str]] = {}
+    for key in (["index", "sample"], "id"):
+        for route in ("parquet", "h5ad"):
+            root = tmp_path / f"{route}-{key if isinstance(key, str) else 'content'}"
+            write_vocab(root / "vocab" / "vocab.json", genes=ensembl)
+            settings = {"huggingface.split_parameters.key": key, "huggingface.split_parameters.test_size": 0.2,
+                        "huggingface.obs_metadata_columns": ["sample"]}  # fmt: skip
+            if route == "parquet":
+                settings["huggingface.input_format"] = "tahoe_parquet"
+                settings["huggingface.adata_dir"] = str(release / "data")
+                settings["huggingface.parquet_gene_table"] = str(release / "metadata" / "gene_metadata.parquet")
+            else:  # one h5ad per plate, its rows in another order than the release's
+                for f, path in enumerate(sorted((release / "data").glob("*.parquet"))):
+                    t = pq.read_table(path).to_pandas().iloc[::-1]
+                    m = sp.lil_matrix((len(t), len(ensembl)), dtype=np.float32)
+                    for i, (g, e) in enumerate(zip(t["genes"], t["expressions"], strict=True)):
+                        m[i, [by_token[x] for x in g[1:]]] = e[1:]  # the release's CLS first, then the genes
+                    obs = {"sample": list(t["sample"])}
+                    make_h5ad(root / "raw" / f"plate{f + 1}.h5ad", m.tocsr(), ensembl, obs,
+                              obs_index=list(t["BARCODE_SUB_LIB_ID"]))  # fmt: skip
+            cfg = load_config(write_config(root, **settings))
+            run_tokenize(cfg)
+            kept = {r["index"] for s in ("train", "valid") for r in arrow_rows(root / "merged" / f"{s}.dataset")}
+            assert len(kept) == 300
+            valid[(route, str(key))] = {r["index"] for r in arrow_rows(root / "merged" / "valid.dataset")}
+    content = "['index', 'sample']"
+    assert valid[("parquet", content)] == valid[("h5ad", content)] and 30 < len(valid[("parquet", content)]) < 90
+    assert valid[("parquet", "id")] != valid[("h5ad", "id")]
