@@ -121,12 +121,22 @@ class SplitParameters(_Section):
     `key`: what identifies a cell for the split. `id` (the default, the seed's behaviour) hashes the cell id,
     i.e. (input file, row): another layout of the same data splits differently. A list of obs columns (`index`
     = the obs index, e.g. `[index, sample]`) hashes their values, so a cell lands in the same split whichever
-    file or row it is read from; the values must identify one cell (a repeat stops tokenize, naming it)."""
+    file or row it is read from; the values must identify one cell (a repeat stops tokenize, naming it).
+
+    `by`: a group column (`dataset_id`, `donor_id`, `srx_accession`, `plate`): whole groups go to valid, in an
+    order fixed by the seed and the group's value, until it holds `test_size` of the input cells."""
 
     test_size: float = 0.01
     seed: int = 42
     shuffle: bool = False
     key: Literal["id"] | list[str] = "id"
+    by: str | None = None
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> SplitParameters:
+        if self.by is not None and self.key != "id":
+            raise ValueError("`by` (whole groups) and `key` (each cell) are two split rules: set one of them")
+        return self
 
     @field_validator("key", mode="before")
     @classmethod
@@ -250,6 +260,9 @@ class HuggingfaceConfig(_Section):
     def _parquet_needs_gene_table(self) -> HuggingfaceConfig:
         if self.input_format == "tahoe_parquet" and not self.parquet_gene_table:
             raise ValueError("input_format 'tahoe_parquet' needs parquet_gene_table (token_id -> ensembl_id table)")
+        by = self.split_parameters.by
+        if by is not None and by in self.joined_columns():
+            raise ValueError(f"split_parameters.by: '{by}' is a joined column; group by a column of the inputs' obs")
         return self
 
     @property

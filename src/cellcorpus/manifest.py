@@ -203,6 +203,7 @@ class TokenizeManifest(StageManifest):
     units: list[dict[str, Any]]
     splits: dict[str, list[DataFileRecord]]
     totals: dict[str, int]
+    held_out_groups: dict[str, int] | None = None  # `split_parameters.by`: valid's groups -> cells written
 
 
 class MdsSplitRecord(_Record):

@@ -193,3 +193,63 @@ def test_the_two_tahoe_routes_hold_out_the_same_cells(tmp_path, write_config):
     content = "['index', 'sample']"
     assert valid[("parquet", content)] == valid[("h5ad", content)] and 30 < len(valid[("parquet", content)]) < 90
     assert valid[("parquet", "id")] != valid[("h5ad", "id")]
+
+
+def _donor_layout(root: Path, order: np.ndarray, n_files: int, donors: list[str]) -> None:
+    m, barcodes, _ = _cells()
+    write_vocab(root / "vocab" / "vocab.json")
+    for k, rows in enumerate(np.array_split(order, n_files)):
+        obs = {"donor_id": [donors[r] for r in rows]}
+        make_h5ad(root / "raw" / f"part{k}.h5ad", m[rows], GENES, obs, obs_index=[barcodes[r] for r in rows])
+
+
+def test_split_by_holds_out_whole_groups_whatever_the_file_order(tmp_path, write_config):
+    """`split_parameters.by`: valid holds whole donors, chosen from the seed and the donors' names and sizes
+    (not from file order), until it holds test_size of the input cells; the manifest and the report list
+    them with the cells written of each."""
+    import json
+
+    from cellcorpus.core.split import choose_groups
+    from cellcorpus.stages.report import run_report
+
+    rng = np.random.default_rng(5)
+    donors = [f"donor{int(d):02d}" for d in rng.integers(0, 30, N)]
+    sizes = {d: donors.count(d) for d in set(donors)}
+    want = choose_groups(sizes, 0.2, 42)
+    assert 0 < len(want) < len(sizes)
+    held: list[dict] = []
+    for name, order, n_files in (("a", np.arange(N), 1), ("b", rng.permutation(N), 4)):
+        root = tmp_path / name
+        _donor_layout(root, order, n_files, donors)
+        settings = {"huggingface.split_parameters.by": "donor_id", "huggingface.split_parameters.test_size": 0.2,
+                    "huggingface.obs_metadata_columns": ["donor_id"]}  # fmt: skip
+        cfg = load_config(write_config(root, **settings))
+        run_tokenize(cfg)
+        train = arrow_rows(root / "merged" / "train.dataset")
+        valid = arrow_rows(root / "merged" / "valid.dataset")
+        assert {r["donor_id"] for r in valid} == set(want)  # every chosen donor, and only those
+        assert not {r["donor_id"] for r in train} & set(want)  # none of them in train
+        manifest = json.loads((root / "merged" / "manifest.json").read_text())
+        assert manifest["held_out_groups"] == {d: sum(r["donor_id"] == d for r in valid) for d in want}
+        held.append(manifest["held_out_groups"])
+        run_report(cfg)
+        stats = json.loads((root / "merged" / "report" / "stats.json").read_text())
+        assert stats["held_out_groups"] == {"by": "donor_id", "groups": manifest["held_out_groups"]}
+        assert "whole group(s) of <code>donor_id</code>" in (root / "merged" / "report" / "report.html").read_text()
+    assert held[0] == held[1]
+
+
+def test_split_by_says_when_whole_groups_cannot_meet_test_size(tmp_path, write_config):
+    donors = ["big"] * 400 + [f"small{i}" for i in range(200)]
+    _donor_layout(tmp_path, np.arange(N), 1, donors)
+    settings = {"huggingface.split_parameters.by": "donor_id", "huggingface.split_parameters.test_size": 0.1}
+    summary = run_tokenize(load_config(write_config(tmp_path, **settings)))
+    assert any(
+        "group donor_id='big' holds 400 cells, more than the valid fraction (60 of 600)" in n for n in summary.notes
+    )
+
+
+def test_split_by_and_key_are_one_rule_each(tmp_path, write_config):
+    both = {"huggingface.split_parameters.by": "donor_id", "huggingface.split_parameters.key": ["index"]}
+    with pytest.raises(ConfigError, match=r"`by` \(whole groups\) and `key` \(each cell\)"):
+        load_config(write_config(tmp_path, **both))

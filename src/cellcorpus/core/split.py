@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["mix64", "hash_ids", "assign_valid", "shuffle_keys", "key_ids", "MAX_KEY_BYTES"]
+__all__ = ["mix64", "hash_ids", "assign_valid", "shuffle_keys", "key_ids", "choose_groups", "MAX_KEY_BYTES"]
 
 _SALT_SPLIT = np.uint64(0x5EED5EED5EED5EED)
 _SALT_SHUFFLE = np.uint64(0x5A5A0F0F3C3C9696)
@@ -79,3 +79,16 @@ def key_ids(columns: list[NDArray[Any]]) -> NDArray[np.int64]:
         for i, values in enumerate(columns):
             h = mix64((h * np.uint64(0x100000001B3)) ^ _hash_strings(values) ^ np.uint64(i + 1))
     return h.view(np.int64)
+
+
+def choose_groups(sizes: dict[str, int], test_size: float, seed: int) -> list[str]:
+    """The groups held out whole: in the order of their seeded hash, until they hold `test_size` of all cells
+    (the last one taken reaches it). Depends on the groups' names and sizes only, never on file order."""
+    if not sizes or test_size == 0:
+        return []
+    names = np.array(sorted(sizes), dtype=object)
+    order = np.argsort(hash_ids(key_ids([names]), seed, _SALT_SPLIT), kind="stable")
+    cells = np.array([sizes[n] for n in names], dtype=np.int64)[order]
+    before = np.cumsum(cells) - cells  # cells already held out when each group comes up
+    take = before < test_size * int(cells.sum())
+    return sorted(names[order][take].tolist())

@@ -20,7 +20,7 @@ from cellcorpus.config import HuggingfaceConfig
 from cellcorpus.core.genemap import GeneMapping, IdMap, harmonize
 from cellcorpus.core.vocab import VocabLookup
 from cellcorpus.errors import ConfigError, InputError
-from cellcorpus.io.tables import read_columns
+from cellcorpus.io.tables import as_strings, read_columns
 from cellcorpus.sources.base import InputFile, RawBlock
 
 __all__ = [
@@ -132,6 +132,8 @@ def required_obs_columns(hf: HuggingfaceConfig) -> dict[str, str]:
     if hf.split_parameters.key != "id":
         for i, name in enumerate(hf.split_parameters.key):
             need.setdefault(name, f"huggingface.split_parameters.key.{i}")
+    if hf.split_parameters.by is not None:
+        need.setdefault(hf.split_parameters.by, "huggingface.split_parameters.by")
     need.pop("index", None)
     return need
 
@@ -168,6 +170,14 @@ class InputsReport:
 
     coverage: dict[str, float] = field(default_factory=dict)  # relative path -> share of genes in vocab
     mappings: dict[str, GeneMapping] = field(default_factory=dict)  # relative path -> how its genes map
+    groups: dict[str, int] = field(default_factory=dict)  # `split_parameters.by` value -> input cells
+
+    def count_groups(self, values: np.ndarray) -> None:
+        """Add one file's group column (the group split's sizes: input cells, before any filter)."""
+        names, counts = np.unique(as_strings(values).astype(str), return_counts=True)
+        for name, n in zip(names.tolist(), counts.tolist(), strict=True):
+            self.groups[name] = self.groups.get(name, 0) + n
+
     notes: list[str] = field(default_factory=list)
 
 
@@ -239,6 +249,8 @@ def _inspect_h5ad(hf: HuggingfaceConfig, f: InputFile, lookup: VocabLookup | Non
                 f"{key}: '{name}' is not an obs column of {f.path}",
                 hint=f"obs columns: {', '.join(sorted(map(str, obs_cols)))}",
             )
+    if hf.split_parameters.by is not None:
+        rep.count_groups(r.obs_column(hf.split_parameters.by, 0, r.n_obs))
     ids = r.var_column(hf.gene_col)
     n_empty = int(np.count_nonzero(np.char.str_len(ids.astype(str)) == 0)) if ids.size else 0
     if n_empty:
@@ -272,6 +284,9 @@ def _inspect_parquet(
             raise ConfigError(
                 f"{key}: '{name}' is not a column of {f.path}", hint=f"columns: {', '.join(sorted(names))}"
             )
+    by = hf.split_parameters.by
+    if by is not None:
+        rep.count_groups(pq.read_table(f.path, columns=[INDEX_COLUMN if by == "index" else by]).column(0).to_numpy())
     if lookup is not None and hf.parquet_gene_table:
         ids = load_gene_table(hf.parquet_gene_table)
         _check_coverage(hf, f, ids[ids != ""], lookup, rep, dict)

@@ -354,6 +354,8 @@ def run_report(cfg: Config | Plan, spec: ExecutorSpec | None = None, reporter: R
     }
     if scan.approximate:  # top values counted among the most frequent kept, not over all distinct values
         stats["metadata_top_values_approximate"] = sorted(scan.approximate)
+    if manifest.held_out_groups is not None:  # a group split: which groups valid holds, cells written of each
+        stats["held_out_groups"] = {"by": hf.split_parameters.by, "groups": manifest.held_out_groups}
     folder = out.local_dir / REPORT_DIR
     folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(folder / "stats.json", stats)
@@ -416,6 +418,19 @@ def _gene_ids_per_file(manifest: TokenizeManifest) -> dict[str, dict[str, int]]:
     return out
 
 
+def _held_out_html(held: dict[str, Any] | None) -> str:
+    """One paragraph naming the groups a group split holds out (nothing for a per-cell split)."""
+    if not held:
+        return ""
+    groups = sorted(held["groups"].items(), key=lambda kv: (-kv[1], kv[0]))
+    shown = ", ".join(f"{html.escape(g)} ({n:,})" for g, n in groups[:_TOP])
+    more = f", and {len(groups) - _TOP:,} more" if len(groups) > _TOP else ""
+    return (
+        f"<p>valid holds {len(groups):,} whole group(s) of <code>{html.escape(str(held['by']))}</code> "
+        f"(cells written): {shown}{more}.</p>"
+    )
+
+
 def _page(stats: dict[str, Any], manifest: TokenizeManifest, dist: dict[str, dict[str, ValueCounts]]) -> str:
     name = stats["dataset_name"] or "cellcorpus corpus"
     sections = [
@@ -440,6 +455,7 @@ def _page(stats: dict[str, Any], manifest: TokenizeManifest, dist: dict[str, dic
         ),
         "<h2>From cells read to training samples</h2>",
         _funnel_svg([(s["step"], s["cells"], _kind(s["step"])) for s in stats["funnel"]]),
+        _held_out_html(stats.get("held_out_groups")),
         "<h2>Cells, as a model sees them</h2>",
         _histogram_svg(
             {s: d["genes_per_cell"] for s, d in dist.items()},

@@ -24,7 +24,7 @@ from cellcorpus.config import HF_LOCATION_KEYS, Config, HuggingfaceConfig, confi
 from cellcorpus.core.genemap import merge_duplicate_tokens
 from cellcorpus.core.ids import make_ids
 from cellcorpus.core.shuffle import n_buckets_for, order_by_bucket
-from cellcorpus.core.split import assign_valid, key_ids, shuffle_keys
+from cellcorpus.core.split import assign_valid, choose_groups, key_ids, shuffle_keys
 from cellcorpus.core.tokenize import CountScan, Ragged, row_stats, scan_counts, tokenize_csr
 from cellcorpus.core.vocab import VocabLookup
 from cellcorpus.errors import ConfigError, InputError
@@ -152,6 +152,29 @@ def _metadata(columns: _Columns, ctx: TokenizeContext) -> dict[str, np.ndarray]:
     return {hf.rename_columns.get(k, k): v for k, v in out.items()}
 
 
+def _held_out_groups(hf: HuggingfaceConfig, sizes: dict[str, int], notes: list[str]) -> tuple[str, ...]:
+    """The groups of `split_parameters.by` valid holds whole (sizes: input cells per group, before filters);
+    a note when one group alone exceeds the valid fraction, or when whole groups miss it by more than 20%."""
+    sp = hf.split_parameters
+    chosen = choose_groups(sizes, sp.test_size, sp.seed)
+    total = sum(sizes.values())
+    target = sp.test_size * total
+    if sizes and target > 0:
+        big, n_big = max(sizes.items(), key=lambda kv: (kv[1], kv[0]))
+        if n_big > target:
+            notes.append(
+                f"split_parameters.by: group {sp.by}={big!r} holds {n_big:,} cells, more than the valid fraction "
+                f"({target:,.0f} of {total:,}): the split cannot follow test_size closely"
+            )
+        got = sum(sizes[g] for g in chosen)
+        if abs(got - target) > 0.2 * target:
+            notes.append(
+                f"split_parameters.by: valid holds {len(chosen)} whole group(s) of {got:,} input cells "
+                f"({got / total:.2%}); test_size {sp.test_size} cannot be met within ±20% by whole groups"
+            )
+    return tuple(chosen)
+
+
 def _split_key(columns: _Columns, hf: HuggingfaceConfig, unit: WorkUnit) -> np.ndarray | None:
     """Every row's content key (`split_parameters.key` columns hashed), None for the default `id` key; a key
     repeated within the unit is an error naming its values (repeats across units: tokenize_finalize)."""
@@ -239,6 +262,7 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
     rows = np.flatnonzero(keep)
     meta = _metadata(columns, ctx)
     split_key = _split_key(columns, hf, unit)
+    group = columns[hf.split_parameters.by] if ctx.valid_groups is not None and hf.split_parameters.by else None
     del columns
     cls_id = lookup_.vocab[hf.cls_token] if hf.add_cls_token else None
     # without CLS: the split writes' gathers put it first in every cell (no insertion pass over the tokens)
@@ -262,8 +286,14 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
     # The table holds every row read; the kept rows are picked by the split writes' gathers (one copy).
     all_ids = make_ids(unit.file_index, unit.row_start + np.arange(unit.n_cells, dtype=np.int64))
     ids = all_ids[rows]
-    by = ids if split_key is None else split_key[rows]  # the cell's id, or the values of its content key
-    valid = assign_valid(by, hf.split_parameters.test_size, hf.split_parameters.seed)
+    held_out: dict[str, int] = {}
+    if group is not None and ctx.valid_groups is not None:  # whole groups, chosen once for the corpus
+        valid = np.isin(group[rows], np.array(ctx.valid_groups, dtype=object))
+        names, n = np.unique(group[rows][valid].astype(str), return_counts=True)
+        held_out = dict(zip(names.tolist(), n.tolist(), strict=True))
+    else:
+        by = ids if split_key is None else split_key[rows]  # the cell's id, or the values of its content key
+        valid = assign_valid(by, hf.split_parameters.test_size, hf.split_parameters.seed)
     if split_key is not None:  # kept cells' keys, for the corpus-wide repeat check (tokenize_finalize)
         write_unit_keys(Path(ctx.parts_dir), unit.unit_id, split_key[rows], ids)
     table = cells_table(cells, all_ids, meta, cell_schema(list(ctx.metadata_columns)))
@@ -302,6 +332,7 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
         "fractional_values": scan.n_fractional,
         "colliding_entries_summed": n_summed,
         **mapping_counts,
+        **({"held_out_groups": held_out} if held_out else {}),
     }
     return UnitResult(unit.unit_id, counts, outputs, extra)
 
@@ -420,12 +451,15 @@ def run_tokenize(
             remove_temporaries(out_dir / f"{split}.dataset", name)
     inputs, inspection = discover_and_inspect(hf, vocab, layout.decompressed)
     notes += inspection.notes
+    valid_groups = _held_out_groups(hf, inspection.groups, notes) if hf.split_parameters.by else None
     work_hash, work_settings = _work_settings(hf)
     stage_hash = _stage_hash(work_hash, inputs)
     total = sum(f.n_obs for f in inputs)
     n_buckets: tuple[tuple[str, int], ...] = ()
     if hf.split_parameters.shuffle:
         tsize = hf.split_parameters.test_size
+        if valid_groups is not None and inspection.groups:  # whole groups: valid's own share of the inputs
+            tsize = sum(inspection.groups[g] for g in valid_groups) / max(sum(inspection.groups.values()), 1)
         n_buckets = tuple(
             (s, n_buckets_for(round(total * frac), hf.shuffle_bucket_cells, hf.num_chunks))
             for s, frac in (("train", 1 - tsize), ("valid", tsize))
@@ -443,6 +477,7 @@ def run_tokenize(
         fused_mds=fused,
         compact_parts=max(vocab.values(), default=0) < 1 << 16,
         join_indexes=join_index_dirs(hf, work_settings, layout.joins),
+        valid_groups=valid_groups,
     )
 
     def plan_units() -> list[WorkUnit]:
@@ -482,6 +517,12 @@ def run_tokenize(
             "splits": shard_records,
             "totals": totals,
         }
+        if valid_groups is not None:  # which groups valid holds, and the cells written of each
+            held: dict[str, int] = dict.fromkeys(valid_groups, 0)
+            for r in results:
+                for g, n in r.extra.get("held_out_groups", {}).items():
+                    held[g] += n
+            body["held_out_groups"] = held
         notes_out = notes + _file_notes(inputs, results) + _idle_join_notes(hf, totals)
         summary = StageSummary("tokenize", counts=totals, outputs=_outputs(out), notes=notes_out)
         return body, summary

@@ -62,6 +62,7 @@ class TokenizeContext:
     fused_mds: FusedExport | None = None  # another stage's export written in this pass (the MDS shards)
     compact_parts: bool = False  # shuffled parts keep genes as uint16 (every vocabulary id < 65,536)
     join_indexes: tuple[str | None, ...] = ()  # per join: its on-disk index (a large table), else None
+    valid_groups: tuple[str, ...] | None = None  # `split_parameters.by`: the groups held out whole
 
 
 @dataclass(frozen=True, order=True)
