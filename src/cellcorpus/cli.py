@@ -299,10 +299,10 @@ def run(
     config: ConfigArg, set_: SetOpt = None, num_proc: NumProcOpt = None, dask: DaskOpt = None, debug: DebugOpt = False
 ) -> None:
     """Every stage the config has a section for, in order, each skipping completed work."""
-    from cellcorpus.pipeline import run_pipeline
+    from cellcorpus.pipeline import iter_pipeline
 
     cfg = _load(config, set_)
-    for summary in run_pipeline(cfg, num_proc=num_proc, dask=dask, reporter=RichReporter()):
+    for summary in iter_pipeline(cfg, num_proc=num_proc, dask=dask, reporter=RichReporter()):
         _print_summary(summary)
 
 

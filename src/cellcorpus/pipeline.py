@@ -12,7 +12,7 @@ from cellcorpus.exec.runner import Reporter, executor_session, warm_up
 from cellcorpus.plan import Plan, plan_for
 from cellcorpus.stages.base import StageSummary, stage_locks
 
-__all__ = ["STAGES", "run_pipeline", "run_demo", "packaged_config", "shipped_configs", "DEMO_CONFIGS"]
+__all__ = ["STAGES", "run_pipeline", "iter_pipeline", "run_demo", "packaged_config", "shipped_configs", "DEMO_CONFIGS"]
 
 DEMO_CONFIGS = ("tahoe_x1_v2/tahoe_100m.yaml", "tahoe_x1_v2/scbasecamp.yaml", "tahoe_x1_v2/cellxgene_2025_01_21.yaml")
 
@@ -73,8 +73,19 @@ STAGES: tuple[tuple[str, str, Callable[[Plan, Reporter | None], StageSummary]], 
 
 def run_pipeline(
     cfg: Config, *, num_proc: int | None = None, dask: str | None = None, reporter: Reporter | None = None
+) -> list[StageSummary]:
+    """Run the STAGES whose section the config has, in order, now; the stages' summaries (as `cellcorpus run`).
+
+    Works from a script without `if __name__ == "__main__":` too (exec/local.main_not_rerun). To act on each
+    summary as its stage ends, iterate `iter_pipeline` instead."""
+    return list(iter_pipeline(cfg, num_proc=num_proc, dask=dask, reporter=reporter))
+
+
+def iter_pipeline(
+    cfg: Config, *, num_proc: int | None = None, dask: str | None = None, reporter: Reporter | None = None
 ) -> Iterator[StageSummary]:
-    """The STAGES whose section the config has, in order; yields each stage's summary.
+    """The STAGES whose section the config has, in order; yields each stage's summary as it ends (a stage runs
+    when the previous summary has been taken).
 
     The config is resolved once into a plan (paths, executor) that every stage runs with, and checked once
     (preflight), so a setting the MDS stage would reject stops the run before tokenization, not after it. One
@@ -108,9 +119,9 @@ def run_demo(
         if cfg.drugs is not None and importlib.util.find_spec("rdkit") is None:
             # the demo runs on a plain install: fingerprints need the optional RDKit, so say so and go on
             cfg = cfg.model_copy(update={"drugs": None})
-            yield name, _with_note(run_pipeline(cfg, num_proc=num_proc, reporter=reporter))
+            yield name, _with_note(iter_pipeline(cfg, num_proc=num_proc, reporter=reporter))
         else:
-            yield name, run_pipeline(cfg, num_proc=num_proc, reporter=reporter)
+            yield name, iter_pipeline(cfg, num_proc=num_proc, reporter=reporter)
 
 
 def _with_note(summaries: Iterator[StageSummary]) -> Iterator[StageSummary]:

@@ -28,6 +28,7 @@ __all__ = ["InlineExecutor", "local_executor", "WORKER_ENV", "worker_environment
 # never left in the caller's environment (a notebook that runs cellcorpus keeps its own allocator settings).
 WORKER_ENV = {"MIMALLOC_PURGE_DELAY": "-1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
 _ENV_LOCK = threading.Lock()
+_MAIN_LOCK = threading.Lock()  # two pools starting at once hide and restore __main__ one after the other
 
 
 @contextmanager
@@ -47,6 +48,33 @@ def worker_environment(extra: dict[str, str] | None = None) -> Iterator[None]:
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = old
+
+
+@contextmanager
+def main_not_rerun() -> Iterator[None]:
+    """While worker processes start, the caller's `__main__` is not named to them.
+
+    A spawned worker first re-runs the parent's main script (or `-m` module) so that objects defined there can be
+    unpickled; a script that calls `run_pipeline` at top level, without `if __name__ == "__main__":`, would then
+    start a pipeline inside every worker, which dies with ~60 lines ending in BrokenProcessPool. Our workers need
+    nothing from `__main__` (units, contexts and functions all live in cellcorpus modules), so the main module's
+    `__file__` and `__spec__` are hidden from `multiprocessing.spawn` for the duration and restored after."""
+    import sys
+
+    main = sys.modules.get("__main__")
+    names = [k for k in ("__file__", "__spec__") if main is not None and k in vars(main)]
+    saved = {k: vars(main)[k] for k in names} if main is not None else {}
+    with _MAIN_LOCK:
+        try:
+            for k in names:
+                if k == "__spec__":
+                    setattr(main, k, None)
+                else:
+                    delattr(main, k)
+            yield
+        finally:
+            for k, v in saved.items():
+                setattr(main, k, v)
 
 
 _ALL_WORKERS: Any = None  # in a pool worker: a barrier of all the pool's workers (see `one_per_worker`)
@@ -114,7 +142,7 @@ def local_executor(num_proc: int, direct: str = "auto") -> Executor:
     pool = _Pool(
         all_workers, max_workers=num_proc, mp_context=ctx, initializer=init_worker, initargs=(direct, all_workers)
     )
-    with worker_environment():
+    with worker_environment(), main_not_rerun():
         # A spawn pool starts a process per submission while none is idle; these keep every worker busy until all
         # have started, so all start now, each copying the environment as it is during this block.
         for _ in range(num_proc):
