@@ -97,3 +97,42 @@ def test_documented_examples_run():
 
     result = doctest.testmod(cellcorpus.api, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted >= 5 and result.failed == 0
+
+
+def test_load_config_takes_a_shipped_configs_name_and_settings(tmp_path):
+    """Issue 24: `load_config("tahoe_100m", output_root=...)`; every path derives from output_root."""
+    cfg = load_config("tahoe_100m", output_root=str(tmp_path), huggingface={"num_proc": 3})
+    assert cfg.output_root == str(tmp_path) and cfg.huggingface.num_proc == 3
+    assert cfg.huggingface.merged_dataset_root == f"{tmp_path}/tahoe_merged_w_metadata"
+    same = load_config("tahoe_x1_v2/tahoe_100m.yaml", [f"output_root={tmp_path}", "huggingface.num_proc=3"])
+    assert same == cfg
+    from cellcorpus.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"config file not found: tahoe_1OOm .*shipped config's name"):
+        load_config("tahoe_1OOm")
+    # the CLI takes the name too
+    got = CliRunner().invoke(app, ["config", "show", "scbasecamp"])
+    assert got.exit_code == 0 and "SRX_accession" in got.output
+
+
+def test_build_vocab_equals_the_vocab_stage(tmp_path):
+    """Issue 24: `cellcorpus.build_vocab` gives the dict `cellcorpus vocab` writes, from a file, an AnnData or ids."""
+    import json
+
+    from cellcorpus import build_vocab
+    from cellcorpus.stages.vocab import run_vocab
+
+    ids = [f"ENSG{i:011d}" + (".4" if i % 3 == 0 else "") for i in (7, 3, 5, 1, 3)]  # versioned, one repeated
+    adata = ad.AnnData(np.zeros((1, len(ids)), np.float32), var=pd.DataFrame({"gene_id": ids}, index=list("abcde")))
+    adata.write_h5ad(tmp_path / "ref.h5ad")
+    vocab_cfg = {"reference_adata": str(tmp_path / "ref.h5ad"), "use_col": "gene_id", "output_root": str(tmp_path)}
+    run_vocab(load_config({"vocab": vocab_cfg}))
+    written = json.loads((tmp_path / "vocab.json").read_text())
+    assert list(written)[:4] == ["<pad>", "<cls>", "<eoc>", "ENSG00000000001"] and len(written) == 7
+    assert build_vocab(tmp_path / "ref.h5ad", use_col="gene_id") == written
+    assert build_vocab(adata, use_col="gene_id") == written
+    assert build_vocab(ids) == written
+    from cellcorpus.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'symbol' is not a var column"):
+        build_vocab(adata, use_col="symbol")

@@ -9,6 +9,7 @@
 - `tokenize_anndata(adata, vocab, ...)`: one in-memory AnnData -> a `pyarrow.Table` of tokenized cells with
   the same filters, joins, metadata and split as `cellcorpus tokenize` (the same unit code runs on it).
 - `decode_id(cfg, id)`: an `id` back to (input file, row).
+- `build_vocab(reference, ...)`: the vocabulary `cellcorpus vocab` builds, as a dict (for `tokenize_anndata`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,27 @@ import pyarrow as pa
 from cellcorpus.config import Config
 from cellcorpus.errors import MissingExtraError
 
-__all__ = ["tokenize_anndata", "decode_id"]
+__all__ = ["tokenize_anndata", "decode_id", "build_vocab"]
+
+
+def build_vocab(
+    reference: Any,
+    *,
+    use_col: str = "index",
+    symbol_col: str | None = None,
+    special_tokens: tuple[str, ...] = ("<pad>", "<cls>", "<eoc>"),
+    add_junk_tokens: bool = False,
+) -> dict[str, int]:
+    """The vocabulary `cellcorpus vocab` builds (specials first, then the unique Ensembl ids, versions stripped,
+    sorted), from a reference: an `.h5ad` or gene table path (`use_col`: its var / table column), an in-memory
+    AnnData (`use_col` of its var, `index` = var names), or a list of gene ids.
+
+    >>> build_vocab(["ENSG00000000003.14", "ENSG00000000001"])
+    {'<pad>': 0, '<cls>': 1, '<eoc>': 2, 'ENSG00000000001': 3, 'ENSG00000000003': 4}
+    """
+    from cellcorpus.stages.vocab import vocab_from
+
+    return vocab_from(reference, use_col, symbol_col, list(special_tokens), add_junk_tokens)
 
 
 def decode_id(cfg: Config, cell_id: int) -> tuple[str, int]:

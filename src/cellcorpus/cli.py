@@ -357,14 +357,14 @@ def config_list(debug: DebugOpt = False) -> None:
 
 
 def _shipped(name: str) -> Path:
+    from cellcorpus.config import shipped_config
     from cellcorpus.errors import ConfigError
-    from cellcorpus.pipeline import packaged_config, shipped_configs
+    from cellcorpus.pipeline import shipped_configs
 
-    names = shipped_configs()
-    matches = [n for n in names if n == name or n.removesuffix(".yaml").endswith(name.removesuffix(".yaml"))]
-    if len(matches) != 1:
-        raise ConfigError(f"no single shipped config named '{name}'", hint=f"one of: {', '.join(names)}")
-    return packaged_config(matches[0])
+    found = shipped_config(name)
+    if found is None:
+        raise ConfigError(f"no single shipped config named '{name}'", hint=f"one of: {', '.join(shipped_configs())}")
+    return found
 
 
 @config_app.command("show")

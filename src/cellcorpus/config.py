@@ -410,14 +410,32 @@ def _format_validation_error(err: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def load_config(path: str | Path | dict[str, Any], overrides: Sequence[str] = ()) -> Config:
-    """Load, resolve and validate a config: a YAML path, or a dict of sections (as the YAML would read);
-    `overrides` are OmegaConf dotlist items (`a.b=1`)."""
+def shipped_config(name: str) -> Path | None:
+    """The config shipped in the package that `name` means (`tahoe_100m`, `tahoe_100m.yaml`,
+    `tahoe_x1_v2/tahoe_100m.yaml`), or None."""
+    from importlib import resources
+
+    root = Path(str(resources.files("cellcorpus") / "configs"))
+    stem = name.removesuffix(".yaml")
+    found = [p for p in sorted(root.rglob("*.yaml")) if p.relative_to(root).with_suffix("").as_posix() == stem]
+    found = found or [p for p in sorted(root.rglob("*.yaml")) if p.stem == stem]
+    return found[0] if len(found) == 1 else None
+
+
+def load_config(path: str | Path | dict[str, Any], overrides: Sequence[str] = (), **settings: Any) -> Config:
+    """Load, resolve and validate a config: a YAML path, a shipped config's name (`tahoe_100m`; see
+    `cellcorpus config list`), or a dict of sections (as the YAML would read). `overrides` are OmegaConf dotlist
+    items (`a.b=1`); `settings` are top-level keys, e.g. `load_config("tahoe_100m", output_root="/data")`."""
+    overrides = [*overrides, *(f"{k}={_dotlist_value(v)}" for k, v in settings.items())]
     if isinstance(path, dict):
         return _load_mapping(OmegaConf.create(path), overrides, "config")
+    if not Path(path).is_file() and (shipped := shipped_config(str(path))) is not None:
+        path = shipped
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(
+            f"config file not found: {path}", hint="a YAML path, or a shipped config's name (cellcorpus config list)"
+        )
     try:
         raw = OmegaConf.load(path)
     except yaml.YAMLError as exc:
@@ -428,6 +446,15 @@ def load_config(path: str | Path | dict[str, Any], overrides: Sequence[str] = ()
     except (UnicodeDecodeError, OSError) as exc:
         raise ConfigError(f"{path}: cannot read the config: {exc}") from exc
     return _load_mapping(raw, overrides, str(path))
+
+
+def _dotlist_value(value: Any) -> str:
+    """A Python value as dotlist text OmegaConf reads back as that value (None -> null, lists as YAML)."""
+    if value is None:
+        return "null"
+    if isinstance(value, str | Path):
+        return str(value)
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
 # OmegaConf resolvers a config may call. `${key}` references are not resolvers and always work; every other

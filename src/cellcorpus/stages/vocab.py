@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -19,7 +20,12 @@ from cellcorpus.io.vocab import load_vocab
 from cellcorpus.plan import Plan, plan_for
 from cellcorpus.stages.base import StageSummary, locked
 
-__all__ = ["run_vocab", "load_vocab"]  # load_vocab re-exported from io.vocab (where stages read it)
+__all__ = [
+    "run_vocab",
+    "load_vocab",
+    "reference_genes",
+    "vocab_from",
+]  # load_vocab re-exported from io.vocab (where stages read it)
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +36,7 @@ def run_vocab(cfg: Config | Plan) -> StageSummary:
     vc = plan_for(cfg, "vocab").cfg.need("vocab")
     if not Path(vc.reference_adata).is_file():
         raise ConfigError(f"vocab.reference_adata: file not found: {vc.reference_adata}")
-    ids, symbols = _reference_genes(vc)
+    ids, symbols = reference_genes(vc)
     try:
         built = build_vocab(ids, symbols, vc.special_tokens, vc.add_junk_tokens)
     except ValueError as exc:
@@ -73,7 +79,7 @@ def run_vocab(cfg: Config | Plan) -> StageSummary:
 _TABLE_SUFFIXES = (".parquet", ".pq", ".csv", ".csv.gz", ".tsv", ".tsv.gz")
 
 
-def _reference_genes(vc: VocabConfig) -> tuple[np.ndarray, np.ndarray]:
+def reference_genes(vc: VocabConfig) -> tuple[np.ndarray, np.ndarray]:
     """(gene ids, symbols) from the reference: an h5ad's var, or a gene table's columns."""
     if vc.reference_adata.lower().endswith(_TABLE_SUFFIXES):
         df = read_frame(vc.reference_adata)
@@ -87,3 +93,25 @@ def _reference_genes(vc: VocabConfig) -> tuple[np.ndarray, np.ndarray]:
         return ids, as_strings(df[vc.symbol_col].to_numpy()) if vc.symbol_col else ids
     with H5adReader(vc.reference_adata) as r:
         return r.var_column(vc.use_col), r.var_column(vc.symbol_col or "index")
+
+
+def vocab_from(
+    reference: Any, use_col: str, symbol_col: str | None, special_tokens: list[str], add_junk_tokens: bool
+) -> dict[str, int]:
+    """`cellcorpus.build_vocab`: the vocabulary this stage writes, from a path (h5ad or gene table), an in-memory
+    AnnData or a list of gene ids, as a dict."""
+    if isinstance(reference, str | Path):
+        section = VocabConfig(reference_adata=str(reference), use_col=use_col, symbol_col=symbol_col, output_root=".")
+        ids, symbols = reference_genes(section)
+    elif hasattr(reference, "var"):  # an AnnData
+        var = reference.var
+        if use_col != "index" and use_col not in var.columns:
+            raise ConfigError(f"build_vocab: '{use_col}' is not a var column", hint=f"var: {', '.join(var.columns)}")
+        ids = np.asarray(var.index if use_col == "index" else var[use_col], dtype=object)
+        symbols = np.asarray(var.index if symbol_col is None else var[symbol_col], dtype=object)
+    else:
+        ids = symbols = np.asarray(list(reference), dtype=object)
+    try:
+        return build_vocab(ids, symbols, special_tokens, add_junk_tokens).vocab
+    except ValueError as exc:
+        raise ConfigError(f"build_vocab: {exc}") from exc
