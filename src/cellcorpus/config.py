@@ -454,7 +454,7 @@ def _dotlist_value(value: Any) -> str:
         return "null"
     if isinstance(value, str | Path):
         return str(value)
-    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+    return str(yaml.safe_dump(value, default_flow_style=True)).strip().removesuffix("...").strip()
 
 
 # OmegaConf resolvers a config may call. `${key}` references are not resolvers and always work; every other
