@@ -16,8 +16,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pyarrow as pa
-
 from cellcorpus.config import Config
 from cellcorpus.errors import MissingExtraError
 
@@ -81,9 +79,12 @@ def tokenize_anndata(
     """
     from cellcorpus.stages.tokenize import tokenize_in_memory
 
+    if not split:  # every kept cell in one table, already in id order (units are): no sort, so no second copy
+        sp = settings.get("split_parameters") or {}
+        settings = {**settings, "split_parameters": {**(sp if isinstance(sp, dict) else dict(sp)), "test_size": 0}}
     result = tokenize_in_memory(adata, vocab, gene_col, file_index, settings)
     if not split:
-        result = {"all": pa.concat_tables([result["train"], result["valid"]]).sort_by([("id", "ascending")])}
+        result = {"all": result["train"]}
     if as_dataset:
         try:
             import datasets

@@ -318,9 +318,10 @@ def read_stream_ranges(ranges: list[tuple[str, int, int]]) -> list[pa.Table]:
     return tables
 
 
-def read_arrow(path: str | Path) -> pa.Table:
-    """Read an Arrow IPC file (stream or file format) memory-mapped."""
-    with pa.memory_map(str(path), "r") as src:
+def read_arrow(path: str | Path, *, in_memory: bool = False) -> pa.Table:
+    """Read an Arrow IPC file (stream or file format) memory-mapped, or with `in_memory` into Arrow's memory
+    pool (a table that outlives its file: the buffers are copied once, never through Python objects)."""
+    with pa.OSFile(str(path), "r") if in_memory else pa.memory_map(str(path), "r") as src:
         try:
             return pa.ipc.open_stream(src).read_all()
         except pa.ArrowInvalid:
