@@ -136,3 +136,35 @@ def test_build_vocab_equals_the_vocab_stage(tmp_path):
 
     with pytest.raises(ConfigError, match="'symbol' is not a var column"):
         build_vocab(adata, use_col="symbol")
+
+
+def test_normalised_data_is_recorded_and_warned_about(tmp_path, write_config):
+    """Issue 24: non-integer counts were said once by the CLI and recorded nowhere; now the manifest and the
+    report name the input and the count, and the Python API warns."""
+    import json
+
+    from cellcorpus.stages.report import run_report
+    from tests._utils import make_h5ad, write_vocab
+
+    write_vocab(tmp_path / "vocab" / "vocab.json")
+    X = np.array([[1.0, 0.0, 2.5, 0, 0], [0.0, 3.0, 1.0, 0, 0], [0.5, 0.25, 0, 0, 1.0]], dtype=np.float32)
+    make_h5ad(tmp_path / "raw" / "normalised.h5ad", X, GENES)
+    make_h5ad(tmp_path / "raw" / "raw.h5ad", np.ceil(X), GENES)
+    cfg = load_config(write_config(tmp_path, drop=("mds",), **{"huggingface.split_parameters.test_size": 0}))
+    summary = run_tokenize(cfg)
+    assert "normalised.h5ad: 3 non-integer count value(s); tokenized as they are (raw counts expected)" in summary.notes
+    manifest = json.loads((tmp_path / "merged" / "manifest.json").read_text())
+    assert manifest["non_integer_values"] == {"normalised.h5ad": 3}
+    run_report(cfg)
+    stats = json.loads((tmp_path / "merged" / "report" / "stats.json").read_text())
+    assert stats["non_integer_values"] == {"normalised.h5ad": 3}
+    assert "Not raw counts:</b> 3 count value(s)" in (tmp_path / "merged" / "report" / "report.html").read_text()
+    adata = ad.AnnData(X, var=pd.DataFrame(index=GENES))
+    vocab = json.loads((tmp_path / "vocab" / "vocab.json").read_text())
+    with pytest.warns(UserWarning, match=r"3 count value\(s\) are not whole numbers"):
+        tokenize_anndata(adata, vocab)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # raw counts: no warning
+        tokenize_anndata(ad.AnnData(np.ceil(X), var=pd.DataFrame(index=GENES)), vocab)

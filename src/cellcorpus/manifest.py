@@ -204,6 +204,8 @@ class TokenizeManifest(StageManifest):
     splits: dict[str, list[DataFileRecord]]
     totals: dict[str, int]
     held_out_groups: dict[str, int] | None = None  # `split_parameters.by`: valid's groups -> cells written
+    # inputs holding non-integer counts (normalised data where raw counts are expected) -> values, if any
+    non_integer_values: dict[str, int] | None = None
 
 
 class MdsSplitRecord(_Record):

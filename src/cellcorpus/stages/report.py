@@ -354,6 +354,8 @@ def run_report(cfg: Config | Plan, spec: ExecutorSpec | None = None, reporter: R
     }
     if scan.approximate:  # top values counted among the most frequent kept, not over all distinct values
         stats["metadata_top_values_approximate"] = sorted(scan.approximate)
+    if manifest.non_integer_values:  # normalised data where raw counts are expected: shown, not only noted
+        stats["non_integer_values"] = manifest.non_integer_values
     if manifest.held_out_groups is not None:  # a group split: which groups valid holds, cells written of each
         stats["held_out_groups"] = {"by": hf.split_parameters.by, "groups": manifest.held_out_groups}
     folder = out.local_dir / REPORT_DIR
@@ -418,6 +420,20 @@ def _gene_ids_per_file(manifest: TokenizeManifest) -> dict[str, dict[str, int]]:
     return out
 
 
+def _non_integer_html(found: dict[str, int] | None) -> str:
+    """A warning naming the inputs whose counts are not whole numbers (nothing when all are)."""
+    if not found:
+        return ""
+    files = sorted(found.items(), key=lambda kv: (-kv[1], kv[0]))
+    shown = ", ".join(f"{html.escape(f)} ({n:,})" for f, n in files[:_TOP])
+    more = f", and {len(files) - _TOP:,} more" if len(files) > _TOP else ""
+    return (
+        f"<p style='color:#a40'><b>Not raw counts:</b> {sum(found.values()):,} count value(s) are not whole "
+        f"numbers, in {len(files):,} input file(s): {shown}{more}. They were tokenized as they are; the recipe "
+        "expects raw counts (normalised or log-transformed data changes what the model learns).</p>"
+    )
+
+
 def _held_out_html(held: dict[str, Any] | None) -> str:
     """One paragraph naming the groups a group split holds out (nothing for a per-cell split)."""
     if not held:
@@ -439,6 +455,7 @@ def _page(stats: dict[str, Any], manifest: TokenizeManifest, dist: dict[str, dic
         f"{html.escape(str(stats['settings_hash']))}, run digest {html.escape(stats['config_hash'])}</p>",
         "<h2>What went in</h2>",
         f"<p>{stats['inputs']:,} input file(s), {stats['input_cells']:,} cells.</p>",
+        _non_integer_html(stats.get("non_integer_values")),
         _table(
             ["file", "cells read", "cells written", "genes outside vocabulary", "OOV rate", "bytes"],
             [

@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -376,15 +377,20 @@ def _idle_join_notes(hf: HuggingfaceConfig, totals: dict[str, int]) -> list[str]
     return notes
 
 
-def _file_notes(inputs: list[InputFile], results: list[UnitResult]) -> list[str]:
-    fractional: dict[int, int] = {}
+def non_integer_values(inputs: list[InputFile], results: list[UnitResult]) -> dict[str, int]:
+    """Input (relative path) -> count values that are not whole numbers (normalised data), where any."""
+    by_file: dict[int, int] = {}
     for r in results:
         if r.extra.get("fractional_values"):
             fi = r.extra["file_index"]
-            fractional[fi] = fractional.get(fi, 0) + r.extra["fractional_values"]
+            by_file[fi] = by_file.get(fi, 0) + r.extra["fractional_values"]
+    return {inputs[fi].rel_path: n for fi, n in sorted(by_file.items())}
+
+
+def _file_notes(inputs: list[InputFile], results: list[UnitResult]) -> list[str]:
     notes = [
-        f"{inputs[fi].rel_path}: {n:,} non-integer count value(s); tokenized as they are (raw counts expected)"
-        for fi, n in sorted(fractional.items())
+        f"{path}: {n:,} non-integer count value(s); tokenized as they are (raw counts expected)"
+        for path, n in non_integer_values(inputs, results).items()
     ]
     genes: dict[int, dict] = {}
     summed: dict[int, int] = {}
@@ -517,6 +523,8 @@ def run_tokenize(
             "splits": shard_records,
             "totals": totals,
         }
+        if fractional := non_integer_values(inputs, results):  # normalised data, recorded (not only said)
+            body["non_integer_values"] = fractional
         if valid_groups is not None:  # which groups valid holds, and the cells written of each
             held: dict[str, int] = dict.fromkeys(valid_groups, 0)
             for r in results:
@@ -598,12 +606,20 @@ def tokenize_in_memory(
             n_buckets=(),
         )
         tables: dict[str, list[pa.Table]] = {"train": [], "valid": []}
+        n_fractional = 0
         for unit in plan_tokenize(hf, inputs):
             unit = type(unit)(unit.unit_id, unit.path, file_index, unit.row_start, unit.row_stop, unit.checksum)
-            tokenize_unit(unit, ctx)
+            n_fractional += int(tokenize_unit(unit, ctx).extra.get("fractional_values", 0))
             for name in tables:
                 # read into memory, not mapped: the tables outlive the temporary folder (one copy of the bytes;
                 # a to_pydict round trip used to take ~14x the output's size through Python objects)
                 tables[name].append(read_arrow(root / "parts" / name / f"{unit.unit_id}.arrow", in_memory=True))
         result = {name: pa.concat_tables(parts) for name, parts in tables.items() if parts}
+    if n_fractional:  # the CLI says it in its summary and records it in the manifest; here, a warning
+        warnings.warn(
+            f"tokenize_anndata: {n_fractional:,} count value(s) are not whole numbers (normalised data?); they are "
+            "tokenized as they are, where the Tahoe-x1 recipe expects raw counts",
+            UserWarning,
+            stacklevel=3,
+        )
     return result
