@@ -19,7 +19,7 @@ def test_repo_configs_are_the_packaged_ones():
 @pytest.mark.parametrize("path", REPO_CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_loads_and_validates(path, tmp_path):
     cfg = load_config(path, [f"output_root={tmp_path}"])
-    assert cfg.huggingface is not None and cfg.mds is not None
+    assert cfg.huggingface is not None and (cfg.mds is not None or path.name == "minimal.yaml")  # Arrow only
     assert cfg.huggingface.merged_dataset_root.startswith(str(tmp_path))
     assert cfg.huggingface.ignore_dir == []  # the seed's `ignore_dir: None` string
 
@@ -75,3 +75,49 @@ def test_non_mapping_config_rejected(tmp_path):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_every_path_derives_from_output_root_unless_set(tmp_path):
+    """Issue 24: a dict config needed four path keys even with output_root set."""
+    cfg = load_config(
+        {"output_root": str(tmp_path), "huggingface": {"adata_dir": "in"}, "mds": {"columns": {"id": "int64"}}}
+    )
+    hf = cfg.huggingface
+    assert (hf.output_root, hf.merged_dataset_root, hf.vocab_file) == (
+        f"{tmp_path}/work",
+        f"{tmp_path}/merged",
+        f"{tmp_path}/vocab/vocab.json",
+    )
+    assert (cfg.mds.out_root, cfg.mds.root_dir) == (f"{tmp_path}/mds", f"{tmp_path}/merged")
+    with_vocab = load_config(
+        {
+            "output_root": "r",
+            "vocab": {"reference_adata": "ref.h5ad", "output_file": "v.json"},
+            "huggingface": {"adata_dir": "in", "merged_dataset_root": "elsewhere"},
+        }  # fmt: skip
+    )
+    assert with_vocab.huggingface.vocab_file == "r/vocab/v.json" == with_vocab.vocab.vocab_file
+    assert with_vocab.huggingface.merged_dataset_root == "elsewhere"  # a key that is set is kept
+    from cellcorpus.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="huggingface.output_root: required key missing"):
+        load_config({"huggingface": {"adata_dir": "in"}})  # nothing to derive from
+
+
+def test_minimal_config_runs_as_written_on_the_demo_inputs(tmp_path, monkeypatch):
+    """`cellcorpus config init minimal DIR`: a config of at most 15 lines that runs as written after the demo."""
+    from typer.testing import CliRunner
+
+    from cellcorpus.cli import app
+    from cellcorpus.demo import make_demo_atlas
+
+    monkeypatch.chdir(tmp_path)
+    make_demo_atlas(tmp_path / "demo_out")
+    runner = CliRunner()
+    assert runner.invoke(app, ["config", "init", "minimal", "mine"]).exit_code == 0
+    text = (tmp_path / "mine" / "minimal.yaml").read_text()
+    assert len(text.splitlines()) <= 15
+    done = runner.invoke(app, ["run", "mine/minimal.yaml", "--num-proc", "1"])
+    assert done.exit_code == 0, done.output
+    assert (tmp_path / "my_corpus" / "merged" / "train.dataset" / "state.json").is_file()
+    assert (tmp_path / "my_corpus" / "merged" / "report" / "report.html").is_file()

@@ -538,11 +538,40 @@ def _load_mapping(raw: Any, overrides: Sequence[str], path: str) -> Config:
     except OmegaConfBaseException as exc:
         raise ConfigError(f"{path}: {str(exc).splitlines()[0]}") from exc
     try:
-        cfg = Config.model_validate(data)
+        cfg = Config.model_validate(derive_paths(data))
     except ValidationError as exc:
         raise ConfigError(f"{path}: {_format_validation_error(exc)}") from exc
     cfg._env_refs.update(env_refs)
     return cfg
+
+
+def derive_paths(data: Any) -> Any:
+    """With a top-level `output_root`, every location key a section leaves out is derived from it (a key that is
+    set, as in the seed's configs, is kept): vocab -> <root>/vocab; huggingface scratch -> <root>/work, datasets
+    -> <root>/merged, the vocabulary -> the vocab section's file (else <root>/vocab/vocab.json); mds ->
+    <root>/mds, reading the datasets; drugs -> <root>/drugs."""
+    root = data.get("output_root") if isinstance(data, dict) else None
+    if not isinstance(root, str) or not root:
+        return data
+
+    def fill(section: str, key: str, value: Any) -> None:
+        found = data.get(section)
+        if isinstance(found, dict) and key not in found:
+            found[key] = value
+
+    vocab = data.get("vocab") if isinstance(data.get("vocab"), dict) else None
+    fill("vocab", "output_root", f"{root}/vocab")
+    fill("huggingface", "output_root", f"{root}/work")
+    fill("huggingface", "merged_dataset_root", f"{root}/merged")
+    fill("huggingface", "vocab_output_root", vocab["output_root"] if vocab else f"{root}/vocab")
+    fill("huggingface", "vocab_path", vocab.get("output_file", "vocab.json") if vocab else "vocab.json")
+    fill("mds", "out_root", f"{root}/mds")
+    hf = data.get("huggingface")
+    fill(
+        "mds", "root_dir", hf.get("merged_dataset_root", f"{root}/merged") if isinstance(hf, dict) else f"{root}/merged"
+    )
+    fill("drugs", "output_root", f"{root}/drugs")
+    return data
 
 
 # Keys that only say *where* things are. They never change an output's bytes, so a relative vs absolute
