@@ -287,7 +287,7 @@ def verify(
 @app.command()
 @_handle_errors
 def report(config: ConfigArg, set_: SetOpt = None, debug: DebugOpt = False) -> None:
-    """Write stats.json, PNG plots and report.html about the corpus (next to the datasets)."""
+    """Write stats.json and report.html (inline SVG plots) about the corpus (next to the datasets)."""
     from cellcorpus.stages.report import run_report
 
     _print_summary(run_report(_load(config, set_)))

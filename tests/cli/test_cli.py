@@ -129,6 +129,8 @@ def test_vocab_command(tmp_path, write_config):
 def test_help_for_every_command(cmd):
     result = runner.invoke(app, [cmd, "--help"])
     assert result.exit_code == 0 and "Usage" in result.output
+    assert "<bool>" not in result.output  # a flag takes no value (typer 0.29 printed `--debug <bool>`)
+    assert "PNG" not in result.output  # the report's figures are inline SVG
 
 
 @pytest.mark.dask
