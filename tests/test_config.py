@@ -121,3 +121,16 @@ def test_minimal_config_runs_as_written_on_the_demo_inputs(tmp_path, monkeypatch
     assert done.exit_code == 0, done.output
     assert (tmp_path / "my_corpus" / "merged" / "train.dataset" / "state.json").is_file()
     assert (tmp_path / "my_corpus" / "merged" / "report" / "report.html").is_file()
+
+
+def test_docs_config_md_is_current():
+    """docs/config.md lists every key with its type, default and meaning, generated from the models; this fails
+    when a key changes and the page is not regenerated (python -m cellcorpus.config_reference > docs/config.md)."""
+    from cellcorpus.config_reference import config_reference
+
+    page = (Path(__file__).parents[1] / "docs" / "config.md").read_text()
+    assert page == config_reference()
+    for key in ("`split_parameters`", "`key`", "`by`", "`unit_cells`", "`direct`", "`columns`"):
+        assert key in page
+    rows = [line for line in page.splitlines() if line.startswith("| `")]
+    assert len(rows) > 100 and all(not line.endswith("|  |") for line in rows)  # every key has a meaning

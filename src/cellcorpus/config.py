@@ -69,12 +69,18 @@ class VocabConfig(_Section):
     """`vocab:` — build the Ensembl-keyed GeneVocab JSON from a reference h5ad."""
 
     reference_adata: str  # an .h5ad, or a gene table (.parquet/.csv/.tsv, e.g. the Tahoe release's gene_metadata)
+    # the var (or table) column holding the Ensembl ids (`index` = the var names)
     use_col: str = "index"
     symbol_col: str | None = None  # gene symbols for id_to_gene: the var index of an h5ad when unset
+    # pad the vocabulary with `<junkN>` tokens to a multiple of 64 (as the seed's vocabulary)
     add_junk_tokens: bool = False
+    # tokens placed first, in this order (ids 0, 1, ...)
     special_tokens: list[str] = Field(default_factory=lambda: ["<pad>", "<cls>", "<eoc>"])
+    # folder the vocabulary files are written to
     output_root: str
+    # the vocabulary JSON's name (token -> id)
     output_file: PlainName = "vocab.json"
+    # optional JSON of Ensembl id -> gene symbol
     id_to_gene_output_file: PlainName | None = None
 
     @property
@@ -86,16 +92,27 @@ class VocabConfig(_Section):
 class CellxgeneConfig(_Section):
     """`cellxgene:` — Census download settings (seed keys + `census_uri` for a local/mirrored SOMA)."""
 
+    # Census release (`census_version`)
     version: str = "2025-01-21"
+    # a local or mirrored SOMA experiment instead of the public release
     census_uri: str | None = None
+    # Census organism
     organism: str = "Homo sapiens"
+    # var column of gene ids kept in the chunks
     use_col: str = "feature_id"
+    # keep genes measured in at least this many cells (var n_measured_obs)
     min_gene_measured_obs: int = Field(0, ge=0)
+    # keep genes non-zero in at least this many cells (var nnz)
     min_gene_nnz: int = Field(0, ge=0)
+    # drop a chunk's genes whose total count in it is below this
     min_count_per_gene: int = Field(0, ge=0)
+    # cells per downloaded chunk_<i>.h5ad
     chunk_size: int = Field(100_000, gt=0)
+    # folder the chunks are written to
     output_root: str
+    # vocabulary JSON restricting the genes fetched (null: all that pass the filters)
     vocab: str | None = None
+    # chunks fetched in parallel
     num_proc: int = Field(1, ge=1)
 
 
@@ -104,14 +121,21 @@ class RemoteSourceConfig(_Section):
     file://) and where to cache them (`output_root/<data_dir>/`, metadata tables in `output_root/metadata/`).
     """
 
+    # folder URL of the data files (gs://, s3://, hf://, http(s)://, file://)
     url: str
+    # local folder the files are cached in
     output_root: str
+    # which files under `url` to fetch
     glob: str = "**/*.h5ad"
+    # sub-folder of output_root for the data files
     data_dir: PlainName = "h5ad"
+    # tables fetched into output_root/metadata/
     metadata_urls: list[str] = Field(default_factory=list)
     # Google Cloud project billed for a Requester Pays bucket (gs://arc-institute-virtual-cell-atlas is one).
     requester_pays_project: str | None = None
+    # files fetched in parallel
     num_proc: int = Field(4, ge=1)
+    # attempts per file before the download fails
     retries: int = Field(3, ge=0)
 
 
@@ -126,10 +150,15 @@ class SplitParameters(_Section):
     `by`: a group column (`dataset_id`, `donor_id`, `srx_accession`, `plate`): whole groups go to valid, in an
     order fixed by the seed and the group's value, until it holds `test_size` of the input cells."""
 
+    # share of cells in valid (0 = no valid split)
     test_size: float = 0.01
+    # seed of the split and of the shuffle's order
     seed: int = 42
+    # write each split in a seeded global random order (an external bucket shuffle)
     shuffle: bool = False
+    # what the split hashes: `id` (input file, row) or obs columns identifying a cell, e.g. [index, sample]
     key: Literal["id"] | list[str] = "id"
+    # hold out whole groups of this obs column (donor, dataset, SRX, plate) instead of single cells
     by: str | None = None
 
     @model_validator(mode="after")
@@ -160,27 +189,40 @@ class SplitParameters(_Section):
 
 
 class ObsFilter(_Section):
+    """`obs_filter:` — keep only the cells whose column equals a value (the seed's `pass_filter == full`)."""
+
+    # obs (or joined) column compared
     key: str
+    # cells whose value equals this are kept
     value: str | int | float | bool
 
 
 class FilterCells(_Section):
     """Scanpy `filter_cells` semantics on the file's full gene set (before vocabulary mapping)."""
 
+    # drop cells with fewer non-zero genes
     min_genes: int | None = Field(None, ge=0)
+    # drop cells with a smaller total count
     min_counts: float | None = Field(None, ge=0)
 
 
 class MergeKeys(_Section):
+    """`merge_keys:` — the columns a join matches."""
+
+    # the table's key column
     metadata_key: str
+    # the obs (or earlier joined) column matched against it
     adata_key: str
 
 
 class MetadataJoin(_Section):
     """One `additional_metadata_info` entry: left join of a CSV/parquet table onto obs."""
 
+    # the table (CSV, TSV or parquet; a parquet over 2M rows is indexed on disk once per run)
     path: str
+    # which columns are matched
     merge_keys: MergeKeys
+    # table columns added to each cell
     columns: list[str]
 
 
@@ -189,8 +231,11 @@ class GeneIdMap(_Section):
     vocabulary's. Column names, or 0-based positions for a headerless table (GENCODE exports).
     """
 
+    # the mapping table (CSV, TSV or parquet)
     path: str
+    # column (or position) holding the inputs' gene ids
     from_column: str | int = "gene_name"
+    # column (or position) holding the vocabulary's ids
     to_column: str | int = "gene_id"
 
     @model_validator(mode="after")
@@ -208,29 +253,53 @@ class GeneIdMap(_Section):
 class HuggingfaceConfig(_Section):
     """`huggingface:` — tokenization into HF Arrow datasets (seed keys + a few defaulted new ones)."""
 
+    # the corpus' name (manifest and report)
     dataset_name: str | None = None
+    # folder (or URL) of the inputs: every .h5ad / .h5ad.gz (or parquet) under it
     adata_dir: str
+    # sub-folders of adata_dir to skip (the seed's string `None` = none)
     ignore_dir: list[str] = Field(default_factory=list)
+    # var column holding the inputs' gene ids (`index` = the var names)
     gene_col: str = "index"
+    # token placed first in every cell
     cls_token: str = "<cls>"
+    # place cls_token (with pad_value) first in every cell
     add_cls_token: bool = True
+    # the expression value written beside the CLS token
     pad_value: float = -2
+    # minimum number of data files per split when shuffling
     num_chunks: int = Field(1, ge=1)
+    # worker processes
     num_proc: int = Field(1, ge=1)
+    # local scratch folder (unit parts, completion records), removed when tokenize finishes
     output_root: str
+    # where `train.dataset` / `valid.dataset` and the manifest go (a folder or URL)
     merged_dataset_root: str
+    # folder of the vocabulary JSON
     vocab_output_root: str
+    # the vocabulary JSON's name in vocab_output_root
     vocab_path: str
+    # the train/valid split
     split_parameters: SplitParameters = Field(default_factory=SplitParameters)
+    # keep only cells whose obs (or joined) column equals a value
     obs_filter: ObsFilter | None = None
+    # minimum genes / counts per cell
     filter_cells: FilterCells | None = None
+    # obs columns written beside the tokens (as strings)
     obs_metadata_columns: list[str] = Field(default_factory=list)
+    # also write the obs index (as the column `index`, or its own name)
     add_obs_index: bool = True
+    # left joins of tables onto obs (their columns written too)
     additional_metadata_info: list[MetadataJoin] = Field(default_factory=list)
-    # New keys (defaults keep seed meaning):
+    # New keys (defaults keep seed meaning) from here on.
+    #
+    # how inputs are read: `h5ad`, or `tahoe_parquet` (the Tahoe-100M release's parquet files)
     input_format: Literal["h5ad", "tahoe_parquet"] = "h5ad"
+    # for tahoe_parquet: the table mapping release token ids to Ensembl ids
     parquet_gene_table: str | None = None
+    # cells per work unit (bounds a worker's memory)
     unit_cells: int = Field(16_384, gt=0)
+    # cells per shuffle bucket, i.e. per output data file when shuffling
     shuffle_bucket_cells: int = Field(32_768, gt=0)
     # A cell with no gene in the vocabulary becomes `[<cls>]` alone, which the Tahoe-x1 collator rejects
     # (torch.squeeze makes it 0-d): such cells are dropped and counted (`filtered_min_vocab_genes`).
@@ -238,6 +307,7 @@ class HuggingfaceConfig(_Section):
     # A file whose gene ids barely match the vocabulary is keyed by something else (symbols, another
     # species): stop before tokenizing when fewer than this share of its genes are in the vocabulary.
     min_gene_coverage: float = Field(0.01, ge=0.0, le=1.0)
+    # map the inputs' gene ids to the vocabulary's through a table
     gene_id_map: GeneIdMap | None = None
     # Which counts matrix: null = X; or a layer name (scBaseCamp 2026-01-12 files: X = STARsolo `Unique`,
     # layers `UniqueAndMult-EM` and `UniqueAndMult-Uniform`).
@@ -290,14 +360,23 @@ MDS_DEFAULT_SIZE_LIMIT = 1 << 26  # mosaicml-streaming's own default shard size 
 class MdsConfig(_Section):
     """`mds:` — MosaicML MDS export of each split."""
 
+    # where the MDS splits go (a folder or URL; a URL is staged locally and uploaded)
     out_root: str
+    # the HF datasets exported (huggingface.merged_dataset_root)
     root_dir: str
+    # splits exported
     splits: list[PlainName] = Field(default_factory=lambda: ["train", "valid"])
+    # column -> MDS encoding (`pkl` for Tahoe-x1's genes/expressions, `ndarray:int32`, `int64`, `str`, ...)
     columns: dict[str, str]
+    # `zstd` or `zstd:LEVEL`; null = none
     compression: str | None = "zstd"
+    # hashes recorded per shard in index.json (e.g. sha1, xxh64)
     hashes: list[str] = Field(default_factory=list)
+    # drop cells with fewer tokens (counted)
     min_length: int | None = Field(None, ge=0)
+    # worker processes of the mds stage
     num_proc: int = Field(1, ge=1)
+    # shard size limit in bytes (MDS's default)
     size_limit: int = Field(MDS_DEFAULT_SIZE_LIMIT, gt=0)
     staging_dir: str | None = None  # local folder for shards before upload when out_root is a URL
 
@@ -319,13 +398,21 @@ class DrugsConfig(_Section):
     """
 
     table: str  # CSV / TSV / parquet, local or fsspec URL (the release's drug_metadata, tahoe_drug_smiles.csv)
+    # the table's drug name column
     name_column: str = "drug"
+    # the table's SMILES column
     smiles_column: str = "canonical_smiles"
+    # Morgan radius
     radius: int = Field(2, ge=0)
+    # fingerprint length
     n_bits: int = Field(2048, gt=0)
+    # `error` stops with the list; `skip` leaves those drugs out (they map to <pad>)
     on_invalid_smiles: Literal["error", "skip"] = "error"
+    # folder the drug files are written to
     output_root: str
+    # name of the drug -> id JSON
     drug_to_id_file: PlainName = "drug_to_id.json"
+    # name of the fingerprint array (.npy)
     fingerprints_file: PlainName = "drug_fps.npy"
 
     @property
@@ -349,22 +436,34 @@ class IoConfig(_Section):
 class ExecutorConfig(_Section):
     """`executor:` — where units run: local process pool (default) or a Dask scheduler."""
 
+    # a Dask scheduler address (tcp://host:port) or `local`; null = local processes
     dask: str | None = None
+    # workers of a `local` Dask cluster
     dask_workers: int = Field(2, ge=1)
 
 
 class Config(_Section):
     """A whole cellcorpus config; every section is optional until a stage needs it."""
 
+    # the folder every location key a section leaves out is derived from (the seed's configs: `${output_root}/...`)
     output_root: str | None = None
+    # build the vocabulary (`cellcorpus vocab`)
     vocab: VocabConfig | None = None
+    # download CELLxGENE Census chunks (`cellcorpus download cellxgene`)
     cellxgene: CellxgeneConfig | None = None
+    # download scBaseCamp / scBaseCount files (`cellcorpus download scbasecamp`)
     scbasecamp: RemoteSourceConfig | None = None
+    # download the Tahoe-100M plates or release (`cellcorpus download tahoe`)
     tahoe: RemoteSourceConfig | None = None
+    # tokenize the inputs into HF Arrow train/valid datasets (`cellcorpus tokenize`)
     huggingface: HuggingfaceConfig | None = None
+    # export the datasets as MosaicML MDS shards (`cellcorpus mds`)
     mds: MdsConfig | None = None
+    # drug ids and Morgan fingerprints for the chemistry token (`cellcorpus drugs`)
     drugs: DrugsConfig | None = None
+    # where work units run (local processes or Dask)
     executor: ExecutorConfig = Field(default_factory=lambda: ExecutorConfig.model_validate({}))
+    # how outputs are written
     io: IoConfig = Field(default_factory=lambda: IoConfig.model_validate({}))
     # dotted key -> its text before resolution, for every value that came (maybe through `${key}` references)
     # from the environment: outputs record this reference, never the value (a secret stays out of manifests)
