@@ -323,8 +323,8 @@ def demo(
     root = directory.resolve()
     out.print(f"[bold green]demo complete[/]: everything is under {escape(str(root))}")
     report = root / "tahoe_merged_w_metadata" / "report" / "report.html"
-    out.print("\n[bold]Try next[/] (the last two need `pip install datasets` / `pip install mosaicml-streaming`):",
-              highlight=False, soft_wrap=True)  # fmt: skip
+    out.print("\n[bold]Try next[/] (the last two need `pip install datasets` / `pip install mosaicml-streaming`;"
+              " a training batch: docs/training.md):", highlight=False, soft_wrap=True)  # fmt: skip
     out.print(f"  open the report:   {escape(report.as_uri())}", highlight=False, soft_wrap=True)
     train = root / "tahoe_merged_w_metadata" / "train.dataset"
     load = f"import datasets; print(datasets.load_from_disk('{escape(str(train))}'))"
@@ -336,7 +336,8 @@ def demo(
     mds = root / "tahoe_merged_MDS_v2" / "train"
     out.print(
         '  read the MDS shards:   python -c "from streaming import StreamingDataset; '
-        f"d = StreamingDataset(local='{escape(str(mds))}'); print(len(d), d[0]['genes'][:5])\"",
+        f"d = StreamingDataset(local='{escape(str(mds))}', allow_unsafe_types=True); "
+        "print(len(d), d[0]['genes'][:5])\"",
         highlight=False,
         soft_wrap=True,
     )
