@@ -118,3 +118,24 @@ def test_a_data_file_is_scanned_batch_by_batch_and_an_empty_cell_totals_zero(tmp
     assert got.counts.values.tolist() == [0.0, 3.0, 4.0, 7.0]
     assert got.files.tolist() == [0, 1] and got.entries.tolist() == [3, 3]
     assert got.tokens.tolist() == [3, 4, 5, 6, 7] and got.values == {"drug": {"a": 3, "b": 1}}
+
+
+def test_plots_use_whole_number_bins_round_ticks_and_readable_sizes():
+    """Issue 24: whole-number data in fractional-width bins drew false spikes; ticks were not round; sizes were raw
+    bytes; a 6-cell valid split set the scale."""
+    from cellcorpus.core.sketch import ValueCounts
+    from cellcorpus.stages.report import _histogram_svg, human_bytes, integer_edges, nice_ticks
+
+    edges = integer_edges(3, 97)
+    widths = np.diff(edges)
+    assert np.all(widths == widths[0]) and float(widths[0]).is_integer()  # every bin holds as many integers
+    assert edges[0] == 2.5 and edges[-1] >= 97.5 and len(edges) - 1 <= 40
+    assert nice_ticks(0, 0.37) == [0.0, 0.1, 0.2, 0.3] and nice_ticks(0, 0.031, 5) == [0.0, 0.01, 0.02, 0.03]
+    assert nice_ticks(2.5, 97.5) == [20.0, 40.0, 60.0, 80.0]
+    assert [human_bytes(n) for n in (999, 185_400, 2_150_000_000)] == ["999 B", "185.4 kB", "2.1 GB"]
+    train = ValueCounts.of(np.random.default_rng(0).integers(20, 60, 5000))
+    valid = ValueCounts.of(np.array([30, 30, 31, 45, 45, 45]))
+    svg = _histogram_svg({"train": train, "valid": valid}, "t", "genes per cell", marks=(1024,))
+    assert "every cell is shorter than 1,024 tokens" in svg
+    assert svg.count("%</text>") >= 3  # a y axis with percentages
+    assert 'stroke-dasharray="5 3"' in svg  # the small split drawn light, on train's scale

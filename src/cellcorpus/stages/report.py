@@ -181,7 +181,7 @@ def _quantiles(x: ValueCounts) -> dict[str, float]:
 def _svg(width: int, height: int, body: str, title: str) -> str:
     return (
         f'<figure><figcaption>{html.escape(title)}</figcaption><svg xmlns="http://www.w3.org/2000/svg" '
-        f'viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
+        f'viewBox="0 0 {width} {height}" width="100%" style="max-width:{width}px;height:auto" role="img" '
         f'aria-label="{html.escape(title)}">{body}</svg></figure>'
     )
 
@@ -205,54 +205,110 @@ def _funnel_svg(steps: list[tuple[str, int, str]]) -> str:
     return _svg(width, 20 + len(steps) * row, "".join(parts), "Cells from input to output (every drop named)")
 
 
+def nice_ticks(lo: float, hi: float, most: int = 6) -> list[float]:
+    """Round tick values covering [lo, hi]: steps of 1, 2 or 5 x 10^k, at most `most` of them."""
+    span = max(hi - lo, 1e-12)
+    step = 10 ** np.floor(np.log10(span / max(most - 1, 1)))
+    for m in (1, 2, 5, 10):
+        if span / (m * step) <= most - 1:
+            step *= m
+            break
+    first = np.ceil(lo / step) * step
+    return [round(float(t), 12) for t in np.arange(first, hi + step * 1e-9, step)]  # no 0.30000000000000004
+
+
+def integer_edges(lo: float, hi: float, most: int = 40) -> NDArray[np.float64]:
+    """Bin edges for whole-number data: bins of a whole width centred on integers (a fractional width puts
+    two integers in some bins and one in others, which draws false spikes and dips)."""
+    width = max(1, int(np.ceil((hi - lo + 1) / most)))
+    return np.arange(np.floor(lo) - 0.5, np.ceil(hi) + 0.5 + width, width, dtype=np.float64)
+
+
 def _histogram_svg(
     series: dict[str, ValueCounts], title: str, xlabel: str, log: bool = False, marks: tuple[int, ...] = ()
 ) -> str:
-    """Share of each split's cells per bin (so a small valid split stays visible beside train)."""
-    width, height, left, bottom, top_pad = 760, 300, 60, 50, 20
+    """Share of each split's cells per bin (so a small split stays visible beside train). The y scale is set by
+    the largest split (a 6-cell valid split cannot flatten train), ticks are round numbers, whole-number data
+    gets whole-number bins, and the legend sits above the plot."""
+    width, height, left, bottom, top_pad = 760, 320, 64, 50, 40
     plot_w, plot_h = width - left - 20, height - bottom - top_pad
     data = {k: v for k, v in series.items() if v.n}
     if not data:
         return _svg(width, 60, _text(10, 30, "no cells"), title)
     lo = min(float(v.values[0]) for v in data.values())
     hi = max(float(v.values[-1]) for v in data.values())
+    integers = not log and all(v.alpha == 0 and bool(np.all(np.mod(v.values, 1) == 0)) for v in data.values())
     if log:
         lo, hi = np.log10(max(lo, 1.0)), np.log10(max(hi, 10.0))
-    hi = max(hi, lo + 1e-9)
-    edges = np.linspace(lo, hi, 41)
+        edges = np.linspace(lo, max(hi, lo + 1e-9), 41)
+    elif integers:
+        edges = integer_edges(lo, hi)
+    else:
+        edges = np.linspace(lo, max(hi, lo + 1e-9), 41)
+    x0, x1 = float(edges[0]), float(edges[-1])
     hists = {}
     for k, v in data.items():
         counts = v.histogram(edges, (lambda x: np.log10(np.maximum(x, 1.0))) if log else None)
         hists[k] = counts / max(v.n, 1)
-    ymax = max(float(h.max()) for h in hists.values()) or 1.0
-    parts = [f'<line x1="{left}" y1="{top_pad + plot_h}" x2="{left + plot_w}" y2="{top_pad + plot_h}" stroke="#333"/>']
+    biggest = max(data, key=lambda k: data[k].n)
+    ymax = float(hists[biggest].max()) or 1.0
+    y_ticks = [t for t in nice_ticks(0.0, ymax, 5) if t <= ymax * 1.0001]
+    ymax = max(ymax, y_ticks[-1]) if y_ticks else ymax
 
     def sx(value: float) -> float:
-        return left + plot_w * (value - lo) / (hi - lo)
+        return left + plot_w * (value - x0) / max(x1 - x0, 1e-12)
 
+    def sy(share: float) -> float:
+        return top_pad + plot_h - plot_h * min(share / ymax, 1.0)  # a smaller split's peak is clipped, not rescaled
+
+    parts = [f'<line x1="{left}" y1="{top_pad + plot_h}" x2="{left + plot_w}" y2="{top_pad + plot_h}" stroke="#333"/>',
+             f'<line x1="{left}" y1="{top_pad}" x2="{left}" y2="{top_pad + plot_h}" stroke="#333"/>']  # fmt: skip
+    for t in y_ticks:
+        parts.append(f'<line x1="{left - 4}" y1="{sy(t):.1f}" x2="{left}" y2="{sy(t):.1f}" stroke="#333"/>')
+        parts.append(_text(left - 6, sy(t) + 4, f"{t:.0%}" if ymax >= 0.05 else f"{t:.1%}", "end"))
     for k, h in hists.items():
         pts = " ".join(
-            f"{sx(edges[i]):.1f},{top_pad + plot_h - plot_h * h[i] / ymax:.1f} "
-            f"{sx(edges[i + 1]):.1f},{top_pad + plot_h - plot_h * h[i] / ymax:.1f}"
-            for i in range(len(h))
+            f"{sx(edges[i]):.1f},{sy(h[i]):.1f} {sx(edges[i + 1]):.1f},{sy(h[i]):.1f}" for i in range(len(h))
         )
-        parts.append(f'<polyline fill="none" stroke="{_COLORS.get(k, "#666")}" stroke-width="2" points="{pts}"/>')
-    ticks = np.linspace(lo, hi, 6)
-    for t in ticks:
-        label = f"{10**t:,.0f}" if log else f"{t:,.0f}"
+        style = 'stroke-width="2"' if k == biggest else 'stroke-width="1.2" stroke-dasharray="5 3" opacity="0.8"'
+        parts.append(f'<polyline fill="none" stroke="{_COLORS.get(k, "#666")}" {style} points="{pts}"/>')
+    if log:  # powers of ten when the data spans a few of them, else round counts placed on the log axis
+        x_ticks = [float(t) for t in range(int(np.ceil(x0)), int(np.floor(x1)) + 1)]
+        if len(x_ticks) < 3:
+            x_ticks = [float(np.log10(t)) for t in nice_ticks(10**x0, 10**x1) if t > 0]
+        labels = [f"{10**t:,.0f}" for t in x_ticks]
+    else:
+        x_ticks = nice_ticks(x0, x1)
+        labels = [f"{t:,.0f}" if float(t).is_integer() else f"{t:,.2g}" for t in x_ticks]
+    for t, label in zip(x_ticks, labels, strict=True):
+        parts.append(f'<line x1="{sx(t):.1f}" y1="{top_pad + plot_h}" x2="{sx(t):.1f}" y2="{top_pad + plot_h + 4}" '
+                     'stroke="#333"/>')  # fmt: skip
         parts.append(_text(sx(t), top_pad + plot_h + 16, label, "middle"))
-    for m in marks:
-        if lo <= m <= hi:
-            parts.append(f'<line x1="{sx(m):.1f}" y1="{top_pad}" x2="{sx(m):.1f}" y2="{top_pad + plot_h}" '
-                         'stroke="#999" stroke-dasharray="4 3"/>')  # fmt: skip
-            parts.append(_text(sx(m) + 3, top_pad + 12, f"context {m:,}", size=10))
+    shown = [m for m in marks if x0 <= m <= x1]
+    for m in shown:
+        parts.append(f'<line x1="{sx(m):.1f}" y1="{top_pad}" x2="{sx(m):.1f}" y2="{top_pad + plot_h}" '
+                     'stroke="#999" stroke-dasharray="4 3"/>')  # fmt: skip
+        parts.append(_text(sx(m) + 3, top_pad + 12, f"context {m:,}", size=10))
+    if marks and not shown and x1 < min(marks):  # say it rather than draw lines far off the data
+        parts.append(_text(left + plot_w - 4, top_pad + 12, f"every cell is shorter than {min(marks):,} tokens",
+                           "end", size=10))  # fmt: skip
     parts.append(_text(left + plot_w / 2, height - 12, xlabel, "middle"))
     parts.append(_text(14, top_pad + plot_h / 2, "share of the split's cells", "middle",
                        extra=f'transform="rotate(-90 14 {top_pad + plot_h / 2})"'))  # fmt: skip
-    for i, k in enumerate(hists):
-        parts.append(f'<rect x="{left + 10 + i * 150}" y="{top_pad}" width="12" height="12" fill="{_COLORS.get(k)}"/>')
-        parts.append(_text(left + 26 + i * 150, top_pad + 10, f"{k} ({data[k].n:,} cells)"))
+    for i, k in enumerate(hists):  # above the plot: it never covers a curve
+        parts.append(f'<rect x="{left + i * 190}" y="8" width="12" height="12" fill="{_COLORS.get(k, "#666")}"/>')
+        parts.append(_text(left + 16 + i * 190, 18, f"{k} ({data[k].n:,} cells)"))
     return _svg(width, height, "".join(parts), title)
+
+
+def human_bytes(n: int) -> str:
+    """1,234,567 -> '1.2 MB' (powers of 1000, as disks are sold)."""
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
+        size /= 1000
+    return f"{size:,.1f} TB"
 
 
 # ---- the page ------------------------------------------------------------------------------------------
@@ -457,7 +513,7 @@ def _page(stats: dict[str, Any], manifest: TokenizeManifest, dist: dict[str, dic
         f"<p>{stats['inputs']:,} input file(s), {stats['input_cells']:,} cells.</p>",
         _non_integer_html(stats.get("non_integer_values")),
         _table(
-            ["file", "cells read", "cells written", "genes outside vocabulary", "OOV rate", "bytes"],
+            ["file", "cells read", "cells written", "genes outside vocabulary", "OOV rate", "size"],
             [
                 [
                     r["file"],
@@ -465,7 +521,7 @@ def _page(stats: dict[str, Any], manifest: TokenizeManifest, dist: dict[str, dic
                     r["written"],
                     r["genes_outside_vocabulary"],
                     f"{r['oov_rate']:.2%}",
-                    r["bytes"],
+                    human_bytes(r["bytes"]),
                 ]
                 for r in stats["per_file"]
             ],  # fmt: skip
@@ -521,13 +577,13 @@ def _page(stats: dict[str, Any], manifest: TokenizeManifest, dist: dict[str, dic
     if stats["mds"]:
         sections.append(
             _table(
-                ["MDS split", "samples", "shards", "bytes on disk", "compression ratio", "dropped by min_length"],
+                ["MDS split", "samples", "shards", "size on disk", "compression ratio", "dropped by min_length"],
                 [
                     [
                         s,
                         v["samples"],
                         v["shards"],
-                        v["bytes"],
+                        human_bytes(v["bytes"]),
                         f"{v['raw_bytes'] / max(v['bytes'], 1):.2f}x",
                         v["dropped_min_length"],
                     ]
@@ -535,9 +591,9 @@ def _page(stats: dict[str, Any], manifest: TokenizeManifest, dist: dict[str, dic
                 ],  # fmt: skip
             )
         )
-    arrow = [[s, sum(r.n_cells for r in recs), len(recs), sum(r.bytes for r in recs)]
+    arrow = [[s, sum(r.n_cells for r in recs), len(recs), human_bytes(sum(r.bytes for r in recs))]
              for s, recs in manifest.splits.items()]  # fmt: skip
-    sections.append(_table(["Arrow split", "cells", "data files", "bytes"], arrow))
+    sections.append(_table(["Arrow split", "cells", "data files", "size"], arrow))
     verify = stats["verify"]
     if verify:
         n_checks = sum(c["checked"] for c in verify["checks"].values())
