@@ -47,6 +47,14 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch):
                         "Metadata composition", "Output"):  # fmt: skip
             assert heading in page, (merged, heading)
         assert "<b>verify</b>: " in page and "all passed" in page  # run verifies before it reports
+    # the demo's cell-line table misses some cell lines: the report says how many cells have none (issue 24)
+    stats = json.loads((out / "tahoe_merged_w_metadata" / "report" / "stats.json").read_text())
+    coverage = stats["join_coverage"]["Cell_ID_Cellosaur"]
+    assert coverage["table"] == "cell_gen_dr_a97.csv" and 0.5 < coverage["share"] < 1
+    empty = dict(stats["metadata_top_values"]["Cell_ID_Cellosaur"]).get("", 0)
+    assert coverage["cells_with_value"] + empty == sum(v["cells"] for v in stats["splits"].values())
+    page = (out / "tahoe_merged_w_metadata" / "report" / "report.html").read_text()
+    assert "Join coverage" in page and "Cell_ID_Cellosaur: the 4 most frequent values" in page
     # the chemistry token: every drug a training sample carries has an id and a fingerprint row
     drug_to_id = json.loads((out / "tahoe_drugs" / "drug_to_id_pad.json").read_text())
     fps = np.load(out / "tahoe_drugs" / "drug_fps_pad.npy")

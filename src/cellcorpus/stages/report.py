@@ -15,6 +15,7 @@ from __future__ import annotations
 import html
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -203,6 +204,37 @@ def _funnel_svg(steps: list[tuple[str, int, str]]) -> str:
         parts.append(f'<rect x="{left}" y="{y + 3}" width="{max(w, 1):.1f}" height="{row - 8}" fill="{fill[kind]}"/>')
         parts.append(_text(left + max(w, 1) + 6, y + 15, f"{n:,}"))
     return _svg(width, 20 + len(steps) * row, "".join(parts), "Cells from input to output (every drop named)")
+
+
+def _join_coverage(hf: Any, values: dict[str, Counter[str]], cells: int) -> dict[str, dict[str, Any]]:
+    """Per joined column: the table it came from and the share of written cells with a value (a key the table
+    does not hold leaves the column empty: the demo's cell lines miss a quarter of the cells)."""
+    renamed = hf.rename_columns
+    out = {}
+    for join in hf.additional_metadata_info:
+        for col in join.columns:
+            name = renamed.get(col, col)
+            if name in values and cells:
+                empty = values[name].get("", 0)
+                out[name] = {"table": Path(join.path).name, "cells_with_value": cells - empty,
+                             "share": round((cells - empty) / cells, 6)}  # fmt: skip
+    return out
+
+
+def _bars_svg(rows: list[tuple[str, int]], total: int, title: str) -> str:
+    """Horizontal bars of a column's most frequent values, each with its count and share of the cells."""
+    width, left, bar_w, row = 760, 230, 380, 20
+    top = max((n for _, n in rows), default=1) or 1
+    parts = []
+    for i, (label, n) in enumerate(rows):
+        y = 6 + i * row
+        w = bar_w * n / top
+        shown = label if len(label) <= 30 else label[:29] + "…"  # fits left of the bars
+        parts.append(_text(left - 8, y + 12, shown or "(empty)", "end"))
+        fill = "#c0504d" if not label else "#3b6ea8"  # an empty value (a join that found nothing) stands out
+        parts.append(f'<rect x="{left}" y="{y}" width="{max(w, 1):.1f}" height="{row - 6}" fill="{fill}"/>')
+        parts.append(_text(left + max(w, 1) + 6, y + 12, f"{n:,} ({n / max(total, 1):.1%})"))
+    return _svg(width, 12 + len(rows) * row, "".join(parts), title)
 
 
 def nice_ticks(lo: float, hi: float, most: int = 6) -> list[float]:
@@ -410,6 +442,7 @@ def run_report(cfg: Config | Plan, spec: ExecutorSpec | None = None, reporter: R
     }
     if scan.approximate:  # top values counted among the most frequent kept, not over all distinct values
         stats["metadata_top_values_approximate"] = sorted(scan.approximate)
+    stats["join_coverage"] = _join_coverage(hf, scan.values, sum(v["cells"] for v in stats["splits"].values()))
     if manifest.non_integer_values:  # normalised data where raw counts are expected: shown, not only noted
         stats["non_integer_values"] = manifest.non_integer_values
     if manifest.held_out_groups is not None:  # a group split: which groups valid holds, cells written of each
@@ -569,10 +602,14 @@ def _page(stats: dict[str, Any], manifest: TokenizeManifest, dist: dict[str, dic
             ),  # fmt: skip
         ]
     sections.append("<h2>Metadata composition</h2>")
+    cells = sum(v["cells"] for v in stats["splits"].values())
+    if stats.get("join_coverage"):
+        rows = [[c, j["table"], j["cells_with_value"], f"{j['share']:.1%}" + ("" if j["share"] == 1 else " ⚠")]
+                for c, j in stats["join_coverage"].items()]  # fmt: skip
+        sections.append("<h3>Join coverage (cells with a value in each joined column)</h3>")
+        sections.append(_table(["column", "from", "cells with a value", "share"], rows))
     for col, top in stats["metadata_top_values"].items():
-        sections.append(
-            f"<h3>{html.escape(col)}</h3>" + _table(["value", "cells"], [[v or "(empty)", n] for v, n in top])
-        )
+        sections.append(_bars_svg([(v, n) for v, n in top], cells, f"{col}: the {len(top)} most frequent values"))
     sections.append("<h2>Output</h2>")
     if stats["mds"]:
         sections.append(
