@@ -37,7 +37,8 @@ def test_report_numbers_match_data(tmp_path, write_config):
         assert st["counts_per_cell"]["mean"] == pytest.approx(counts.mean())
         assert stats["mds"][split]["samples"] == len(rows)
     page = (folder / "report.html").read_text()
-    assert "<h1>tiny</h1>" in page and page.count("<svg") == 3 and "http" not in page.replace("http://www.w3.org", "")
+    assert "<h1>tiny</h1>" in page and page.count("<svg") == 3 + len(stats["metadata_top_values"])
+    assert "http" not in page.replace("http://www.w3.org", "")
     # the funnel equals the stage summaries, MDS drops included
     mds_manifest = json.loads((tmp_path / "mds" / "manifest.json").read_text())
     funnel = {f["step"]: f["cells"] for f in stats["funnel"]}
@@ -85,15 +86,19 @@ def test_report_renders_in_a_headless_browser(tmp_path, write_config):
         "--no-first-run",
         f"--user-data-dir={tmp_path / 'profile'}",
     ]
-    done = subprocess.run([browser, *flags, "--window-size=1000,3000", f"--screenshot={shot}", page.as_uri()],
-                          capture_output=True, timeout=120)  # fmt: skip
-    assert shot.is_file(), done.stderr.decode()[-2000:]
     Image = pytest.importorskip("PIL.Image")
-    img = np.asarray(Image.open(shot).convert("L"))
-    assert img.shape[1] == 1000 and (img < 128).mean() > 0.002  # text and drawn figures, not a blank page
+    for width in (1000, 600):  # a desktop window and a narrow one: the figures shrink to the page
+        done = subprocess.run([browser, *flags, f"--window-size={width},3000", f"--screenshot={shot}", page.as_uri()],
+                              capture_output=True, timeout=120)  # fmt: skip
+        assert shot.is_file(), done.stderr.decode()[-2000:]
+        img = np.asarray(Image.open(shot).convert("L"))
+        assert img.shape[1] == width and (img < 128).mean() > 0.002  # text and drawn figures, not a blank page
+        shot.unlink()
     dom = subprocess.run([browser, *flags, "--dump-dom", page.as_uri()], capture_output=True, timeout=120)
     text = dom.stdout.decode()
-    assert text.count("<svg") == 3 and "polyline" in text and "Metadata composition" in text
+    # the funnel, two histograms and one bar chart per metadata column kept (here: drug)
+    assert text.count("<svg") == 4 and "polyline" in text and "drug: the 3 most frequent values" in text
+    assert 'width="100%"' in text  # no figure wider than the page
 
 
 def test_a_data_file_is_scanned_batch_by_batch_and_an_empty_cell_totals_zero(tmp_path):
