@@ -144,3 +144,33 @@ def test_plots_use_whole_number_bins_round_ticks_and_readable_sizes():
     assert "every cell is shorter than 1,024 tokens" in svg
     assert svg.count("%</text>") >= 3  # a y axis with percentages
     assert 'stroke-dasharray="5 3"' in svg  # the small split drawn light, on train's scale
+
+
+def test_mitochondrial_share_per_cell_from_the_vocabularys_symbols(tmp_path, write_config):
+    """Issue 24: the QC a scientist looks for first. Each cell's share of counts from MT- genes (by the symbols
+    the vocab stage wrote), computed in the workers, equals the share computed from the rows themselves."""
+    from tests._utils import GENES
+
+    random_corpus(tmp_path, seed=4)
+    symbols = {g: (f"MT-CO{i}" if i < 2 else f"GENE{i}") for i, g in enumerate(GENES)}  # 2 of 5 genes are MT
+    (tmp_path / "vocab" / "names.json").write_text(json.dumps(symbols))
+    vocab_section = {"reference_adata": "unused.h5ad", "output_root": str(tmp_path / "vocab"),
+                     "id_to_gene_output_file": "names.json"}  # fmt: skip
+    cfg = load_config(write_config(vocab=vocab_section))
+    run_tokenize(cfg)
+    run_report(cfg)
+    stats = json.loads((tmp_path / "merged" / "report" / "stats.json").read_text())
+    vocab = json.loads((tmp_path / "vocab" / "vocab.json").read_text())
+    mt = {vocab[GENES[0]], vocab[GENES[1]]}
+    assert stats["mito_share"]["genes"] == 2
+    for split in ("train", "valid"):
+        shares = []
+        for r in arrow_rows(tmp_path / "merged" / f"{split}.dataset"):
+            genes, values = np.array(r["genes"][1:]), np.array(r["expressions"][1:], dtype=np.float64)
+            total = values.sum()
+            shares.append(round(values[np.isin(genes, list(mt))].sum() / total, 4) if total > 0 else 0.0)
+        got = stats["mito_share"]["splits"][split]
+        assert got["q50"] == pytest.approx(np.quantile(shares, 0.5), abs=1e-4)  # linear, as numpy
+        assert got["mean"] == pytest.approx(np.mean(shares), abs=1e-4)
+    page = (tmp_path / "merged" / "report" / "report.html").read_text()
+    assert "from its 2 mitochondrial (MT-) genes" in page

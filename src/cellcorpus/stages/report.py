@@ -61,6 +61,7 @@ class _FileUnit:
 class _ScanCtx:
     skip: int  # 1 when cells start with CLS (not a gene)
     columns: tuple[str, ...]  # metadata columns whose values are counted
+    mt_tokens: tuple[int, ...] = ()  # token ids of mitochondrial genes (symbol MT-...), for each cell's MT share
 
 
 @dataclass
@@ -74,12 +75,14 @@ class _FileStats:
     entries: NDArray[np.int64]
     tokens: NDArray[np.int64]  # distinct token ids
     values: dict[str, dict[str, int]]
+    mt: ValueCounts | None = None  # per cell: share of its counts from mitochondrial genes
 
 
 def _scan_file(unit: _FileUnit, ctx: _ScanCtx) -> _FileStats | None:
     """Genes and total counts per cell, entries per input file, tokens and metadata values of one data file,
     read as a stream one record batch at a time (a mapped file counts whole in the worker's RSS)."""
-    lengths, totals, files, tokens = [], [], [], []
+    lengths, totals, files, tokens, mt_shares = [], [], [], [], []
+    mt_ids = np.array(ctx.mt_tokens, dtype=np.int64)
     values: dict[str, Counter[str]] = {c: Counter() for c in ctx.columns}
     with local_copy(unit.path) as p, pa.OSFile(str(p)) as f:
         for batch in pa.ipc.open_stream(f):
@@ -100,6 +103,12 @@ def _scan_file(unit: _FileUnit, ctx: _ScanCtx) -> _FileStats | None:
             )
             lengths.append(n_genes - ctx.skip)
             totals.append(sums - pad)
+            if len(mt_ids) and len(flat):  # counts of the cell's MT genes over all its counts (CLS excluded)
+                genes = batch.column("genes").values.to_numpy()[offsets[0] : offsets[-1]]
+                mt = np.zeros(len(starts))
+                mt[some] = np.add.reduceat(np.where(np.isin(genes, mt_ids), flat, 0), starts[some], dtype=np.float64)
+                total = sums - pad
+                mt_shares.append(np.divide(mt, total, out=np.zeros_like(mt), where=total > 0))
             files.append(decode_ids(batch.column("id").to_numpy())[0])
             tokens.append(pc.unique(pc.list_flatten(batch.column("genes"))).to_numpy().astype(np.int64))
             for col in ctx.columns:
@@ -113,9 +122,10 @@ def _scan_file(unit: _FileUnit, ctx: _ScanCtx) -> _FileStats | None:
     uniq, inverse = np.unique(np.concatenate(files), return_inverse=True)
     entries = np.bincount(inverse, weights=n).astype(np.int64)
     found = {c: dict(v) for c, v in values.items() if v}
+    mt_counts = ValueCounts.of(np.round(np.concatenate(mt_shares), 4)) if mt_shares else None  # to 0.01%
     return _FileStats(
         unit.split, ValueCounts.of(n), ValueCounts.of(np.concatenate(totals)), uniq, entries,
-        np.unique(np.concatenate(tokens)), found,
+        np.unique(np.concatenate(tokens)), found, mt_counts,
     )  # fmt: skip
 
 
@@ -125,6 +135,7 @@ class _Totals:
     def __init__(self, splits: list[str], inputs: list[int], columns: tuple[str, ...]) -> None:
         self.genes = {s: ValueCounts() for s in splits}
         self.counts = {s: ValueCounts() for s in splits}
+        self.mt = {s: ValueCounts() for s in splits}
         self.inputs = np.array(sorted(inputs), dtype=np.int64)
         self.entries = np.zeros(len(self.inputs), np.int64)
         self.tokens = np.zeros(0, np.int64)
@@ -137,6 +148,8 @@ class _Totals:
             return
         self.genes[got.split] = self.genes[got.split].merge(got.genes)
         self.counts[got.split] = self.counts[got.split].merge(got.counts)
+        if got.mt is not None:
+            self.mt[got.split] = self.mt[got.split].merge(got.mt)
         pos = np.searchsorted(self.inputs, got.files)
         known = (pos < len(self.inputs)) & (self.inputs[np.minimum(pos, len(self.inputs) - 1)] == got.files)
         np.add.at(self.entries, pos[known], got.entries[known])
@@ -154,7 +167,12 @@ class _Totals:
 
 
 def _scan(
-    out: Publisher, manifest: TokenizeManifest, has_cls: bool, spec: ExecutorSpec, reporter: Reporter | None
+    out: Publisher,
+    manifest: TokenizeManifest,
+    has_cls: bool,
+    spec: ExecutorSpec,
+    reporter: Reporter | None,
+    mt_tokens: tuple[int, ...] = (),
 ) -> _Totals:
     """Every data file of every split, read once, in the workers; their statistics merged here."""
     columns = tuple(c for c in manifest.metadata_columns if c != "index")
@@ -165,7 +183,7 @@ def _scan(
         for rec in records
     ]
     run_units(
-        _scan_file, units, _ScanCtx(1 if has_cls else 0, columns), None, spec, description="report",
+        _scan_file, units, _ScanCtx(1 if has_cls else 0, columns, mt_tokens), None, spec, description="report",
         cells_of=lambda u: u.n_cells, reporter=reporter, keep=lambda _unit, got: totals.add(got),
     )  # fmt: skip
     return totals
@@ -204,6 +222,32 @@ def _funnel_svg(steps: list[tuple[str, int, str]]) -> str:
         parts.append(f'<rect x="{left}" y="{y + 3}" width="{max(w, 1):.1f}" height="{row - 8}" fill="{fill[kind]}"/>')
         parts.append(_text(left + max(w, 1) + 6, y + 15, f"{n:,}"))
     return _svg(width, 20 + len(steps) * row, "".join(parts), "Cells from input to output (every drop named)")
+
+
+def _mito_tokens(cfg: Any, vocab: dict[str, int]) -> tuple[tuple[int, ...], dict[str, Any]]:
+    """Token ids of the mitochondrial genes (symbol `MT-...` in the vocabulary's id -> symbol file), and what the
+    report says about them; none without that file (`vocab.id_to_gene_output_file`)."""
+    vc = cfg.vocab
+    symbols = None
+    if vc is not None and vc.id_to_gene_output_file:
+        symbols = Publisher(vc.output_root, staging=".").read_json(vc.id_to_gene_output_file)
+    if not symbols:
+        return (), {"genes": 0, "note": "no gene symbols (vocab.id_to_gene_output_file): not computed"}
+    ids = sorted(vocab[g] for g, s in symbols.items() if str(s).upper().startswith("MT-") and g in vocab)
+    if not ids:
+        return (), {"genes": 0, "note": "no mitochondrial (MT-) gene among the vocabulary's symbols"}
+    return tuple(ids), {"genes": len(ids)}
+
+
+def _mito_html(mito: dict[str, Any], dist: dict[str, dict[str, ValueCounts]]) -> str:
+    """The QC plot a scientist looks for first: each cell's share of counts from mitochondrial genes."""
+    if not mito.get("genes"):
+        return f"<p class=muted>Mitochondrial share per cell: {html.escape(mito.get('note', ''))}.</p>"
+    return _histogram_svg(
+        {s: d["mito_share"] for s, d in dist.items()},
+        f"Share of each cell's counts from its {mito['genes']} mitochondrial (MT-) genes",
+        "mitochondrial share of the cell's counts (0.1 = 10%)",
+    )
 
 
 def _join_coverage(hf: Any, values: dict[str, Counter[str]], cells: int) -> dict[str, dict[str, Any]]:
@@ -392,9 +436,11 @@ def run_report(cfg: Config | Plan, spec: ExecutorSpec | None = None, reporter: R
             f"nothing to report: no manifest in {hf.merged_dataset_root}", hint="run `cellcorpus tokenize`"
         )
     mds_manifest = read_manifest(layout.mds, "manifest.json", MdsManifest) if layout.mds else None
-    scan = _scan(out, manifest, hf.add_cls_token, spec, reporter)
-    dist = {s: {"genes_per_cell": scan.genes[s], "counts_per_cell": scan.counts[s]} for s in manifest.splits}
     vocab = load_vocab(hf.vocab_file)
+    mt_tokens, mito = _mito_tokens(cfg, vocab)
+    scan = _scan(out, manifest, hf.add_cls_token, spec, reporter, mt_tokens)
+    dist = {s: {"genes_per_cell": scan.genes[s], "counts_per_cell": scan.counts[s], "mito_share": scan.mt[s]}
+            for s in manifest.splits}  # fmt: skip
     gene_tokens = {i for t, i in vocab.items() if not t.startswith("<")}
     seen = len(set(scan.tokens.tolist()) & gene_tokens)
     per_file = _per_file(manifest, scan.entries_by_file())
@@ -442,6 +488,9 @@ def run_report(cfg: Config | Plan, spec: ExecutorSpec | None = None, reporter: R
     }
     if scan.approximate:  # top values counted among the most frequent kept, not over all distinct values
         stats["metadata_top_values_approximate"] = sorted(scan.approximate)
+    if mt_tokens:
+        mito["splits"] = {s: _quantiles(scan.mt[s]) for s in manifest.splits}
+    stats["mito_share"] = mito
     stats["join_coverage"] = _join_coverage(hf, scan.values, sum(v["cells"] for v in stats["splits"].values()))
     if manifest.non_integer_values:  # normalised data where raw counts are expected: shown, not only noted
         stats["non_integer_values"] = manifest.non_integer_values
@@ -588,6 +637,7 @@ def _page(stats: dict[str, Any], manifest: TokenizeManifest, dist: dict[str, dic
             "total counts per cell",
             log=True,
         ),
+        _mito_html(stats["mito_share"], dist),
         "<h2>Vocabulary coverage</h2>",
         f"<p>{stats['vocabulary']['seen']:,} of {stats['vocabulary']['gene_tokens']:,} gene tokens of the "
         f"vocabulary occur in the corpus ({stats['vocabulary']['share_seen']:.1%}).</p>",
