@@ -286,11 +286,27 @@ def verify(
 
 @app.command()
 @_handle_errors
-def report(config: ConfigArg, set_: SetOpt = None, debug: DebugOpt = False) -> None:
-    """Write stats.json and report.html (inline SVG plots) about the corpus (next to the datasets)."""
-    from cellcorpus.stages.report import run_report
+def report(
+    config: Annotated[
+        list[Path],
+        typer.Argument(help="YAML config(s): several give one page of them side by side.", show_default=False),
+    ],
+    set_: SetOpt = None,
+    out_file: Annotated[
+        Path, typer.Option("--out", help="The side-by-side page, when several configs are given.")
+    ] = Path("corpora_report.html"),
+    debug: DebugOpt = False,
+) -> None:
+    """Write stats.json and report.html (inline SVG plots) about each corpus (next to its datasets); with several
+    configs, also one page of them side by side (--out)."""
+    from cellcorpus.stages.report import comparison_page, read_stats, run_report
 
-    _print_summary(run_report(_load(config, set_)))
+    configs = [_load(c, set_) for c in config]
+    for cfg in configs:
+        _print_summary(run_report(cfg))
+    if len(configs) > 1:
+        out_file.write_text(comparison_page([read_stats(cfg) for cfg in configs]))
+        out.print(f"side by side: {escape(str(out_file))}", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -174,3 +174,29 @@ def test_mitochondrial_share_per_cell_from_the_vocabularys_symbols(tmp_path, wri
         assert got["mean"] == pytest.approx(np.mean(shares), abs=1e-4)
     page = (tmp_path / "merged" / "report" / "report.html").read_text()
     assert "from its 2 mitochondrial (MT-) genes" in page
+
+
+def test_several_corpora_on_one_page(tmp_path, write_config):
+    """Issue 24: `cellcorpus report A B --out page` writes each corpus' own report and one page side by side."""
+    from typer.testing import CliRunner
+
+    from cellcorpus.cli import app
+
+    paths = []
+    for name, seed in (("first", 1), ("second", 2)):
+        root = tmp_path / name
+        random_corpus(root, seed=seed, n_cells=100 * seed)
+        paths.append(write_config(root, **{"huggingface.dataset_name": name}))
+        run_tokenize(load_config(paths[-1]))
+    page = tmp_path / "both.html"
+    got = CliRunner().invoke(app, ["report", *map(str, paths), "--out", str(page)])
+    assert got.exit_code == 0, got.output
+    html_text = page.read_text()
+    assert "<th>first</th><th>second</th>" in html_text
+    stats = [json.loads((tmp_path / n / "merged" / "report" / "stats.json").read_text()) for n in ("first", "second")]
+    cells = [s["input_cells"] for s in stats]
+    assert (
+        cells == [200, 400]
+        and f"<td>input cells</td><td class=num>{cells[0]}</td><td class=num>{cells[1]}</td>" in html_text
+    )
+    assert html_text.count("<figure>") == 2  # each corpus' funnel

@@ -32,7 +32,7 @@ from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
 from cellcorpus.io.atomic import write_json_atomic
 from cellcorpus.io.paths import Publisher, local_copy
 from cellcorpus.io.vocab import load_vocab
-from cellcorpus.layout import REPORT_DIR, VERIFY_RECORD
+from cellcorpus.layout import REPORT_DIR, SPLITS, VERIFY_RECORD
 from cellcorpus.manifest import MdsManifest, TokenizeManifest, read_manifest
 from cellcorpus.plan import Plan, plan_for
 from cellcorpus.stages.base import StageSummary, locked
@@ -506,6 +506,69 @@ def run_report(cfg: Config | Plan, spec: ExecutorSpec | None = None, reporter: R
         "report",
         counts={f"{s} cells": v["cells"] for s, v in stats["splits"].items()},
         outputs={"report": out.url(f"{REPORT_DIR}/report.html")},
+    )
+
+
+def read_stats(cfg: Config | Plan) -> dict[str, Any]:
+    """The `stats.json` the report stage wrote for this config (ConfigError when there is none yet)."""
+    plan = plan_for(cfg, "report")
+    stats = plan.layout.merged_root().read_json(f"{REPORT_DIR}/stats.json")
+    if stats is None:
+        raise ConfigError("no report yet for this config", hint="run `cellcorpus report CONFIG`")
+    return dict(stats)
+
+
+def _median(quantiles: dict[str, Any] | None) -> str:
+    value = (quantiles or {}).get("q50")
+    return "–" if value is None else f"{value:,.3g}" if value < 1 else f"{value:,.0f}"
+
+
+def comparison_page(corpora: list[dict[str, Any]]) -> str:
+    """Several corpora on one page (the v2 sources side by side): one column per corpus, then each funnel."""
+    names = [str(s.get("dataset_name") or f"corpus {i + 1}") for i, s in enumerate(corpora)]
+
+    def row(label: str, get: Any) -> list[Any]:
+        return [label, *(get(s) for s in corpora)]
+
+    def train(s: dict[str, Any]) -> dict[str, Any]:
+        return dict(s["splits"].get("train", {}))
+
+    def worst_join(s: dict[str, Any]) -> str:
+        cover = s.get("join_coverage") or {}
+        if not cover:
+            return "–"
+        col, j = min(cover.items(), key=lambda kv: kv[1]["share"])
+        return f"{j['share']:.1%} ({col})"
+
+    rows = [
+        row("input files", lambda s: s["inputs"]),
+        row("input cells", lambda s: s["input_cells"]),
+        *[row(f"{sp} cells", lambda s, sp=sp: s["splits"].get(sp, {}).get("cells", 0)) for sp in SPLITS],
+        row("median genes per cell (train)", lambda s: _median(train(s).get("genes_per_cell"))),
+        row("median counts per cell (train)", lambda s: _median(train(s).get("counts_per_cell"))),
+        row(
+            "mitochondrial share, median (train)",
+            lambda s: _median(((s.get("mito_share") or {}).get("splits") or {}).get("train")),
+        ),  # fmt: skip
+        row("vocabulary tokens seen", lambda s: f"{s['vocabulary']['share_seen']:.1%}"),
+        row("lowest join coverage", worst_join),
+        row("MDS size", lambda s: human_bytes(sum(v["bytes"] for v in (s.get("mds") or {}).values()))),
+        row("not raw counts (values)", lambda s: sum((s.get("non_integer_values") or {}).values())),
+        row("held-out groups", lambda s: len(((s.get("held_out_groups") or {}).get("groups")) or {}) or "–"),
+    ]
+    sections = [
+        "<h1>Corpora side by side</h1>",
+        f"<p class=muted>{len(corpora)} corpora, each also with its own report next to its datasets.</p>",
+        _table(["", *names], rows),
+    ]
+    for name, s in zip(names, corpora, strict=True):
+        sections += [f"<h2>{html.escape(name)}</h2>",
+                     _funnel_svg([(f["step"], f["cells"], _kind(f["step"])) for f in s["funnel"]])]  # fmt: skip
+    return (
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>cellcorpus: corpora side by side</title>'
+        + f"<style>{_CSS}</style></head><body>"
+        + "".join(sections)
+        + "</body></html>\n"
     )
 
 
