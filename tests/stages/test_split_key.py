@@ -253,3 +253,26 @@ def test_split_by_and_key_are_one_rule_each(tmp_path, write_config):
     both = {"huggingface.split_parameters.by": "donor_id", "huggingface.split_parameters.key": ["index"]}
     with pytest.raises(ConfigError, match=r"`by` \(whole groups\) and `key` \(each cell\)"):
         load_config(write_config(tmp_path, **both))
+
+
+def test_a_repeat_among_dropped_cells_is_not_an_error(tmp_path, write_config):
+    """The key must identify the corpus' cells: a repeat where one of the two rows is filtered out is allowed, in a
+    unit as across units (it used to stop a unit whatever the filters did)."""
+    m, barcodes, samples = _cells()
+    write_vocab(tmp_path / "vocab" / "vocab.json")
+    barcodes[7], samples[7] = barcodes[3], samples[3]
+    status = ["full"] * N
+    status[7] = "minimal"
+    make_h5ad(tmp_path / "raw" / "p.h5ad", m, GENES, {"sample": samples, "status": status}, obs_index=barcodes)
+    settings = {"huggingface.split_parameters.key": ["index", "sample"],
+                "huggingface.obs_filter": {"key": "status", "value": "full"}}  # fmt: skip
+    done = run_tokenize(load_config(write_config(tmp_path, **settings)))
+    assert done.counts["filtered_obs_filter"] == 1
+
+
+def test_equal_pairs_finds_every_repeated_value():
+    from cellcorpus.core.split import equal_pairs
+
+    keys = np.array([5, 1, 5, 9, 1, 5], dtype=np.uint64)
+    assert equal_pairs(keys).tolist() == [[1, 4], [0, 2], [2, 5]]
+    assert equal_pairs(np.array([3, 2, 1])).shape == (0, 2)

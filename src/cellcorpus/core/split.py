@@ -18,7 +18,16 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["mix64", "hash_ids", "assign_valid", "shuffle_keys", "key_ids", "choose_groups", "MAX_KEY_BYTES"]
+__all__ = [
+    "mix64",
+    "hash_ids",
+    "assign_valid",
+    "shuffle_keys",
+    "key_ids",
+    "equal_pairs",
+    "choose_groups",
+    "MAX_KEY_BYTES",
+]
 
 _SALT_SPLIT = np.uint64(0x5EED5EED5EED5EED)
 _SALT_SHUFFLE = np.uint64(0x5A5A0F0F3C3C9696)
@@ -79,6 +88,15 @@ def key_ids(columns: list[NDArray[Any]]) -> NDArray[np.int64]:
         for i, values in enumerate(columns):
             h = mix64((h * np.uint64(0x100000001B3)) ^ _hash_strings(values) ^ np.uint64(i + 1))
     return h.view(np.int64)
+
+
+def equal_pairs(keys: NDArray[Any]) -> NDArray[np.int64]:
+    """(i, j) positions of `keys` holding the same value, neighbours in sorted order (every repeated value is in
+    at least one pair; i < j within a pair), as an (n, 2) array in sorted-key order."""
+    order = np.argsort(keys, kind="stable")
+    at = np.flatnonzero(keys[order][1:] == keys[order][:-1])
+    pairs: NDArray[np.int64] = np.stack([order[at], order[at + 1]], axis=1).astype(np.int64)
+    return pairs
 
 
 def choose_groups(sizes: dict[str, int], test_size: float, seed: int) -> list[str]:

@@ -25,7 +25,7 @@ from cellcorpus.config import HF_LOCATION_KEYS, Config, HuggingfaceConfig, confi
 from cellcorpus.core.genemap import merge_duplicate_tokens
 from cellcorpus.core.ids import make_ids
 from cellcorpus.core.shuffle import n_buckets_for, order_by_bucket
-from cellcorpus.core.split import assign_valid, choose_groups, key_ids, shuffle_keys
+from cellcorpus.core.split import assign_valid, choose_groups, equal_pairs, key_ids, shuffle_keys
 from cellcorpus.core.tokenize import CountScan, Ragged, row_stats, scan_counts, tokenize_csr
 from cellcorpus.core.vocab import VocabLookup
 from cellcorpus.errors import ConfigError, InputError
@@ -176,27 +176,32 @@ def _held_out_groups(hf: HuggingfaceConfig, sizes: dict[str, int], notes: list[s
     return tuple(chosen)
 
 
-def _split_key(columns: _Columns, hf: HuggingfaceConfig, unit: WorkUnit) -> np.ndarray | None:
-    """Every row's content key (`split_parameters.key` columns hashed), None for the default `id` key; a key
-    repeated within the unit is an error naming its values (repeats across units: tokenize_finalize)."""
-    key = hf.split_parameters.key
-    if key == "id":
+def _key_columns(columns: _Columns, hf: HuggingfaceConfig, unit: WorkUnit) -> list[np.ndarray] | None:
+    """Every row's values of the `split_parameters.key` columns; None for the default `id` key."""
+    if hf.split_parameters.key == "id":
         return None
     try:
-        values = [columns[name] for name in key]
-        hashed = key_ids(values)
-    except (InputError, ValueError) as exc:
+        return [columns[name] for name in hf.split_parameters.key]
+    except InputError as exc:
         raise InputError(f"{unit.path}: huggingface.split_parameters.key: {exc}") from None
-    order = np.argsort(hashed, kind="stable")
-    same = np.flatnonzero(hashed[order][1:] == hashed[order][:-1])
-    if len(same):
-        a, b = order[same[0]], order[same[0] + 1]
-        shown = ", ".join(f"{name}={values[i][a]!r}" for i, name in enumerate(key))
-        raise InputError(
-            f"{unit.path}: huggingface.split_parameters.key does not identify a cell: rows "
-            f"{unit.row_start + a} and {unit.row_start + b} both have {shown}",
-            hint="add a column to the key (e.g. the sample or plate), or use key: id",
-        )
+
+
+def _split_key(values: list[np.ndarray], rows: np.ndarray, hf: HuggingfaceConfig, unit: WorkUnit) -> np.ndarray:
+    """The kept rows' content keys (their key values hashed); two kept rows with the same values are an error
+    naming both (the same rule across units: tokenize_keys), a mere hash collision is not."""
+    kept = [v[rows] for v in values]
+    try:
+        hashed = key_ids(kept)
+    except ValueError as exc:
+        raise InputError(f"{unit.path}: huggingface.split_parameters.key: {exc}") from None
+    for a, b in equal_pairs(hashed).tolist():
+        if all(v[a] == v[b] for v in kept):
+            shown = ", ".join(f"{name}={v[a]!r}" for name, v in zip(hf.split_parameters.key, kept, strict=True))
+            raise InputError(
+                f"{unit.path}: huggingface.split_parameters.key does not identify a cell: rows "
+                f"{unit.row_start + rows[a]} and {unit.row_start + rows[b]} both have {shown}",
+                hint="add a column to the key (e.g. the sample or plate), or use key: id",
+            )
     return hashed
 
 
@@ -262,7 +267,7 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
     keep = _apply_filters(block, hf, counts, columns)
     rows = np.flatnonzero(keep)
     meta = _metadata(columns, ctx)
-    split_key = _split_key(columns, hf, unit)
+    key_values = _key_columns(columns, hf, unit)
     group = columns[hf.split_parameters.by] if ctx.valid_groups is not None and hf.split_parameters.by else None
     del columns
     cls_id = lookup_.vocab[hf.cls_token] if hf.add_cls_token else None
@@ -288,15 +293,17 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
     all_ids = make_ids(unit.file_index, unit.row_start + np.arange(unit.n_cells, dtype=np.int64))
     ids = all_ids[rows]
     held_out: dict[str, int] = {}
+    split_key = _split_key(key_values, rows, hf, unit) if key_values is not None else None
     if group is not None and ctx.valid_groups is not None:  # whole groups, chosen once for the corpus
-        valid = np.isin(group[rows], np.array(ctx.valid_groups, dtype=object))
-        names, n = np.unique(group[rows][valid].astype(str), return_counts=True)
+        kept_groups = group[rows]
+        valid = np.isin(kept_groups, np.array(ctx.valid_groups, dtype=object))
+        names, n = np.unique(kept_groups[valid].astype(str), return_counts=True)
         held_out = dict(zip(names.tolist(), n.tolist(), strict=True))
     else:
-        by = ids if split_key is None else split_key[rows]  # the cell's id, or the values of its content key
+        by = ids if split_key is None else split_key  # the cell's id, or the values of its content key
         valid = assign_valid(by, hf.split_parameters.test_size, hf.split_parameters.seed)
-    if split_key is not None:  # kept cells' keys, for the corpus-wide repeat check (tokenize_finalize)
-        write_unit_keys(Path(ctx.parts_dir), unit.unit_id, split_key[rows], ids)
+    if split_key is not None:  # kept cells' keys, for the corpus-wide repeat check (tokenize_keys)
+        write_unit_keys(Path(ctx.parts_dir), unit.unit_id, split_key, ids)
     table = cells_table(cells, all_ids, meta, cell_schema(list(ctx.metadata_columns)))
     del cells
     buckets = dict(ctx.n_buckets)
@@ -612,7 +619,7 @@ def tokenize_in_memory(
             n_fractional += int(tokenize_unit(unit, ctx).extra.get("fractional_values", 0))
             for name in tables:
                 # read into memory, not mapped: the tables outlive the temporary folder (one copy of the bytes;
-                # a to_pydict round trip used to take ~14x the output's size through Python objects)
+                # a to_pydict round trip used to take ~12x the output's size through Python objects)
                 tables[name].append(read_arrow(root / "parts" / name / f"{unit.unit_id}.arrow", in_memory=True))
         result = {name: pa.concat_tables(parts) for name, parts in tables.items() if parts}
     if n_fractional:  # the CLI says it in its summary and records it in the manifest; here, a warning

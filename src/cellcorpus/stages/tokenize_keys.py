@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 
 from cellcorpus.config import HuggingfaceConfig
 from cellcorpus.core.ids import decode_ids
+from cellcorpus.core.split import equal_pairs
 from cellcorpus.errors import InputError
 from cellcorpus.io.tables import as_strings
 from cellcorpus.sources.base import InputFile
@@ -83,10 +84,8 @@ def _load_all(parts_dir: Path, unit_ids: list[str]) -> tuple[NDArray[np.uint64],
 def _check_partition(
     keys: NDArray[np.uint64], ids: NDArray[np.int64], hf: HuggingfaceConfig, inputs: list[InputFile]
 ) -> None:
-    order = np.argsort(keys, kind="stable")
-    keys, ids = keys[order], ids[order]
-    for at in np.flatnonzero(keys[1:] == keys[:-1])[:100].tolist():  # beyond 100 equal hashes: a real repeat
-        a, b = (_key_values(int(i), hf, inputs) for i in (ids[at], ids[at + 1]))
+    for i, j in equal_pairs(keys)[:100].tolist():  # beyond 100 equal hashes: a real repeat
+        a, b = (_key_values(int(ids[k]), hf, inputs) for k in (i, j))
         if a[1] == b[1]:
             shown = ", ".join(f"{name}={value!r}" for name, value in zip(hf.split_parameters.key, a[1], strict=True))
             raise InputError(
