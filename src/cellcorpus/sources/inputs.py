@@ -171,14 +171,13 @@ class InputsReport:
     coverage: dict[str, float] = field(default_factory=dict)  # relative path -> share of genes in vocab
     mappings: dict[str, GeneMapping] = field(default_factory=dict)  # relative path -> how its genes map
     groups: dict[str, int] = field(default_factory=dict)  # `split_parameters.by` value -> input cells
+    notes: list[str] = field(default_factory=list)
 
     def count_groups(self, values: np.ndarray) -> None:
         """Add one file's group column (the group split's sizes: input cells, before any filter)."""
         names, counts = np.unique(as_strings(values).astype(str), return_counts=True)
         for name, n in zip(names.tolist(), counts.tolist(), strict=True):
             self.groups[name] = self.groups.get(name, 0) + n
-
-    notes: list[str] = field(default_factory=list)
 
 
 def _shown(values: np.ndarray, k: int = 4) -> str:
