@@ -509,15 +509,21 @@ def _format_validation_error(err: ValidationError) -> str:
     return "; ".join(lines)
 
 
+def configs_root() -> Path:
+    """The folder of the configs shipped in the package (the repository's `configs/`)."""
+    from importlib import resources
+
+    return Path(str(resources.files("cellcorpus") / "configs"))
+
+
 def shipped_config(name: str) -> Path | None:
     """The config shipped in the package that `name` means (`tahoe_100m`, `tahoe_100m.yaml`,
     `tahoe_x1_v2/tahoe_100m.yaml`), or None."""
-    from importlib import resources
-
-    root = Path(str(resources.files("cellcorpus") / "configs"))
+    root = configs_root()
     stem = name.removesuffix(".yaml")
-    found = [p for p in sorted(root.rglob("*.yaml")) if p.relative_to(root).with_suffix("").as_posix() == stem]
-    found = found or [p for p in sorted(root.rglob("*.yaml")) if p.stem == stem]
+    every = sorted(root.rglob("*.yaml"))
+    found = [p for p in every if p.relative_to(root).with_suffix("").as_posix() == stem]
+    found = found or [p for p in every if p.stem == stem]
     return found[0] if len(found) == 1 else None
 
 

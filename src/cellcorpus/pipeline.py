@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable, Iterator
-from importlib import resources
 from pathlib import Path
 
-from cellcorpus.config import Config, load_config
+from cellcorpus.config import Config, configs_root, load_config
 from cellcorpus.exec.runner import Reporter, executor_session, warm_up
 from cellcorpus.plan import Plan, plan_for
 from cellcorpus.stages.base import StageSummary, stage_locks
@@ -19,7 +18,7 @@ DEMO_CONFIGS = ("tahoe_x1_v2/tahoe_100m.yaml", "tahoe_x1_v2/scbasecamp.yaml", "t
 
 def packaged_config(name: str) -> Path:
     """Path of a config shipped with the package (the repository's `configs/`)."""
-    return Path(str(resources.files("cellcorpus") / "configs" / name))
+    return configs_root() / name
 
 
 def _vocab(plan: Plan, reporter: Reporter | None) -> StageSummary:
@@ -135,5 +134,5 @@ def _with_note(summaries: Iterator[StageSummary]) -> Iterator[StageSummary]:
 
 def shipped_configs() -> list[str]:
     """Names of the configs shipped in the package (`tahoe_x1_v2/tahoe_100m.yaml`, ...), sorted."""
-    root = Path(str(resources.files("cellcorpus") / "configs"))
+    root = configs_root()
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*.yaml"))

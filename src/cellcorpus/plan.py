@@ -56,7 +56,7 @@ def plan_for(
     `num_proc` and `dask` are the command line's choices, over the config's: `num_proc` also sizes a
     `--dask local` cluster. `source`: the section `download` fetches."""
     if isinstance(cfg, Plan):
-        return cfg if spec is None else replace(cfg, executor=spec)
+        return cfg if spec is None or spec == cfg.executor else replace(cfg, executor=spec)
     if num_proc is not None and num_proc < 1:
         raise ConfigError(f"--num-proc: must be 1 or more, got {num_proc}")
     executor = spec or ExecutorSpec(
