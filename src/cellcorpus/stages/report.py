@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from numpy.typing import NDArray
 
 from cellcorpus._version import __version__
-from cellcorpus.config import Config
+from cellcorpus.config import Config, HuggingfaceConfig
 from cellcorpus.core.ids import decode_ids
 from cellcorpus.core.sketch import ValueCounts
 from cellcorpus.errors import ConfigError
@@ -101,13 +101,13 @@ def _scan_file(unit: _FileUnit, ctx: _ScanCtx) -> _FileStats | None:
             pad = (
                 np.where(some, flat[np.minimum(starts, max(len(flat) - 1, 0))], 0.0) if ctx.skip and len(flat) else 0.0
             )
+            total = sums - pad
             lengths.append(n_genes - ctx.skip)
-            totals.append(sums - pad)
+            totals.append(total)
             if len(mt_ids) and len(flat):  # counts of the cell's MT genes over all its counts (CLS excluded)
                 genes = batch.column("genes").values.to_numpy()[offsets[0] : offsets[-1]]
                 mt = np.zeros(len(starts))
                 mt[some] = np.add.reduceat(np.where(np.isin(genes, mt_ids), flat, 0), starts[some], dtype=np.float64)
-                total = sums - pad
                 mt_shares.append(np.divide(mt, total, out=np.zeros_like(mt), where=total > 0))
             files.append(decode_ids(batch.column("id").to_numpy())[0])
             tokens.append(pc.unique(pc.list_flatten(batch.column("genes"))).to_numpy().astype(np.int64))
@@ -224,7 +224,7 @@ def _funnel_svg(steps: list[tuple[str, int, str]]) -> str:
     return _svg(width, 20 + len(steps) * row, "".join(parts), "Cells from input to output (every drop named)")
 
 
-def _mito_tokens(cfg: Any, vocab: dict[str, int]) -> tuple[tuple[int, ...], dict[str, Any]]:
+def _mito_tokens(cfg: Config, vocab: dict[str, int]) -> tuple[tuple[int, ...], dict[str, Any]]:
     """Token ids of the mitochondrial genes (symbol `MT-...` in the vocabulary's id -> symbol file), and what the
     report says about them; none without that file (`vocab.id_to_gene_output_file`)."""
     vc = cfg.vocab
@@ -250,7 +250,7 @@ def _mito_html(mito: dict[str, Any], dist: dict[str, dict[str, ValueCounts]]) ->
     )
 
 
-def _join_coverage(hf: Any, values: dict[str, Counter[str]], cells: int) -> dict[str, dict[str, Any]]:
+def _join_coverage(hf: HuggingfaceConfig, values: dict[str, Counter[str]], cells: int) -> dict[str, dict[str, Any]]:
     """Per joined column: the table it came from and the share of written cells with a value (a key the table
     does not hold leaves the column empty: the demo's cell lines miss a quarter of the cells)."""
     renamed = hf.rename_columns
@@ -316,11 +316,7 @@ def _histogram_svg(
     integers = not log and all(v.alpha == 0 and bool(np.all(np.mod(v.values, 1) == 0)) for v in data.values())
     if log:
         lo, hi = np.log10(max(lo, 1.0)), np.log10(max(hi, 10.0))
-        edges = np.linspace(lo, max(hi, lo + 1e-9), 41)
-    elif integers:
-        edges = integer_edges(lo, hi)
-    else:
-        edges = np.linspace(lo, max(hi, lo + 1e-9), 41)
+    edges = integer_edges(lo, hi) if integers else np.linspace(lo, max(hi, lo + 1e-9), 41)
     x0, x1 = float(edges[0]), float(edges[-1])
     hists = {}
     for k, v in data.items():
@@ -380,8 +376,8 @@ def _histogram_svg(
 def human_bytes(n: int) -> str:
     """1,234,567 -> '1.2 MB' (powers of 1000, as disks are sold)."""
     size = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000:
             return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
         size /= 1000
     return f"{size:,.1f} TB"
@@ -621,16 +617,20 @@ def _gene_ids_per_file(manifest: TokenizeManifest) -> dict[str, dict[str, int]]:
     return out
 
 
+def _largest(counts: dict[str, int]) -> str:
+    """`name (n), ...` of the `_TOP` largest counts, then how many more (escaped for the page)."""
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    shown = ", ".join(f"{html.escape(k)} ({n:,})" for k, n in ranked[:_TOP])
+    return shown + (f", and {len(ranked) - _TOP:,} more" if len(ranked) > _TOP else "")
+
+
 def _non_integer_html(found: dict[str, int] | None) -> str:
     """A warning naming the inputs whose counts are not whole numbers (nothing when all are)."""
     if not found:
         return ""
-    files = sorted(found.items(), key=lambda kv: (-kv[1], kv[0]))
-    shown = ", ".join(f"{html.escape(f)} ({n:,})" for f, n in files[:_TOP])
-    more = f", and {len(files) - _TOP:,} more" if len(files) > _TOP else ""
     return (
         f"<p style='color:#a40'><b>Not raw counts:</b> {sum(found.values()):,} count value(s) are not whole "
-        f"numbers, in {len(files):,} input file(s): {shown}{more}. They were tokenized as they are; the recipe "
+        f"numbers, in {len(found):,} input file(s): {_largest(found)}. They were tokenized as they are; the recipe "
         "expects raw counts (normalised or log-transformed data changes what the model learns).</p>"
     )
 
@@ -639,12 +639,9 @@ def _held_out_html(held: dict[str, Any] | None) -> str:
     """One paragraph naming the groups a group split holds out (nothing for a per-cell split)."""
     if not held:
         return ""
-    groups = sorted(held["groups"].items(), key=lambda kv: (-kv[1], kv[0]))
-    shown = ", ".join(f"{html.escape(g)} ({n:,})" for g, n in groups[:_TOP])
-    more = f", and {len(groups) - _TOP:,} more" if len(groups) > _TOP else ""
     return (
-        f"<p>valid holds {len(groups):,} whole group(s) of <code>{html.escape(str(held['by']))}</code> "
-        f"(cells written): {shown}{more}.</p>"
+        f"<p>valid holds {len(held['groups']):,} whole group(s) of <code>{html.escape(str(held['by']))}</code> "
+        f"(cells written): {_largest(held['groups'])}.</p>"
     )
 
 
