@@ -14,8 +14,8 @@ from pathlib import Path
 ROOT = Path(__file__).parents[1] / "src" / "cellcorpus"
 LAYER = {
     "_version": 0, "errors": 0, "core": 1, "io": 2, "config": 2, "manifest": 2, "log": 2, "layout": 3,
-    "config_reference": 3, "formats": 3, "sources": 4, "exec": 5, "plan": 5, "stages": 6, "pipeline": 7, "demo": 7,
-    "api": 7, "cli": 8, "__main__": 8, "__init__": 9,
+    "config_reference": 3, "formats": 3, "encodings": 4, "sources": 4, "exec": 5, "plan": 5, "stages": 6,
+    "pipeline": 7, "demo": 7, "api": 7, "cli": 8, "__main__": 8, "__init__": 9,
 }  # fmt: skip
 SHARED_STAGE_MODULES = {"cellcorpus.stages.base", "cellcorpus.stages.preflight"}
 # a stage's own second module (no stage imports another stage's: the fused pass reaches the MDS side only

@@ -250,6 +250,24 @@ class GeneIdMap(_Section):
         return not isinstance(self.from_column, int)
 
 
+class GeneformerSettings(_Section):
+    """`huggingface.geneformer:` — Geneformer's rank-value encoding (`encoding: geneformer`)."""
+
+    # tokens per cell, special tokens included: 2048 for the 30M model series, 4096 for the 95M/104M series
+    model_input_size: int = Field(4096, gt=2)
+    # V2 (95M/104M series): `<cls>` first and `<eos>` last in every cell; V1 (30M series): false
+    special_tokens: bool = True
+    # each gene's non-zero median of normalised expression: Geneformer's gene_median_dictionary .pkl, or the
+    # `stats.parquet` that `cellcorpus stats` writes (columns gene_id, median)
+    gene_median: str
+    # counts are scaled to this total per cell before dividing by the gene's median
+    target_sum: int = Field(10_000, gt=0)
+    # obs column holding each cell's total counts, read when present (else the sum of the cell's counts)
+    n_counts_column: str = "n_counts"
+    # obs column marking the cells to keep (value 1), read when present (else every cell is kept)
+    filter_pass_column: str = "filter_pass"
+
+
 class HuggingfaceConfig(_Section):
     """`huggingface:` — tokenization into HF Arrow datasets (seed keys + a few defaulted new ones)."""
 
@@ -315,6 +333,11 @@ class HuggingfaceConfig(_Section):
     # Output names for metadata columns (source name -> name written), e.g. the release's `cell_line_id` ->
     # `Cell_ID_Cellosaur`, the name the seed's Tahoe dataset and training config use.
     rename_columns: dict[str, str] = Field(default_factory=dict)
+    # The cell encoding written: `tahoe_x1` (genes + raw counts after <cls>, the Tahoe-x1 recipe) or `geneformer`
+    # (Geneformer's rank-value `input_ids` + `length`, with the `geneformer` section's settings).
+    encoding: Literal["tahoe_x1", "geneformer"] = "tahoe_x1"
+    # settings of `encoding: geneformer`
+    geneformer: GeneformerSettings | None = None
 
     @field_validator("ignore_dir", mode="before")
     @classmethod
@@ -330,6 +353,8 @@ class HuggingfaceConfig(_Section):
     def _parquet_needs_gene_table(self) -> HuggingfaceConfig:
         if self.input_format == "tahoe_parquet" and not self.parquet_gene_table:
             raise ValueError("input_format 'tahoe_parquet' needs parquet_gene_table (token_id -> ensembl_id table)")
+        if self.encoding == "geneformer" and self.geneformer is None:
+            raise ValueError("encoding 'geneformer' needs a geneformer section (at least gene_median)")
         by = self.split_parameters.by
         if by is not None and by in self.joined_columns():
             raise ValueError(f"split_parameters.by: '{by}' is a joined column; group by a column of the inputs' obs")
@@ -348,6 +373,12 @@ class HuggingfaceConfig(_Section):
         for join in self.additional_metadata_info:
             cols.extend(c for c in join.columns if c not in cols)
         return [self.rename_columns.get(c, c) for c in cols]
+
+    def optional_obs_columns(self) -> list[str]:
+        """Obs columns the encoding reads when a file has them (Geneformer's n_counts and filter_pass)."""
+        if self.encoding == "geneformer" and self.geneformer is not None:
+            return [self.geneformer.n_counts_column, self.geneformer.filter_pass_column]
+        return []
 
     def joined_columns(self) -> set[str]:
         """Names the join tables bring (usable by obs_filter and later joins' keys)."""

@@ -6,6 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from cellcorpus.encodings import column_specs
+from cellcorpus.encodings.tahoe_x1 import TahoeX1
 from cellcorpus.formats.arrow import cell_schema, read_arrow, write_stream
 from cellcorpus.manifest import file_checksum
 
@@ -19,7 +21,7 @@ def _table(lengths: list[int], start: int = 0) -> pa.Table:
         pa.array(np.arange(len(lengths), dtype=np.int64) + start),
         pa.array([f"c{i + start}" for i in range(len(lengths))]),
     ]
-    return pa.Table.from_arrays(cols, schema=cell_schema(["name"]))
+    return pa.Table.from_arrays(cols, schema=cell_schema(column_specs(TahoeX1), ["name"]))
 
 
 def test_rows_from_many_chunks_equal_arrows_own_take(tmp_path):

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from cellcorpus.config import load_config
+from cellcorpus.encodings import column_specs
+from cellcorpus.encodings.tahoe_x1 import TahoeX1
 from cellcorpus.errors import ConfigError
 from cellcorpus.stages.mds import run_mds
 from cellcorpus.stages.report import run_report
@@ -113,7 +115,7 @@ def test_a_data_file_is_scanned_batch_by_batch_and_an_empty_cell_totals_zero(tmp
     exprs = [[1.0, 2.0], [], [4.0], [1.0, 1.0, 5.0]]
     table = pa.Table.from_pydict(
         {"genes": genes, "expressions": exprs, "id": [0, 1, 2, (1 << 32) | 4], "drug": ["a", "b", "a", "a"]},
-        schema=cell_schema(["drug"]),
+        schema=cell_schema(column_specs(TahoeX1), ["drug"]),
     )
     path = tmp_path / "data-00000-of-00001.arrow"
     write_stream(path, table, cuts=np.array([0, 1, 2, 4]))  # three batches

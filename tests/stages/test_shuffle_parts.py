@@ -11,11 +11,12 @@ import pytest
 
 from cellcorpus.core.split import shuffle_keys
 from cellcorpus.core.tokenize import CountScan
+from cellcorpus.encodings import column_specs
+from cellcorpus.encodings.tahoe_x1 import TahoeX1
 from cellcorpus.errors import InputError
 from cellcorpus.formats.arrow import cell_schema, compact_part, read_arrow, read_stream_ranges, write_stream
 from cellcorpus.formats.shuffle_plan import bucket_slices, part_bounds, write_bucket_plan, write_part_bounds
 from cellcorpus.io.paths import Publisher
-from cellcorpus.stages.tokenize import _counts_fit_int16
 from cellcorpus.stages.tokenize_finalize import ShuffleContext, ShuffleUnit, read_bucket, shuffle_unit
 
 
@@ -30,7 +31,10 @@ def _cells(n: int, start: int, seed: int) -> pa.Table:
         pa.array(np.arange(start, start + n, dtype=np.int64)),
         pa.array([f"d{i % 3}" for i in range(n)]),
     ]
-    return pa.Table.from_arrays(cols, schema=cell_schema(["drug"]))
+    return pa.Table.from_arrays(cols, schema=cell_schema(TAHOE, ["drug"]))
+
+
+TAHOE = column_specs(TahoeX1)  # the class attribute: no vocabulary needed
 
 
 def test_compact_parts_shuffle_to_the_same_bytes_as_wide_ones_even_mixed(tmp_path):
@@ -39,11 +43,12 @@ def test_compact_parts_shuffle_to_the_same_bytes_as_wide_ones_even_mixed(tmp_pat
         name: np.argsort(shuffle_keys(t.column("id").to_numpy(), 42), kind="stable") for name, t in (("a", a), ("b", b))
     }
     out = {}
+    both = {"genes": "uint16", "expressions": "int16"}
     cases = {  # which columns each part narrows; mixed: a unit with counts over 32,767, or resumed across versions
-        "wide": {"a": (False, False), "b": (False, False)},
-        "compact": {"a": (True, True), "b": (True, True)},
-        "mixed": {"a": (True, False), "b": (True, True)},
-        "mixed_versions": {"a": (False, False), "b": (True, True)},
+        "wide": {"a": {}, "b": {}},
+        "compact": {"a": both, "b": both},
+        "mixed": {"a": {"genes": "uint16"}, "b": both},
+        "mixed_versions": {"a": {}, "b": both},
     }
     for case, narrow in cases.items():
         parts = []
@@ -51,17 +56,19 @@ def test_compact_parts_shuffle_to_the_same_bytes_as_wide_ones_even_mixed(tmp_pat
             path = tmp_path / case / f"{name}.arrow"
             n = t.num_rows
             if case == "mixed_versions" and name == "a":  # an earlier version's part: no bucket byte ranges
-                write_stream(path, compact_part(t, *narrow[name]), rows=keys[name])
+                write_stream(path, compact_part(t, narrow[name]), rows=keys[name])
                 parts.append((str(path), 0, n, -1, -1))
             else:
-                written = write_stream(path, compact_part(t, *narrow[name]), rows=keys[name], cuts=np.array([0, n]))
+                written = write_stream(path, compact_part(t, narrow[name]), rows=keys[name], cuts=np.array([0, n]))
                 parts.append((str(path), 0, n, *written.cut_bytes))
         if case == "compact":  # 2 bytes a gene, 2 bytes a count
             schema = read_arrow(parts[0][0]).schema
             assert schema.field("genes").type == pa.list_(pa.uint16())
             assert schema.field("expressions").type == pa.list_(pa.int16())
         target = tmp_path / case / "data-00000-of-00001.arrow"
-        ctx = ShuffleContext(42, ("drug",), str(tmp_path / case), Publisher(str(tmp_path / case), tmp_path), "train")
+        ctx = ShuffleContext(
+            42, TAHOE, ("drug",), str(tmp_path / case), Publisher(str(tmp_path / case), tmp_path), "train"
+        )
         plan = tmp_path / case / "shuffle-plan.npy"
         bounds = [np.array(p[1:]).reshape(2, 2).T for p in parts]  # (rows, bytes) at the bucket's two ends
         cells = write_bucket_plan(plan, [p[0] for p in parts], bounds.__getitem__, 1)
@@ -70,7 +77,7 @@ def test_compact_parts_shuffle_to_the_same_bytes_as_wide_ones_even_mixed(tmp_pat
         out[case] = target.read_bytes()
     assert out["compact"] == out["wide"] and out["mixed"] == out["wide"] and out["mixed_versions"] == out["wide"]
     got = read_arrow(tmp_path / "wide" / "data-00000-of-00001.arrow")
-    assert got.schema == cell_schema(["drug"])  # int32 genes in the dataset, whatever the parts held
+    assert got.schema == cell_schema(TAHOE, ["drug"])  # int32 genes in the dataset, whatever the parts held
     assert sorted(got.column("id").to_pylist()) == sorted(a.column("id").to_pylist() + b.column("id").to_pylist())
 
 
@@ -87,9 +94,17 @@ def test_compact_parts_shuffle_to_the_same_bytes_as_wide_ones_even_mixed(tmp_pat
     ],
 )
 def test_counts_narrow_to_int16_only_when_exact(max_value, n_fractional, pad, add_cls, summed, fits):
-    hf = SimpleNamespace(pad_value=pad, add_cls_token=add_cls)
+    hf = SimpleNamespace(pad_value=pad, add_cls_token=add_cls, cls_token="<cls>")
     scan = CountScan(None, n_fractional, 0, max_value)
-    assert _counts_fit_int16(scan, hf, summed) is fits
+    narrow = TahoeX1(hf, {"<cls>": 0, "G": 65_535}).narrow(scan, summed)  # type: ignore[arg-type]
+    assert ("expressions" in narrow) is fits
+    assert narrow.get("genes") == "uint16"  # every id below 65,536
+
+
+def test_genes_stay_int32_in_parts_when_the_vocabulary_is_larger():
+    hf = SimpleNamespace(pad_value=-2, add_cls_token=True, cls_token="<cls>")
+    narrow = TahoeX1(hf, {"<cls>": 0, "G": 65_536}).narrow(CountScan(None, 0, 0, 1.0), False)  # type: ignore[arg-type]
+    assert "genes" not in narrow
 
 
 def test_each_bucket_is_read_alone_from_its_own_bytes(tmp_path):

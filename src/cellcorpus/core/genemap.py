@@ -119,4 +119,4 @@ def merge_duplicate_tokens(
     new_lengths = np.bincount(row[keep], minlength=len(lengths))
     new_offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(new_lengths, out=new_offsets[1:])
-    return new_offsets, genes[keep], sums[inverse[keep]].astype(np.float32), n_merged
+    return new_offsets, genes[keep], sums[inverse[keep]].astype(expressions.dtype), n_merged

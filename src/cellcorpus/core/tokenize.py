@@ -99,12 +99,14 @@ def tokenize_csr(
     cls_id: int | None,
     pad_value: float,
     n_zero: int | None = None,
+    value_dtype: Any = np.float32,
 ) -> Ragged:
     """Tokenize CSR rows: keep stored non-zero entries whose column maps into the vocabulary.
 
     `gene_map[col]` is the vocab id of column `col` or -1 (a column index beyond it: IndexError). With `cls_id`,
     every row starts with (cls_id, pad_value). Stored order is kept. Counts are returned as float32 raw values.
     `n_zero`, the stored zeros in `data` if already counted (`scan_counts`), spares a pass when it is 0.
+    `value_dtype` None keeps the input's dtype (an encoding whose arithmetic follows it).
     """
     indptr = np.asarray(indptr, dtype=np.int64)
     try:
@@ -122,7 +124,7 @@ def tokenize_csr(
         n_zero = n_oov = 0
         kept_per_row = per_row
         genes_body = tok
-        expr_body = data.astype(np.float32, copy=False)
+        expr_body = data if value_dtype is None else data.astype(value_dtype, copy=False)
     else:
         assert drop is not None  # n_drop > 0 was counted on it
         n_zero = int(np.count_nonzero(data == 0)) if n_zero is None else n_zero
@@ -132,7 +134,7 @@ def tokenize_csr(
         kept_per_row = per_row - np.bincount(dropped_rows, minlength=len(per_row))
         keep = ~drop
         genes_body = tok[keep]
-        expr_body = data[keep].astype(np.float32, copy=False)
+        expr_body = data[keep] if value_dtype is None else data[keep].astype(value_dtype, copy=False)
     n = len(indptr) - 1
     if cls_id is None:
         offsets = np.zeros(n + 1, dtype=np.int64)

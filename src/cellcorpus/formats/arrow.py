@@ -20,12 +20,12 @@ import pyarrow.compute as pc
 import xxhash
 from numpy.typing import NDArray
 
-from cellcorpus.core.tokenize import Ragged
 from cellcorpus.io.atomic import atomic_path, write_json_atomic
 from cellcorpus.io.direct import open_output, read_ranges
 from cellcorpus.io.hashed import write_hashed
 
 __all__ = [
+    "CellColumns",
     "cell_schema",
     "hf_features",
     "cells_table",
@@ -42,59 +42,72 @@ __all__ = [
 _INT32_MAX = (1 << 31) - 1
 
 
-def hf_features(metadata_columns: list[str]) -> dict[str, Any]:
-    """HF `Features` JSON for a tokenized-cell table."""
-    feats: dict[str, Any] = {
-        "genes": {"feature": {"dtype": "int32", "_type": "Value"}, "_type": "Sequence"},
-        "expressions": {"feature": {"dtype": "float32", "_type": "Value"}, "_type": "Sequence"},
-        "id": {"dtype": "int64", "_type": "Value"},
-    }
+CellColumns = tuple[tuple[str, str, bool], ...]  # an encoding's columns: (name, value dtype, one list per cell)
+
+
+def hf_features(columns: CellColumns, metadata_columns: list[str]) -> dict[str, Any]:
+    """HF `Features` JSON for a tokenized-cell table: the encoding's columns, `id`, the metadata strings."""
+    feats: dict[str, Any] = {}
+    for name, dtype, is_list in columns:
+        value = {"dtype": dtype, "_type": "Value"}
+        feats[name] = {"feature": value, "_type": "Sequence"} if is_list else value
+    feats["id"] = {"dtype": "int64", "_type": "Value"}
     for c in metadata_columns:
         feats[c] = {"dtype": "string", "_type": "Value"}
     return feats
 
 
-def cell_schema(metadata_columns: list[str]) -> pa.Schema:
+def cell_schema(columns: CellColumns, metadata_columns: list[str]) -> pa.Schema:
     """Arrow schema of a tokenized-cell table, with the HF features in its metadata."""
     fields = [
-        pa.field("genes", pa.list_(pa.int32())),
-        pa.field("expressions", pa.list_(pa.float32())),
-        pa.field("id", pa.int64()),
-    ] + [pa.field(c, pa.string()) for c in metadata_columns]
-    meta = {"huggingface": json.dumps({"info": {"features": hf_features(metadata_columns)}})}
+        pa.field(
+            name, pa.list_(pa.from_numpy_dtype(np.dtype(dtype))) if is_list else pa.from_numpy_dtype(np.dtype(dtype))
+        )
+        for name, dtype, is_list in columns
+    ]
+    fields += [pa.field("id", pa.int64())] + [pa.field(c, pa.string()) for c in metadata_columns]
+    meta = {"huggingface": json.dumps({"info": {"features": hf_features(columns, metadata_columns)}})}
     return pa.schema(fields, metadata=meta)
 
 
-def compact_part(table: pa.Table, genes: bool, expressions: bool) -> pa.Table:
-    """The table with `genes` as uint16 lists and/or `expressions` as int16 lists, for the shuffle's parts
-    (4 bytes per token on disk instead of 8); `write_stream(..., schema=cell_schema(...))` widens them back.
+def compact_part(table: pa.Table, narrow: dict[str, str]) -> pa.Table:
+    """The table with the named list columns in narrower value dtypes (`genes` as uint16, `expressions` as int16:
+    4 bytes per token on disk instead of 8), for the shuffle's parts; `write_stream(..., schema=cell_schema(...))`
+    widens them back.
 
-    The caller decides what fits: genes when every vocabulary id is below 65,536, expressions when every count
-    is a whole number up to 32,767 and so is the pad value written before them (int16 -> float32 is exact).
+    The caller (the encoding) decides what fits: e.g. genes when every vocabulary id is below 65,536,
+    expressions when every count is a whole number up to 32,767 and so is the pad value written before them.
     """
-    for name, narrow, wanted in (("genes", pa.uint16(), genes), ("expressions", pa.int16(), expressions)):
-        if wanted:
-            i = table.schema.get_field_index(name)
-            # unchecked: the caller knows every value fits (a checked cast spent ~2% of a run proving it)
-            field = table.schema.field(i).with_type(pa.list_(narrow))
-            table = table.set_column(i, field, table.column(i).cast(field.type, safe=False))
+    for name, dtype in narrow.items():
+        i = table.schema.get_field_index(name)
+        # unchecked: the caller knows every value fits (a checked cast spent ~2% of a run proving it)
+        field = table.schema.field(i).with_type(pa.list_(pa.from_numpy_dtype(np.dtype(dtype))))
+        table = table.set_column(i, field, table.column(i).cast(field.type, safe=False))
     return table
 
 
-def cells_table(cells: Ragged, ids: NDArray[Any], metadata: dict[str, NDArray[Any]], schema: pa.Schema) -> pa.Table:
-    """Zero-copy-ish Arrow table from ragged arrays (offsets must fit int32 for `list`)."""
-    if cells.offsets[-1] > _INT32_MAX:
+def cells_table(
+    offsets: NDArray[Any],
+    lists: dict[str, NDArray[Any]],
+    scalars: dict[str, NDArray[Any]],
+    ids: NDArray[Any],
+    metadata: dict[str, NDArray[Any]],
+    schema: pa.Schema,
+) -> pa.Table:
+    """Zero-copy-ish Arrow table from ragged arrays sharing `offsets` (which must fit int32 for `list`)."""
+    if offsets[-1] > _INT32_MAX:
         raise ValueError("unit too large for int32 list offsets; lower huggingface.unit_cells")
-    offsets = pa.array(cells.offsets.astype(np.int32))
-    cols = [
-        pa.ListArray.from_arrays(offsets, pa.array(cells.genes, type=pa.int32())),
-        pa.ListArray.from_arrays(offsets, pa.array(cells.expressions, type=pa.float32())),
-        pa.array(ids, type=pa.int64()),
-    ]
+    arrow_offsets = pa.array(offsets.astype(np.int32))
+    cols = []
     for f in schema:
-        if f.name in ("genes", "expressions", "id"):
-            continue
-        cols.append(pa.array(metadata[f.name], type=pa.string()))
+        if f.name in lists:
+            cols.append(pa.ListArray.from_arrays(arrow_offsets, pa.array(lists[f.name], type=f.type.value_type)))
+        elif f.name in scalars:
+            cols.append(pa.array(scalars[f.name], type=f.type))
+        elif f.name == "id":
+            cols.append(pa.array(ids, type=pa.int64()))
+        else:
+            cols.append(pa.array(metadata[f.name], type=pa.string()))
     return pa.Table.from_arrays(cols, schema=schema)
 
 
@@ -340,7 +353,9 @@ def dataset_files(dataset_dir: str | Path) -> list[Path]:
     return [Path(dataset_dir) / f["filename"] for f in state["_data_files"]]
 
 
-def write_dataset_metadata(dataset_dir: str | Path, files: Iterable[str], metadata_columns: list[str]) -> None:
+def write_dataset_metadata(
+    dataset_dir: str | Path, files: Iterable[str], columns: CellColumns, metadata_columns: list[str]
+) -> None:
     """Write dataset_info.json then state.json (last: its presence marks the split complete)."""
     dataset_dir = Path(dataset_dir)
     files = list(files)
@@ -353,7 +368,7 @@ def write_dataset_metadata(dataset_dir: str | Path, files: Iterable[str], metada
             "config_name": None,
             "dataset_name": None,
             "description": "tokenized single-cell corpus written by cellcorpus",
-            "features": hf_features(metadata_columns),
+            "features": hf_features(columns, metadata_columns),
             "homepage": "",
             "license": "",
         },

@@ -77,13 +77,18 @@ def _index_name_h5ad(hf: HuggingfaceConfig, first: InputFile | None) -> str | No
 def _read_h5ad(path: str, row_start: int, row_stop: int, hf: HuggingfaceConfig) -> RawBlock:
     from cellcorpus.sources.local import read_h5ad_block
 
-    return read_h5ad_block(path, row_start, row_stop, hf.gene_col, list(required_obs_columns(hf)), hf.counts_layer)
+    return read_h5ad_block(path, row_start, row_stop, hf.gene_col, _obs_to_read(hf), hf.counts_layer)
 
 
 def _read_parquet(path: str, row_start: int, row_stop: int, hf: HuggingfaceConfig) -> RawBlock:
     from cellcorpus.sources.tahoe import read_parquet_block
 
-    return read_parquet_block(path, row_start, row_stop, hf.parquet_gene_table, list(required_obs_columns(hf)))
+    return read_parquet_block(path, row_start, row_stop, hf.parquet_gene_table, _obs_to_read(hf))
+
+
+def _obs_to_read(hf: HuggingfaceConfig) -> list[str]:
+    """The obs columns a unit reads: those the config asks for, then the encoding's own where present."""
+    return list(dict.fromkeys([*required_obs_columns(hf), *hf.optional_obs_columns()]))
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,7 @@ def run_mds(cfg: Config | Plan, spec: ExecutorSpec | None = None, reporter: Repo
     source_manifest = read_manifest(source, "manifest.json", TokenizeManifest)
     stage_hash = ident.stage_hash(source_manifest.config_hash if source_manifest else None)
     out = ident.out
-    context = mds_context(mds, out)
+    context = mds_context(mds, out, plan.cfg.huggingface)
     outputs = {s: out.url(s) for s in mds.splits}
 
     def finalize(units: Sequence[MdsUnit], results: list[UnitResult]) -> tuple[dict[str, Any], StageSummary]:

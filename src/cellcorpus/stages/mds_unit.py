@@ -18,7 +18,8 @@ from typing import Any, ClassVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cellcorpus.config import MDS_LOCATION_KEYS, MdsConfig, config_hash
+from cellcorpus.config import MDS_LOCATION_KEYS, HuggingfaceConfig, MdsConfig, config_hash
+from cellcorpus.encodings import produced_columns
 from cellcorpus.errors import InputError
 from cellcorpus.formats.mds import MdsSpec, ShardWriter, TorchPickler, encode_samples
 from cellcorpus.io.owned import is_owned
@@ -61,11 +62,12 @@ class MdsUnit:
 
 @dataclass(frozen=True)
 class MdsContext:
-    """What every MDS unit shares: writer spec, output root, min_length."""
+    """What every MDS unit shares: writer spec, output root, min_length and the token column it counts."""
 
     spec: MdsSpec
     out: Publisher
     min_length: int | None
+    tokens: str = "genes"
 
 
 @functools.lru_cache(maxsize=1)
@@ -93,9 +95,9 @@ class MdsUnitWriter:
         """Encode rows (after `min_length`) in batches of BATCH_ROWS."""
         self._n_in += table.num_rows
         if self.ctx.min_length:
-            if "genes" not in table.column_names:
-                raise InputError(f"{self.unit.path}: mds.min_length needs a 'genes' column")
-            lengths = pc.list_value_length(table.column("genes"))
+            if self.ctx.tokens not in table.column_names:
+                raise InputError(f"{self.unit.path}: mds.min_length needs a '{self.ctx.tokens}' column")
+            lengths = pc.list_value_length(table.column(self.ctx.tokens))
             table = table.filter(pc.greater_equal(lengths, self.ctx.min_length))
         for start in range(0, table.num_rows, BATCH_ROWS):
             try:
@@ -185,9 +187,11 @@ def mds_identity(plan: Plan) -> MdsIdentity:
     )
 
 
-def mds_context(mds: MdsConfig, out: Publisher) -> MdsContext:
-    """What every unit writing `mds`'s export into `out` shares (the writer spec is validated here)."""
-    return MdsContext(MdsSpec.create(mds.columns, mds.compression, mds.hashes, mds.size_limit), out, mds.min_length)
+def mds_context(mds: MdsConfig, out: Publisher, hf: HuggingfaceConfig | None) -> MdsContext:
+    """What every unit writing `mds`'s export into `out` shares (the writer spec is validated here); min_length
+    counts the tokens of `hf`'s encoding (the Tahoe-x1 `genes` of a dataset made elsewhere)."""
+    spec = MdsSpec.create(mds.columns, mds.compression, mds.hashes, mds.size_limit)
+    return MdsContext(spec, out, mds.min_length, produced_columns(hf)[0] if hf is not None else "genes")
 
 
 def sub_dir_of(index: int) -> str:
@@ -284,4 +288,4 @@ def fused_export(plan: Plan, stage_hash: str) -> FusedMds | None:
     ident = mds_identity(plan)
     if ident.decide(stage_hash) is not None:
         return None
-    return FusedMds(ident, mds_context(mds, ident.out), tuple(mds.splits))
+    return FusedMds(ident, mds_context(mds, ident.out, hf), tuple(mds.splits))

@@ -19,6 +19,7 @@ from contextvars import ContextVar
 from pathlib import Path
 
 from cellcorpus.config import Config, HuggingfaceConfig
+from cellcorpus.encodings import produced_columns
 from cellcorpus.errors import ConfigError, InputError, MissingExtraError
 from cellcorpus.exec.dask import check_dask_reachable
 from cellcorpus.formats.mds import MdsSpec
@@ -37,10 +38,9 @@ __all__ = [
     "check_writable",
     "check_dask_reachable",
     "mds_input_columns",
-    "PRODUCED_COLUMNS",
+    "produced_columns",
 ]
 
-PRODUCED_COLUMNS = ("genes", "expressions", "id")
 _SMALL_SHARD = 1 << 20  # an MDS size_limit below 1 MiB makes shards of a handful of cells
 
 
@@ -76,8 +76,8 @@ def check_renames(hf: HuggingfaceConfig, index_column: str | None, index_known: 
                 f"{key}: no input column '{src}' among the metadata columns ({', '.join(names) or 'none'})",
                 hint="rename a column listed in obs_metadata_columns or a join's columns",
             )
-        if dst in PRODUCED_COLUMNS:
-            raise ConfigError(f"{key}: '{dst}' is a column tokenize writes ({', '.join(PRODUCED_COLUMNS)})")
+        if dst in produced_columns(hf):
+            raise ConfigError(f"{key}: '{dst}' is a column tokenize writes ({', '.join(produced_columns(hf))})")
         clash = [c for c in names if c != src and hf.rename_columns.get(c, c) == dst]
         if clash:
             raise ConfigError(
@@ -88,7 +88,7 @@ def check_renames(hf: HuggingfaceConfig, index_column: str | None, index_known: 
 
 def mds_input_columns(hf: HuggingfaceConfig, index_column: str | None) -> list[str]:
     """The columns tokenize writes, i.e. what the MDS stage can export."""
-    return [*PRODUCED_COLUMNS, *hf.metadata_columns(index_column)]
+    return [*produced_columns(hf), *hf.metadata_columns(index_column)]
 
 
 def _check_mds(cfg: Config, columns: list[str] | None, notes: list[str]) -> None:
@@ -200,7 +200,7 @@ def _preflight(plan: Plan, source: str | None) -> list[str]:
     if command == "mds" and layout.mds_source is not None:
         manifest = read_manifest(layout.mds_source, "manifest.json", TokenizeManifest)
         if manifest is not None:
-            columns = [*PRODUCED_COLUMNS, *manifest.metadata_columns]
+            columns = [*produced_columns(cfg.need("huggingface")), *manifest.metadata_columns]
     if command in ("run", "tokenize", "mds") and cfg.mds is not None and layout.mds is not None:
         _check_mds(cfg, columns, notes)
         if command != "tokenize":

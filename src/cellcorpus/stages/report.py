@@ -27,6 +27,7 @@ from cellcorpus._version import __version__
 from cellcorpus.config import Config, HuggingfaceConfig
 from cellcorpus.core.ids import decode_ids
 from cellcorpus.core.sketch import ValueCounts
+from cellcorpus.encodings import CellRules, encoding_for
 from cellcorpus.errors import ConfigError
 from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
 from cellcorpus.io.atomic import write_json_atomic
@@ -59,8 +60,10 @@ class _FileUnit:
 
 @dataclass(frozen=True)
 class _ScanCtx:
-    skip: int  # 1 when cells start with CLS (not a gene)
+    skip: int  # tokens per cell that are not genes (CLS, EOS)
     columns: tuple[str, ...]  # metadata columns whose values are counted
+    tokens: str = "genes"  # the encoding's token list column
+    values: str | None = "expressions"  # its per-token counts (None: the encoding writes none)
     mt_tokens: tuple[int, ...] = ()  # token ids of mitochondrial genes (symbol MT-...), for each cell's MT share
 
 
@@ -88,8 +91,18 @@ def _scan_file(unit: _FileUnit, ctx: _ScanCtx) -> _FileStats | None:
         for batch in pa.ipc.open_stream(f):
             if not batch.num_rows:
                 continue
-            n_genes = pc.list_value_length(batch.column("genes")).to_numpy(zero_copy_only=False)
-            exprs = batch.column("expressions")
+            n_genes = pc.list_value_length(batch.column(ctx.tokens)).to_numpy(zero_copy_only=False)
+            lengths.append(n_genes - ctx.skip)
+            files.append(decode_ids(batch.column("id").to_numpy())[0])
+            tokens.append(pc.unique(pc.list_flatten(batch.column(ctx.tokens))).to_numpy().astype(np.int64))
+            for col in ctx.columns:
+                if col in batch.schema.names:
+                    values[col].update(
+                        {v["values"]: v["counts"] for v in pc.value_counts(batch.column(col)).to_pylist()}
+                    )
+            if ctx.values is None:  # no counts written: no counts or mitochondrial share to show
+                continue
+            exprs = batch.column(ctx.values)
             offsets = exprs.offsets.to_numpy().astype(np.int64)
             flat = exprs.values.to_numpy()[offsets[0] : offsets[-1]]  # float32, as stored: no float64 copy
             starts = offsets[:-1] - offsets[0]
@@ -102,20 +115,12 @@ def _scan_file(unit: _FileUnit, ctx: _ScanCtx) -> _FileStats | None:
                 np.where(some, flat[np.minimum(starts, max(len(flat) - 1, 0))], 0.0) if ctx.skip and len(flat) else 0.0
             )
             total = sums - pad
-            lengths.append(n_genes - ctx.skip)
             totals.append(total)
             if len(mt_ids) and len(flat):  # counts of the cell's MT genes over all its counts (CLS excluded)
-                genes = batch.column("genes").values.to_numpy()[offsets[0] : offsets[-1]]
+                genes = batch.column(ctx.tokens).values.to_numpy()[offsets[0] : offsets[-1]]
                 mt = np.zeros(len(starts))
                 mt[some] = np.add.reduceat(np.where(np.isin(genes, mt_ids), flat, 0), starts[some], dtype=np.float64)
                 mt_shares.append(np.divide(mt, total, out=np.zeros_like(mt), where=total > 0))
-            files.append(decode_ids(batch.column("id").to_numpy())[0])
-            tokens.append(pc.unique(pc.list_flatten(batch.column("genes"))).to_numpy().astype(np.int64))
-            for col in ctx.columns:
-                if col in batch.schema.names:
-                    values[col].update(
-                        {v["values"]: v["counts"] for v in pc.value_counts(batch.column(col)).to_pylist()}
-                    )
     if not lengths:
         return None
     n = np.concatenate(lengths)
@@ -124,7 +129,7 @@ def _scan_file(unit: _FileUnit, ctx: _ScanCtx) -> _FileStats | None:
     found = {c: dict(v) for c, v in values.items() if v}
     mt_counts = ValueCounts.of(np.round(np.concatenate(mt_shares), 4)) if mt_shares else None  # to 0.01%
     return _FileStats(
-        unit.split, ValueCounts.of(n), ValueCounts.of(np.concatenate(totals)), uniq, entries,
+        unit.split, ValueCounts.of(n), ValueCounts.of(np.concatenate(totals) if totals else np.zeros(0)), uniq, entries,
         np.unique(np.concatenate(tokens)), found, mt_counts,
     )  # fmt: skip
 
@@ -169,7 +174,7 @@ class _Totals:
 def _scan(
     out: Publisher,
     manifest: TokenizeManifest,
-    has_cls: bool,
+    rules: CellRules,
     spec: ExecutorSpec,
     reporter: Reporter | None,
     mt_tokens: tuple[int, ...] = (),
@@ -183,7 +188,8 @@ def _scan(
         for rec in records
     ]
     run_units(
-        _scan_file, units, _ScanCtx(1 if has_cls else 0, columns, mt_tokens), None, spec, description="report",
+        _scan_file, units, _ScanCtx(rules.special, columns, rules.tokens, rules.values, mt_tokens), None, spec,
+        description="report",
         cells_of=lambda u: u.n_cells, reporter=reporter, keep=lambda _unit, got: totals.add(got),
     )  # fmt: skip
     return totals
@@ -433,8 +439,13 @@ def run_report(cfg: Config | Plan, spec: ExecutorSpec | None = None, reporter: R
         )
     mds_manifest = read_manifest(layout.mds, "manifest.json", MdsManifest) if layout.mds else None
     vocab = load_vocab(hf.vocab_file)
-    mt_tokens, mito = _mito_tokens(cfg, vocab)
-    scan = _scan(out, manifest, hf.add_cls_token, spec, reporter, mt_tokens)
+    rules = encoding_for(hf, vocab).rules()
+    mt_tokens, mito = (
+        _mito_tokens(cfg, vocab)
+        if rules.values is not None
+        else ((), {"genes": 0, "note": "the encoding writes no counts: not computed"})
+    )
+    scan = _scan(out, manifest, rules, spec, reporter, mt_tokens)
     dist = {s: {"genes_per_cell": scan.genes[s], "counts_per_cell": scan.counts[s], "mito_share": scan.mt[s]}
             for s in manifest.splits}  # fmt: skip
     gene_tokens = {i for t, i in vocab.items() if not t.startswith("<")}

@@ -26,8 +26,9 @@ from cellcorpus.core.genemap import merge_duplicate_tokens
 from cellcorpus.core.ids import make_ids
 from cellcorpus.core.shuffle import n_buckets_for, order_by_bucket
 from cellcorpus.core.split import assign_valid, choose_groups, equal_pairs, key_ids, shuffle_keys
-from cellcorpus.core.tokenize import CountScan, Ragged, row_stats, scan_counts, tokenize_csr
+from cellcorpus.core.tokenize import Ragged, row_stats, scan_counts, tokenize_csr
 from cellcorpus.core.vocab import VocabLookup
+from cellcorpus.encodings import CellEncoding, UnitInput, column_specs, encoding_for
 from cellcorpus.errors import ConfigError, InputError
 from cellcorpus.exec.runner import ExecutorSpec, Reporter
 from cellcorpus.formats.arrow import cell_schema, cells_table, compact_part, read_arrow, write_stream
@@ -77,17 +78,16 @@ def plan_tokenize(hf: HuggingfaceConfig, inputs: list[InputFile]) -> list[WorkUn
     return units
 
 
-def _check_cls(hf: HuggingfaceConfig, vocab: dict[str, int]) -> None:
-    """Fail before any worker starts when the CLS token is not in the vocabulary (join tables: preflight)."""
-    if hf.add_cls_token and hf.cls_token not in vocab:
-        raise ConfigError(f"huggingface.cls_token: '{hf.cls_token}' is not in the vocabulary {hf.vocab_file}")
-
-
 # ---- unit ---------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=4)
 def _lookup(vocab_file: str, mtime_ns: int) -> VocabLookup:
     del mtime_ns  # cache key only
     return VocabLookup(load_vocab(vocab_file))
+
+
+def _encoding(hf: HuggingfaceConfig, vocab_file: str, mtime_ns: int) -> CellEncoding:
+    """The config's cell encoding over its vocabulary (cheap: what it loads, it caches itself)."""
+    return encoding_for(hf, _lookup(vocab_file, mtime_ns).vocab)
 
 
 @functools.lru_cache(maxsize=8)
@@ -214,9 +214,12 @@ def _check_duplicate_genes(gene_map: np.ndarray, var_ids: np.ndarray, path: str)
         raise InputError(f"{path}: duplicated gene ids map to the same token: {', '.join(names)}")
 
 
-def _apply_filters(block: RawBlock, hf: HuggingfaceConfig, counts: dict[str, int], columns: _Columns) -> np.ndarray:
-    """Row mask after obs_filter, then min_genes, then min_counts; each drop counted where it happens."""
-    keep = np.ones(len(block.indptr) - 1, dtype=bool)
+def _apply_filters(
+    block: RawBlock, hf: HuggingfaceConfig, counts: dict[str, int], columns: _Columns, own: np.ndarray | None
+) -> np.ndarray:
+    """Row mask after the encoding's own filter (`own`, counted by it), obs_filter, then min_genes, then
+    min_counts; each drop counted where it happens."""
+    keep = np.ones(len(block.indptr) - 1, dtype=bool) if own is None else own.copy()
     if hf.obs_filter:
         hit = columns[hf.obs_filter.key] == str(hf.obs_filter.value)
         counts["filtered_obs_filter"] = int(np.count_nonzero(keep & ~hit))
@@ -232,23 +235,12 @@ def _apply_filters(block: RawBlock, hf: HuggingfaceConfig, counts: dict[str, int
     return keep
 
 
-_INT16_MAX = (1 << 15) - 1
-
-
-def _counts_fit_int16(scan: CountScan, hf: HuggingfaceConfig, summed: bool) -> bool:
-    """Whether a unit's counts, and the pad value written before them, are whole numbers int16 holds exactly
-    (`summed`: colliding genes' counts were added up, so the scan's maximum no longer bounds them)."""
-    if summed:
-        return False
-    pad = hf.pad_value
-    pad_ok = not hf.add_cls_token or (float(pad).is_integer() and -_INT16_MAX - 1 <= pad <= _INT16_MAX)
-    return pad_ok and scan.n_fractional == 0 and scan.max_value <= _INT16_MAX
-
-
 def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
     """Tokenize rows [row_start, row_stop) of one file and write one Arrow part per split."""
     hf = ctx.hf
-    lookup_ = _lookup(ctx.vocab_file, os.stat(ctx.vocab_file).st_mtime_ns)
+    stamp = os.stat(ctx.vocab_file).st_mtime_ns
+    lookup_ = _lookup(ctx.vocab_file, stamp)
+    encoding = _encoding(hf, ctx.vocab_file, stamp)
     block = input_format(hf).read_block(unit.path, unit.row_start, unit.row_stop, hf)
     scan = scan_counts(block.data)
     if scan.problem:
@@ -261,23 +253,25 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
     else:  # harmonized: genes reaching the same id collide, and their counts are summed per cell below
         mapping = gene_mapping(hf, block.var_ids, lookup_)
         gene_map, mapping_counts, collisions = mapping.gene_map, mapping.counts(), mapping.n_colliding > 0
-    counts = dict.fromkeys(COUNT_KEYS, 0)
+    counts = dict.fromkeys((*COUNT_KEYS, *encoding.count_keys), 0)
     counts["cells_read"] = unit.n_cells
     columns = _Columns(block, hf, ctx.join_indexes)
-    keep = _apply_filters(block, hf, counts, columns)
+    prepared = encoding.prepare(UnitInput(block.indptr, block.indices, block.data, block.obs, unit.path))
+    counts.update(prepared.counts)
+    keep = _apply_filters(block, hf, counts, columns, prepared.keep)
     rows = np.flatnonzero(keep)
     meta = _metadata(columns, ctx)
     key_values = _key_columns(columns, hf, unit)
     group = columns[hf.split_parameters.by] if ctx.valid_groups is not None and hf.split_parameters.by else None
     del columns
-    cls_id = lookup_.vocab[hf.cls_token] if hf.add_cls_token else None
-    # without CLS: the split writes' gathers put it first in every cell (no insertion pass over the tokens)
+    # the one parse every encoding starts from (special tokens are the encoding's: none here)
     try:
-        cells = tokenize_csr(block.indptr, block.indices, block.data, gene_map, None, hf.pad_value, scan.n_zero)
+        cells = tokenize_csr(
+            block.indptr, block.indices, block.data, gene_map, None, hf.pad_value, scan.n_zero, encoding.value_dtype
+        )
     except IndexError as exc:  # a corrupt X
         raise InputError(f"{unit.path} rows {unit.row_start}-{unit.row_stop}: {exc}") from None
-    prefix = {"genes": cls_id, "expressions": hf.pad_value} if cls_id is not None else None
-    del block  # raw rows no longer needed: peak memory is one copy of the unit, not two
+    del block  # raw rows no longer needed (but for what the encoding reads): one copy of the unit, not two
     counts["explicit_zeros_dropped"] = cells.n_explicit_zeros
     counts["oov_entries_dropped"] = cells.n_oov_entries
     n_summed = 0
@@ -304,12 +298,17 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
         valid = assign_valid(by, hf.split_parameters.test_size, hf.split_parameters.seed)
     if split_key is not None:  # kept cells' keys, for the corpus-wide repeat check (tokenize_keys)
         write_unit_keys(Path(ctx.parts_dir), unit.unit_id, split_key, ids)
-    table = cells_table(cells, all_ids, meta, cell_schema(list(ctx.metadata_columns)))
-    del cells
+    encoded = encoding.encode(cells, prepared)
+    del cells, prepared
+    for key, n in encoded.counts.items():
+        counts[key] += n
+    prefix = encoded.prefix  # written first by the split writes' gathers (no insertion pass over the tokens)
+    schema = cell_schema(ctx.columns, list(ctx.metadata_columns))
+    table = cells_table(encoded.offsets, encoded.lists, encoded.scalars, all_ids, meta, schema)
+    del encoded
     buckets = dict(ctx.n_buckets)
     # the shuffle reads its parts back once: tokens in 16 bits there halve those writes and reads
-    narrow_counts = _counts_fit_int16(scan, hf, n_summed > 0)
-    shuffled_table = compact_part(table, ctx.compact_parts, narrow_counts) if buckets else table
+    shuffled_table = compact_part(table, encoding.narrow(scan, n_summed > 0)) if buckets else table
     outputs = []
     for split, mask in (("train", ~valid), ("valid", valid)):
         sel = np.flatnonzero(mask)
@@ -454,7 +453,8 @@ def run_tokenize(
     if is_url(hf.output_root):
         raise ConfigError(f"huggingface.output_root: must be a local scratch folder, got {hf.output_root}")
     vocab = load_vocab(hf.vocab_file)
-    _check_cls(hf, vocab)
+    encoding = encoding_for(hf, vocab)
+    encoding.check()  # before any worker starts (a special token missing from the vocabulary, ...)
     notes = preflight(plan)  # the config first; then every input, opened once for both checks
     out = layout.merged_root()
     out_dir = out.local_dir
@@ -488,7 +488,7 @@ def run_tokenize(
         index_column=index_column,
         n_buckets=n_buckets,
         fused_mds=fused,
-        compact_parts=max(vocab.values(), default=0) < 1 << 16,
+        columns=column_specs(encoding),
         join_indexes=join_index_dirs(hf, work_settings, layout.joins),
         valid_groups=valid_groups,
     )
@@ -508,7 +508,7 @@ def run_tokenize(
         return plan_tokenize(hf, inputs)
 
     def finalize(units: Sequence[WorkUnit], results: list[UnitResult]) -> tuple[dict[str, Any], StageSummary]:
-        totals = {k: sum(r.counts.get(k, 0) for r in results) for k in COUNT_KEYS}
+        totals = {k: sum(r.counts.get(k, 0) for r in results) for k in (*COUNT_KEYS, *encoding.count_keys)}
         _check_split_sizes(hf, totals)
         if hf.split_parameters.key != "id":  # before any dataset file is written
             check_unique_keys(layout.parts, [u.unit_id for u in units], hf, inputs)
@@ -611,6 +611,7 @@ def tokenize_in_memory(
             metadata_columns=tuple(hf.metadata_columns(index_column)),
             index_column=index_column,
             n_buckets=(),
+            columns=column_specs(encoding_for(hf, vocab)),
         )
         tables: dict[str, list[pa.Table]] = {"train": [], "valid": []}
         n_fractional = 0

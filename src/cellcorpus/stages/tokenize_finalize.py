@@ -26,6 +26,7 @@ from cellcorpus.core.split import shuffle_keys
 from cellcorpus.errors import InputError
 from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
 from cellcorpus.formats.arrow import (
+    CellColumns,
     cell_schema,
     data_file_name,
     read_arrow,
@@ -60,7 +61,7 @@ class TokenizeContext:
     index_column: str | None
     n_buckets: tuple[tuple[str, int], ...]  # split -> shuffle buckets (empty when not shuffling)
     fused_mds: FusedExport | None = None  # another stage's export written in this pass (the MDS shards)
-    compact_parts: bool = False  # shuffled parts keep genes as uint16 (every vocabulary id < 65,536)
+    columns: CellColumns = ()  # the encoding's output columns (name, dtype, one list per cell)
     join_indexes: tuple[str | None, ...] = ()  # per join: its on-disk index (a large table), else None
     valid_groups: tuple[str, ...] | None = None  # `split_parameters.by`: the groups held out whole
 
@@ -101,6 +102,7 @@ def read_bucket(slices: list[Slice], bucket: int) -> list[pa.Table]:
 @dataclass(frozen=True)
 class ShuffleContext:
     seed: int
+    columns: CellColumns
     metadata_columns: tuple[str, ...]
     root: str  # the split's local folder (output record paths are relative to it)
     publisher: Publisher
@@ -111,7 +113,7 @@ class ShuffleContext:
 def shuffle_unit(unit: ShuffleUnit, ctx: ShuffleContext) -> UnitResult:
     """Concatenate one bucket's slices, order by shuffle key, write the data file atomically."""
     pieces = unit.pieces()
-    schema = cell_schema(list(ctx.metadata_columns))
+    schema = cell_schema(ctx.columns, list(ctx.metadata_columns))
     if len({p.schema for p in pieces}) > 1:  # compact and wide parts (counts over 32,767; an earlier version)
         pieces = [p.cast(schema) for p in pieces]
     table = pa.concat_tables(pieces) if pieces else schema.empty_table()  # zero-copy over the pieces
@@ -187,7 +189,8 @@ def finalize_splits(
             records = _finalize_unshuffled(parts, dest, out, split, fused)
         else:
             sunits = shuffle_units(parts, split, dest, buckets[split])
-            sctx = ShuffleContext(ctx.hf.split_parameters.seed, ctx.metadata_columns, str(dest), out, split, fused)
+            seed = ctx.hf.split_parameters.seed
+            sctx = ShuffleContext(seed, ctx.columns, ctx.metadata_columns, str(dest), out, split, fused)
             # derived work: its identity is the exact parts it reads; stale records are dropped
             parts_hash = config_hash(stage_hash, [r["xxh64"] for _, r in parts])
             ledger = Ledger(layout.units(f"shuffle-{split}"), parts_hash, derived=True)
@@ -202,7 +205,7 @@ def finalize_splits(
                 reporter=reporter,
             )
             records = [done[u.unit_id].outputs[0] for u in sunits]
-        write_dataset_metadata(dest, [r["path"] for r in records], list(ctx.metadata_columns))
+        write_dataset_metadata(dest, [r["path"] for r in records], ctx.columns, list(ctx.metadata_columns))
         out.publish(dest / "dataset_info.json")
         out.publish(dest / "state.json")  # last: the split is visible only when whole
         shards[split] = records

@@ -24,9 +24,10 @@ from numpy.typing import NDArray
 from cellcorpus.config import Config, DrugsConfig
 from cellcorpus.core.byte_gather import gather_bytes
 from cellcorpus.core.ids import decode_ids
+from cellcorpus.encodings import CellRules, column_specs, encoding_for
 from cellcorpus.errors import ConfigError, InputError, VerifyError
 from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
-from cellcorpus.formats.arrow import cell_schema, hf_features
+from cellcorpus.formats.arrow import CellColumns, cell_schema, hf_features
 from cellcorpus.formats.mds import SCALAR_DTYPES, decode_value, decoded_dtype, inspect_shard, iter_samples
 from cellcorpus.formats.mds.reader import ReusedArray, column_spans, join_spans
 from cellcorpus.formats.mds.safe_pickle import frames
@@ -118,9 +119,8 @@ class _FileUnit:
 
 @dataclass(frozen=True)
 class _Ctx:
-    vocab_size: int
-    cls_id: int | None
-    pad_value: float | None
+    rules: CellRules  # the encoding's per-cell checks
+    columns: CellColumns  # the encoding's output columns
     metadata_columns: tuple[str, ...]
     mds_columns: tuple[tuple[str, str], ...]
     n_cells: int = 0
@@ -128,27 +128,56 @@ class _Ctx:
     count_column: str | None = None  # a column whose values the parent checks (`drug`, against drug_to_id)
 
 
-def _cell_checks(rep: VerifyReport, where: str, offsets: np.ndarray, genes: np.ndarray, exprs_len: np.ndarray,
-                 first_expr: np.ndarray, ctx: _Ctx, ids: np.ndarray) -> None:  # fmt: skip
+@dataclass(frozen=True)
+class _Cells:
+    """One file's cells as the checks see them: token offsets and ids, and per cell what the rules compare."""
+
+    offsets: NDArray[np.int64]
+    tokens: NDArray[Any]
+    ids: NDArray[Any]
+    values_len: NDArray[Any] | None = None  # per cell: length of its values list (rules.values)
+    first_value: NDArray[Any] | None = None  # per cell: its first value (nan: none)
+    length: NDArray[Any] | None = None  # per cell: its length column (rules.length)
+
+
+def _per_cell(rep: VerifyReport, name: str, bad: NDArray[Any], where: str, ids: NDArray[Any], n: int) -> None:
+    rep.check(name).add(len(bad), f"{where} cell id {ids[bad[0]]}" if len(bad) else "", n)
+
+
+def _cell_checks(rep: VerifyReport, where: str, cells: _Cells, rules: CellRules) -> None:
+    """The encoding's rules (`CellRules`) on every cell of one file, vectorised."""
+    offsets, tokens, ids = cells.offsets, cells.tokens, cells.ids
     lengths = np.diff(offsets)
-    bad_len = np.flatnonzero(lengths != exprs_len)
-    rep.check("genes/expressions equal length").add(
-        len(bad_len), f"{where} cell id {ids[bad_len[0]]}" if len(bad_len) else "", len(lengths)
-    )
-    in_range = not len(genes) or (genes.min() >= 0 and genes.max() < ctx.vocab_size)  # 2 passes, no mask
-    bad_tok = np.zeros(0, np.int64) if in_range else np.flatnonzero((genes < 0) | (genes >= ctx.vocab_size))
+    n = len(lengths)
+    if rules.values is not None and cells.values_len is not None:
+        unequal = np.flatnonzero(lengths != cells.values_len)
+        _per_cell(rep, f"{rules.tokens}/{rules.values} equal length", unequal, where, ids, n)
+    in_range = not len(tokens) or (tokens.min() >= 0 and tokens.max() < rules.vocab_size)  # 2 passes, no mask
+    bad_tok = np.zeros(0, np.int64) if in_range else np.flatnonzero((tokens < 0) | (tokens >= rules.vocab_size))
     if len(bad_tok):
         cell = int(np.searchsorted(offsets, bad_tok[0], side="right") - 1)
-        msg = f"{where} cell id {ids[cell]}: token {genes[bad_tok[0]]} outside vocabulary of {ctx.vocab_size}"
-    rep.check("token ids in vocabulary").add(len(bad_tok), msg if len(bad_tok) else "", len(genes))
-    if ctx.cls_id is not None:
-        nonempty = lengths > 0
-        first = np.full(len(lengths), -1, dtype=np.int64)
-        first[nonempty] = genes[offsets[:-1][nonempty]]
-        bad = np.flatnonzero((first != ctx.cls_id) | (first_expr != ctx.pad_value))
-        rep.check("starts with CLS and pad value").add(
-            len(bad), f"{where} cell id {ids[bad[0]]}" if len(bad) else "", len(lengths)
+        msg = f"{where} cell id {ids[cell]}: token {tokens[bad_tok[0]]} outside vocabulary of {rules.vocab_size}"
+    rep.check("token ids in vocabulary").add(len(bad_tok), msg if len(bad_tok) else "", len(tokens))
+    nonempty = lengths > 0
+    if rules.first_token is not None:
+        first = np.full(n, -1, dtype=np.int64)
+        first[nonempty] = tokens[offsets[:-1][nonempty]]
+        bad = first != rules.first_token
+        if rules.first_value is not None and cells.first_value is not None:
+            bad |= cells.first_value != rules.first_value
+            _per_cell(rep, "starts with CLS and pad value", np.flatnonzero(bad), where, ids, n)
+        else:
+            _per_cell(rep, "starts with CLS", np.flatnonzero(bad), where, ids, n)
+    if rules.last_token is not None:
+        last = np.full(n, -1, dtype=np.int64)
+        last[nonempty] = tokens[offsets[1:][nonempty] - 1]
+        _per_cell(rep, "ends with EOS", np.flatnonzero(last != rules.last_token), where, ids, n)
+    if rules.max_length is not None:
+        _per_cell(
+            rep, f"at most {rules.max_length:,} tokens", np.flatnonzero(lengths > rules.max_length), where, ids, n
         )
+    if rules.length is not None and cells.length is not None:
+        _per_cell(rep, f"{rules.length} equals the tokens", np.flatnonzero(cells.length != lengths), where, ids, n)
 
 
 class _Hashing(io.RawIOBase):
@@ -183,7 +212,7 @@ def _verify_arrow(unit: _FileUnit, ctx: _Ctx, path: Path) -> _Checked:
         src = io.BufferedReader(hashed, 1 << 22)
         try:
             reader = pa.ipc.open_stream(src)
-            want = cell_schema(list(ctx.metadata_columns))
+            want = cell_schema(ctx.columns, list(ctx.metadata_columns))
             rep.check("arrow schema and dtypes").add(
                 reader.schema.equals(want), f"{where}: schema {reader.schema.types} != {want.types}"
             )
@@ -213,17 +242,26 @@ def _verify_arrow(unit: _FileUnit, ctx: _Ctx, path: Path) -> _Checked:
 
 def _check_batch(rep: VerifyReport, where: str, batch: pa.RecordBatch, ctx: _Ctx) -> None:
     """The cell checks of one record batch, zero-copy over its buffers."""
-    genes, exprs = batch.column("genes"), batch.column("expressions")
-    offsets = genes.offsets.to_numpy().astype(np.int64)
-    g = genes.values.to_numpy()[offsets[0] : offsets[-1]] if len(genes) else np.zeros(0, np.int32)
+    rules = ctx.rules
+    names = batch.schema.names
+    if rules.tokens not in names:  # a schema failure, already named
+        return
+    tokens = batch.column(rules.tokens)
+    offsets = tokens.offsets.to_numpy().astype(np.int64)
+    t = tokens.values.to_numpy()[offsets[0] : offsets[-1]] if len(tokens) else np.zeros(0, np.int64)
     offsets -= offsets[0]
-    e_len = pc.list_value_length(exprs).to_numpy(zero_copy_only=False).astype(np.int64)
-    first_e = (
-        pc.list_element(exprs, 0).to_numpy(zero_copy_only=False)
-        if len(exprs) and e_len.min() > 0
-        else np.full(len(exprs), np.nan)
-    )
-    _cell_checks(rep, where, offsets, g, e_len, first_e, ctx, batch.column("id").to_numpy())
+    e_len = first_e = length = None
+    if rules.values is not None and rules.values in names:
+        exprs = batch.column(rules.values)
+        e_len = pc.list_value_length(exprs).to_numpy(zero_copy_only=False).astype(np.int64)
+        first_e = (
+            pc.list_element(exprs, 0).to_numpy(zero_copy_only=False)
+            if len(exprs) and e_len.min() > 0
+            else np.full(len(exprs), np.nan)
+        )
+    if rules.length is not None and rules.length in names:
+        length = batch.column(rules.length).to_numpy(zero_copy_only=False)
+    _cell_checks(rep, where, _Cells(offsets, t, batch.column("id").to_numpy(), e_len, first_e, length), rules)
 
 
 def _verify_shard(unit: _FileUnit, ctx: _Ctx, path: Path) -> _Checked:
@@ -245,44 +283,52 @@ def _verify_shard(unit: _FileUnit, ctx: _Ctx, path: Path) -> _Checked:
     raw, config, offsets = shard.raw, shard.config, shard.offsets
     encs = dict(zip(config["column_names"], config["column_encodings"], strict=True))
     rep.check("mds encodings as configured").add(encs == dict(ctx.mds_columns), f"{where}: encodings {encs}")
-    ids, g_all, lens, e_lens, first_e = [], [], [], [], []
-    dtype_bad = 0
-    want_g, want_e = (
-        decoded_dtype(encs.get("genes", ""), "genes"),
-        decoded_dtype(encs.get("expressions", ""), "expressions"),
-    )
+    rules = ctx.rules
+    tok_name, val_name = rules.tokens, rules.values
+    want_t = decoded_dtype(encs.get(tok_name, ""), tok_name)
+    want_v = decoded_dtype(encs.get(val_name, ""), val_name) if val_name else None
     decodes = rep.check("mds samples decode (no pickle executed)")
-    fast = _decode_fast(raw, config, offsets, encs, want_g, want_e)
+    fast = _decode_fast(raw, config, offsets, encs, (tok_name, want_t), (val_name, want_v))
     if fast is not None:  # our writer's own layout: every sample decoded with array operations
-        ids_arr, offs, genes, e_lens, first_e = fast
+        ids_arr, offs, tokens, e_lens, first_e = fast
         decodes.add(0, "", len(ids_arr))
         rep.check("mds sample dtypes").add(0, "", len(ids_arr))
         if len(ids_arr):
-            _cell_checks(rep, where, offs, genes, e_lens, first_e, ctx, ids_arr)
+            _cell_checks(rep, where, _Cells(offs, tokens, ids_arr, e_lens, first_e), rules)
         return _Checked(unit.unit_id, _as_tuples(rep), ids_arr, len(ids_arr))
+    ids, t_all, lens, e_lens, first_e, given = [], [], [], [], [], []
+    dtype_bad = 0
     for k, sample in enumerate(iter_samples(raw, config, offsets)):
         try:  # a hostile or damaged sample is a named failure; `pkl` is read by the restricted reader
             sid = int(decode_value(encs["id"], sample["id"])) if "id" in sample else k
-            pair = "genes" in sample and "expressions" in sample
-            gv = np.asarray(decode_value(encs["genes"], sample["genes"])) if pair else None
-            ev = np.asarray(decode_value(encs["expressions"], sample["expressions"])) if pair else None
+            tv = np.asarray(decode_value(encs[tok_name], sample[tok_name])) if tok_name in sample else None
+            ev = np.asarray(decode_value(encs[val_name], sample[val_name])) if val_name in sample else None
+            n = int(decode_value(encs[rules.length], sample[rules.length])) if rules.length in sample else None
         except (ValueError, TypeError, IndexError, KeyError) as exc:
             decodes.add(False, f"{where} sample {k}: {exc}")
             continue
         decodes.add(True, "")
         ids.append(sid)
-        if gv is not None and ev is not None:
-            dtype_bad += int(gv.ndim != 1 or ev.ndim != 1)
-            dtype_bad += int((want_g is not None and gv.dtype != want_g) or (want_e is not None and ev.dtype != want_e))
-            g_all.append(gv.reshape(-1).astype(np.int64))
-            lens.append(gv.size)
+        if tv is None:
+            continue
+        dtype_bad += int(tv.ndim != 1 or (want_t is not None and tv.dtype != want_t))
+        t_all.append(tv.reshape(-1).astype(np.int64))
+        lens.append(tv.size)
+        if ev is not None:
+            dtype_bad += int(ev.ndim != 1 or (want_v is not None and ev.dtype != want_v))
             e_lens.append(ev.size)
             first_e.append(ev.reshape(-1)[0] if ev.size else np.nan)
-    rep.check("mds sample dtypes").add(dtype_bad, f"{where}: genes/expressions dtype differs from encoding", len(lens))
+        given.append(-1 if n is None else n)
+    shown = "/".join(c for c in (tok_name, val_name) if c)
+    rep.check("mds sample dtypes").add(dtype_bad, f"{where}: {shown} dtype differs from encoding", len(lens))
     if lens:
         offs = np.zeros(len(lens) + 1, np.int64)
         np.cumsum(lens, out=offs[1:])
-        _cell_checks(rep, where, offs, np.concatenate(g_all), np.array(e_lens), np.array(first_e), ctx, np.array(ids))
+        values_len = np.array(e_lens) if len(e_lens) == len(lens) else None
+        cells = _Cells(offs, np.concatenate(t_all), np.array(ids), values_len,
+                       np.array(first_e) if values_len is not None else None,
+                       np.array(given) if rules.length in encs else None)  # fmt: skip
+        _cell_checks(rep, where, cells, rules)
     return _Checked(unit.unit_id, _as_tuples(rep), np.array(ids, np.int64), len(ids))
 
 
@@ -294,13 +340,16 @@ def _decode_fast(
     config: dict[str, Any],
     offsets: NDArray[Any],
     encs: dict[str, str],
-    want_g: np.dtype[Any] | None,
-    want_e: np.dtype[Any] | None,
-) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[Any]] | None:
-    """(ids, gene offsets, genes, expression lengths, first expressions) of every sample at once, when the
-    shard holds `pkl` genes/expressions in our writer's frames and a numeric id; None = decode sample by sample
-    (another layout, a foreign or damaged frame: that path names the sample)."""
-    if encs.get("genes") != "pkl" or encs.get("expressions") != "pkl" or want_g is None or want_e is None:
+    tokens: tuple[str, np.dtype[Any] | None],
+    values: tuple[str | None, np.dtype[Any] | None],
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[Any], NDArray[np.int64], NDArray[Any]] | None:
+    """(ids, token offsets, tokens, value lengths, first values) of every sample at once, when the shard holds
+    `pkl` token and value lists (the Tahoe-x1 layout) in our writer's frames and a numeric id; None = decode
+    sample by sample (another layout, a foreign or damaged frame: that path names the sample)."""
+    (tok_name, want_g), (val_name, want_e) = tokens, values
+    if val_name is None or encs.get(tok_name) != "pkl" or encs.get(val_name) != "pkl":
+        return None
+    if want_g is None or want_e is None:
         return None
     id_enc = encs.get("id")
     if id_enc is not None and id_enc not in SCALAR_DTYPES:
@@ -309,8 +358,8 @@ def _decode_fast(
         spans = column_spans(raw, config, offsets)
     except ValueError:
         return None
-    g_ok, g_len, g_at = frames().match_all(raw, *spans["genes"], want_g)
-    e_ok, e_len, e_at = frames().match_all(raw, *spans["expressions"], want_e)
+    g_ok, g_len, g_at = frames().match_all(raw, *spans[tok_name], want_g)
+    e_ok, e_len, e_at = frames().match_all(raw, *spans[val_name], want_e)
     if not (g_ok.all() and e_ok.all()):
         return None
     n = len(offsets) - 1
@@ -390,7 +439,9 @@ def _read_checked(rep: VerifyReport, name: str, pub: Publisher, rel: str, model:
     return obj
 
 
-def _check_dataset_metadata(rep: VerifyReport, out: Publisher, d: str, records: list[dict], meta: list[str]) -> None:
+def _check_dataset_metadata(
+    rep: VerifyReport, out: Publisher, d: str, records: list[dict], columns: CellColumns, meta: list[str]
+) -> None:
     """What `datasets.load_from_disk` reads: state.json (listing exactly our files) and dataset_info.json."""
     state = _read_checked(rep, "arrow split complete (state.json)", out, f"{d}/state.json")
     if state is not None:
@@ -402,7 +453,8 @@ def _check_dataset_metadata(rep: VerifyReport, out: Publisher, d: str, records: 
     info = _read_checked(rep, "arrow dataset_info.json", out, f"{d}/dataset_info.json")
     if info is not None:
         rep.check("dataset_info.json features").add(
-            info.get("features") == hf_features(meta), f"{d}/dataset_info.json: features differ from the schema"
+            info.get("features") == hf_features(columns, meta),
+            f"{d}/dataset_info.json: features differ from the schema",
         )
 
 
@@ -514,11 +566,10 @@ def run_verify(
         raise ConfigError(
             f"nothing to verify: no manifest in {hf.merged_dataset_root}", hint="run `cellcorpus tokenize`"
         )
-    vocab = load_vocab(hf.vocab_file)
+    encoding = encoding_for(hf, load_vocab(hf.vocab_file))
     ctx = _Ctx(
-        vocab_size=max(vocab.values()) + 1,
-        cls_id=vocab.get(hf.cls_token) if hf.add_cls_token else None,
-        pad_value=hf.pad_value if hf.add_cls_token else None,
+        rules=encoding.rules(),
+        columns=column_specs(encoding),
         metadata_columns=tuple(manifest.metadata_columns),
         mds_columns=tuple(sorted(cfg.mds.columns.items())) if cfg.mds else (),
         all_hashes=all_hashes,
@@ -529,7 +580,7 @@ def run_verify(
     for split, typed in manifest.splits.items():
         records = [r.model_dump() for r in typed]
         d = f"{split}.dataset"
-        _check_dataset_metadata(rep, out, d, records, list(ctx.metadata_columns))
+        _check_dataset_metadata(rep, out, d, records, ctx.columns, list(ctx.metadata_columns))
         if not out.remote:
             names = {r["path"] for r in records} | {"state.json", "dataset_info.json"}
             _check_foreign_files(rep, out.local_dir / d, names, d)

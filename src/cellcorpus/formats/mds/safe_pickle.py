@@ -27,7 +27,7 @@ from numpy.typing import NDArray
 from cellcorpus.core.byte_gather import gather_bytes
 from cellcorpus.formats.mds.torch_pickle import TorchPickler
 
-__all__ = ["UnsafePickleError", "load_pkl", "frames"]
+__all__ = ["UnsafePickleError", "load_pkl", "load_mapping", "frames"]
 
 
 class UnsafePickleError(ValueError):
@@ -60,8 +60,24 @@ _DATA_OPS = frozenset({
     "UNICODE", "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "TUPLE",
     "TUPLE1", "TUPLE2", "TUPLE3", "EMPTY_TUPLE", "EMPTY_LIST", "LIST", "APPEND", "APPENDS", "EMPTY_DICT", "DICT",
     "SETITEM", "SETITEMS", "MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET", "GLOBAL",
-    "STACK_GLOBAL", "REDUCE", "BINPERSID",
+    "STACK_GLOBAL", "REDUCE", "BINPERSID", "BUILD",
 })  # fmt: skip
+# A plain mapping (Geneformer's token and median dictionaries) may hold numpy scalars: `scalar(dtype, bytes)`
+# is rebuilt from its bytes, the dtype from its name; BUILD is accepted on a dtype only (its byte order).
+_SCALAR, _DTYPE, _LATIN1 = "numpy_scalar", "numpy_dtype", "latin1_bytes"
+_MAPPING_GLOBALS = {
+    ("_codecs", "encode"): _LATIN1,  # protocol 2 spells bytes as encode(text, "latin1")
+    ("numpy.core.multiarray", "scalar"): _SCALAR,
+    ("numpy._core.multiarray", "scalar"): _SCALAR,
+    ("numpy", "dtype"): _DTYPE,
+}
+
+
+class _DType:
+    __slots__ = ("name", "order")
+
+    def __init__(self, name: str) -> None:
+        self.name, self.order = name, "="
 
 
 class _Global:
@@ -138,6 +154,12 @@ def _interpret(stream: io.BytesIO, globals_: dict[tuple[str, str], Any], payload
         elif name == "REDUCE":
             args, fn = stack.pop(), stack.pop()
             stack.append(_reduce(fn, args))
+        elif name == "BUILD":
+            state = stack.pop()
+            target = stack[-1]
+            if not (isinstance(target, _DType) and isinstance(state, tuple) and len(state) > 1):
+                raise UnsafePickleError("BUILD of something that is not a numpy dtype")
+            target.order = str(state[1])
         elif name == "BINPERSID":
             stack.append(_persistent(stack.pop()))
         elif name in ("TUPLE", "LIST"):
@@ -225,6 +247,21 @@ def _reduce(fn: Any, args: Any) -> Any:
         return _load_legacy(args[0])
     if fn.kind == _REBUILD:
         return _rebuild(args)
+    if fn.kind == _LATIN1:
+        if len(args) != 2 or not isinstance(args[0], str) or args[1] != "latin1":
+            raise UnsafePickleError("_codecs.encode other than latin1 bytes")
+        return args[0].encode("latin1")
+    if fn.kind == _DTYPE:
+        if not (args and isinstance(args[0], str) and np.dtype(args[0]).kind in "biuf"):
+            raise UnsafePickleError(f"numpy dtype {args[:1]!r}: only numbers are read")
+        return _DType(args[0])
+    if fn.kind == _SCALAR:
+        if len(args) != 2 or not isinstance(args[0], _DType) or not isinstance(args[1], bytes):
+            raise UnsafePickleError("numpy scalar without a dtype and its bytes")
+        dtype = np.dtype(args[0].name).newbyteorder(args[0].order if args[0].order in "<>" else "=")
+        if len(args[1]) != dtype.itemsize:
+            raise UnsafePickleError("numpy scalar of the wrong size")
+        return np.frombuffer(args[1], dtype=dtype)[0]  # kept a numpy scalar: its dtype decides arithmetic
     raise UnsafePickleError("REDUCE of a storage type")
 
 
@@ -358,6 +395,21 @@ def load_pkl(data: bytes) -> Any:
         raise UnsafePickleError("bytes after the pickle's STOP")
     if not _is_plain(value):
         raise UnsafePickleError("pickle is not a tensor or a scalar")
+    return value
+
+
+def load_mapping(data: bytes, what: str) -> dict[Any, Any]:
+    """A pickled dict of plain keys and numbers (numpy scalars stay numpy scalars), read without executing
+    anything; anything else is an UnsafePickleError naming `what`."""
+    try:
+        stream = io.BytesIO(data)
+        value = _interpret(stream, _MAPPING_GLOBALS)
+    except UnsafePickleError as exc:
+        raise UnsafePickleError(f"{what}: {exc}") from None
+    except (ValueError, IndexError, KeyError, TypeError, struct.error) as exc:
+        raise UnsafePickleError(f"{what}: malformed pickle: {exc}") from exc
+    if not isinstance(value, dict):
+        raise UnsafePickleError(f"{what}: not a pickled dict")
     return value
 
 
