@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["Ragged", "row_stats", "CountScan", "scan_counts", "tokenize_csr"]
+__all__ = ["Ragged", "row_stats", "CountScan", "scan_counts", "tokenize_csr", "columns_ascending"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,23 @@ def row_stats(indptr: NDArray[Any], data: NDArray[Any]) -> tuple[NDArray[Any], N
     """(non-zero genes per cell, total counts per cell) over all stored genes — scanpy's filter_cells basis."""
     indptr = np.asarray(indptr, dtype=np.int64)
     return _segment_sums(data != 0, indptr), _segment_sums(data, indptr)
+
+
+def columns_ascending(
+    indptr: NDArray[Any], indices: NDArray[Any], data: NDArray[Any]
+) -> tuple[NDArray[Any], NDArray[Any]]:
+    """(indices, data) with each row's entries in ascending column order (scipy's canonical order); the arrays
+    themselves when they already are (one vectorised check), else one stable sort of the unit."""
+    if len(indices) < 2:
+        return indices, data
+    step = np.diff(indices.astype(np.int64))
+    row_start = np.zeros(len(indices), dtype=bool)
+    row_start[indptr[1:-1][indptr[1:-1] < len(indices)]] = True
+    if np.all((step > 0) | row_start[1:]):
+        return indices, data
+    rows = np.repeat(np.arange(len(indptr) - 1, dtype=np.int64), np.diff(indptr))
+    order = np.lexsort((indices, rows))
+    return indices[order], data[order]
 
 
 _CHUNK = 1 << 18  # elements per step of the scan below: each chunk is read from memory once, then from cache

@@ -92,6 +92,7 @@ class CellEncoding(Protocol):
     columns: tuple[Column, ...]  # in output order; `id` and the metadata columns follow
     value_dtype: Any  # the dtype the parse keeps counts in (None: the input's own)
     count_keys: tuple[str, ...]  # tallies `prepare`/`encode` add to the manifest's totals
+    columns_ascending: bool  # the parse lists each cell's genes in ascending file column (else: stored order)
 
     def check(self) -> None:
         """Raise ConfigError before any worker starts (a special token missing from the vocabulary, ...)."""

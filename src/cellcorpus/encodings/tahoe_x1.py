@@ -24,6 +24,7 @@ class TahoeX1:
     columns = (Column("genes", "int32", narrow="uint16"), Column("expressions", "float32", narrow="int16"))
     value_dtype: Any = np.float32
     count_keys: tuple[str, ...] = ()
+    columns_ascending = False  # stored order, as the reference scripts keep it
 
     def __init__(self, hf: HuggingfaceConfig, vocab: dict[str, int]) -> None:
         self.hf, self.vocab = hf, vocab

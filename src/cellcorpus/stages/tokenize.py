@@ -26,7 +26,7 @@ from cellcorpus.core.genemap import merge_duplicate_tokens
 from cellcorpus.core.ids import make_ids
 from cellcorpus.core.shuffle import n_buckets_for, order_by_bucket
 from cellcorpus.core.split import assign_valid, choose_groups, equal_pairs, key_ids, shuffle_keys
-from cellcorpus.core.tokenize import Ragged, row_stats, scan_counts, tokenize_csr
+from cellcorpus.core.tokenize import Ragged, columns_ascending, row_stats, scan_counts, tokenize_csr
 from cellcorpus.core.vocab import VocabLookup
 from cellcorpus.encodings import CellEncoding, UnitInput, column_specs, encoding_for
 from cellcorpus.errors import ConfigError, InputError
@@ -265,13 +265,14 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
     group = columns[hf.split_parameters.by] if ctx.valid_groups is not None and hf.split_parameters.by else None
     del columns
     # the one parse every encoding starts from (special tokens are the encoding's: none here)
+    indices, data = block.indices, block.data
+    if encoding.columns_ascending:
+        indices, data = columns_ascending(block.indptr, indices, data)
     try:
-        cells = tokenize_csr(
-            block.indptr, block.indices, block.data, gene_map, None, hf.pad_value, scan.n_zero, encoding.value_dtype
-        )
+        cells = tokenize_csr(block.indptr, indices, data, gene_map, None, hf.pad_value, scan.n_zero, encoding.value_dtype)
     except IndexError as exc:  # a corrupt X
         raise InputError(f"{unit.path} rows {unit.row_start}-{unit.row_stop}: {exc}") from None
-    del block  # raw rows no longer needed (but for what the encoding reads): one copy of the unit, not two
+    del block, indices, data  # raw rows no longer needed: peak memory is one copy of the unit, not two
     counts["explicit_zeros_dropped"] = cells.n_explicit_zeros
     counts["oov_entries_dropped"] = cells.n_oov_entries
     n_summed = 0
@@ -354,6 +355,10 @@ def _work_settings(hf: HuggingfaceConfig) -> tuple[str, dict[str, Any]]:
     settings = hf.model_dump(mode="json", exclude=set(HF_LOCATION_KEYS) | {"parquet_gene_table"})
     if settings["split_parameters"]["key"] == "id":  # the default: identities of earlier runs stay the same
         del settings["split_parameters"]["key"]
+    if settings["encoding"] == "tahoe_x1" and settings["geneformer"] is None:  # likewise
+        del settings["encoding"], settings["geneformer"]
+    elif settings["geneformer"] is not None:  # the medians by content, not by where they are
+        settings["geneformer"]["gene_median"] = file_checksum(settings["geneformer"]["gene_median"])
     for join in settings["additional_metadata_info"]:
         join["path"] = file_checksum(join["path"])
     if settings.get("gene_id_map"):
