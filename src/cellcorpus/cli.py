@@ -236,6 +236,18 @@ def tokenize(
 
 @app.command()
 @_handle_errors
+def stats(
+    config: ConfigArg, set_: SetOpt = None, num_proc: NumProcOpt = None, dask: DaskOpt = None, debug: DebugOpt = False
+) -> None:
+    """Per-gene statistics of the inputs (Geneformer's gene medians, non-zero cells, totals; resumable)."""
+    from cellcorpus.stages.stats import run_stats
+
+    plan = plan_for(_load(config, set_), "stats", num_proc=num_proc, dask=dask)
+    _print_summary(run_stats(plan, reporter=RichReporter()))
+
+
+@app.command()
+@_handle_errors
 def mds(
     config: ConfigArg, set_: SetOpt = None, num_proc: NumProcOpt = None, dask: DaskOpt = None, debug: DebugOpt = False
 ) -> None:

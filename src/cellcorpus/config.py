@@ -268,6 +268,20 @@ class GeneformerSettings(_Section):
     filter_pass_column: str = "filter_pass"
 
 
+class StatsConfig(_Section):
+    """`stats:` — per-gene corpus statistics over the huggingface section's inputs (`cellcorpus stats`): the
+    non-zero medians Geneformer normalises by, non-zero cells, totals, cells and counts per input."""
+
+    # folder of stats.parquet, gene_median.pkl (Geneformer's dictionary format), stats.json and the manifest
+    output_root: str
+    # counts are scaled to this total per cell before the medians are taken (Geneformer: 10,000)
+    target_sum: int = Field(10_000, gt=0)
+    # the medians' relative error bound: values are counted in logarithmic buckets this fine (a DDSketch)
+    relative_accuracy: float = Field(0.002, gt=0.0, lt=0.1)
+    # worker processes
+    num_proc: int = Field(1, ge=1)
+
+
 class HuggingfaceConfig(_Section):
     """`huggingface:` — tokenization into HF Arrow datasets (seed keys + a few defaulted new ones)."""
 
@@ -492,6 +506,8 @@ class Config(_Section):
     mds: MdsConfig | None = None
     # drug ids and Morgan fingerprints for the chemistry token (`cellcorpus drugs`)
     drugs: DrugsConfig | None = None
+    # per-gene statistics of the inputs, e.g. Geneformer's gene medians (`cellcorpus stats`)
+    stats: StatsConfig | None = None
     # where work units run (local processes or Dask)
     executor: ExecutorConfig = Field(default_factory=lambda: ExecutorConfig.model_validate({}))
     # how outputs are written
@@ -707,6 +723,7 @@ def derive_paths(data: Any) -> Any:
         "mds", "root_dir", hf.get("merged_dataset_root", f"{root}/merged") if isinstance(hf, dict) else f"{root}/merged"
     )
     fill("drugs", "output_root", f"{root}/drugs")
+    fill("stats", "output_root", f"{root}/stats")
     return data
 
 
@@ -716,6 +733,7 @@ HF_LOCATION_KEYS = frozenset(
     {"adata_dir", "output_root", "merged_dataset_root", "vocab_output_root", "vocab_path", "num_proc", "dataset_name"}
 )
 MDS_LOCATION_KEYS = frozenset({"out_root", "root_dir", "num_proc", "staging_dir"})
+STATS_LOCATION_KEYS = frozenset({"output_root", "num_proc"})
 
 
 def config_hash(*parts: BaseModel | object) -> str:

@@ -47,6 +47,7 @@ class Layout:
     mds_source: Publisher | None = None  # mds.root_dir: the datasets the mds stage exports
     vocab_root: str | None = None
     drugs_root: str | None = None
+    stats_root: str | None = None
     downloads: tuple[tuple[str, str], ...] = ()  # (source section, its output_root)
 
     @classmethod
@@ -61,6 +62,7 @@ class Layout:
             mds_source=Publisher(mds.root_dir, staging=".") if mds else None,
             vocab_root=cfg.vocab.output_root if cfg.vocab else None,
             drugs_root=cfg.drugs.output_root if cfg.drugs else None,
+            stats_root=cfg.stats.output_root if cfg.stats else None,
             downloads=tuple((s, root) for s in _SOURCES if (root := getattr(getattr(cfg, s), "output_root", None))),
         )
 
@@ -129,6 +131,7 @@ class Layout:
         roots = {
             "vocab": [("vocab.output_root", self.vocab_root)],
             "drugs": [("drugs.output_root", self.drugs_root)],
+            "stats": [("stats.output_root", self.stats_root)],
             "tokenize": [("huggingface.output_root", str(self.work) if self.work else None), merged, export],
             "mds": [export],
             "verify": [merged, export],

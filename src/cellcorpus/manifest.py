@@ -29,6 +29,7 @@ __all__ = [
     "output_record",
     "write_manifest",
     "DownloadManifest",
+    "StatsManifest",
     "parse_manifest",
     "read_manifest",
     "StageManifest",
@@ -224,6 +225,14 @@ class MdsManifest(StageManifest):
     columns: dict[str, str]
     splits: dict[str, MdsSplitRecord]
     totals: dict[str, int]
+
+
+class StatsManifest(StageManifest):
+    """`<stats.output_root>/manifest.json`."""
+
+    inputs: list[InputRecord]
+    totals: dict[str, int]
+    files: dict[str, str]  # output name -> xxh64 of its bytes
 
 
 class DrugsManifest(StageManifest):

@@ -13,7 +13,12 @@ from cellcorpus.stages.base import StageSummary, stage_locks
 
 __all__ = ["STAGES", "run_pipeline", "iter_pipeline", "run_demo", "packaged_config", "shipped_configs", "DEMO_CONFIGS"]
 
-DEMO_CONFIGS = ("tahoe_x1_v2/tahoe_100m.yaml", "tahoe_x1_v2/scbasecamp.yaml", "tahoe_x1_v2/cellxgene_2025_01_21.yaml")
+DEMO_CONFIGS = (
+    "tahoe_x1_v2/tahoe_100m.yaml",
+    "tahoe_x1_v2/scbasecamp.yaml",
+    "tahoe_x1_v2/cellxgene_2025_01_21.yaml",
+    "geneformer/tahoe_100m_geneformer.yaml",  # the same plates as a Geneformer V2 corpus
+)
 
 
 def packaged_config(name: str) -> Path:
@@ -31,6 +36,12 @@ def _drugs(plan: Plan, reporter: Reporter | None) -> StageSummary:
     from cellcorpus.stages.drugs import run_drugs
 
     return run_drugs(plan)
+
+
+def _stats(plan: Plan, reporter: Reporter | None) -> StageSummary:
+    from cellcorpus.stages.stats import run_stats
+
+    return run_stats(plan, plan.executor, reporter)
 
 
 def _tokenize(plan: Plan, reporter: Reporter | None) -> StageSummary:
@@ -63,6 +74,7 @@ def _report(plan: Plan, reporter: Reporter | None) -> StageSummary:
 STAGES: tuple[tuple[str, str, Callable[[Plan, Reporter | None], StageSummary]], ...] = (
     ("vocab", "vocab", _vocab),
     ("drugs", "drugs", _drugs),
+    ("stats", "stats", _stats),  # before tokenize: Geneformer's medians may be its output
     ("tokenize", "huggingface", _tokenize),
     ("mds", "mds", _mds),
     ("verify", "huggingface", _verify),

@@ -21,7 +21,9 @@ from cellcorpus.layout import Layout
 __all__ = ["Plan", "plan_for"]
 
 # The section whose `num_proc` sizes each command's pool (`run`: the largest of huggingface's and mds's).
-_POOL_SECTION = {"tokenize": "huggingface", "verify": "huggingface", "report": "huggingface", "mds": "mds"}
+_POOL_SECTION = {
+    "tokenize": "huggingface", "verify": "huggingface", "report": "huggingface", "mds": "mds", "stats": "stats",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ class Plan:
 
 def _pool_size(cfg: Config, command: str, source: str | None) -> int:
     if command == "run":
-        return max([s.num_proc for s in (cfg.huggingface, cfg.mds) if s is not None] or [1])
+        return max([s.num_proc for s in (cfg.huggingface, cfg.mds, cfg.stats) if s is not None] or [1])
     section = source if command == "download" else _POOL_SECTION.get(command)
     found = getattr(cfg, section, None) if section else None
     return int(getattr(found, "num_proc", 1) or 1)

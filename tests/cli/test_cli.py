@@ -36,6 +36,13 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch):
         ds = streaming_dataset(str(out / mds / "train"))
         assert len(ds) > 0
         assert int(ds[0]["genes"][0]) == 1  # <cls>
+    # the same plates as a Geneformer V2 corpus: medians from the stats stage, <cls> ... <eos> in 4096
+    geneformer = datasets.load_from_disk(str(out / "geneformer" / "merged" / "train.dataset"))
+    vocab = json.loads((out / "geneformer" / "vocab" / "token_dictionary.json").read_text())
+    assert len(geneformer) > 400 and set(geneformer.column_names) >= {"input_ids", "length", "drug"}
+    first = geneformer[0]["input_ids"]
+    assert (first[0], first[-1]) == (vocab["<cls>"], vocab["<eos>"]) and geneformer[0]["length"] == len(first)
+    assert (out / "geneformer" / "stats" / "gene_median.pkl").is_file()
     tahoe = datasets.load_from_disk(str(out / "tahoe_merged_w_metadata" / "train.dataset"))
     assert set(tahoe.column_names) >= {"drug", "sample", "Cell_ID_Cellosaur", "moa-fine", "plate"}
     # the demo names each dataset before its stages run, and ends with what to try next

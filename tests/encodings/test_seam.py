@@ -69,7 +69,9 @@ def test_geneformer_corpus_runs_end_to_end_with_mds(tmp_path, write_config):
 
 
 def test_verify_names_a_geneformer_cell_longer_than_the_model_input(tmp_path, write_config):
-    cfg, _ = _geneformer(tmp_path, write_config, **{"huggingface.split_parameters.test_size": 0, "mds.splits": ["train"]})
+    cfg, _ = _geneformer(
+        tmp_path, write_config, **{"huggingface.split_parameters.test_size": 0, "mds.splits": ["train"]}
+    )
     run_pipeline(cfg)
     path = next((tmp_path / "merged" / "train.dataset").glob("data-*.arrow"))
     table = read_arrow(path, in_memory=True)

@@ -144,7 +144,7 @@ def test_key_id_gives_the_demo_outputs_of_before_byte_for_byte(tmp_path):
 
     out = tmp_path / "demo"
     make_demo_atlas(out)
-    for name in DEMO_CONFIGS:
+    for name in [n for n in DEMO_CONFIGS if n.startswith("tahoe_x1_v2/")]:  # (the Geneformer corpus came later)
         cfg = load_config(packaged_config(name), [f"output_root={out}", "huggingface.split_parameters.key=id"])
         assert cfg.huggingface.split_parameters.key == "id"
         list(run_pipeline(cfg))

@@ -20,7 +20,7 @@ from cellcorpus.layout import MANIFEST, OUTPUT_RECORDS
 from cellcorpus.manifest import Ledger, StageManifest, UnitResult, read_manifest, write_manifest
 from cellcorpus.plan import Plan, plan_for
 
-__all__ = ["WorkUnit", "StageSummary", "StageRun", "run_stage", "decide_rerun", "locked", "stage_locks"]
+__all__ = ["WorkUnit", "row_units", "StageSummary", "StageRun", "run_stage", "decide_rerun", "locked", "stage_locks"]
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=StageManifest)
@@ -116,6 +116,16 @@ class FusedExport(Protocol):
 
     def clear_scratch(self, split: str) -> None:
         """The split's scratch, once every part was adopted."""
+
+
+def row_units(inputs: Sequence[Any], unit_cells: int) -> list[WorkUnit]:
+    """(file, row range) units of at most `unit_cells` rows of each input (`InputFile`), by file then row."""
+    units = []
+    for f in inputs:
+        for start in range(0, f.n_obs, unit_cells):
+            stop = min(start + unit_cells, f.n_obs)
+            units.append(WorkUnit(f"f{f.file_index:05d}-r{start:010d}", f.path, f.file_index, start, stop, f.checksum))
+    return units
 
 
 @dataclass

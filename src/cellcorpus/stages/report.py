@@ -685,7 +685,7 @@ def _page(stats: dict[str, Any], manifest: TokenizeManifest, dist: dict[str, dic
         "<h2>Cells, as a model sees them</h2>",
         _histogram_svg(
             {s: d["genes_per_cell"] for s, d in dist.items()},
-            "Genes per cell (without CLS), against common context lengths",
+            "Genes per cell (without special tokens such as CLS), against common context lengths",
             "genes per cell",
             marks=CONTEXT_LENGTHS,
         ),
@@ -707,7 +707,9 @@ def _page(stats: dict[str, Any], manifest: TokenizeManifest, dist: dict[str, dic
             "Total counts per cell (log axis, labels in counts)",
             "total counts per cell",
             log=True,
-        ),
+        )
+        if any(d["counts_per_cell"].n for d in dist.values())
+        else "<p>The encoding writes no counts: no counts per cell to show.</p>",
         _mito_html(stats["mito_share"], dist),
         "<h2>Vocabulary coverage</h2>",
         f"<p>{stats['vocabulary']['seen']:,} of {stats['vocabulary']['gene_tokens']:,} gene tokens of the "

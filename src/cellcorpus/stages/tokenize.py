@@ -44,7 +44,7 @@ from cellcorpus.manifest import Ledger, TokenizeManifest, UnitResult, file_check
 from cellcorpus.plan import Plan, plan_for
 from cellcorpus.sources.base import InputFile, RawBlock
 from cellcorpus.sources.inputs import discover_and_inspect, gene_mapping, input_format, obs_index_column
-from cellcorpus.stages.base import FusedExport, StageRun, StageSummary, WorkUnit, locked, run_stage
+from cellcorpus.stages.base import FusedExport, StageRun, StageSummary, WorkUnit, locked, row_units, run_stage
 from cellcorpus.stages.preflight import check_renames, preflight
 from cellcorpus.stages.tokenize_finalize import TokenizeContext, finalize_splits
 from cellcorpus.stages.tokenize_keys import check_unique_keys, write_unit_keys
@@ -69,13 +69,7 @@ COUNT_KEYS = (
 # ---- plan ---------------------------------------------------------------------------------------
 def plan_tokenize(hf: HuggingfaceConfig, inputs: list[InputFile]) -> list[WorkUnit]:
     """(file, row range) units of at most `unit_cells` rows, sorted by file then row."""
-    units = []
-    for f in inputs:
-        for start in range(0, f.n_obs, hf.unit_cells):
-            stop = min(start + hf.unit_cells, f.n_obs)
-            uid = f"f{f.file_index:05d}-r{start:010d}"
-            units.append(WorkUnit(uid, f.path, f.file_index, start, stop, f.checksum))
-    return units
+    return row_units(inputs, hf.unit_cells)
 
 
 # ---- unit ---------------------------------------------------------------------------------------
@@ -269,7 +263,9 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
     if encoding.columns_ascending:
         indices, data = columns_ascending(block.indptr, indices, data)
     try:
-        cells = tokenize_csr(block.indptr, indices, data, gene_map, None, hf.pad_value, scan.n_zero, encoding.value_dtype)
+        cells = tokenize_csr(
+            block.indptr, indices, data, gene_map, None, hf.pad_value, scan.n_zero, encoding.value_dtype
+        )
     except IndexError as exc:  # a corrupt X
         raise InputError(f"{unit.path} rows {unit.row_start}-{unit.row_stop}: {exc}") from None
     del block, indices, data  # raw rows no longer needed: peak memory is one copy of the unit, not two

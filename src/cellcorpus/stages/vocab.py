@@ -12,6 +12,7 @@ import numpy as np
 from cellcorpus.config import Config, VocabConfig
 from cellcorpus.core.vocab import build_vocab
 from cellcorpus.errors import ConfigError, InputError
+from cellcorpus.formats.mds.safe_pickle import UnsafePickleError, load_mapping
 from cellcorpus.io.atomic import write_json_atomic
 from cellcorpus.io.h5ad import H5adReader
 from cellcorpus.io.paths import join
@@ -36,6 +37,8 @@ def run_vocab(cfg: Config | Plan) -> StageSummary:
     vc = plan_for(cfg, "vocab").cfg.need("vocab")
     if not Path(vc.reference_adata).is_file():
         raise ConfigError(f"vocab.reference_adata: file not found: {vc.reference_adata}")
+    if vc.reference_adata.endswith(".pkl"):  # a token dictionary (Geneformer's): the vocabulary as it is
+        return _write_vocab(vc, token_dictionary(vc.reference_adata), {}, [])
     ids, symbols = reference_genes(vc)
     try:
         built = build_vocab(ids, symbols, vc.special_tokens, vc.add_junk_tokens)
@@ -43,15 +46,6 @@ def run_vocab(cfg: Config | Plan) -> StageSummary:
         raise InputError(f"{vc.reference_adata}: {exc}") from exc
     if built.n_genes == 0:
         raise InputError(f"{vc.reference_adata}: var column '{vc.use_col}' holds no gene ids")
-    vocab_path = Path(vc.vocab_file)
-    skipped = vocab_path.is_file() and json.loads(vocab_path.read_text()) == built.vocab
-    if not skipped:
-        write_json_atomic(vocab_path, built.vocab, sort_keys=False)  # index order, as GeneVocab saves
-    outputs = {"vocab": str(vocab_path)}
-    if vc.id_to_gene_output_file:
-        id_path = join(vc.output_root, vc.id_to_gene_output_file)
-        write_json_atomic(id_path, built.id_to_gene)
-        outputs["id_to_gene"] = id_path
     notes = []
     if built.duplicated_ids:
         shown = ", ".join(built.duplicated_ids[:5]) + (" ..." if len(built.duplicated_ids) > 5 else "")
@@ -60,23 +54,45 @@ def run_vocab(cfg: Config | Plan) -> StageSummary:
     if built.n_missing_ids:
         notes.append(f"{built.n_missing_ids} reference gene(s) without an id dropped")
         log.warning(notes[-1])
-    return StageSummary(
-        "vocab",
-        skipped=skipped,
-        counts={
-            "tokens": len(built.vocab),
-            "genes": built.n_genes,
-            "special": len(vc.special_tokens),
-            "junk": built.n_junk,
-            "missing_ids": built.n_missing_ids,
-            "duplicated_ids": len(built.duplicated_ids),
-        },
-        outputs=outputs,
-        notes=notes,
-    )
+    counts = {
+        "genes": built.n_genes,
+        "special": len(vc.special_tokens),
+        "junk": built.n_junk,
+        "missing_ids": built.n_missing_ids,
+        "duplicated_ids": len(built.duplicated_ids),
+    }
+    summary = _write_vocab(vc, built.vocab, counts, notes)
+    if vc.id_to_gene_output_file:
+        id_path = join(vc.output_root, vc.id_to_gene_output_file)
+        write_json_atomic(id_path, built.id_to_gene)
+        summary.outputs["id_to_gene"] = id_path
+    return summary
 
 
 _TABLE_SUFFIXES = (".parquet", ".pq", ".csv", ".csv.gz", ".tsv", ".tsv.gz")
+
+
+def token_dictionary(path: str) -> dict[str, int]:
+    """A pickled token dictionary (Geneformer's `token_dictionary.pkl`: gene id or special token -> id), read
+    without executing it; ids must be distinct non-negative integers."""
+    try:
+        mapping = load_mapping(Path(path).read_bytes(), path)
+    except UnsafePickleError as exc:
+        raise InputError(str(exc), hint="a token dictionary is a pickled dict of token -> integer id") from None
+    tokens = {str(k): int(v) for k, v in mapping.items() if isinstance(v, int | np.integer)}
+    if len(tokens) != len(mapping) or len(set(tokens.values())) != len(tokens) or min(tokens.values(), default=0) < 0:
+        raise InputError(f"{path}: a token dictionary maps each token to a distinct non-negative integer id")
+    return tokens
+
+
+def _write_vocab(vc: VocabConfig, vocab: dict[str, int], counts: dict[str, int], notes: list[str]) -> StageSummary:
+    """Write the vocabulary JSON (rewritten only when it differs) and summarise."""
+    vocab_path = Path(vc.vocab_file)
+    skipped = vocab_path.is_file() and json.loads(vocab_path.read_text()) == vocab
+    if not skipped:
+        write_json_atomic(vocab_path, vocab, sort_keys=False)  # index order, as GeneVocab saves
+    counts = {"tokens": len(vocab), **counts}  # (the summary's order: tokens first)
+    return StageSummary("vocab", skipped=skipped, counts=counts, outputs={"vocab": str(vocab_path)}, notes=notes)
 
 
 def reference_genes(vc: VocabConfig) -> tuple[np.ndarray, np.ndarray]:

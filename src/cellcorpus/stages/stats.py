@@ -1,0 +1,241 @@
+"""`cellcorpus stats`: per-gene statistics of a config's inputs, in one resumable pass over them.
+
+The main product is each vocabulary gene's median of non-zero normalised expression (count / the cell's
+total x `target_sum`), which Geneformer divides by, over the whole corpus (`gene_median.pkl` in its own
+dictionary format, and `stats.parquet`, which `huggingface.geneformer.gene_median` can name too). Beside it:
+per gene, the cells where it is non-zero and its total count (and mean per cell); per input, cells and counts;
+the genes per cell. A unit ((file, row range), as tokenize cuts them) writes its per-gene sketch
+(`core/gene_sketch.py`) and sums; the merge adds counts, so the result is the same whatever `--num-proc`
+and the unit size. Every cell of every input is counted (the config's cell filters are tokenize's).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cellcorpus.config import STATS_LOCATION_KEYS, Config, HuggingfaceConfig, StatsConfig, config_hash
+from cellcorpus.core.gene_sketch import GeneSketch
+from cellcorpus.core.genemap import merge_duplicate_tokens
+from cellcorpus.core.rank import cell_rows
+from cellcorpus.core.sketch import ValueCounts
+from cellcorpus.core.tokenize import row_stats, scan_counts, tokenize_csr
+from cellcorpus.core.vocab import VocabLookup
+from cellcorpus.errors import InputError
+from cellcorpus.exec.runner import ExecutorSpec, Reporter
+from cellcorpus.io.atomic import atomic_path, write_json_atomic
+from cellcorpus.io.paths import Publisher
+from cellcorpus.io.vocab import load_vocab
+from cellcorpus.manifest import Ledger, StatsManifest, UnitResult, file_checksum, output_record
+from cellcorpus.plan import Plan, plan_for
+from cellcorpus.sources.inputs import discover_and_inspect, gene_mapping, input_format
+from cellcorpus.stages.base import StageRun, StageSummary, WorkUnit, locked, run_stage
+
+__all__ = ["run_stats", "stats_unit", "StatsContext", "STATS_FILES"]
+
+log = logging.getLogger(__name__)
+
+STATS_FILES = ("stats.parquet", "gene_median.pkl", "stats.json")
+
+
+@dataclass(frozen=True)
+class StatsContext:
+    """What every unit shares (small and picklable)."""
+
+    hf: HuggingfaceConfig
+    vocab_file: str
+    parts: str  # folder of the units' sketches
+    target_sum: int
+    relative_accuracy: float
+    n_counts_column: str | None  # obs column of each cell's total, used where a file has it
+
+
+def _gene_map(hf: HuggingfaceConfig, var_ids: np.ndarray, lookup: VocabLookup) -> tuple[np.ndarray, bool]:
+    """Each file column's vocabulary id (-1: none), and whether two columns share one (then summed per cell)."""
+    if hf.gene_id_map is None:
+        gene_map = lookup.map_genes(var_ids)
+        known = gene_map[gene_map >= 0]
+        return gene_map, len(np.unique(known)) != len(known)
+    mapping = gene_mapping(hf, var_ids, lookup)
+    return mapping.gene_map, mapping.n_colliding > 0
+
+
+def stats_unit(unit: WorkUnit, ctx: StatsContext) -> UnitResult:
+    """One unit's per-gene sketch and sums, written to `parts/<unit>.npz`."""
+    hf = ctx.hf
+    lookup = VocabLookup(load_vocab(ctx.vocab_file))
+    block = input_format(hf).read_block(unit.path, unit.row_start, unit.row_stop, hf)
+    scan = scan_counts(block.data)
+    if scan.problem:
+        raise InputError(f"{unit.path} rows {unit.row_start}-{unit.row_stop}: {scan.problem}")
+    gene_map, collide = _gene_map(hf, block.var_ids, lookup)
+    n_genes, totals = row_stats(block.indptr, block.data)  # over every stored gene, in the vocabulary or not
+    given = block.obs.get(ctx.n_counts_column) if ctx.n_counts_column else None
+    n_counts = np.asarray(given, dtype=np.float64) if given is not None else totals.astype(np.float64)
+    cells = tokenize_csr(block.indptr, block.indices, block.data, gene_map, None, 0, scan.n_zero, np.float64)
+    offsets, genes, values = cells.offsets, cells.genes, cells.expressions
+    if collide:
+        offsets, genes, values, _ = merge_duplicate_tokens(offsets, genes, values)
+    rows = cell_rows(offsets)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        normalised = values / n_counts[rows] * ctx.target_sum
+    sketch = GeneSketch.empty(ctx.relative_accuracy).add(genes, normalised)
+    size = max(lookup.vocab.values(), default=-1) + 1
+    per_cell = ValueCounts.of(n_genes.astype(np.float64))
+    path = Path(ctx.parts) / f"{unit.unit_id}.npz"
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(
+            f,
+            keys=sketch.keys,
+            counts=sketch.counts,
+            nonzero=np.bincount(genes, minlength=size).astype(np.int64),
+            totals=np.bincount(genes, weights=values, minlength=size),
+            genes_per_cell=np.stack([per_cell.values, per_cell.counts.astype(np.float64)]),
+        )
+    extra = {"file_index": unit.file_index, "input_checksum": unit.checksum, "counts": float(totals.sum())}
+    return UnitResult(unit.unit_id, {"cells": unit.n_cells}, [output_record(path, ctx.parts)], extra)
+
+
+def _settings(hf: HuggingfaceConfig, st: StatsConfig, n_counts_column: str | None) -> dict[str, Any]:
+    """What decides the statistics' values (locations excluded; the vocabulary and gene map by content)."""
+    settings = st.model_dump(mode="json", exclude=set(STATS_LOCATION_KEYS))
+    gene_map = hf.gene_id_map.model_dump(mode="json") if hf.gene_id_map else None
+    if gene_map:
+        gene_map["path"] = file_checksum(gene_map["path"])
+    return {
+        **settings,
+        "vocabulary": file_checksum(hf.vocab_file),
+        "gene_col": hf.gene_col,
+        "counts_layer": hf.counts_layer,
+        "input_format": hf.input_format,
+        "gene_table": file_checksum(hf.parquet_gene_table) if hf.parquet_gene_table else None,
+        "gene_id_map": gene_map,
+        "n_counts_column": n_counts_column,
+    }
+
+
+def _merge(parts: Path, units: Sequence[WorkUnit], accuracy: float, size: int) -> tuple[GeneSketch, Any, Any, Any]:
+    """The units' sketches and sums added up, in unit order (one unit's file in memory at a time)."""
+    sketch = GeneSketch.empty(accuracy)
+    nonzero, totals = np.zeros(size, np.int64), np.zeros(size)
+    per_cell = ValueCounts()
+    for u in units:
+        with np.load(parts / f"{u.unit_id}.npz") as z:
+            sketch = sketch.merge(GeneSketch(z["keys"], z["counts"], sketch.gamma))
+            nonzero += z["nonzero"]
+            totals += z["totals"]
+            values, counts = z["genes_per_cell"]
+            per_cell = per_cell.merge(ValueCounts(values, counts.astype(np.int64), float(values @ counts)))
+    return sketch, nonzero, totals, per_cell
+
+
+@locked("stats")
+def run_stats(cfg: Config | Plan, spec: ExecutorSpec | None = None, reporter: Reporter | None = None) -> StageSummary:
+    """Compute the statistics (skipped when the output is complete for these inputs and settings)."""
+    plan = plan_for(cfg, "stats", spec)  # (`locked` resolved it: this is that plan)
+    cfg, layout, spec = plan.cfg, plan.layout, plan.executor
+    hf, st = cfg.need("huggingface"), cfg.need("stats")
+    vocab = load_vocab(hf.vocab_file)
+    inputs, _ = discover_and_inspect(hf, vocab, layout.decompressed)
+    n_counts_column = hf.geneformer.n_counts_column if hf.geneformer else "n_counts"
+    settings = _settings(hf, st, n_counts_column)
+    stage_hash = config_hash(settings, [(f.rel_path, f.n_bytes, f.checksum) for f in inputs])
+    out = Publisher(st.output_root, staging=".")
+    root = out.local_dir
+    parts = root / "parts"
+    ctx = StatsContext(hf, hf.vocab_file, str(parts), st.target_sum, st.relative_accuracy, n_counts_column)
+    size = max(vocab.values(), default=-1) + 1
+    outputs = {name: str(root / name) for name in STATS_FILES}
+
+    def plan_units() -> list[WorkUnit]:
+        parts.mkdir(parents=True, exist_ok=True)
+        units = []
+        for f in inputs:
+            for start in range(0, f.n_obs, hf.unit_cells):
+                stop = min(start + hf.unit_cells, f.n_obs)
+                units.append(
+                    WorkUnit(f"f{f.file_index:05d}-r{start:010d}", f.path, f.file_index, start, stop, f.checksum)
+                )
+        return units
+
+    def finalize(units: Sequence[WorkUnit], results: list[UnitResult]) -> tuple[dict[str, Any], StageSummary]:
+        sketch, nonzero, totals, per_cell = _merge(parts, units, st.relative_accuracy, size)
+        genes, n, medians = sketch.medians()
+        names = {i: g for g, i in vocab.items()}
+        n_cells = sum(r.counts["cells"] for r in results)
+        seen = np.flatnonzero(nonzero > 0)
+        median_of = dict(zip(genes.tolist(), medians.tolist(), strict=True))
+        table = pa.table(
+            {
+                "gene_id": [names.get(int(i), str(i)) for i in seen],
+                "token_id": pa.array(seen, pa.int64()),
+                "nonzero_cells": pa.array(nonzero[seen], pa.int64()),
+                "total_counts": pa.array(totals[seen]),
+                "mean_counts": pa.array(totals[seen] / max(n_cells, 1)),
+                "median": pa.array([median_of.get(int(i), float("nan")) for i in seen]),
+            }
+        )
+        with atomic_path(root / "stats.parquet") as tmp:
+            pq.write_table(table, tmp)
+        # Geneformer's gene_median_dictionary format: Ensembl id -> median (plain floats)
+        with atomic_path(root / "gene_median.pkl") as tmp, open(tmp, "wb") as f:
+            pickle.dump(
+                dict(zip(table.column("gene_id").to_pylist(), table.column("median").to_pylist(), strict=True)), f
+            )
+        by_input: dict[int, dict[str, float]] = {}
+        for r in results:
+            entry = by_input.setdefault(r.extra["file_index"], {"cells": 0, "counts": 0.0})
+            entry["cells"] += r.counts["cells"]
+            entry["counts"] += r.extra["counts"]
+        summary_json = {
+            "cells": n_cells,
+            "genes_seen": len(seen),
+            "relative_accuracy": st.relative_accuracy,
+            "target_sum": st.target_sum,
+            "inputs": {inputs[fi].rel_path: v for fi, v in sorted(by_input.items())},
+            "genes_per_cell": {f"q{int(q * 100):02d}": per_cell.quantile(q) for q in (0.01, 0.5, 0.99)}
+            if per_cell.n
+            else {},
+        }
+        write_json_atomic(root / "stats.json", summary_json)
+        for p in sorted(parts.glob("*.npz")):  # merged: the units' sketches are no longer needed
+            os.unlink(p)
+        files = {name: file_checksum(root / name) for name in STATS_FILES}
+        totals_out = {"cells": n_cells, "genes_seen": len(seen), "inputs": len(inputs)}
+        records = [
+            {"file_index": f.file_index, "path": f.rel_path, "bytes": f.n_bytes, "checksum": f.checksum,
+             "n_obs": f.n_obs}
+            for f in inputs
+        ]  # fmt: skip
+        body = {"inputs": records, "totals": totals_out, "files": files}
+        return body, StageSummary("stats", counts=totals_out, outputs=outputs)
+
+    stage: StageRun[StatsManifest] = StageRun(
+        name="stats",
+        out=out,
+        markers=list(STATS_FILES),
+        key="stats.output_root",
+        what="statistics",
+        settings_hash=config_hash(settings),
+        stage_hash=stage_hash,
+        manifest_model=StatsManifest,
+        ledger=Ledger(root / "units", stage_hash),
+        plan=plan_units,
+        run_unit=stats_unit,
+        context=ctx,
+        finalize=finalize,
+        skipped=lambda m: StageSummary("stats", skipped=True, counts=m.totals, outputs=outputs),
+        cells_of=lambda u: u.n_cells,
+        is_current=lambda u, r: r.extra.get("input_checksum") == u.checksum,
+        settings=settings,
+    )
+    return run_stage(stage, spec, reporter)

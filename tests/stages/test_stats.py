@@ -1,0 +1,79 @@
+"""`cellcorpus stats`: per-gene medians within the documented error of the exact ones on real cells, sums
+exact, the same bytes whatever the processes and unit size, and usable as Geneformer's median dictionary."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from cellcorpus.config import load_config
+from cellcorpus.formats.mds.safe_pickle import load_mapping
+from cellcorpus.stages.stats import run_stats
+from tests.encodings.test_geneformer import _h5ad, _pbmc
+
+
+def _setup(root, write_config, **more):
+    counts, n_counts, symbols = _pbmc()
+    ids = [f"ENSG{i:011d}" for i in range(len(symbols))]
+    (root / "vocab").mkdir(parents=True, exist_ok=True)
+    vocab = {"<pad>": 0, "<cls>": 1} | {g: 2 + i for i, g in enumerate(ids)}
+    (root / "vocab" / "vocab.json").write_text(str(vocab).replace("'", '"'))
+    _h5ad(root / "raw" / "a.h5ad", counts[:400], ids, {})
+    _h5ad(root / "raw" / "b.h5ad", counts[400:], ids, {})
+    cfg = write_config(root, drop=("mds",), **{"huggingface.gene_col": "ensembl_id", "stats": {}, **more})
+    return load_config(cfg), counts, ids
+
+
+def test_medians_within_the_documented_error_of_the_exact_ones(tmp_path, write_config):
+    cfg, counts, ids = _setup(tmp_path, write_config)
+    summary = run_stats(cfg)
+    assert summary.counts["cells"] == counts.shape[0]
+    table = pq.read_table(tmp_path / "stats" / "stats.parquet").to_pandas().set_index("gene_id")
+    norm = counts.multiply(1e4 / np.asarray(counts.sum(axis=1))).tocsc()  # each cell's own total
+    errors, checked = [], 0
+    for j, g in enumerate(ids):
+        col = norm.data[norm.indptr[j] : norm.indptr[j + 1]]
+        col = col[col > 0]
+        if not len(col):
+            assert g not in table.index
+            continue
+        row = table.loc[g]
+        assert row["nonzero_cells"] == len(col)  # exact
+        assert row["total_counts"] == counts[:, j].sum()  # exact (whole counts)
+        if len(col) >= 100:
+            errors.append(abs(row["median"] / np.median(col) - 1))
+            checked += 1
+    assert checked > 300
+    assert np.median(errors) <= 0.005 and max(errors) <= 0.0021  # relative_accuracy 0.002 (+ rounding)
+
+
+def test_same_bytes_whatever_processes_and_unit_size(tmp_path, write_config):
+    outs = {}
+    for name, unit, procs in (("one", 1000, 1), ("many", 37, 2)):
+        cfg, _, _ = _setup(tmp_path / name, write_config, **{"huggingface.unit_cells": unit, "stats.num_proc": procs})
+        run_stats(cfg)
+        outs[name] = [(tmp_path / name / "stats" / f).read_bytes() for f in ("stats.parquet", "gene_median.pkl")]
+    assert outs["one"] == outs["many"]
+
+
+def test_rerun_skips_and_the_median_file_is_geneformers_format(tmp_path, write_config):
+    cfg, _, _ = _setup(tmp_path, write_config)
+    assert not run_stats(cfg).skipped
+    assert run_stats(cfg).skipped
+    data = (tmp_path / "stats" / "gene_median.pkl").read_bytes()
+    medians = load_mapping(data, "gene_median.pkl")  # read by the restricted reader, as the encoding reads it
+    assert medians == pickle.loads(data) and all(isinstance(v, float) for v in medians.values())
+    table = pq.read_table(tmp_path / "stats" / "stats.parquet")
+    assert medians == dict(zip(table.column("gene_id").to_pylist(), table.column("median").to_pylist(), strict=True))
+    assert not list((tmp_path / "stats" / "parts").glob("*.npz"))  # merged, then removed
+
+
+@pytest.mark.parametrize("accuracy", [0.0, 0.2])
+def test_relative_accuracy_is_bounded(tmp_path, write_config, accuracy):
+    from cellcorpus.errors import ConfigError
+
+    with pytest.raises((ConfigError, ValueError), match="relative_accuracy"):
+        _setup(tmp_path, write_config, **{"stats.relative_accuracy": accuracy})
