@@ -45,3 +45,19 @@ def peer_module(requirement: str, member: str, folder: Path) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def peer_definitions(requirement: str, member: str, names: tuple[str, ...], namespace: dict) -> dict:
+    """The top-level functions and classes `names` of the wheel's module file `member`, compiled alone into
+    `namespace` (which supplies the globals they use): for a module whose own imports cannot load here (scGPT's
+    tokenizer imports torchtext, which has no release for current torch)."""
+    import ast
+
+    with zipfile.ZipFile(peer_wheel(requirement)) as z:
+        source = z.read(member).decode()
+    tree = ast.parse(source)
+    wanted = [n for n in tree.body if isinstance(n, ast.FunctionDef | ast.ClassDef) and n.name in names]
+    missing = set(names) - {n.name for n in wanted}
+    assert not missing, f"{member} of {requirement} has no {sorted(missing)}"
+    exec(compile(ast.Module(body=wanted, type_ignores=[]), f"{requirement}/{member}", "exec"), namespace)
+    return {name: namespace[name] for name in names}

@@ -282,6 +282,14 @@ class StatsConfig(_Section):
     num_proc: int = Field(1, ge=1)
 
 
+class ScgptSettings(_Section):
+    """`huggingface.scgpt:` — scGPT's cell encoding (`encoding: scgpt`)."""
+
+    # the value beside <cls>: scGPT's pad value (-2) for pretraining, as its scBank build prepends it; 0 as its
+    # fine-tuning `tokenize_batch` does
+    cls_value: float = -2.0
+
+
 class HuggingfaceConfig(_Section):
     """`huggingface:` — tokenization into HF Arrow datasets (seed keys + a few defaulted new ones)."""
 
@@ -347,11 +355,14 @@ class HuggingfaceConfig(_Section):
     # Output names for metadata columns (source name -> name written), e.g. the release's `cell_line_id` ->
     # `Cell_ID_Cellosaur`, the name the seed's Tahoe dataset and training config use.
     rename_columns: dict[str, str] = Field(default_factory=dict)
-    # The cell encoding written: `tahoe_x1` (genes + raw counts after <cls>, the Tahoe-x1 recipe) or `geneformer`
-    # (Geneformer's rank-value `input_ids` + `length`, with the `geneformer` section's settings).
-    encoding: Literal["tahoe_x1", "geneformer"] = "tahoe_x1"
+    # The cell encoding written: `tahoe_x1` (genes + raw counts after <cls>, the Tahoe-x1 recipe), `geneformer`
+    # (Geneformer's rank-value `input_ids` + `length`, with the `geneformer` section's settings) or `scgpt`
+    # (genes in ascending order + raw counts after <cls>, as scGPT's tokenize_batch; `scgpt` section).
+    encoding: Literal["tahoe_x1", "geneformer", "scgpt"] = "tahoe_x1"
     # settings of `encoding: geneformer`
     geneformer: GeneformerSettings | None = None
+    # settings of `encoding: scgpt` (defaults when left out)
+    scgpt: ScgptSettings | None = None
 
     @field_validator("ignore_dir", mode="before")
     @classmethod

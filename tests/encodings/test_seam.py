@@ -9,13 +9,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import scipy.sparse as sp
+from tests._utils import GENES, make_h5ad, write_vocab
 
 from cellcorpus.config import load_config
 from cellcorpus.errors import VerifyError
 from cellcorpus.formats.arrow import read_arrow
 from cellcorpus.pipeline import run_pipeline
 from cellcorpus.stages.verify import run_verify
-from tests._utils import GENES, make_h5ad, write_vocab
 
 
 def _atlas(root, n=400, seed=0):

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from cellcorpus.config import HuggingfaceConfig
 from cellcorpus.encodings.base import CellEncoding, CellRules, Column, Encoded, Prepared, UnitInput
 from cellcorpus.encodings.geneformer import Geneformer
+from cellcorpus.encodings.scgpt import ScGPT
 from cellcorpus.encodings.tahoe_x1 import TahoeX1
 from cellcorpus.formats.arrow import CellColumns
 
@@ -26,6 +27,7 @@ __all__ = [
 ENCODINGS: dict[str, Callable[[HuggingfaceConfig, dict[str, int]], CellEncoding]] = {
     "tahoe_x1": TahoeX1,
     "geneformer": Geneformer,
+    "scgpt": ScGPT,
 }
 
 

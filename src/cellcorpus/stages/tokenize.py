@@ -351,8 +351,8 @@ def _work_settings(hf: HuggingfaceConfig) -> tuple[str, dict[str, Any]]:
     settings = hf.model_dump(mode="json", exclude=set(HF_LOCATION_KEYS) | {"parquet_gene_table"})
     if settings["split_parameters"]["key"] == "id":  # the default: identities of earlier runs stay the same
         del settings["split_parameters"]["key"]
-    if settings["encoding"] == "tahoe_x1" and settings["geneformer"] is None:  # likewise
-        del settings["encoding"], settings["geneformer"]
+    if settings["encoding"] == "tahoe_x1" and settings["geneformer"] is None and settings["scgpt"] is None:
+        del settings["encoding"], settings["geneformer"], settings["scgpt"]  # likewise
     elif settings["geneformer"] is not None:  # the medians by content, not by where they are
         settings["geneformer"]["gene_median"] = file_checksum(settings["geneformer"]["gene_median"])
     for join in settings["additional_metadata_info"]:
