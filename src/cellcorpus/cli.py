@@ -171,7 +171,7 @@ def genes(config: ConfigArg, set_: SetOpt = None, debug: DebugOpt = False) -> No
             escape(r.path),
             f"{r.n_genes:,}",
             f"{r.direct:,}",
-            f"{r.via_map:,}",
+            f"{r.via_map:,}" + (f" ({r.via_alias:,} by alias)" if r.via_alias else ""),
             f"{r.ambiguous:,}",
             f"{r.unmapped:,}",
             f"{r.colliding:,}",
@@ -182,9 +182,9 @@ def genes(config: ConfigArg, set_: SetOpt = None, debug: DebugOpt = False) -> No
         if r.examples_unmapped or r.examples_ambiguous:
             parts = []
             if r.examples_unmapped:
-                parts.append("unmapped e.g. " + ", ".join(r.examples_unmapped))
+                parts.append("unmapped, most counted: " + ", ".join(r.examples_unmapped))
             if r.examples_ambiguous:
-                parts.append("ambiguous e.g. " + ", ".join(r.examples_ambiguous))
+                parts.append("ambiguous, most counted: " + ", ".join(r.examples_ambiguous))
             out.print(f"{escape(r.path)}: {escape('; '.join(parts))}", highlight=False, soft_wrap=True)
     low = [r.path for r in rows if r.below_minimum]
     if low:

@@ -237,11 +237,15 @@ class GeneIdMap(_Section):
     from_column: str | int = "gene_name"
     # column (or position) holding the vocabulary's ids
     to_column: str | int = "gene_id"
+    # columns (or positions) of earlier or other names of a gene (HGNC `prev_symbol`, `alias_symbol`; several
+    # names in one cell separated by `|`), tried for an input id no from_column row names
+    alias_columns: list[str | int] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _same_kind(self) -> GeneIdMap:
-        if isinstance(self.from_column, int) != isinstance(self.to_column, int):
-            raise ValueError("from_column and to_column must both be names or both be positions")
+        kinds = {isinstance(c, int) for c in (self.from_column, self.to_column, *self.alias_columns)}
+        if len(kinds) > 1:
+            raise ValueError("from_column, to_column and alias_columns must all be names or all be positions")
         return self
 
     @property

@@ -122,7 +122,7 @@ def test_dry_run_counts_every_kind_of_gene(vocab_root, write_config):
     path = _map_config(sym, write_config, vocab_root / "map.csv")
     a, b = run_genes(load_config(path))
     assert (a.n_genes, a.direct, a.via_map, a.ambiguous, a.unmapped, a.colliding) == (7, 0, 5, 1, 1, 2)
-    assert a.examples_ambiguous == ("AMBIG",) and a.examples_unmapped == ("NOPE",)
+    assert a.examples_ambiguous == ("AMBIG (18 counts)",) and a.examples_unmapped == ("NOPE (16 counts)",)
     assert (b.via_map, b.unmapped, b.coverage, b.below_minimum) == (0, 4, 0.0, True)
     result = CliRunner().invoke(app, ["genes", str(path)])
     assert result.exit_code == 0, result.output
@@ -148,3 +148,45 @@ def test_merge_duplicate_tokens_keeps_stored_order():
     values = np.array([-2, 1, 2, 3, -2, 7], dtype=np.float32)
     off, g, v, n = merge_duplicate_tokens(offsets, genes, values)
     assert off.tolist() == [0, 3, 4] and g.tolist() == [1, 9, 5, 1] and v.tolist() == [-2, 4, 2, 5] and n == 2
+
+
+def test_unmapped_genes_are_listed_most_counted_first(vocab_root, write_config):
+    """The dry run shows first the genes whose loss costs the most counts, not the first in column order."""
+    sym = vocab_root / "sym"
+    var = [G1, "LOW", "HIGH", "MID", "ZERO", "AMBIG"] + [f"U{i}" for i in range(5)]
+    x = np.zeros((3, len(var)), dtype=np.float32)
+    x[:, 0] = 1
+    x[:, 1], x[:, 2], x[:, 3] = [1, 0, 0], [100, 50, 0], [10, 10, 10]  # LOW 1, HIGH 150, MID 30; ZERO 0
+    x[:, 6:] = 2  # U0..U4: 6 each
+    make_h5ad(sym / "raw" / "a.h5ad", x, var, var_col=None)
+    MAP.to_csv(vocab_root / "map.csv", index=False)
+    (a,) = run_genes(load_config(_map_config(sym, write_config, vocab_root / "map.csv")))
+    assert a.unmapped == 9
+    assert a.examples_unmapped == (
+        "HIGH (150 counts)", "MID (30 counts)", "U0 (6 counts)", "U1 (6 counts)", "U2 (6 counts)",
+    )  # fmt: skip
+    result = CliRunner().invoke(app, ["genes", str(_map_config(sym, write_config, vocab_root / "map.csv"))])
+    assert "unmapped, most counted: HIGH (150 counts), MID (30 counts)" in result.output
+
+
+def test_alias_columns_map_renamed_genes_after_the_current_symbol(vocab_root, write_config):
+    """HGNC-style previous symbols ('A|B' in one cell) map a gene the current symbols do not name; a value the
+    current symbols name (even ambiguously) is never looked up among the aliases."""
+    table = pd.DataFrame(
+        [("SYM_A", G1, "OLD_A"), ("SYM_B", G2, "OLD_B|OLDER_B"), ("AMBIG", G4, ""), ("AMBIG", G5, ""),
+         ("SYM_C", G3, "AMBIG")],  # an alias equal to an ambiguous current symbol: the current one wins
+        columns=["symbol", "ensembl", "prev_symbol"],
+    )  # fmt: skip
+    table.to_csv(vocab_root / "hgnc.tsv", sep="\t", index=False)
+    sym = vocab_root / "sym"
+    make_h5ad(sym / "raw" / "a.h5ad", np.ones((2, 5), np.float32), ["OLDER_B", "OLD_A", "AMBIG", "SYM_C", "NONE"],
+              var_col=None)  # fmt: skip
+    path = _map_config(sym, write_config, vocab_root / "hgnc.tsv", from_column="symbol", to_column="ensembl",
+                       alias_columns=["prev_symbol"])  # fmt: skip
+    (a,) = run_genes(load_config(path))
+    assert (a.via_map, a.via_alias, a.ambiguous, a.unmapped) == (3, 2, 1, 1)
+    run_tokenize(load_config(path, ALL_TRAIN))
+    assert _tokens(sym)[0][0] == [1, 4, 3, 5]  # <cls>, G2 (OLDER_B), G1 (OLD_A), G3; AMBIG and NONE left out
+    without = _map_config(sym, write_config, vocab_root / "hgnc.tsv", from_column="symbol", to_column="ensembl")
+    (b,) = run_genes(load_config(without))
+    assert (b.via_map, b.unmapped) == (1, 3)

@@ -21,11 +21,19 @@ __all__ = ["IdMap", "GeneMapping", "harmonize", "merge_duplicate_tokens"]
 
 
 class IdMap:
-    """A map table reduced to what matters for one vocabulary: source value -> candidate vocabulary ids."""
+    """A map table reduced to what matters for one vocabulary: source value -> candidate vocabulary ids.
 
-    def __init__(self, sources: NDArray[Any], targets: NDArray[Any], lookup: VocabLookup) -> None:
-        src = strip_version(pd.Series(np.asarray(sources, dtype=object)).astype(str).str.strip().to_numpy())
-        tok = lookup.map_genes(pd.Series(np.asarray(targets, dtype=object)).astype(str).str.strip().to_numpy())
+    `split`: a source cell may hold several names separated by it (HGNC's `prev_symbol`: "A|B")."""
+
+    def __init__(
+        self, sources: NDArray[Any], targets: NDArray[Any], lookup: VocabLookup, split: str | None = None
+    ) -> None:
+        frame = pd.DataFrame({"source": np.asarray(sources, dtype=object), "target": np.asarray(targets, dtype=object)})
+        frame = frame.dropna()
+        if split is not None:  # one row per name
+            frame = frame.assign(source=frame["source"].astype(str).str.split(split, regex=False)).explode("source")
+        src = strip_version(frame["source"].astype(str).str.strip().to_numpy())
+        tok = lookup.map_genes(frame["target"].astype(str).str.strip().to_numpy())
         pairs = pd.DataFrame({"source": src, "token": tok})
         pairs = pairs[(pairs["token"] >= 0) & (pairs["source"] != "")].drop_duplicates()
         grouped = pairs.groupby("source", sort=True)["token"]
@@ -59,6 +67,9 @@ class GeneMapping:
     n_colliding: int  # genes sharing their vocabulary id with another gene of the same file
     ambiguous: tuple[str, ...]  # a few examples for messages
     unmapped: tuple[str, ...]
+    n_via_alias: int = 0  # of n_via_table: found through an alias column (a previous or other symbol)
+    ambiguous_at: tuple[int, ...] = ()  # positions (file columns) of every ambiguous gene
+    unmapped_at: tuple[int, ...] = ()  # ... of every unmapped gene
 
     def counts(self) -> dict[str, int]:
         """Per-file gene counts under the names the manifest and report use."""
@@ -71,8 +82,11 @@ class GeneMapping:
         }
 
 
-def harmonize(var_ids: NDArray[Any], lookup: VocabLookup, id_map: IdMap | None) -> GeneMapping:
-    """Map an input's gene ids into the vocabulary, directly first, then through `id_map`."""
+def harmonize(
+    var_ids: NDArray[Any], lookup: VocabLookup, id_map: IdMap | None, alias_map: IdMap | None = None
+) -> GeneMapping:
+    """Map an input's gene ids into the vocabulary, directly first, then through `id_map`, then (for values the
+    table does not name at all) through `alias_map` (previous or alternative symbols)."""
     values = np.asarray(var_ids, dtype=object)
     direct = lookup.map_genes(values)
     gene_map = direct.copy()
@@ -82,6 +96,13 @@ def harmonize(var_ids: NDArray[Any], lookup: VocabLookup, id_map: IdMap | None) 
         token, n = id_map.lookup(values[missing])
         gene_map[missing] = token
         ambiguous[np.flatnonzero(missing)[n > 1]] = True
+    n_alias = 0
+    if alias_map is not None:
+        left = np.flatnonzero((gene_map < 0) & ~ambiguous)  # named by no current symbol: try the aliases
+        token, n = alias_map.lookup(values[left])
+        gene_map[left] = token
+        ambiguous[left[n > 1]] = True
+        n_alias = int(np.count_nonzero(token >= 0))
     via = (direct < 0) & (gene_map >= 0)
     unmapped = (gene_map < 0) & ~ambiguous
     mapped = gene_map[gene_map >= 0]
@@ -96,6 +117,9 @@ def harmonize(var_ids: NDArray[Any], lookup: VocabLookup, id_map: IdMap | None) 
         n_colliding=n_colliding,
         ambiguous=tuple(str(v) for v in values[ambiguous][:5]),
         unmapped=tuple(str(v) for v in values[unmapped][:5]),
+        n_via_alias=n_alias,
+        ambiguous_at=tuple(np.flatnonzero(ambiguous).tolist()),
+        unmapped_at=tuple(np.flatnonzero(unmapped).tolist()),
     )
 
 

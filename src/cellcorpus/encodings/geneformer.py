@@ -33,6 +33,7 @@ from cellcorpus.formats.mds.safe_pickle import UnsafePickleError, load_mapping
 __all__ = ["Geneformer", "load_gene_medians"]
 
 CLS, EOS = "<cls>", "<eos>"
+_SLICE_ENTRIES = 1 << 22  # (tests shrink it to cross slices)  # gene entries per slice of the kernel (see Geneformer.encode)
 
 
 def load_gene_medians(path: str) -> dict[str, Any]:
@@ -126,29 +127,43 @@ class Geneformer:
         return Prepared(keep, {"filtered_filter_pass": dropped}, {"n_counts": n_counts})
 
     def encode(self, cells: Ragged, prepared: Prepared) -> Encoded:
-        """Normalise, rank and truncate every cell of the unit at once."""
+        """Normalise, rank and truncate the unit's cells, a slice of cells at a time: the kernel holds ~60 bytes
+        per entry in temporaries, so slices of about `_SLICE_ENTRIES` keep that near 250 MB whatever the unit."""
         medians = self._medians()
-        lengths = np.diff(cells.offsets)
-        rows = np.repeat(np.arange(cells.n_cells, dtype=np.int64), lengths)
+        n_counts = prepared.per_cell["n_counts"]
+        cuts = np.searchsorted(cells.offsets, np.arange(0, int(cells.offsets[-1]), _SLICE_ENTRIES), side="right") - 1
+        bounds = np.unique(np.r_[0, cuts, cells.n_cells])
+        offsets, ids, tied, without = [np.zeros(1, np.int64)], [], 0, 0
+        for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+            a, b = int(cells.offsets[lo]), int(cells.offsets[hi])
+            part = Ragged(cells.offsets[lo : hi + 1] - a, cells.genes[a:b], cells.expressions[a:b])
+            got_offsets, got_ids, n_tied, n_without = self._encode_slice(part, n_counts[lo:hi], medians)
+            offsets.append(got_offsets[1:] + offsets[-1][-1])
+            ids.append(got_ids)
+            tied, without = tied + n_tied, without + n_without
+        out_offsets = np.concatenate(offsets)
+        input_ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+        counts = {"entries_without_median": without, "cells_with_tied_values": tied}
+        return Encoded(out_offsets, {"input_ids": input_ids}, {"length": np.diff(out_offsets)}, counts=counts)
+
+    def _encode_slice(
+        self, cells: Ragged, n_counts: NDArray[Any], medians: NDArray[Any]
+    ) -> tuple[NDArray[np.int64], NDArray[np.int64], int, int]:
+        """(offsets, input_ids, cells with ties, entries without a median) of consecutive cells."""
+        rows = np.repeat(np.arange(cells.n_cells, dtype=np.int64), np.diff(cells.offsets))
         median = medians[cells.genes]
         has = ~np.isnan(median)
-        values = cells.expressions[has] * np.divide(1, prepared.per_cell["n_counts"])[rows[has]]
+        values = cells.expressions[has] * np.divide(1, n_counts)[rows[has]]
         values = values * self.gf.target_sum
         values = values * np.divide(1, median[has])
         nonzero = values != 0
-        kept_rows = rows[has][nonzero]
         offsets = np.zeros(cells.n_cells + 1, dtype=np.int64)
-        np.cumsum(np.bincount(kept_rows, minlength=cells.n_cells), out=offsets[1:])
+        np.cumsum(np.bincount(rows[has][nonzero], minlength=cells.n_cells), out=offsets[1:])
         tokens = cells.genes[has][nonzero].astype(np.int64)
         order, n_tied = rank_descending(offsets, values[nonzero])
         limit = self.gf.model_input_size - (2 if self.gf.special_tokens else 0)
         out_offsets, input_ids = take_ranked(offsets, order, tokens, limit, self.cls_id, self.eos_id)
-        return Encoded(
-            out_offsets,
-            {"input_ids": input_ids},
-            {"length": np.diff(out_offsets)},
-            counts={"entries_without_median": int(np.count_nonzero(~has)), "cells_with_tied_values": n_tied},
-        )
+        return out_offsets, input_ids, n_tied, int(np.count_nonzero(~has))
 
     def narrow(self, scan: CountScan, summed: bool) -> dict[str, str]:
         """uint16 token ids in the shuffle's parts when the vocabulary allows (Geneformer's has ~25k-40k)."""

@@ -143,7 +143,7 @@ def required_obs_columns(hf: HuggingfaceConfig) -> dict[str, str]:
     return need
 
 
-_ID_MAPS: dict[tuple, tuple[VocabLookup, IdMap]] = {}
+_ID_MAPS: dict[tuple, tuple[VocabLookup, IdMap, IdMap | None]] = {}
 
 
 def gene_mapping(hf: HuggingfaceConfig, var_ids: np.ndarray, lookup: VocabLookup) -> GeneMapping:
@@ -156,16 +156,24 @@ def gene_mapping(hf: HuggingfaceConfig, var_ids: np.ndarray, lookup: VocabLookup
         m = hf.gene_id_map
         if not Path(m.path).is_file():
             raise ConfigError(f"huggingface.gene_id_map.path: file not found: {m.path}")
-        key = (m.path, Path(m.path).stat().st_mtime_ns, m.from_column, m.to_column, id(lookup))
+        stamp = Path(m.path).stat().st_mtime_ns
+        key = (m.path, stamp, m.from_column, m.to_column, tuple(m.alias_columns), id(lookup))
         if key not in _ID_MAPS:
             if len(_ID_MAPS) >= 4:
                 _ID_MAPS.pop(next(iter(_ID_MAPS)))
             try:
                 sources, targets = read_columns(m.path, m.from_column, m.to_column)
+                aliases = [read_columns(m.path, c, m.to_column) for c in m.alias_columns]
             except InputError as exc:
                 raise ConfigError(exc.message, hint=exc.hint) from exc
-            _ID_MAPS[key] = (lookup, IdMap(sources, targets, lookup))  # the lookup is kept alive with its id
-        id_map = _ID_MAPS[key][1]
+            alias_map = None
+            if aliases:
+                names = np.concatenate([a for a, _ in aliases])
+                alias_map = IdMap(names, np.concatenate([t for _, t in aliases]), lookup, split="|")
+            # the lookup is kept alive with its id
+            _ID_MAPS[key] = (lookup, IdMap(sources, targets, lookup), alias_map)
+        id_map, alias = _ID_MAPS[key][1], _ID_MAPS[key][2]
+        return harmonize(var_ids, lookup, id_map, alias)
     return harmonize(var_ids, lookup, id_map)
 
 

@@ -1,0 +1,93 @@
+"""`cellcorpus stats` beside `cellcorpus tokenize` on the same input, in one run.
+
+    python benchmarks/stats.py --cells 1000000 --num-proc 2 --out /tmp/stats_bench
+
+Input: the synthetic Tahoe-like plates of bench.py (~2,000 genes per cell). Rows (each in a fresh process: its
+own peak RSS): the stats stage (every cell, per-gene sketches merged), then tokenize (the default Tahoe-x1
+encoding, unshuffled, test_size 0.01) with the same processes. It prints cells/s, seconds, peak RSS of the main
+process and of the largest worker, and stats' time as a ratio of tokenize's. Nothing is asserted; the numbers
+go in docs/scaling.md. Outputs are removed at the end (the input is kept for reruns).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench import _peak_rss_mb, input_arguments, prepared_input, run_job, vocab_section  # noqa: E402 - shared
+
+
+def config(out: Path, num_proc: int) -> Path:
+    import yaml
+
+    cfg = {
+        "output_root": str(out),
+        "vocab": vocab_section(out),
+        "stats": {"output_root": str(out / "stats"), "num_proc": num_proc},
+        "huggingface": {
+            "adata_dir": str(out / "raw"),
+            "gene_col": "gene_id",
+            "num_proc": num_proc,
+            "output_root": str(out / "work"),
+            "merged_dataset_root": str(out / "merged"),
+            "vocab_output_root": str(out / "vocab"),
+            "vocab_path": "vocab.json",
+            "split_parameters": {"test_size": 0.01, "seed": 42, "shuffle": False},
+        },
+    }
+    path = out / "config_stats.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def job(kind: str, arg: str) -> None:
+    from cellcorpus.config import load_config
+
+    cfg = load_config(arg)
+    t = time.perf_counter()
+    if kind == "stats":
+        from cellcorpus.stages.stats import run_stats
+
+        n = run_stats(cfg).counts["cells"]
+    else:
+        from cellcorpus.stages.tokenize import run_tokenize
+
+        n = run_tokenize(cfg).counts["cells_read"]
+    seconds = time.perf_counter() - t
+    main_mb, worker_mb = _peak_rss_mb()
+    print(json.dumps({"cells": n, "seconds": seconds, "rss_main_mb": main_mb, "rss_worker_mb": worker_mb}))
+
+
+def main() -> None:
+    ap = input_arguments(__doc__, 1_000_000, 50_000, "stats_bench_out")
+    ap.add_argument("--num-proc", type=int, default=2)
+    args = ap.parse_args()
+    if args.job:
+        job(*args.job)
+        return
+    out, _ = prepared_input(args)
+    path = config(out, args.num_proc)
+    from cellcorpus.config import load_config
+    from cellcorpus.stages.vocab import run_vocab
+
+    run_vocab(load_config(path))
+    rows = [(kind, run_job(kind, str(path), __file__)) for kind in ("stats", "tokenize")]
+    print(f"{'stage':10} {'cells':>10} {'s':>8} {'cells/s':>10} {'RSS main':>9} {'RSS worker':>11}")
+    for kind, r in rows:
+        print(f"{kind:10} {r['cells']:>10,} {r['seconds']:>8.1f} {r['cells'] / r['seconds']:>10,.0f} "
+              f"{r['rss_main_mb']:>8.0f}M {r['rss_worker_mb']:>10.0f}M")  # fmt: skip
+    print(f"stats / tokenize time: {rows[0][1]['seconds'] / rows[1][1]['seconds']:.2f}")
+    for name in ("stats", "merged", "work", "vocab", "config_stats.yaml"):
+        p = out / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+
+
+if __name__ == "__main__":
+    main()
