@@ -60,7 +60,7 @@ def columns_ascending(
     themselves when they already are (one vectorised check), else one stable sort of the unit."""
     if len(indices) < 2:
         return indices, data
-    step = np.diff(indices.astype(np.int64))
+    step = np.diff(indices if indices.dtype.kind == "i" else indices.astype(np.int64))  # signed: no wrap-around
     row_start = np.zeros(len(indices), dtype=bool)
     row_start[indptr[1:-1][indptr[1:-1] < len(indices)]] = True
     if np.all((step > 0) | row_start[1:]):

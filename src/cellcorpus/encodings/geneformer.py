@@ -33,7 +33,9 @@ from cellcorpus.formats.mds.safe_pickle import UnsafePickleError, load_mapping
 __all__ = ["Geneformer", "load_gene_medians"]
 
 CLS, EOS = "<cls>", "<eos>"
-_SLICE_ENTRIES = 1 << 22  # (tests shrink it to cross slices)  # gene entries per slice of the kernel (see Geneformer.encode)
+_SLICE_ENTRIES = (
+    1 << 22
+)  # (tests shrink it to cross slices)  # gene entries per slice of the kernel (see Geneformer.encode)
 
 
 def load_gene_medians(path: str) -> dict[str, Any]:
@@ -151,19 +153,29 @@ class Geneformer:
     ) -> tuple[NDArray[np.int64], NDArray[np.int64], int, int]:
         """(offsets, input_ids, cells with ties, entries without a median) of consecutive cells."""
         rows = np.repeat(np.arange(cells.n_cells, dtype=np.int64), np.diff(cells.offsets))
-        median = medians[cells.genes]
+        median, genes, counts = medians[cells.genes], cells.genes, cells.expressions
         has = ~np.isnan(median)
-        values = cells.expressions[has] * np.divide(1, n_counts)[rows[has]]
-        values = values * self.gf.target_sum
-        values = values * np.divide(1, median[has])
-        nonzero = values != 0
+        n_without = len(has) - int(np.count_nonzero(has))
+        if n_without:  # genes without a median are left out (usually none: no copy then)
+            median, genes, counts, rows = median[has], genes[has], counts[has], rows[has]
+        values = counts * np.divide(1, n_counts)[rows]
+        values *= self.gf.target_sum  # in place: the same rounding as `values * target_sum` in values' dtype
+        reciprocal = np.divide(1, median)
+        if np.result_type(values, reciprocal) == values.dtype:
+            values *= reciprocal
+        else:  # float32 values and float64 medians: the product is float64, as in the reference
+            values = values * reciprocal
+        zero = values == 0
+        if zero.any():  # underflow only
+            keep = ~zero
+            values, genes, rows = values[keep], genes[keep], rows[keep]
         offsets = np.zeros(cells.n_cells + 1, dtype=np.int64)
-        np.cumsum(np.bincount(rows[has][nonzero], minlength=cells.n_cells), out=offsets[1:])
-        tokens = cells.genes[has][nonzero].astype(np.int64)
-        order, n_tied = rank_descending(offsets, values[nonzero])
+        np.cumsum(np.bincount(rows, minlength=cells.n_cells), out=offsets[1:])
+        tokens = genes.astype(np.int64)
+        order, n_tied = rank_descending(offsets, values)
         limit = self.gf.model_input_size - (2 if self.gf.special_tokens else 0)
         out_offsets, input_ids = take_ranked(offsets, order, tokens, limit, self.cls_id, self.eos_id)
-        return out_offsets, input_ids, n_tied, int(np.count_nonzero(~has))
+        return out_offsets, input_ids, n_tied, n_without
 
     def narrow(self, scan: CountScan, summed: bool) -> dict[str, str]:
         """uint16 token ids in the shuffle's parts when the vocabulary allows (Geneformer's has ~25k-40k)."""
