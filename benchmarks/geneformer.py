@@ -113,6 +113,7 @@ def main() -> None:
         job(*args.job)
         return
     out, raw = prepared_input(args)
+    _clean(out)  # an interrupted run's outputs would make a row a skip
     dictionaries(out)
     one = out / "one_plate"
     one.mkdir(exist_ok=True)
@@ -134,7 +135,12 @@ def main() -> None:
         rate = r["cells"] / r["seconds"]
         print(f"{label:42} {r['cells']:>9,} {r['seconds']:>8.1f} {rate:>10,.0f} {rate / base:>7.1f} "
               f"{r['rss_main_mb']:>8.0f}M {r['rss_worker_mb']:>10.0f}M")  # fmt: skip
-    for p in out.iterdir():  # outputs removed; the input (raw/, input.json) kept for reruns
+    _clean(out)
+
+
+def _clean(out: Path) -> None:
+    """Remove every output; the input (raw/, input.json) stays for reruns."""
+    for p in out.iterdir():
         if p.name not in ("raw", "input.json"):
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 

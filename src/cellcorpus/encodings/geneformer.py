@@ -131,7 +131,7 @@ class Geneformer:
     def encode(self, cells: Ragged, prepared: Prepared) -> Encoded:
         """Normalise, rank and truncate the unit's cells, a slice of cells at a time: the kernel holds ~60 bytes
         per entry in temporaries, so slices of about `_SLICE_ENTRIES` keep that near 250 MB whatever the unit."""
-        medians = self._medians()
+        reciprocals = np.divide(1, self._medians())  # per token, as the reference divides by each median
         n_counts = prepared.per_cell["n_counts"]
         cuts = np.searchsorted(cells.offsets, np.arange(0, int(cells.offsets[-1]), _SLICE_ENTRIES), side="right") - 1
         bounds = np.unique(np.r_[0, cuts, cells.n_cells])
@@ -139,7 +139,7 @@ class Geneformer:
         for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
             a, b = int(cells.offsets[lo]), int(cells.offsets[hi])
             part = Ragged(cells.offsets[lo : hi + 1] - a, cells.genes[a:b], cells.expressions[a:b])
-            got_offsets, got_ids, n_tied, n_without = self._encode_slice(part, n_counts[lo:hi], medians)
+            got_offsets, got_ids, n_tied, n_without = self._encode_slice(part, n_counts[lo:hi], reciprocals)
             offsets.append(got_offsets[1:] + offsets[-1][-1])
             ids.append(got_ids)
             tied, without = tied + n_tied, without + n_without
@@ -149,28 +149,36 @@ class Geneformer:
         return Encoded(out_offsets, {"input_ids": input_ids}, {"length": np.diff(out_offsets)}, counts=counts)
 
     def _encode_slice(
-        self, cells: Ragged, n_counts: NDArray[Any], medians: NDArray[Any]
+        self, cells: Ragged, n_counts: NDArray[Any], reciprocals: NDArray[Any]
     ) -> tuple[NDArray[np.int64], NDArray[np.int64], int, int]:
         """(offsets, input_ids, cells with ties, entries without a median) of consecutive cells."""
-        rows = np.repeat(np.arange(cells.n_cells, dtype=np.int64), np.diff(cells.offsets))
-        median, genes, counts = medians[cells.genes], cells.genes, cells.expressions
-        has = ~np.isnan(median)
+        lengths = np.diff(cells.offsets)
+        reciprocal, genes, counts = reciprocals[cells.genes], cells.genes, cells.expressions  # 1 / the gene's median
+        has = ~np.isnan(reciprocal)
         n_without = len(has) - int(np.count_nonzero(has))
+        per_cell = np.divide(1, n_counts)
         if n_without:  # genes without a median are left out (usually none: no copy then)
-            median, genes, counts, rows = median[has], genes[has], counts[has], rows[has]
-        values = counts * np.divide(1, n_counts)[rows]
+            rows = np.repeat(np.arange(cells.n_cells, dtype=np.int64), lengths)[has]
+            reciprocal, genes, counts = reciprocal[has], genes[has], counts[has]
+            values = counts * per_cell[rows]
+        else:
+            rows = None
+            values = counts * np.repeat(per_cell, lengths)
         values *= self.gf.target_sum  # in place: the same rounding as `values * target_sum` in values' dtype
-        reciprocal = np.divide(1, median)
         if np.result_type(values, reciprocal) == values.dtype:
             values *= reciprocal
         else:  # float32 values and float64 medians: the product is float64, as in the reference
             values = values * reciprocal
         zero = values == 0
-        if zero.any():  # underflow only
+        if zero.any() or rows is not None:  # underflow, or genes left out: the cells' new lengths
+            if rows is None:
+                rows = np.repeat(np.arange(cells.n_cells, dtype=np.int64), lengths)
             keep = ~zero
             values, genes, rows = values[keep], genes[keep], rows[keep]
-        offsets = np.zeros(cells.n_cells + 1, dtype=np.int64)
-        np.cumsum(np.bincount(rows, minlength=cells.n_cells), out=offsets[1:])
+            offsets = np.zeros(cells.n_cells + 1, dtype=np.int64)
+            np.cumsum(np.bincount(rows, minlength=cells.n_cells), out=offsets[1:])
+        else:
+            offsets = cells.offsets
         tokens = genes.astype(np.int64)
         order, n_tied = rank_descending(offsets, values)
         limit = self.gf.model_input_size - (2 if self.gf.special_tokens else 0)
