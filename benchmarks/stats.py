@@ -70,6 +70,7 @@ def main() -> None:
         job(*args.job)
         return
     out, _ = prepared_input(args)
+    _clean(out)  # an interrupted run's outputs would make a row a skip (or a refusal)
     path = config(out, args.num_proc)
     from cellcorpus.config import load_config
     from cellcorpus.stages.vocab import run_vocab
@@ -81,6 +82,11 @@ def main() -> None:
         print(f"{kind:10} {r['cells']:>10,} {r['seconds']:>8.1f} {r['cells'] / r['seconds']:>10,.0f} "
               f"{r['rss_main_mb']:>8.0f}M {r['rss_worker_mb']:>10.0f}M")  # fmt: skip
     print(f"stats / tokenize time: {rows[0][1]['seconds'] / rows[1][1]['seconds']:.2f}")
+    _clean(out)
+
+
+def _clean(out: Path) -> None:
+    """Remove every output; the input (raw/, input.json) stays for reruns."""
     for name in ("stats", "merged", "work", "vocab", "config_stats.yaml"):
         p = out / name
         if p.is_dir():

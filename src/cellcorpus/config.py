@@ -281,7 +281,7 @@ class StatsConfig(_Section):
     # counts are scaled to this total per cell before the medians are taken (Geneformer: 10,000)
     target_sum: int = Field(10_000, gt=0)
     # the medians' relative error bound: values are counted in logarithmic buckets this fine (a DDSketch)
-    relative_accuracy: float = Field(0.002, gt=0.0, lt=0.1)
+    relative_accuracy: float = Field(0.005, gt=0.0, lt=0.1)
     # worker processes
     num_proc: int = Field(1, ge=1)
 

@@ -47,7 +47,7 @@ def test_medians_within_the_documented_error_of_the_exact_ones(tmp_path, write_c
             errors.append(abs(row["median"] / np.median(col) - 1))
             checked += 1
     assert checked > 300
-    assert np.median(errors) <= 0.005 and max(errors) <= 0.0021  # relative_accuracy 0.002 (+ rounding)
+    assert np.median(errors) <= 0.005 and max(errors) <= 0.0051  # relative_accuracy 0.005 (+ rounding)
 
 
 def test_same_bytes_whatever_processes_and_unit_size(tmp_path, write_config):

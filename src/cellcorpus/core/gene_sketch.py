@@ -11,6 +11,7 @@ grows with the genes and buckets seen (a few hundred buckets per gene at most), 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,18 +42,39 @@ class GeneSketch:
         """This sketch with the positive `values` of `genes` (non-negative ids) counted in."""
         positive = values > 0
         bucket = np.ceil(np.log(values[positive].astype(np.float64)) / np.log(self.gamma)).astype(np.int64)
-        keys = (genes[positive].astype(np.int64) << _BUCKET_BITS) | (bucket + _OFFSET)
-        uniq, counts = np.unique(keys, return_counts=True)
-        return self.merge(GeneSketch(uniq, counts.astype(np.int64), self.gamma))
+        keys = np.sort((genes[positive].astype(np.int64) << _BUCKET_BITS) | (bucket + _OFFSET))
+        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else np.zeros(0, np.int64)
+        counts = np.diff(np.r_[starts, len(keys)]).astype(np.int64)
+        added = GeneSketch(keys[starts], counts, self.gamma)
+        return added if not len(self.keys) else self.merge(added)
 
     def merge(self, other: GeneSketch) -> GeneSketch:
-        """Both sketches' counts added (exact; the same whatever the order)."""
+        """Both sketches' counts added (exact; the same whatever the order). Both key arrays are sorted, so one
+        stable sort (a merge of two runs) orders them."""
         if not np.isclose(other.gamma, self.gamma, rtol=0, atol=1e-15):
             raise ValueError("sketches of different accuracy")
         keys = np.concatenate([self.keys, other.keys])
-        uniq, inverse = np.unique(keys, return_inverse=True)
-        counts = np.bincount(inverse, weights=np.concatenate([self.counts, other.counts]), minlength=len(uniq))
-        return GeneSketch(uniq, counts.astype(np.int64), self.gamma)
+        order = np.argsort(keys, kind="stable")
+        keys, counts = keys[order], np.concatenate([self.counts, other.counts])[order]
+        if not len(keys):
+            return self
+        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+        return GeneSketch(keys[starts], np.add.reduceat(counts, starts), self.gamma)
+
+    @staticmethod
+    def merge_all(sketches: Iterator[GeneSketch], relative_accuracy: float) -> GeneSketch:
+        """Every sketch of `sketches` added up, merging sketches of similar size first (as a binary counter), so
+        the work is ~ total keys x log(number of sketches) and memory ~ twice the result."""
+        stack: list[GeneSketch] = []
+        for sketch in sketches:
+            stack.append(sketch)
+            while len(stack) > 1 and len(stack[-2].keys) <= 2 * len(stack[-1].keys):
+                top = stack.pop()
+                stack[-1] = stack[-1].merge(top)
+        result = GeneSketch.empty(relative_accuracy)
+        while stack:
+            result = stack.pop().merge(result)
+        return result
 
     def medians(self) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float64]]:
         """(genes, values counted per gene, median per gene): the median as NumPy takes it (the mean of the two

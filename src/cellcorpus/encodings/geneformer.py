@@ -24,7 +24,7 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from cellcorpus.config import GeneformerSettings, HuggingfaceConfig
-from cellcorpus.core.rank import rank_descending, take_ranked
+from cellcorpus.core.rank import rank_tokens
 from cellcorpus.core.tokenize import CountScan, Ragged
 from cellcorpus.encodings.base import CellRules, Column, Encoded, Prepared, UnitInput
 from cellcorpus.errors import ConfigError, InputError
@@ -179,10 +179,9 @@ class Geneformer:
             np.cumsum(np.bincount(rows, minlength=cells.n_cells), out=offsets[1:])
         else:
             offsets = cells.offsets
-        tokens = genes.astype(np.int64)
-        order, n_tied = rank_descending(offsets, values)
         limit = self.gf.model_input_size - (2 if self.gf.special_tokens else 0)
-        out_offsets, input_ids = take_ranked(offsets, order, tokens, limit, self.cls_id, self.eos_id)
+        tokens = genes.astype(np.int64)
+        out_offsets, input_ids, n_tied = rank_tokens(offsets, values, tokens, limit, self.cls_id, self.eos_id)
         return out_offsets, input_ids, n_tied, n_without
 
     def narrow(self, scan: CountScan, summed: bool) -> dict[str, str]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,17 +124,23 @@ def _settings(hf: HuggingfaceConfig, st: StatsConfig, n_counts_column: str | Non
 
 
 def _merge(parts: Path, units: Sequence[WorkUnit], accuracy: float, size: int) -> tuple[GeneSketch, Any, Any, Any]:
-    """The units' sketches and sums added up, in unit order (one unit's file in memory at a time)."""
-    sketch = GeneSketch.empty(accuracy)
+    """The units' sketches and sums added up (the sketches by size, as a binary counter: see
+    `GeneSketch.merge_all`); one unit's file read at a time."""
     nonzero, totals = np.zeros(size, np.int64), np.zeros(size)
     per_cell = ValueCounts()
-    for u in units:
-        with np.load(parts / f"{u.unit_id}.npz") as z:
-            sketch = sketch.merge(GeneSketch(z["keys"], z["counts"], sketch.gamma))
-            nonzero += z["nonzero"]
-            totals += z["totals"]
-            values, counts = z["genes_per_cell"]
-            per_cell = per_cell.merge(ValueCounts(values, counts.astype(np.int64), float(values @ counts)))
+    gamma = GeneSketch.empty(accuracy).gamma
+
+    def sketches() -> Iterator[GeneSketch]:
+        nonlocal nonzero, totals, per_cell
+        for u in units:
+            with np.load(parts / f"{u.unit_id}.npz") as z:
+                nonzero += z["nonzero"]
+                totals += z["totals"]
+                values, counts = z["genes_per_cell"]
+                per_cell = per_cell.merge(ValueCounts(values, counts.astype(np.int64), float(values @ counts)))
+                yield GeneSketch(z["keys"], z["counts"], gamma)
+
+    sketch = GeneSketch.merge_all(sketches(), accuracy)
     return sketch, nonzero, totals, per_cell
 
 
