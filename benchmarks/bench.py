@@ -94,6 +94,21 @@ def vocab_section(out: Path) -> dict:
     }
 
 
+def hf_section(out: Path, adata_dir: Path, num_proc: int, work: str, merged: str, **settings: object) -> dict:
+    """The huggingface section every benchmark starts from: the inputs, the vocabulary under `out/vocab`, the
+    scratch and merged folders named, plus `settings`."""
+    return {
+        "adata_dir": str(adata_dir),
+        "gene_col": "gene_id",
+        "num_proc": num_proc,
+        "output_root": str(out / work),
+        "merged_dataset_root": str(out / merged),
+        "vocab_output_root": str(out / "vocab"),
+        "vocab_path": "vocab.json",
+        **settings,
+    }
+
+
 def write_config(
     out: Path, num_proc: int, columns: dict, unit_cells: int, shuffle: bool, dask: str | None = None
 ) -> Path:
@@ -102,18 +117,16 @@ def write_config(
     cfg = {
         "output_root": str(out),
         "vocab": vocab_section(out),
-        "huggingface": {
-            "adata_dir": str(out / "raw"),
-            "gene_col": "gene_id",
-            "num_proc": num_proc,
-            "unit_cells": unit_cells,
-            "output_root": str(out / f"work_{num_proc}"),
-            "merged_dataset_root": str(out / f"merged_{num_proc}_{int(shuffle)}"),
-            "vocab_output_root": str(out / "vocab"),
-            "vocab_path": "vocab.json",
-            "split_parameters": {"test_size": 0.01, "seed": 42, "shuffle": shuffle},
-            "obs_metadata_columns": ["drug", "sample"],
-        },
+        "huggingface": hf_section(
+            out,
+            out / "raw",
+            num_proc,
+            f"work_{num_proc}",
+            f"merged_{num_proc}_{int(shuffle)}",
+            unit_cells=unit_cells,
+            obs_metadata_columns=["drug", "sample"],
+            split_parameters={"test_size": 0.01, "seed": 42, "shuffle": shuffle},
+        ),  # fmt: skip
         "mds": {
             "out_root": str(out / f"mds_{num_proc}_{'_'.join(sorted(set(columns.values())))}"),
             "root_dir": str(out / f"merged_1_{int(shuffle)}"),

@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from bench import _peak_rss_mb, input_arguments, prepared_input, run_job  # noqa: E402 - shared
+from bench import _peak_rss_mb, hf_section, input_arguments, prepared_input, run_job  # noqa: E402 - shared
 
 
 def dictionaries(out: Path) -> tuple[Path, Path]:
@@ -51,24 +51,19 @@ def dictionaries(out: Path) -> tuple[Path, Path]:
 def config(out: Path, adata_dir: Path, num_proc: int, name: str) -> Path:
     import yaml
 
+    geneformer = {"model_input_size": 4096, "special_tokens": True, "gene_median": str(out / "gene_median.pkl")}
     cfg = {
-        "huggingface": {
-            "adata_dir": str(adata_dir),
-            "gene_col": "gene_id",
-            "num_proc": num_proc,
-            "output_root": str(out / f"work_{name}"),
-            "merged_dataset_root": str(out / f"merged_{name}"),
-            "vocab_output_root": str(out / "vocab"),
-            "vocab_path": "vocab.json",
-            "split_parameters": {"test_size": 0, "seed": 42, "shuffle": False},
-            "add_obs_index": False,
-            "encoding": "geneformer",
-            "geneformer": {
-                "model_input_size": 4096,
-                "special_tokens": True,
-                "gene_median": str(out / "gene_median.pkl"),
-            },
-        }
+        "huggingface": hf_section(
+            out,
+            adata_dir,
+            num_proc,
+            f"work_{name}",
+            f"merged_{name}",
+            add_obs_index=False,
+            encoding="geneformer",
+            geneformer=geneformer,
+            split_parameters={"test_size": 0, "seed": 42, "shuffle": False},
+        )  # fmt: skip
     }
     path = out / f"config_{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))

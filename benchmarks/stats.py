@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench import _peak_rss_mb, input_arguments, prepared_input, run_job, vocab_section  # noqa: E402 - shared
+from bench import _peak_rss_mb, hf_section, input_arguments, prepared_input, run_job, vocab_section  # noqa: E402
 
 
 def config(out: Path, num_proc: int) -> Path:
@@ -28,16 +28,14 @@ def config(out: Path, num_proc: int) -> Path:
         "output_root": str(out),
         "vocab": vocab_section(out),
         "stats": {"output_root": str(out / "stats"), "num_proc": num_proc},
-        "huggingface": {
-            "adata_dir": str(out / "raw"),
-            "gene_col": "gene_id",
-            "num_proc": num_proc,
-            "output_root": str(out / "work"),
-            "merged_dataset_root": str(out / "merged"),
-            "vocab_output_root": str(out / "vocab"),
-            "vocab_path": "vocab.json",
-            "split_parameters": {"test_size": 0.01, "seed": 42, "shuffle": False},
-        },
+        "huggingface": hf_section(
+            out,
+            out / "raw",
+            num_proc,
+            "work",
+            "merged",
+            split_parameters={"test_size": 0.01, "seed": 42, "shuffle": False},
+        ),
     }
     path = out / "config_stats.yaml"
     path.write_text(yaml.safe_dump(cfg))
