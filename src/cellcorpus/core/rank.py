@@ -23,7 +23,8 @@ __all__ = ["rank_descending", "rank_tokens", "cell_rows", "padded_widths"]
 def cell_rows(offsets: NDArray[Any]) -> NDArray[np.int64]:
     """The cell of each entry of a ragged batch."""
     lengths = np.diff(offsets)
-    return np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+    rows: NDArray[np.int64] = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+    return rows
 
 
 def padded_widths(lengths: NDArray[Any]) -> NDArray[np.int64]:
@@ -32,12 +33,14 @@ def padded_widths(lengths: NDArray[Any]) -> NDArray[np.int64]:
     lengths = np.asarray(lengths, dtype=np.int64)
     octave = np.floor(np.log2(np.maximum(lengths, 1))).astype(np.int64)
     step = np.maximum(16, (1 << octave) // 8)
-    return -(-lengths // step) * step
+    widths: NDArray[np.int64] = -(-lengths // step) * step
+    return widths
 
 
 def _ranges(starts: NDArray[np.int64], n: NDArray[np.int64]) -> NDArray[np.int64]:
     """starts[i] + 0 .. n[i]-1 for every i, concatenated (no per-range loop)."""
-    return np.arange(int(n.sum()), dtype=np.int64) + np.repeat(starts - (np.cumsum(n) - n), n)
+    out: NDArray[np.int64] = np.arange(int(n.sum()), dtype=np.int64) + np.repeat(starts - (np.cumsum(n) - n), n)
+    return out
 
 
 def rank_tokens(

@@ -258,7 +258,9 @@ def _reduce(fn: Any, args: Any) -> Any:
     if fn.kind == _SCALAR:
         if len(args) != 2 or not isinstance(args[0], _DType) or not isinstance(args[1], bytes):
             raise UnsafePickleError("numpy scalar without a dtype and its bytes")
-        dtype = np.dtype(args[0].name).newbyteorder(args[0].order if args[0].order in "<>" else "=")
+        dtype = np.dtype(args[0].name).newbyteorder(
+            ">" if args[0].order == ">" else "<" if args[0].order == "<" else "="
+        )
         if len(args[1]) != dtype.itemsize:
             raise UnsafePickleError("numpy scalar of the wrong size")
         return np.frombuffer(args[1], dtype=dtype)[0]  # kept a numpy scalar: its dtype decides arithmetic
