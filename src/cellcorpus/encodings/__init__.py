@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from cellcorpus.config import HuggingfaceConfig
 from cellcorpus.encodings.base import CellEncoding, CellRules, Column, Encoded, Prepared, UnitInput
 from cellcorpus.encodings.geneformer import Geneformer
@@ -24,7 +22,7 @@ __all__ = [
     "UnitInput",
 ]
 
-ENCODINGS: dict[str, Callable[[HuggingfaceConfig, dict[str, int]], CellEncoding]] = {
+ENCODINGS: dict[str, type[CellEncoding]] = {
     "tahoe_x1": TahoeX1,
     "geneformer": Geneformer,
     "scgpt": ScGPT,

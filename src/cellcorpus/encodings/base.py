@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from cellcorpus.config import HuggingfaceConfig
 from cellcorpus.core.tokenize import CountScan, Ragged
 
 __all__ = ["Column", "CellRules", "Encoded", "CellEncoding", "Prepared", "UnitInput"]
@@ -93,6 +94,9 @@ class CellEncoding(Protocol):
     value_dtype: Any  # the dtype the parse keeps counts in (None: the input's own)
     count_keys: tuple[str, ...]  # tallies `prepare`/`encode` add to the manifest's totals
     columns_ascending: bool  # the parse lists each cell's genes in ascending file column (else: stored order)
+
+    def __init__(self, hf: HuggingfaceConfig, vocab: dict[str, int]) -> None:
+        """An encoding is built from the huggingface section and the vocabulary (token -> id)."""
 
     def check(self) -> None:
         """Raise ConfigError before any worker starts (a special token missing from the vocabulary, ...)."""

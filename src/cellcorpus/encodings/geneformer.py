@@ -76,12 +76,15 @@ def _medians_by_token(path: str, stamp: int, vocab_items: tuple[tuple[str, int],
 class Geneformer:
     """`encoding: geneformer` (see the module docstring)."""
 
-    name = "geneformer"
-    columns = (Column("input_ids", "int64", narrow="uint16"), Column("length", "int64", is_list=False))
+    name: str = "geneformer"
+    columns: tuple[Column, ...] = (
+        Column("input_ids", "int64", narrow="uint16"),
+        Column("length", "int64", is_list=False),
+    )
     value_dtype: Any = None  # the input's own: the reference computes in the counts' dtype
-    count_keys = ("filtered_filter_pass", "entries_without_median", "cells_with_tied_values")
+    count_keys: tuple[str, ...] = ("filtered_filter_pass", "entries_without_median", "cells_with_tied_values")
     # the reference ranks scipy's canonical rows (its arithmetic re-sorts them): tied values keep column order
-    columns_ascending = True
+    columns_ascending: bool = True
 
     def __init__(self, hf: HuggingfaceConfig, vocab: dict[str, int]) -> None:
         if hf.geneformer is None:

@@ -24,11 +24,11 @@ CLS = "<cls>"
 class ScGPT:
     """`encoding: scgpt` (see the module docstring)."""
 
-    name = "scgpt"
-    columns = (Column("genes", "int32", narrow="uint16"), Column("expressions", "float32"))
+    name: str = "scgpt"
+    columns: tuple[Column, ...] = (Column("genes", "int32", narrow="uint16"), Column("expressions", "float32"))
     value_dtype: Any = np.float32
     count_keys: tuple[str, ...] = ()
-    columns_ascending = True  # tokenize_batch takes np.nonzero of each dense row: ascending gene order
+    columns_ascending: bool = True  # tokenize_batch takes np.nonzero of each dense row: ascending gene order
 
     def __init__(self, hf: HuggingfaceConfig, vocab: dict[str, int]) -> None:
         self.hf, self.vocab = hf, vocab

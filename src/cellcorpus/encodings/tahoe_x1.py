@@ -20,11 +20,14 @@ _INT16_MAX = (1 << 15) - 1
 class TahoeX1:
     """The Tahoe-x1 recipe's tokenized cell (the default encoding)."""
 
-    name = "tahoe_x1"
-    columns = (Column("genes", "int32", narrow="uint16"), Column("expressions", "float32", narrow="int16"))
+    name: str = "tahoe_x1"
+    columns: tuple[Column, ...] = (
+        Column("genes", "int32", narrow="uint16"),
+        Column("expressions", "float32", narrow="int16"),
+    )
     value_dtype: Any = np.float32
     count_keys: tuple[str, ...] = ()
-    columns_ascending = False  # stored order, as the reference scripts keep it
+    columns_ascending: bool = False  # stored order, as the reference scripts keep it
 
     def __init__(self, hf: HuggingfaceConfig, vocab: dict[str, int]) -> None:
         self.hf, self.vocab = hf, vocab
