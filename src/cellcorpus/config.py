@@ -292,6 +292,9 @@ class ScgptSettings(_Section):
     # the value beside <cls>: scGPT's pad value (-2) for pretraining, as its scBank build prepends it; 0 as its
     # fine-tuning `tokenize_batch` does
     cls_value: float = -2.0
+    # also write each split as scGPT's scBank folder (`<merged_dataset_root>/<split>.scb/`: its genes and raw
+    # counts without <cls>, which scGPT's pretraining prepends), beside the HF datasets
+    scbank: bool = False
 
 
 class HuggingfaceConfig(_Section):

@@ -37,7 +37,7 @@ def census_vocab() -> dict[str, int]:
     return vocab
 
 
-def _corpus(tmp_path, write_config, vocab, cls_value):
+def _corpus(tmp_path, write_config, vocab, cls_value, scbank=False):
     counts, _, symbols = _pbmc()
     (tmp_path / "vocab").mkdir(parents=True, exist_ok=True)
     (tmp_path / "vocab" / "vocab.json").write_text(json.dumps(vocab))
@@ -50,7 +50,7 @@ def _corpus(tmp_path, write_config, vocab, cls_value):
             **{
                 "huggingface.gene_col": "feature_name",
                 "huggingface.encoding": "scgpt",
-                "huggingface.scgpt": {"cls_value": cls_value},
+                "huggingface.scgpt": {"cls_value": cls_value, "scbank": scbank},
                 "huggingface.min_vocab_genes": 0,  # tokenize_batch keeps a cell with no gene of the vocabulary
                 "huggingface.split_parameters": {"test_size": 0, "seed": 1, "shuffle": False},
             },
@@ -99,3 +99,31 @@ def test_scgpts_data_collator_batches_the_corpus(tmp_path, write_config, census_
     assert batch["gene"].shape == batch["expr"].shape == batch["masked_expr"].shape == (8, 128)
     assert (batch["gene"][:, 0] == census_vocab["<cls>"]).all() and (batch["expr"][:, 0] == -2).all()
     assert batch["expr"][:, 1:].max() <= 50 and batch["expr"][:, 1:].min() >= 1  # binned into 51 bins
+
+
+def test_scbank_folder_loads_as_scgpts_databank_reads_it(tmp_path, write_config, census_vocab):
+    """`scgpt.scbank`: `<split>.scb/` as scGPT's DataBank.from_path reads it (its MetaInfo compiled from the
+    wheel; the datatable through `datasets.load_dataset("parquet")`, as from_path does): the same genes and counts
+    as the HF dataset without <cls>, and the vocabulary as written."""
+    import dataclasses
+    from pathlib import Path
+
+    import datasets
+
+    _, got, _, _ = _corpus(tmp_path, write_config, census_vocab, -2.0, scbank=True)
+    folder = tmp_path / "merged" / "train.scb"
+    namespace = {"dataclass": dataclasses.dataclass, "field": dataclasses.field, "asdict": dataclasses.asdict,
+                 "Path": Path, "json": json, "Self": typing.Any, "Literal": typing.Literal,
+                 **{n: getattr(typing, n) for n in ("List", "Optional", "Union")}}  # fmt: skip
+    meta_info = peer_definitions(SCGPT, "scgpt/scbank/data.py", ("MetaInfo",), namespace)["MetaInfo"]
+    meta = meta_info.from_path(folder)
+    assert (meta.on_disk_format, meta.main_table_key) == ("parquet", "counts")
+    table = datasets.load_dataset(
+        meta.on_disk_format, data_files=str(folder / "counts.datatable.parquet"), cache_dir=str(tmp_path / "c"),
+        split="train",
+    )  # fmt: skip
+    assert table.num_rows == got.num_rows
+    assert table["genes"] == [g[1:] for g in got["genes"]] and table["id"] == got["id"]
+    assert table["expressions"] == [e[1:] for e in got["expressions"]]
+    assert json.loads((folder / "gene_vocab.json").read_text()) == census_vocab
+    assert not list((tmp_path / "merged").glob(".*.tmp-*"))  # nothing half-written left

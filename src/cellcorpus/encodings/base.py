@@ -10,6 +10,7 @@ never branch on its name: adding an encoding is one module and one line in `enco
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -113,3 +114,7 @@ class CellEncoding(Protocol):
 
     def rules(self) -> CellRules:
         """The per-cell checks and statistics."""
+
+    def export(self, split: str, data_files: list[Path], root: Path) -> list[Path]:
+        """Further outputs of a finished split in the model's own layout, under the merged root `root` (scGPT's
+        scBank folder); the files written (published by the caller). Most encodings write none."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -190,6 +191,10 @@ class Geneformer:
     def narrow(self, scan: CountScan, summed: bool) -> dict[str, str]:
         """uint16 token ids in the shuffle's parts when the vocabulary allows (Geneformer's has ~25k-40k)."""
         return {"input_ids": "uint16"} if self.vocab_size <= 1 << 16 else {}
+
+    def export(self, split: str, data_files: list[Path], root: Path) -> list[Path]:
+        """None: the HF datasets (and MDS) are this model's layout."""
+        return []
 
     def rules(self) -> CellRules:
         """Ids in the vocabulary, at most model_input_size, `length` equal to the list's, V2's first and last."""

@@ -1,12 +1,14 @@
 """scGPT: each cell's non-zero genes of the vocabulary in ascending gene order with their raw counts, after
 `<cls>` with `cls_value`: what `scgpt.tokenizer.tokenize_batch(..., append_cls=True, include_zero_gene=False)`
 returns (genes int64 -> `genes` int32 here, counts float32), and what scGPT's pretraining reads from scBank
-after its `cls_prefix` step (`cls_value` = its pad value, -2). scGPT's vocabulary is keyed by gene symbols
+after its `cls_prefix` step (`cls_value` = its pad value, -2); with `scgpt.scbank` also scBank's own folders.
+scGPT's vocabulary is keyed by gene symbols
 (`default_census_vocab.json` + `<pad>`, `<cls>`, `<eoc>`); Ensembl-keyed inputs reach it through
 `gene_id_map`. Binning stays scGPT's `DataCollator`'s, at training time."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,6 +17,7 @@ from cellcorpus.config import HuggingfaceConfig
 from cellcorpus.core.tokenize import CountScan, Ragged
 from cellcorpus.encodings.base import CellRules, Column, Encoded, Prepared, UnitInput
 from cellcorpus.errors import ConfigError
+from cellcorpus.formats.scbank import SCBANK_MARKER, write_scbank
 
 __all__ = ["ScGPT"]
 
@@ -56,6 +59,16 @@ class ScGPT:
     def narrow(self, scan: CountScan, summed: bool) -> dict[str, str]:
         """uint16 genes in the shuffle's parts when every vocabulary id fits (scGPT's ~60k symbols do)."""
         return {"genes": "uint16"} if self.vocab_size <= 1 << 16 else {}
+
+    def export(self, split: str, data_files: list[Path], root: Path) -> list[Path]:
+        """With `scgpt.scbank`, the split as scBank's `<split>.scb/` folder (`formats/scbank.py`)."""
+        if self.hf.scgpt is None or not self.hf.scgpt.scbank:
+            return []
+        dest = root / f"{split}.scb"
+        write_scbank(data_files, dest, self.vocab, "genes", "expressions", skip=1)
+        return [dest / name for name in ("counts.datatable.parquet", "gene_vocab.json", "studytable.json")] + [
+            dest / SCBANK_MARKER
+        ]
 
     def rules(self) -> CellRules:
         """Equal-length genes/expressions, ids in the vocabulary, `(<cls>, cls_value)` first."""

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -61,6 +62,10 @@ class TahoeX1:
         if not summed and pad_ok and scan.n_fractional == 0 and scan.max_value <= _INT16_MAX:
             out["expressions"] = "int16"
         return out
+
+    def export(self, split: str, data_files: list[Path], root: Path) -> list[Path]:
+        """None: the HF datasets (and MDS) are this model's layout."""
+        return []
 
     def rules(self) -> CellRules:
         """Equal-length genes/expressions, ids in the vocabulary, `(<cls>, pad_value)` first when configured."""

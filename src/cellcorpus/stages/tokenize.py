@@ -514,6 +514,10 @@ def run_tokenize(
         if hf.split_parameters.key != "id":  # before any dataset file is written
             check_unique_keys(layout.parts, [u.unit_id for u in units], hf, inputs)
         shard_records = finalize_splits(ctx, layout, list(units), results, spec, stage_hash, reporter)
+        for split, records in shard_records.items():  # the model's own layout too, where it has one (scBank)
+            files = [out_dir / f"{split}.dataset" / r["path"] for r in records]
+            for written in encoding.export(split, files, out_dir):
+                out.publish(written)
         body = {
             "dataset_name": cfg.for_output("huggingface.dataset_name", hf.dataset_name),
             "metadata_columns": list(ctx.metadata_columns),
