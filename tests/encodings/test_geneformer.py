@@ -20,7 +20,7 @@ import scipy.sparse as sp
 from tests._peers import peer_module
 
 from cellcorpus.config import load_config
-from cellcorpus.core.rank import rank_descending
+from cellcorpus.core.rank import rank_tokens
 from cellcorpus.encodings import geneformer as geneformer_encoding
 from cellcorpus.errors import ConfigError
 from cellcorpus.stages.report import run_report
@@ -145,7 +145,9 @@ def test_ranks_follow_numpys_own_argsort_with_ties():
     lengths = np.array([0, 1, 5, 17, 300, 2000, 40])
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     values = rng.integers(0, 6, offsets[-1]).astype(np.float64) / 4  # few distinct values: many ties
-    order, tied = rank_descending(offsets, values)
+    positions = np.arange(len(values), dtype=np.int64)  # as tokens: the ranked output is the order itself
+    out_offsets, order, tied = rank_tokens(offsets, values, positions, limit=len(values))
+    assert out_offsets.tolist() == offsets.tolist()
     for i in range(len(lengths)):
         lo, hi = offsets[i], offsets[i + 1]
         assert (order[lo:hi] - lo).tolist() == np.argsort(-values[lo:hi]).tolist()

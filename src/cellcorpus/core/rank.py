@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["rank_descending", "rank_tokens", "cell_rows", "padded_widths"]
+__all__ = ["rank_tokens", "cell_rows", "padded_widths"]
 
 
 def cell_rows(offsets: NDArray[Any]) -> NDArray[np.int64]:
@@ -81,10 +81,3 @@ def rank_tokens(
         at = int(out_offsets[cell]) + shift
         out[at : at + int(kept[cell])] = tokens[lo + np.argsort(neg[lo:hi])[: int(kept[cell])]]
     return out_offsets, out, len(tied_cells)
-
-
-def rank_descending(offsets: NDArray[Any], values: NDArray[Any]) -> tuple[NDArray[np.int64], int]:
-    """Positions of `values` ordering each cell by descending value, as `np.argsort(-cell_values)` orders a
-    cell; and the number of cells whose ties needed that call."""
-    _, order, n_tied = rank_tokens(offsets, values, np.arange(len(values), dtype=np.int64), len(values) + 1)
-    return order, n_tied

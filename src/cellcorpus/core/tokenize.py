@@ -121,7 +121,8 @@ def tokenize_csr(
     """Tokenize CSR rows: keep stored non-zero entries whose column maps into the vocabulary.
 
     `gene_map[col]` is the vocab id of column `col` or -1 (a column index beyond it: IndexError). With `cls_id`,
-    every row starts with (cls_id, pad_value). Stored order is kept. Counts are returned as float32 raw values.
+    every row starts with (cls_id, pad_value). Stored order is kept. Counts are returned as raw values, float32
+    unless `value_dtype` says otherwise.
     `n_zero`, the stored zeros in `data` if already counted (`scan_counts`), spares a pass when it is 0.
     `value_dtype` None keeps the input's dtype (an encoding whose arithmetic follows it).
     """

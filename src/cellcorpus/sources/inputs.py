@@ -151,7 +151,7 @@ def gene_mapping(hf: HuggingfaceConfig, var_ids: np.ndarray, lookup: VocabLookup
 
     The map table is read once per process and vocabulary (every unit of every file shares it).
     """
-    id_map = None
+    id_map = alias = None
     if hf.gene_id_map is not None:
         m = hf.gene_id_map
         if not Path(m.path).is_file():
@@ -172,9 +172,8 @@ def gene_mapping(hf: HuggingfaceConfig, var_ids: np.ndarray, lookup: VocabLookup
                 alias_map = IdMap(names, np.concatenate([t for _, t in aliases]), lookup, split="|")
             # the lookup is kept alive with its id
             _ID_MAPS[key] = (lookup, IdMap(sources, targets, lookup), alias_map)
-        id_map, alias = _ID_MAPS[key][1], _ID_MAPS[key][2]
-        return harmonize(var_ids, lookup, id_map, alias)
-    return harmonize(var_ids, lookup, id_map)
+        _, id_map, alias = _ID_MAPS[key]
+    return harmonize(var_ids, lookup, id_map, alias)
 
 
 @dataclass

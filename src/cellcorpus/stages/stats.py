@@ -34,11 +34,11 @@ from cellcorpus.errors import InputError
 from cellcorpus.exec.runner import ExecutorSpec, Reporter
 from cellcorpus.io.atomic import atomic_path, write_json_atomic
 from cellcorpus.io.paths import Publisher
-from cellcorpus.io.vocab import load_vocab
+from cellcorpus.io.vocab import load_vocab, vocab_lookup
 from cellcorpus.manifest import Ledger, StatsManifest, UnitResult, file_checksum, output_record
 from cellcorpus.plan import Plan, plan_for
 from cellcorpus.sources.inputs import discover_and_inspect, gene_mapping, input_format
-from cellcorpus.stages.base import StageRun, StageSummary, WorkUnit, locked, run_stage
+from cellcorpus.stages.base import StageRun, StageSummary, WorkUnit, locked, row_units, run_stage
 
 __all__ = ["run_stats", "stats_unit", "StatsContext", "STATS_FILES"]
 
@@ -72,7 +72,7 @@ def _gene_map(hf: HuggingfaceConfig, var_ids: np.ndarray, lookup: VocabLookup) -
 def stats_unit(unit: WorkUnit, ctx: StatsContext) -> UnitResult:
     """One unit's per-gene sketch and sums, written to `parts/<unit>.npz`."""
     hf = ctx.hf
-    lookup = VocabLookup(load_vocab(ctx.vocab_file))
+    lookup = vocab_lookup(ctx.vocab_file)  # once per process: gene_id_map's table is cached with it
     block = input_format(hf).read_block(unit.path, unit.row_start, unit.row_stop, hf)
     scan = scan_counts(block.data)
     if scan.problem:
@@ -164,14 +164,7 @@ def run_stats(cfg: Config | Plan, spec: ExecutorSpec | None = None, reporter: Re
 
     def plan_units() -> list[WorkUnit]:
         parts.mkdir(parents=True, exist_ok=True)
-        units = []
-        for f in inputs:
-            for start in range(0, f.n_obs, hf.unit_cells):
-                stop = min(start + hf.unit_cells, f.n_obs)
-                units.append(
-                    WorkUnit(f"f{f.file_index:05d}-r{start:010d}", f.path, f.file_index, start, stop, f.checksum)
-                )
-        return units
+        return row_units(inputs, hf.unit_cells)  # tokenize's units: the same files cut the same way
 
     def finalize(units: Sequence[WorkUnit], results: list[UnitResult]) -> tuple[dict[str, Any], StageSummary]:
         sketch, nonzero, totals, per_cell = _merge(parts, units, st.relative_accuracy, size)

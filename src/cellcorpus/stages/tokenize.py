@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence
@@ -27,8 +26,7 @@ from cellcorpus.core.ids import make_ids
 from cellcorpus.core.shuffle import n_buckets_for, order_by_bucket
 from cellcorpus.core.split import assign_valid, choose_groups, equal_pairs, key_ids, shuffle_keys
 from cellcorpus.core.tokenize import Ragged, columns_ascending, row_stats, scan_counts, tokenize_csr
-from cellcorpus.core.vocab import VocabLookup
-from cellcorpus.encodings import CellEncoding, UnitInput, column_specs, encoding_for
+from cellcorpus.encodings import UnitInput, column_specs, encoding_for
 from cellcorpus.errors import ConfigError, InputError
 from cellcorpus.exec.runner import ExecutorSpec, Reporter
 from cellcorpus.formats.arrow import cell_schema, cells_table, compact_part, read_arrow, write_stream
@@ -38,7 +36,7 @@ from cellcorpus.io.join_index import JoinIndex, build_join_index, is_large_table
 from cellcorpus.io.owned import claim_dir, remove_owned
 from cellcorpus.io.paths import Publisher, is_url
 from cellcorpus.io.tables import as_strings, load_table, lookup
-from cellcorpus.io.vocab import load_vocab
+from cellcorpus.io.vocab import load_vocab, vocab_lookup
 from cellcorpus.layout import MANIFEST, OUTPUT_RECORDS, SPLITS
 from cellcorpus.manifest import Ledger, TokenizeManifest, UnitResult, file_checksum, output_record
 from cellcorpus.plan import Plan, plan_for
@@ -73,17 +71,6 @@ def plan_tokenize(hf: HuggingfaceConfig, inputs: list[InputFile]) -> list[WorkUn
 
 
 # ---- unit ---------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=4)
-def _lookup(vocab_file: str, mtime_ns: int) -> VocabLookup:
-    del mtime_ns  # cache key only
-    return VocabLookup(load_vocab(vocab_file))
-
-
-def _encoding(hf: HuggingfaceConfig, vocab_file: str, mtime_ns: int) -> CellEncoding:
-    """The config's cell encoding over its vocabulary (cheap: what it loads, it caches itself)."""
-    return encoding_for(hf, _lookup(vocab_file, mtime_ns).vocab)
-
-
 @functools.lru_cache(maxsize=8)
 def _join_index(folder: str) -> JoinIndex:
     return JoinIndex(folder)
@@ -232,9 +219,8 @@ def _apply_filters(
 def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
     """Tokenize rows [row_start, row_stop) of one file and write one Arrow part per split."""
     hf = ctx.hf
-    stamp = os.stat(ctx.vocab_file).st_mtime_ns
-    lookup_ = _lookup(ctx.vocab_file, stamp)
-    encoding = _encoding(hf, ctx.vocab_file, stamp)
+    lookup_ = vocab_lookup(ctx.vocab_file)
+    encoding = encoding_for(hf, lookup_.vocab)  # cheap: what it loads, it caches itself
     block = input_format(hf).read_block(unit.path, unit.row_start, unit.row_stop, hf)
     scan = scan_counts(block.data)
     if scan.problem:
