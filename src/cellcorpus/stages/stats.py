@@ -12,7 +12,6 @@ and the unit size. Every cell of every input is counted (the config's cell filte
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -206,8 +205,8 @@ def run_stats(cfg: Config | Plan, spec: ExecutorSpec | None = None, reporter: Re
             else {},
         }
         write_json_atomic(root / "stats.json", summary_json)
-        for p in sorted(parts.glob("*.npz")):  # merged: the units' sketches are no longer needed
-            os.unlink(p)
+        for u in units:  # merged: the units' sketches (each named by its unit's record) are no longer needed
+            (parts / f"{u.unit_id}.npz").unlink(missing_ok=True)
         files = {name: file_checksum(root / name) for name in STATS_FILES}
         totals_out = {"cells": n_cells, "genes_seen": len(seen), "inputs": len(inputs)}
         records = [
