@@ -284,6 +284,9 @@ class StatsConfig(_Section):
     relative_accuracy: float = Field(0.005, gt=0.0, lt=0.1)
     # worker processes
     num_proc: int = Field(1, ge=1)
+    # cells per work unit (read `huggingface.unit_cells` rows at a time): a unit's sketch holds each (gene,
+    # bucket) once however many cells repeat it, so larger units write and merge less; results do not depend on it
+    unit_cells: int = Field(262_144, ge=1)
 
 
 class ScgptSettings(_Section):
@@ -751,7 +754,7 @@ HF_LOCATION_KEYS = frozenset(
     {"adata_dir", "output_root", "merged_dataset_root", "vocab_output_root", "vocab_path", "num_proc", "dataset_name"}
 )
 MDS_LOCATION_KEYS = frozenset({"out_root", "root_dir", "num_proc", "staging_dir"})
-STATS_LOCATION_KEYS = frozenset({"output_root", "num_proc"})
+STATS_LOCATION_KEYS = frozenset({"output_root", "num_proc", "unit_cells"})  # (not in the results)
 
 
 def config_hash(*parts: BaseModel | object) -> str:

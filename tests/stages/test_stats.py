@@ -52,11 +52,12 @@ def test_medians_within_the_documented_error_of_the_exact_ones(tmp_path, write_c
 
 def test_same_bytes_whatever_processes_and_unit_size(tmp_path, write_config):
     outs = {}
-    for name, unit, procs in (("one", 1000, 1), ("many", 37, 2)):
-        cfg, _, _ = _setup(tmp_path / name, write_config, **{"huggingface.unit_cells": unit, "stats.num_proc": procs})
+    for name, unit, block, procs in (("one", 100_000, 1000, 1), ("many", 37, 37, 2), ("blocks", 300, 41, 2)):
+        settings = {"stats.unit_cells": unit, "huggingface.unit_cells": block, "stats.num_proc": procs}
+        cfg, _, _ = _setup(tmp_path / name, write_config, **settings)
         run_stats(cfg)
         outs[name] = [(tmp_path / name / "stats" / f).read_bytes() for f in ("stats.parquet", "gene_median.pkl")]
-    assert outs["one"] == outs["many"]
+    assert outs["one"] == outs["many"] == outs["blocks"]
 
 
 def test_rerun_skips_and_the_median_file_is_geneformers_format(tmp_path, write_config):

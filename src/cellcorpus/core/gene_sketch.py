@@ -18,10 +18,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["GeneSketch"]
+__all__ = ["GeneSketch", "GeneCounts", "bucket_counts", "GENE_SHIFT"]
 
 _BUCKET_BITS = 21  # buckets -2^20 .. 2^20 per gene: values 1e-300 .. 1e300 at a = 0.05%
 _OFFSET = 1 << (_BUCKET_BITS - 1)
+GENE_SHIFT = _BUCKET_BITS  # a key's gene: key >> GENE_SHIFT
 
 
 @dataclass(frozen=True)
@@ -40,12 +41,8 @@ class GeneSketch:
 
     def add(self, genes: NDArray[Any], values: NDArray[Any]) -> GeneSketch:
         """This sketch with the positive `values` of `genes` (non-negative ids) counted in."""
-        positive = values > 0
-        bucket = np.ceil(np.log(values[positive].astype(np.float64)) / np.log(self.gamma)).astype(np.int64)
-        keys = np.sort((genes[positive].astype(np.int64) << _BUCKET_BITS) | (bucket + _OFFSET))
-        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else np.zeros(0, np.int64)
-        counts = np.diff(np.r_[starts, len(keys)]).astype(np.int64)
-        added = GeneSketch(keys[starts], counts, self.gamma)
+        got_genes, buckets, counts = bucket_counts(genes, values, self.gamma)
+        added = GeneSketch((got_genes << _BUCKET_BITS) | (buckets + _OFFSET), counts, self.gamma)
         return added if not len(self.keys) else self.merge(added)
 
     def merge(self, other: GeneSketch) -> GeneSketch:
@@ -91,3 +88,107 @@ class GeneSketch:
         lo = np.searchsorted(cum, before + (n - 1) // 2, side="right")  # the bucket holding rank (n-1)//2
         hi = np.searchsorted(cum, before + n // 2, side="right")
         return genes[starts], n, (rep[lo] + rep[hi]) / 2
+
+
+def _buckets(
+    genes: NDArray[Any], values: NDArray[Any], gamma: float
+) -> tuple[NDArray[Any], NDArray[np.float64], int, int]:
+    """(genes, bucket of each value, lowest, highest) for the finite positive `values` (whole floats)."""
+    if len(values) and not (values.min() > 0 and values.max() < np.inf):  # (NaN fails both) rare: drop them
+        counted = (values > 0) & (values < np.inf)
+        genes, values = genes[counted], values[counted]
+    if not len(values):
+        return genes, np.zeros(0), 0, -1
+    bucket = np.log(values, dtype=np.float64)
+    bucket /= np.log(gamma)
+    np.ceil(bucket, out=bucket)
+    low, high = int(bucket.min()), int(bucket.max())
+    if low < -_OFFSET or high >= _OFFSET:
+        raise ValueError(f"values beyond the sketch's range (buckets {low}..{high})")
+    return genes, bucket, low, high
+
+
+def bucket_counts(
+    genes: NDArray[Any], values: NDArray[Any], gamma: float
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+    """Each distinct (gene, bucket) of the finite positive `values` with how many fall in it, by gene then bucket.
+    One sort of packed keys groups them: 32-bit keys (gene, bucket above the batch's lowest) when they fit, which
+    NumPy's SIMD sort orders ~2x faster than 64-bit ones."""
+    genes, bucket, low, high = _buckets(genes, values, gamma)
+    if not len(bucket):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    span_bits = max(1, (high - low).bit_length())
+    dtype = np.uint32 if span_bits + max(1, int(genes.max()).bit_length()) <= 32 else np.int64
+    keys = genes.astype(dtype) << dtype(span_bits)
+    bucket -= low
+    keys |= bucket.astype(dtype)
+    keys.sort()
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    distinct = keys[starts]
+    counts = np.diff(np.r_[starts, len(keys)]).astype(np.int64)
+    got_genes = (distinct >> dtype(span_bits)).astype(np.int64)
+    buckets = (distinct & dtype((1 << span_bits) - 1)).astype(np.int64) + low
+    return got_genes, buckets, counts
+
+
+class GeneCounts:
+    """A `GeneSketch` being built: counts in a dense (gene x bucket) table over the buckets seen so far. A batch
+    is sorted by its table position, then counted a slice of the table at a time with `np.bincount` (sequential
+    access; a sparse merge would sort everything counted so far again, an unsorted count would miss the cache on
+    every value). The table grows to cover new buckets; past `max_bytes` it becomes a sparse sketch and batches
+    are merged into that instead, so memory stays bounded whatever the vocabulary and the values."""
+
+    _SLICE = 1 << 22  # table cells counted at once (a 32 MB bincount)
+
+    def __init__(self, n_genes: int, relative_accuracy: float, max_bytes: int = 512 << 20) -> None:
+        self.n_genes, self.max_bytes = n_genes, max_bytes
+        self.sparse = GeneSketch.empty(relative_accuracy)
+        self.table: NDArray[np.uint32] | None = None  # a unit's counts stay far below 2^32
+        self.low = 0
+
+    def add(self, genes: NDArray[Any], values: NDArray[Any]) -> None:
+        """Count the finite positive `values` of `genes` (ids below n_genes)."""
+        if self.table is None and not self.max_bytes:  # sparse from here on
+            self.sparse = self.sparse.add(genes, values)
+            return
+        given = genes, values
+        genes, bucket, low, high = _buckets(genes, values, self.sparse.gamma)
+        if not len(bucket):
+            return
+        if self.table is not None:
+            low, high = min(low, self.low), max(high, self.low + self.table.shape[1] - 1)
+        if self.n_genes * (high - low + 1) * 4 > self.max_bytes:  # too wide for a table
+            self.sparse, self.table, self.max_bytes = self.sketch(), None, 0
+            self.sparse = self.sparse.add(*given)
+            return
+        if self.table is None or self.table.shape[1] != high - low + 1:
+            table = np.zeros((self.n_genes, high - low + 1), np.uint32)
+            if self.table is not None:
+                table[:, self.low - low : self.low - low + self.table.shape[1]] = self.table
+            self.table, self.low = table, low
+        width, flat = self.table.shape[1], self.table.reshape(-1)
+        dtype = np.uint32 if flat.size <= 1 << 32 else np.int64
+        if dtype is np.uint32:  # modular 32-bit arithmetic: g * width + (bucket - low) is in range, so exact
+            at = (genes.view(np.uint32) if genes.dtype == np.int32 else genes.astype(np.uint32)) * np.uint32(width)
+            at += bucket.astype(np.int32).view(np.uint32)  # (buckets are below 2^20 in size)
+            at -= np.uint32(self.low % (1 << 32))
+        else:
+            at = genes.astype(np.int64) * width + bucket.astype(np.int64) - self.low
+        at.sort()
+        cuts = np.searchsorted(at, np.arange(0, flat.size + self._SLICE, self._SLICE).astype(dtype))
+        for k in np.flatnonzero(np.diff(cuts)).tolist():
+            start = k * self._SLICE
+            part = at[cuts[k] : cuts[k + 1]].astype(np.int64) - start
+            stop = min(start + self._SLICE, flat.size)
+            flat[start:stop] += np.bincount(part, minlength=stop - start).astype(np.uint32)
+
+    def sketch(self) -> GeneSketch:
+        """Everything counted, as a sparse sketch."""
+        if self.table is None:
+            return self.sparse
+        flat = self.table.reshape(-1)
+        at = np.flatnonzero(flat)
+        width = self.table.shape[1]
+        keys = ((at // width) << _BUCKET_BITS) | (at % width + self.low + _OFFSET)
+        dense = GeneSketch(keys.astype(np.int64), flat[at].astype(np.int64), self.sparse.gamma)
+        return dense if not len(self.sparse.keys) else self.sparse.merge(dense)

@@ -1,13 +1,15 @@
 """Rank-value encoding over a whole batch of cells at once (Geneformer's per-cell `np.argsort(-values)`).
 
-Cells are grouped by length into padded 2-D blocks (at most 1/8 padding) and each block is sorted row by row
-with one `np.argsort(axis=1)`: NumPy runs its own sort on each row, cache-resident (~25x faster than one
-`lexsort` by cell and value over the batch). The ranked tokens are gathered straight from the block's order,
-already truncated, into their place in the output. Where a cell's values are all distinct its order is fully
-determined; where some are tied, NumPy's sort (not stable) could order the padded row otherwise than the cell
-alone, so those cells, few, are re-ranked with exactly the reference's call on exactly the cell's values: the
-ranks equal the reference's on this machine, ties included, with a Python step only per tied cell and per
-block.
+The batch is sorted in slices with one flat `np.sort` of packed 64-bit keys (cell, descending value, position
+in the cell): the cells stay where they were, each one's entries now in descending order, and the position
+bits say where each came from. NumPy sorts unsigned 64-bit keys with its SIMD sort (x86-simd-sort / Highway),
+~4x faster than an `argsort` of padded rows and with no gather afterwards. Positive floats order as their bits
+do, so the value bits are the float's own bits, reversed for descending order; float64 values keep their top
+bits (relative resolution ~2^-28 or finer). Where two entries of a cell share those value bits (a tie in the
+values, or rarely two values closer than the resolution) or a cell holds a NaN, NumPy's argsort (not stable)
+decides the order, so those cells, few, are re-ranked with exactly the reference's call on exactly the
+cell's values: the ranks equal the reference's on this machine, ties included, with a Python step only per
+tied cell and per slice.
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["rank_tokens", "cell_rows", "padded_widths"]
+__all__ = ["rank_tokens", "cell_rows"]
+
+_SLICE_ENTRIES = (
+    1 << 15
+)  # entries sorted at once: keys in L2 (measured best of 2^13..2^21, ~3.5x 2^20's speed per entry)
+_SLICE_CELLS = 1 << 9  # cells per slice: 9 key bits at most
+_MIN_VALUE_BITS = 28  # fewer value bits than this and a slice's cells all go to the reference's call
 
 
 def cell_rows(offsets: NDArray[Any]) -> NDArray[np.int64]:
@@ -27,57 +35,110 @@ def cell_rows(offsets: NDArray[Any]) -> NDArray[np.int64]:
     return rows
 
 
-def padded_widths(lengths: NDArray[Any]) -> NDArray[np.int64]:
-    """Each length rounded up on a ladder of steps 1/8 of its power of two (at least 16): few distinct widths,
-    at most 1/8 of a block padding."""
-    lengths = np.asarray(lengths, dtype=np.int64)
-    octave = np.floor(np.log2(np.maximum(lengths, 1))).astype(np.int64)
-    step = np.maximum(16, (1 << octave) // 8)
-    widths: NDArray[np.int64] = -(-lengths // step) * step
-    return widths
-
-
 def _ranges(starts: NDArray[np.int64], n: NDArray[np.int64]) -> NDArray[np.int64]:
     """starts[i] + 0 .. n[i]-1 for every i, concatenated (no per-range loop)."""
     out: NDArray[np.int64] = np.arange(int(n.sum()), dtype=np.int64) + np.repeat(starts - (np.cumsum(n) - n), n)
     return out
 
 
+def _descending_bits(values: NDArray[Any]) -> tuple[NDArray[np.uint64], int]:
+    """Unsigned keys that order as the values do descending (-0.0 as 0.0), and how many bits they use."""
+    width = 32 if values.dtype.itemsize <= 4 else 64
+    floats = values.astype(np.float32 if width == 32 else np.float64, copy=False)
+    if values.dtype.kind == "f" and bool((floats > 0).all()):  # the usual case: positive bits order as values
+        bits = floats.view(np.uint32 if width == 32 else np.uint64)
+        top = np.uint64(0x7F800000 if width == 32 else 0x7FF0000000000000)  # +inf's bits
+        return np.subtract(top, bits, dtype=np.uint64), width - 1
+    bits = (floats + 0.0).view(np.uint32 if width == 32 else np.uint64).astype(np.uint64)  # -0.0 -> +0.0
+    sign = np.uint64(1 << (width - 1))
+    ascending = np.where(bits & sign, ~bits & np.uint64((1 << width) - 1), bits | sign)  # IEEE total order
+    return np.uint64((1 << width) - 1) - ascending, width
+
+
+def _rank_slice(
+    offsets: NDArray[np.int64], values: NDArray[Any], tokens: NDArray[Any], lo: int, hi: int,
+    first: int | None, last: int | None, token_bits: int,
+) -> tuple[NDArray[np.int64], NDArray[np.int64]] | None:  # fmt: skip
+    """Cells lo..hi-1 of the batch, each `first`, its tokens by descending value, `last` (untruncated), and the
+    cells whose ranks need the reference's call; None when the keys have too few bits for the values."""
+    start, stop = int(offsets[lo]), int(offsets[hi])
+    lengths = np.diff(offsets[lo : hi + 1])
+    value_bits = 63 - max(1, int(hi - lo - 1).bit_length()) - token_bits
+    if value_bits < _MIN_VALUE_BITS:
+        return None
+    keys, width = _descending_bits(values[start:stop])
+    if width > value_bits:
+        keys >>= np.uint64(width - value_bits)
+    keys <<= np.uint64(token_bits)
+    keys |= tokens[start:stop].astype(np.uint64)
+    cell_keys = np.arange(hi - lo, dtype=np.uint64) << np.uint64(value_bits + token_bits)
+    keys += np.repeat(cell_keys, lengths)
+    markers = []  # sorted into place with the cell's entries: value bits all 0 sort first, all 1 last
+    if first is not None:
+        markers.append(cell_keys | np.uint64(first))
+    if last is not None:
+        markers.append(cell_keys | np.uint64((((1 << value_bits) - 1) << token_bits) | last))
+    if markers:
+        keys = np.concatenate([keys, *markers])
+    keys.sort()
+    mask = np.uint64((1 << token_bits) - 1)
+    tie = np.flatnonzero((keys[1:] ^ keys[:-1]) <= mask)  # same cell, same value bits
+    segments = offsets[lo : hi + 1] - start + len(markers) * np.arange(hi - lo + 1)
+    tied = np.searchsorted(segments, tie, side="right") - 1
+    if values.dtype.kind == "f" and not bool((values[start:stop] > 0).all()):  # NaN: the reference's call
+        nan = np.flatnonzero(np.isnan(values[start:stop]))
+        tied = np.concatenate([tied, np.searchsorted(offsets, start + nan, side="right") - 1 - lo])
+    keys &= mask
+    return keys.view(np.int64), lo + np.unique(tied)
+
+
 def rank_tokens(
     offsets: NDArray[Any], values: NDArray[Any], tokens: NDArray[Any], limit: int,
     first: int | None = None, last: int | None = None,
 ) -> tuple[NDArray[np.int64], NDArray[Any], int]:  # fmt: skip
-    """Each cell's tokens by descending value (as `np.argsort(-cell_values)` orders them), its first `limit`,
-    between `first` and `last` when given: (offsets, tokens, cells whose ties needed the reference's call)."""
+    """Each cell's tokens (non-negative ids) by descending value (as `np.argsort(-cell_values)` orders them), its
+    first `limit`, between `first` and `last` when given: (offsets, tokens, cells whose ties needed the
+    reference's call)."""
     offsets = np.asarray(offsets, dtype=np.int64)
     lengths = np.diff(offsets)
+    n_cells = len(lengths)
     kept = np.minimum(lengths, limit)
     shift = int(first is not None)
-    out_offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(kept + shift + int(last is not None), out=out_offsets[1:])
+    extra = shift + int(last is not None)
+    out_offsets = np.zeros(n_cells + 1, dtype=np.int64)
+    np.cumsum(kept + extra, out=out_offsets[1:])
     out = np.empty(int(out_offsets[-1]), dtype=tokens.dtype)
-    if first is not None:
-        out[out_offsets[:-1]] = first
-    if last is not None:
-        out[out_offsets[1:] - 1] = last
-    neg = -values
-    widths = padded_widths(lengths)
+    if len(tokens) and int(tokens.min()) < 0:
+        raise ValueError("token ids must be non-negative")
+    top = max([int(tokens.max()) if len(tokens) else 0] + [t for t in (first, last) if t is not None])
+    token_bits = max(1, top.bit_length())
     tied: list[NDArray[np.int64]] = []
-    for width in np.unique(widths[lengths > 0]).tolist():
-        cells = np.flatnonzero((widths == width) & (lengths > 0))
-        starts, n, k = offsets[cells], lengths[cells], kept[cells]
-        real = np.arange(width, dtype=np.int32)[None, :] < n[:, None]
-        block = np.full((len(cells), width), np.inf, dtype=neg.dtype)  # padding sorts last
-        block[real] = neg[_ranges(starts, n)]
-        idx = np.argsort(block, axis=1)
-        ranked = np.take_along_axis(block, idx, axis=1)
-        tied.append(cells[((ranked[:, 1:] == ranked[:, :-1]) & real[:, 1:]).any(axis=1)])
-        cols = min(width, limit)  # the first `limit` ranks of each cell, in cell order
-        take = np.arange(cols, dtype=np.int32)[None, :] < k[:, None]
-        out[_ranges(out_offsets[cells] + shift, k)] = tokens[(idx[:, :cols] + starts[:, None])[take]]
+    lo = 0
+    while lo < n_cells:
+        by_entries = int(np.searchsorted(offsets, offsets[lo] + _SLICE_ENTRIES, side="right")) - 1
+        hi = min(max(by_entries, lo + 1), lo + _SLICE_CELLS, n_cells)
+        ranked = _rank_slice(offsets, values, tokens, lo, hi, first, last, token_bits)
+        if ranked is None:  # ids too wide to pack with the values: every cell by the reference's call
+            tied.append(np.arange(lo, hi, dtype=np.int64))
+            if first is not None:
+                out[out_offsets[lo:hi]] = first
+            if last is not None:
+                out[out_offsets[lo + 1 : hi + 1] - 1] = last
+        elif (kept[lo:hi] == lengths[lo:hi]).all():  # nothing truncated: the slice's ids as they are
+            out[out_offsets[lo] : out_offsets[hi]] = ranked[0]
+            tied.append(ranked[1])
+        else:  # each cell's first `shift + kept` and its last
+            seg = offsets[lo:hi] - offsets[lo] + extra * np.arange(hi - lo)
+            take = _ranges(seg, kept[lo:hi] + shift)
+            if last is not None:
+                ends = seg + lengths[lo:hi] + extra - 1
+                take = np.sort(np.concatenate([take, ends]))
+            out[out_offsets[lo] : out_offsets[hi]] = ranked[0][take]
+            tied.append(ranked[1])
+        lo = hi
     tied_cells = np.concatenate(tied) if tied else np.zeros(0, np.int64)
     for cell in tied_cells.tolist():  # the reference's own call on the cell's values alone
-        lo, hi = int(offsets[cell]), int(offsets[cell + 1])
+        start, stop = int(offsets[cell]), int(offsets[cell + 1])
         at = int(out_offsets[cell]) + shift
-        out[at : at + int(kept[cell])] = tokens[lo + np.argsort(neg[lo:hi])[: int(kept[cell])]]
+        out[at : at + int(kept[cell])] = tokens[start + np.argsort(-values[start:stop])[: int(kept[cell])]]
     return out_offsets, out, len(tied_cells)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["Ragged", "row_stats", "CountScan", "scan_counts", "tokenize_csr", "columns_ascending"]
+__all__ = ["Ragged", "row_stats", "segment_sums", "CountScan", "scan_counts", "tokenize_csr", "columns_ascending"]
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class Ragged:
         return np.diff(self.offsets)
 
 
-def _segment_sums(values: NDArray[Any], indptr: NDArray[Any]) -> NDArray[Any]:
+def segment_sums(values: NDArray[Any], indptr: NDArray[Any]) -> NDArray[Any]:
     """Per-row sums of a flat array split by indptr (`np.add.reduceat`; empty rows give 0)."""
     n = len(indptr) - 1
     acc = np.float64 if values.dtype.kind == "f" else np.int64
@@ -50,7 +50,7 @@ def _segment_sums(values: NDArray[Any], indptr: NDArray[Any]) -> NDArray[Any]:
 def row_stats(indptr: NDArray[Any], data: NDArray[Any]) -> tuple[NDArray[Any], NDArray[Any]]:
     """(non-zero genes per cell, total counts per cell) over all stored genes — scanpy's filter_cells basis."""
     indptr = np.asarray(indptr, dtype=np.int64)
-    return _segment_sums(data != 0, indptr), _segment_sums(data, indptr)
+    return segment_sums(data != 0, indptr), segment_sums(data, indptr)
 
 
 def columns_ascending(

@@ -4,7 +4,7 @@ The main product is each vocabulary gene's median of non-zero normalised express
 total x `target_sum`), which Geneformer divides by, over the whole corpus (`gene_median.pkl` in its own
 dictionary format, and `stats.parquet`, which `huggingface.geneformer.gene_median` can name too). Beside it:
 per gene, the cells where it is non-zero and its total count (and mean per cell); per input, cells and counts;
-the genes per cell. A unit ((file, row range), as tokenize cuts them) writes its per-gene sketch
+the genes per cell. A unit ((file, row range) of `stats.unit_cells` rows) writes its per-gene sketch
 (`core/gene_sketch.py`) and sums; the merge adds counts, so the result is the same whatever `--num-proc`
 and the unit size. Every cell of every input is counted (the config's cell filters are tokenize's).
 """
@@ -21,13 +21,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import scipy.sparse as sp
 
 from cellcorpus.config import STATS_LOCATION_KEYS, Config, HuggingfaceConfig, StatsConfig, config_hash
-from cellcorpus.core.gene_sketch import GeneSketch
+from cellcorpus.core.gene_sketch import GENE_SHIFT, GeneCounts, GeneSketch
 from cellcorpus.core.genemap import merge_duplicate_tokens
 from cellcorpus.core.rank import cell_rows
 from cellcorpus.core.sketch import ValueCounts
-from cellcorpus.core.tokenize import row_stats, scan_counts, tokenize_csr
+from cellcorpus.core.tokenize import scan_counts, segment_sums, tokenize_csr
 from cellcorpus.core.vocab import VocabLookup
 from cellcorpus.errors import InputError
 from cellcorpus.exec.runner import ExecutorSpec, Reporter
@@ -56,6 +57,7 @@ class StatsContext:
     target_sum: int
     relative_accuracy: float
     n_counts_column: str | None  # obs column of each cell's total, used where a file has it
+    block_cells: int  # rows read at a time within a unit
 
 
 def _gene_map(hf: HuggingfaceConfig, var_ids: np.ndarray, lookup: VocabLookup) -> tuple[np.ndarray, bool]:
@@ -69,39 +71,79 @@ def _gene_map(hf: HuggingfaceConfig, var_ids: np.ndarray, lookup: VocabLookup) -
 
 
 def stats_unit(unit: WorkUnit, ctx: StatsContext) -> UnitResult:
-    """One unit's per-gene sketch and sums, written to `parts/<unit>.npz`."""
+    """One unit's per-gene sketch and sums, written to `parts/<unit>.npz`; its rows are read `block_cells` at a
+    time (bounded memory) and counted into one table as they come."""
     hf = ctx.hf
     lookup = vocab_lookup(ctx.vocab_file)  # once per process: gene_id_map's table is cached with it
-    block = input_format(hf).read_block(unit.path, unit.row_start, unit.row_stop, hf)
-    scan = scan_counts(block.data)
-    if scan.problem:
-        raise InputError(f"{unit.path} rows {unit.row_start}-{unit.row_stop}: {scan.problem}")
-    gene_map, collide = _gene_map(hf, block.var_ids, lookup)
-    n_genes, totals = row_stats(block.indptr, block.data)  # over every stored gene, in the vocabulary or not
-    given = block.obs.get(ctx.n_counts_column) if ctx.n_counts_column else None
-    n_counts = np.asarray(given, dtype=np.float64) if given is not None else totals.astype(np.float64)
-    cells = tokenize_csr(block.indptr, block.indices, block.data, gene_map, None, 0, scan.n_zero, np.float64)
-    offsets, genes, values = cells.offsets, cells.genes, cells.expressions
-    if collide:
-        offsets, genes, values, _ = merge_duplicate_tokens(offsets, genes, values)
-    rows = cell_rows(offsets)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        normalised = values / n_counts[rows] * ctx.target_sum
-    sketch = GeneSketch.empty(ctx.relative_accuracy).add(genes, normalised)
     size = max(lookup.vocab.values(), default=-1) + 1
-    per_cell = ValueCounts.of(n_genes.astype(np.float64))
+    sketch = GeneCounts(size, ctx.relative_accuracy)
+    column_totals, per_cell, counts = None, ValueCounts(), 0.0
+    mapped: tuple[np.ndarray, bool] | None = None
+    for start in range(unit.row_start, unit.row_stop, ctx.block_cells):
+        stop = min(start + ctx.block_cells, unit.row_stop)
+        block = input_format(hf).read_block(unit.path, start, stop, hf)
+        scan = scan_counts(block.data)
+        if scan.problem:
+            raise InputError(f"{unit.path} rows {start}-{stop}: {scan.problem}")
+        mapped = mapped or _gene_map(hf, block.var_ids, lookup)  # one file: the same columns in every block
+        indptr = np.asarray(block.indptr, dtype=np.int64)
+        counts64 = block.data.astype(np.float64)  # one conversion for the sums and the normalisation
+        shape = (len(indptr) - 1, len(mapped[0]))
+        matrix = sp.csr_matrix((counts64, block.indices, indptr), shape=shape)
+        cell_totals = matrix @ np.ones(shape[1])  # over every stored gene, in the vocabulary or not
+        block_totals = np.ones(shape[0]) @ matrix  # per file column (before the counts are normalised in place)
+        n_genes = np.diff(indptr) if scan.n_zero == 0 else segment_sums(block.data != 0, indptr)
+        given = block.obs.get(ctx.n_counts_column) if ctx.n_counts_column else None
+        n_counts = np.asarray(given, dtype=np.float64) if given is not None else cell_totals
+        genes, normalised = _normalised(indptr, block.indices, counts64, mapped, n_counts, scan.n_zero, ctx)
+        sketch.add(genes, normalised)
+        column_totals = block_totals if column_totals is None else column_totals + block_totals
+        per_cell = per_cell.merge(ValueCounts.of(n_genes.astype(np.float64)))
+        counts += float(cell_totals.sum())
+    merged = sketch.sketch()
+    nonzero = np.bincount(merged.keys >> GENE_SHIFT, weights=merged.counts, minlength=size).astype(np.int64)
+    totals = np.zeros(size)
+    if mapped is not None and column_totals is not None:
+        known = mapped[0] >= 0
+        totals = np.bincount(mapped[0][known], weights=column_totals[known], minlength=size)
     path = Path(ctx.parts) / f"{unit.unit_id}.npz"
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(
             f,
-            keys=sketch.keys,
-            counts=sketch.counts,
-            nonzero=np.bincount(genes, minlength=size).astype(np.int64),
-            totals=np.bincount(genes, weights=values, minlength=size),
+            keys=merged.keys,
+            counts=merged.counts,
+            nonzero=nonzero,
+            totals=totals,
             genes_per_cell=np.stack([per_cell.values, per_cell.counts.astype(np.float64)]),
         )
-    extra = {"file_index": unit.file_index, "input_checksum": unit.checksum, "counts": float(totals.sum())}
+    extra = {"file_index": unit.file_index, "input_checksum": unit.checksum, "counts": counts}
     return UnitResult(unit.unit_id, {"cells": unit.n_cells}, [output_record(path, ctx.parts)], extra)
+
+
+def _normalised(
+    indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, mapped: tuple[np.ndarray, bool],
+    n_counts: np.ndarray, n_zero: int, ctx: StatsContext,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(vocabulary id, count / the cell's total x target_sum) of each stored non-zero entry in the vocabulary;
+    genes that share an id are summed per cell first."""
+    gene_map, collide = mapped
+    if collide:
+        cells = tokenize_csr(indptr, indices, data, gene_map, None, 0, n_zero, np.float64)  # (a new array)
+        offsets, genes, values, _ = merge_duplicate_tokens(cells.offsets, cells.genes, cells.expressions)
+        scale = n_counts[cell_rows(offsets)]
+    else:  # no copy of the entries through a ragged batch: the stored arrays, masked where needed
+        genes = gene_map[indices]
+        keep = genes >= 0 if int(gene_map.min(initial=0)) < 0 else None
+        if n_zero:
+            keep = data != 0 if keep is None else keep & (data != 0)
+        scale = np.repeat(n_counts, np.diff(indptr))
+        values = data  # (float64: the caller's own copy)
+        if keep is not None:
+            genes, values, scale = genes[keep], data[keep], scale[keep]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        values /= scale  # in place (the caller's copy): count / the cell's total, then x target_sum
+        values *= ctx.target_sum
+    return genes, values
 
 
 def _settings(hf: HuggingfaceConfig, st: StatsConfig, n_counts_column: str | None) -> dict[str, Any]:
@@ -157,13 +199,15 @@ def run_stats(cfg: Config | Plan, spec: ExecutorSpec | None = None, reporter: Re
     out = Publisher(st.output_root, staging=".")
     root = out.local_dir
     parts = root / "parts"
-    ctx = StatsContext(hf, hf.vocab_file, str(parts), st.target_sum, st.relative_accuracy, n_counts_column)
+    ctx = StatsContext(
+        hf, hf.vocab_file, str(parts), st.target_sum, st.relative_accuracy, n_counts_column, hf.unit_cells
+    )
     size = max(vocab.values(), default=-1) + 1
     outputs = {name: str(root / name) for name in STATS_FILES}
 
     def plan_units() -> list[WorkUnit]:
         parts.mkdir(parents=True, exist_ok=True)
-        return row_units(inputs, hf.unit_cells)  # tokenize's units: the same files cut the same way
+        return row_units(inputs, st.unit_cells)
 
     def finalize(units: Sequence[WorkUnit], results: list[UnitResult]) -> tuple[dict[str, Any], StageSummary]:
         sketch, nonzero, totals, per_cell = _merge(parts, units, st.relative_accuracy, size)
