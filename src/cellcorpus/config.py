@@ -289,6 +289,13 @@ class StatsConfig(_Section):
     unit_cells: int = Field(262_144, ge=1)
 
 
+class ScgptBinning(_Section):
+    """`huggingface.scgpt.binning:` — scGPT's value binning stored in the corpus as a `bins` column."""
+
+    # bins per cell (scGPT's DataCollator uses 51): values go to their cell's n_bins - 1 quantile edges
+    n_bins: int = Field(51, ge=3, le=1 << 15)
+
+
 class ScgptSettings(_Section):
     """`huggingface.scgpt:` — scGPT's cell encoding (`encoding: scgpt`)."""
 
@@ -298,6 +305,9 @@ class ScgptSettings(_Section):
     # also write each split as scGPT's scBank folder (`<merged_dataset_root>/<split>.scb/`: its genes and raw
     # counts without <cls>, which scGPT's pretraining prepends), beside the HF datasets
     scbank: bool = False
+    # also store each cell's values binned as scGPT's `binning` does (a `bins` column beside `expressions`; ties
+    # on a bin edge take the upper bin, where scGPT picks at random): train with DataCollator(do_binning=False)
+    binning: ScgptBinning | None = None
 
 
 class HuggingfaceConfig(_Section):

@@ -195,6 +195,14 @@ class DataFileRecord(_Record):
     n_cells: int
 
 
+class ExportRecord(_Record):
+    """One file of a model's own layout written beside the datasets (scBank's folder, Geneformer's lengths)."""
+
+    path: str  # relative to the merged dataset root
+    bytes: int
+    xxh64: str
+
+
 class TokenizeManifest(StageManifest):
     """`<merged_dataset_root>/manifest.json`."""
 
@@ -207,6 +215,8 @@ class TokenizeManifest(StageManifest):
     held_out_groups: dict[str, int] | None = None  # `split_parameters.by`: valid's groups -> cells written
     # inputs holding non-integer counts (normalised data where raw counts are expected) -> values, if any
     non_integer_values: dict[str, int] | None = None
+    # per split, the files of the model's own layout written beside the datasets (the encoding's `export`)
+    exports: dict[str, list[ExportRecord]] | None = None
 
 
 class MdsSplitRecord(_Record):

@@ -62,3 +62,13 @@ def test_merge_all_is_the_same_in_any_order():
     other = GeneSketch.merge_all(iter(parts[::-1]), 0.005)
     assert np.array_equal(one.keys, other.keys) and np.array_equal(one.counts, other.counts)
     assert one.counts.sum() == sum(int(p.counts.sum()) for p in parts)
+
+
+@pytest.mark.parametrize("max_bytes", [512 << 20, 0])
+def test_adding_sketches_to_a_table_equals_merging_them(max_bytes):
+    parts = [GeneSketch.empty(0.005).add(g, v) for g, v in _batches(3)]
+    table = GeneCounts(300, 0.005, max_bytes=max_bytes, dtype=np.uint64)
+    for p in parts:
+        table.add_sketch(p)
+    merged, built = GeneSketch.merge_all(iter(parts), 0.005), table.sketch()
+    assert np.array_equal(built.keys, merged.keys) and np.array_equal(built.counts, merged.counts)

@@ -133,6 +133,8 @@ def test_input_ids_equal_geneformers_own_tokenizer(tmp_path, write_config, refer
     assert max(got["length"]) <= c["size"]
     tied = sum(r.get("cells_with_tied_values", 0) for r in [summary.counts])
     assert tied > 0  # the medians were rounded so that ties occur: the tie path is exercised
+    lengths = pickle.loads((tmp_path / "merged" / "train_lengths.pkl").read_bytes())  # the pretrainer's file
+    assert lengths == got["length"] and all(type(n) is int for n in lengths)
     run_verify(cfg)
     report = run_report(cfg)
     assert report is not None

@@ -23,6 +23,7 @@ from tests.encodings.test_geneformer import _pbmc
 
 from cellcorpus.config import load_config
 from cellcorpus.stages.tokenize import run_tokenize
+from cellcorpus.errors import VerifyError
 from cellcorpus.stages.verify import run_verify
 
 SCGPT = "scgpt==0.2.4"
@@ -37,7 +38,7 @@ def census_vocab() -> dict[str, int]:
     return vocab
 
 
-def _corpus(tmp_path, write_config, vocab, cls_value, scbank=False):
+def _corpus(tmp_path, write_config, vocab, cls_value, scbank=False, binning=None):
     counts, _, symbols = _pbmc()
     (tmp_path / "vocab").mkdir(parents=True, exist_ok=True)
     (tmp_path / "vocab" / "vocab.json").write_text(json.dumps(vocab))
@@ -50,7 +51,7 @@ def _corpus(tmp_path, write_config, vocab, cls_value, scbank=False):
             **{
                 "huggingface.gene_col": "feature_name",
                 "huggingface.encoding": "scgpt",
-                "huggingface.scgpt": {"cls_value": cls_value, "scbank": scbank},
+                "huggingface.scgpt": {"cls_value": cls_value, "scbank": scbank, "binning": binning},
                 "huggingface.min_vocab_genes": 0,  # tokenize_batch keeps a cell with no gene of the vocabulary
                 "huggingface.split_parameters": {"test_size": 0, "seed": 1, "shuffle": False},
             },
@@ -127,3 +128,38 @@ def test_scbank_folder_loads_as_scgpts_databank_reads_it(tmp_path, write_config,
     assert table["expressions"] == [e[1:] for e in got["expressions"]]
     assert json.loads((folder / "gene_vocab.json").read_text()) == census_vocab
     assert not list((tmp_path / "merged").glob(".*.tmp-*"))  # nothing half-written left
+
+
+def test_verify_hashes_the_scbank_folder(tmp_path, write_config, census_vocab):
+    """The scBank files are recorded in the manifest when written; a changed byte fails verify, naming the file."""
+    cfg, _, _, _ = _corpus(tmp_path, write_config, census_vocab, -2.0, scbank=True)
+    run_verify(cfg)
+    vocab_file = tmp_path / "merged" / "train.scb" / "gene_vocab.json"
+    vocab_file.write_text(vocab_file.read_text().replace("<cls>", "<CLS>"))
+    with pytest.raises(VerifyError, match=r"model files beside the datasets.*train.scb/gene_vocab.json"):
+        run_verify(cfg)
+
+
+def test_stored_binning_equals_scgpts_binning_ties_to_the_upper_bin(tmp_path, write_config, census_vocab, monkeypatch):
+    """`scgpt.binning`: the `bins` column is scGPT's `preprocess.binning(row, 51)` of each cell's counts (its CLS
+    value first), with scGPT's random tie-break (`_digitize`, scGPT #319) pinned to its upper end."""
+    import types
+
+    cfg, got, _, _ = _corpus(tmp_path, write_config, census_vocab, -2.0, binning={"n_bins": 51})
+    globals_ = {"np": np, "torch": types.SimpleNamespace(Tensor=type("Tensor", (), {})), "Union": typing.Union}
+    binning = peer_definitions(SCGPT, "scgpt/preprocess.py", ("_digitize", "binning"), globals_)["binning"]
+    ties = 0
+    for row in got:
+        counts, bins = np.array(row["expressions"][1:], np.float32), np.array(row["bins"][1:], np.float32)
+        assert row["bins"][0] == -2.0 and len(bins) == len(counts)
+        if not len(counts):
+            continue
+        monkeypatch.setattr(np.random, "rand", lambda n: np.zeros(n))  # scGPT's random pick at its top end
+        assert np.array_equal(binning(counts.copy(), 51), bins)
+        monkeypatch.setattr(np.random, "rand", lambda n: np.ones(n))  # ... and at its bottom end
+        lowest = binning(counts.copy(), 51)
+        assert (lowest <= bins).all()
+        ties += int((lowest < bins).any())
+    assert ties > 0  # raw counts tie on bin edges: the documented difference is exercised
+    assert bins.max() <= 50
+    run_verify(cfg)

@@ -140,10 +140,14 @@ class GeneCounts:
 
     _SLICE = 1 << 22  # table cells counted at once (a 32 MB bincount)
 
-    def __init__(self, n_genes: int, relative_accuracy: float, max_bytes: int = 512 << 20) -> None:
-        self.n_genes, self.max_bytes = n_genes, max_bytes
+    def __init__(
+        self, n_genes: int, relative_accuracy: float, max_bytes: int = 512 << 20, dtype: type = np.uint32
+    ) -> None:
+        """`dtype` of the counts: uint32 holds a unit's; the merge of a whole corpus' units takes uint64."""
+        self.n_genes, self.max_bytes, self.dtype = n_genes, max_bytes, dtype
+        self.itemsize = np.dtype(dtype).itemsize
         self.sparse = GeneSketch.empty(relative_accuracy)
-        self.table: NDArray[np.uint32] | None = None  # a unit's counts stay far below 2^32
+        self.table: NDArray[Any] | None = None
         self.low = 0
 
     def add(self, genes: NDArray[Any], values: NDArray[Any]) -> None:
@@ -155,17 +159,10 @@ class GeneCounts:
         genes, bucket, low, high = _buckets(genes, values, self.sparse.gamma)
         if not len(bucket):
             return
-        if self.table is not None:
-            low, high = min(low, self.low), max(high, self.low + self.table.shape[1] - 1)
-        if self.n_genes * (high - low + 1) * 4 > self.max_bytes:  # too wide for a table
-            self.sparse, self.table, self.max_bytes = self.sketch(), None, 0
+        if not self._cover(low, high):  # too wide for a table: sparse from here on
             self.sparse = self.sparse.add(*given)
             return
-        if self.table is None or self.table.shape[1] != high - low + 1:
-            table = np.zeros((self.n_genes, high - low + 1), np.uint32)
-            if self.table is not None:
-                table[:, self.low - low : self.low - low + self.table.shape[1]] = self.table
-            self.table, self.low = table, low
+        assert self.table is not None
         width, flat = self.table.shape[1], self.table.reshape(-1)
         dtype = np.uint32 if flat.size <= 1 << 32 else np.int64
         if dtype is np.uint32:  # modular 32-bit arithmetic: g * width + (bucket - low) is in range, so exact
@@ -180,7 +177,35 @@ class GeneCounts:
             start = k * self._SLICE
             part = at[cuts[k] : cuts[k + 1]].astype(np.int64) - start
             stop = min(start + self._SLICE, flat.size)
-            flat[start:stop] += np.bincount(part, minlength=stop - start).astype(np.uint32)
+            flat[start:stop] += np.bincount(part, minlength=stop - start).astype(self.dtype)
+
+    def add_sketch(self, other: GeneSketch) -> None:
+        """Count in a finished sketch's counts (each key once in it: one indexed add)."""
+        if not len(other.keys):
+            return
+        genes, buckets = other.keys >> _BUCKET_BITS, (other.keys & ((1 << _BUCKET_BITS) - 1)) - _OFFSET
+        if not self._cover(int(buckets.min()), int(buckets.max())):
+            self.sparse = self.sparse.merge(other) if len(self.sparse.keys) else other
+            return
+        assert self.table is not None
+        flat = self.table.reshape(-1)
+        flat[genes * self.table.shape[1] + (buckets - self.low)] += other.counts.astype(self.table.dtype)
+
+    def _cover(self, low: int, high: int) -> bool:
+        """Grow the table to hold buckets low..high; False (and the table turned sparse) when too wide."""
+        if self.table is None and not self.max_bytes:
+            return False
+        if self.table is not None:
+            low, high = min(low, self.low), max(high, self.low + self.table.shape[1] - 1)
+        if self.n_genes * (high - low + 1) * self.itemsize > self.max_bytes:
+            self.sparse, self.table, self.max_bytes = self.sketch(), None, 0
+            return False
+        if self.table is None or self.table.shape[1] != high - low + 1:
+            table = np.zeros((self.n_genes, high - low + 1), self.dtype)
+            if self.table is not None:
+                table[:, self.low - low : self.low - low + self.table.shape[1]] = self.table
+            self.table, self.low = table, low
+        return True
 
     def sketch(self) -> GeneSketch:
         """Everything counted, as a sparse sketch."""

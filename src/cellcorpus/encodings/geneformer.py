@@ -29,6 +29,7 @@ from cellcorpus.core.rank import rank_tokens
 from cellcorpus.core.tokenize import CountScan, Ragged
 from cellcorpus.encodings.base import CellRules, Column, Encoded, Prepared, UnitInput
 from cellcorpus.errors import ConfigError, InputError
+from cellcorpus.formats.lengths import write_lengths
 from cellcorpus.formats.mds.safe_pickle import UnsafePickleError, load_mapping
 
 __all__ = ["Geneformer", "load_gene_medians"]
@@ -193,8 +194,11 @@ class Geneformer:
         return {"input_ids": "uint16"} if self.vocab_size <= 1 << 16 else {}
 
     def export(self, split: str, data_files: list[Path], root: Path) -> list[Path]:
-        """None: the HF datasets (and MDS) are this model's layout."""
-        return []
+        """`<split>_lengths.pkl`: every cell's length in the dataset's order, the list Geneformer's pretrainer
+        reads as its `example_lengths_file` (`formats/lengths.py`)."""
+        dest = root / f"{split}_lengths.pkl"
+        write_lengths(data_files, "length", dest)
+        return [dest]
 
     def rules(self) -> CellRules:
         """Ids in the vocabulary, at most model_input_size, `length` equal to the list's, V2's first and last."""

@@ -4,7 +4,8 @@ returns (genes int64 -> `genes` int32 here, counts float32), and what scGPT's pr
 after its `cls_prefix` step (`cls_value` = its pad value, -2); with `scgpt.scbank` also scBank's own folders.
 scGPT's vocabulary is keyed by gene symbols
 (`default_census_vocab.json` + `<pad>`, `<cls>`, `<eoc>`); Ensembl-keyed inputs reach it through
-`gene_id_map`. Binning stays scGPT's `DataCollator`'s, at training time."""
+`gene_id_map`. Binning is scGPT's `DataCollator`'s at training time, or stored (`scgpt.binning`: a `bins`
+column, `core/binning.py`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from cellcorpus.config import HuggingfaceConfig
+from cellcorpus.core.binning import quantile_bins
 from cellcorpus.core.tokenize import CountScan, Ragged
 from cellcorpus.encodings.base import CellRules, Column, Encoded, Prepared, UnitInput
 from cellcorpus.errors import ConfigError
@@ -36,6 +38,9 @@ class ScGPT:
     def __init__(self, hf: HuggingfaceConfig, vocab: dict[str, int]) -> None:
         self.hf, self.vocab = hf, vocab
         self.cls_value = hf.scgpt.cls_value if hf.scgpt is not None else -2.0
+        self.n_bins = hf.scgpt.binning.n_bins if hf.scgpt is not None and hf.scgpt.binning else None
+        if self.n_bins is not None:
+            self.columns = (*ScGPT.columns, Column("bins", "float32"))
         self.cls_id = vocab.get(CLS)
         self.vocab_size = max(vocab.values(), default=-1) + 1
 
@@ -54,7 +59,11 @@ class ScGPT:
     def encode(self, cells: Ragged, prepared: Prepared) -> Encoded:
         """The parse in ascending gene order; `<cls>` and `cls_value` written first by the Arrow writer."""
         prefix = {"genes": self.cls_id, "expressions": self.cls_value}
-        return Encoded(cells.offsets, {"genes": cells.genes, "expressions": cells.expressions}, prefix=prefix)
+        lists = {"genes": cells.genes, "expressions": cells.expressions}
+        if self.n_bins is not None:  # the stored binning, after the same CLS value
+            lists["bins"] = quantile_bins(cells.offsets, cells.expressions, self.n_bins)
+            prefix["bins"] = self.cls_value
+        return Encoded(cells.offsets, lists, prefix=prefix)
 
     def narrow(self, scan: CountScan, summed: bool) -> dict[str, str]:
         """uint16 genes in the shuffle's parts when every vocabulary id fits (scGPT's ~60k symbols do)."""

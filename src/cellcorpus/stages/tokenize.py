@@ -500,9 +500,11 @@ def run_tokenize(
         if hf.split_parameters.key != "id":  # before any dataset file is written
             check_unique_keys(layout.parts, [u.unit_id for u in units], hf, inputs)
         shard_records = finalize_splits(ctx, layout, list(units), results, spec, stage_hash, reporter)
+        exports: dict[str, list[dict[str, Any]]] = {}
         for split, records in shard_records.items():  # the model's own layout too, where it has one (scBank)
             files = [out_dir / f"{split}.dataset" / r["path"] for r in records]
             for written in encoding.export(split, files, out_dir):
+                exports.setdefault(split, []).append(output_record(written, out_dir))  # (verify hashes it)
                 out.publish(written)
         body = {
             "dataset_name": cfg.for_output("huggingface.dataset_name", hf.dataset_name),
@@ -521,6 +523,8 @@ def run_tokenize(
             "splits": shard_records,
             "totals": totals,
         }
+        if exports:
+            body["exports"] = exports
         if fractional := non_integer_values(inputs, results):  # normalised data, recorded (not only said)
             body["non_integer_values"] = fractional
         if valid_groups is not None:  # which groups valid holds, and the cells written of each

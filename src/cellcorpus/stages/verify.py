@@ -33,7 +33,7 @@ from cellcorpus.formats.mds.reader import ReusedArray, column_spans, join_spans
 from cellcorpus.formats.mds.safe_pickle import frames
 from cellcorpus.io.atomic import write_json_atomic
 from cellcorpus.io.direct import open_input, read_whole
-from cellcorpus.io.paths import Publisher, exists, is_url, local_copy
+from cellcorpus.io.paths import Publisher, exists, filesystem, is_url, local_copy
 from cellcorpus.io.vocab import load_vocab
 from cellcorpus.layout import DRUG_PAD, REPORT_DIR, VERIFY_RECORD
 from cellcorpus.manifest import (
@@ -471,6 +471,31 @@ def _check_foreign_files(rep: VerifyReport, folder: Path, expected: set[str], wh
     )
 
 
+_HASH_BLOCK = 8 << 20
+
+
+def _check_exports(rep: VerifyReport, out: Publisher, manifest: TokenizeManifest) -> None:
+    """Every file of the model's own layout (scBank folders, Geneformer's lengths) is whole: its size and every
+    byte's xxh64 as recorded when it was written."""
+    check = rep.check("model files beside the datasets match their records")
+    for split, records in (manifest.exports or {}).items():
+        for rec in records:
+            where = f"{split}: {rec.path}"
+            fs, path = filesystem(out.url(rec.path))
+            if not fs.exists(path):
+                check.add(False, f"{where} is missing")
+                continue
+            h = xxhash.xxh64()
+            with fs.open(path, "rb") as f:
+                while chunk := f.read(_HASH_BLOCK):
+                    h.update(chunk)
+            size = int(fs.size(path))
+            check.add(
+                size == rec.bytes and h.hexdigest() == rec.xxh64,
+                f"{where}: {size} bytes, xxh64 {h.hexdigest()} (recorded {rec.bytes}, {rec.xxh64})",
+            )
+
+
 def _check_mds_folders(rep: VerifyReport, root: Path, split: str, index: dict) -> None:
     """The split folder holds its writer folders and index.json; each writer folder its shards and index."""
     # both names of a compressed shard: a reader (StreamingDataset) decompresses it in place
@@ -587,6 +612,7 @@ def run_verify(
         for rec in records:
             path = out.url(f"{d}/{rec['path']}")
             units.append(_FileUnit(f"arrow-{split}-{rec['path']}", path, "arrow", split, tuple(sorted(rec.items()))))
+    _check_exports(rep, out, manifest)
     mds_manifest = None
     if cfg.mds and layout.mds:
         mout = layout.mds
