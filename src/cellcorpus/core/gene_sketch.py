@@ -133,12 +133,14 @@ def bucket_counts(
 
 class GeneCounts:
     """A `GeneSketch` being built: counts in a dense (gene x bucket) table over the buckets seen so far. A batch
-    is sorted by its table position, then counted a slice of the table at a time with `np.bincount` (sequential
-    access; a sparse merge would sort everything counted so far again, an unsorted count would miss the cache on
-    every value). The table grows to cover new buckets; past `max_bytes` it becomes a sparse sketch and batches
+    is sorted by its table position and counted a slice of the table at a time (sequential access:
+    a sparse merge would sort everything counted so far again, an unsorted count would miss the cache on every
+    value); positions wait until ~32M are pending, so each slice of the table is visited once per 32M values.
+    The table grows to cover new buckets; past `max_bytes` it becomes a sparse sketch and batches
     are merged into that instead, so memory stays bounded whatever the vocabulary and the values."""
 
     _SLICE = 1 << 22  # table cells counted at once (a 32 MB bincount)
+    _FLUSH = 1 << 25  # pending positions that trigger a count (128 MB of 32-bit positions)
 
     def __init__(
         self, n_genes: int, relative_accuracy: float, max_bytes: int = 512 << 20, dtype: type = np.uint32
@@ -149,6 +151,8 @@ class GeneCounts:
         self.sparse = GeneSketch.empty(relative_accuracy)
         self.table: NDArray[Any] | None = None
         self.low = 0
+        self._pending: list[NDArray[Any]] = []  # table positions of values not yet counted
+        self._pending_n = 0
 
     def add(self, genes: NDArray[Any], values: NDArray[Any]) -> None:
         """Count the finite positive `values` of `genes` (ids below n_genes)."""
@@ -159,20 +163,35 @@ class GeneCounts:
         genes, bucket, low, high = _buckets(genes, values, self.sparse.gamma)
         if not len(bucket):
             return
-        if not self._cover(low, high):  # too wide for a table: sparse from here on
-            self.sparse = self.sparse.add(*given)
-            return
+        if self.table is None or low < self.low or high >= self.low + self.table.shape[1]:
+            self._flush()  # positions pending are relative to the table as it is
+            if not self._cover(low, high):  # too wide for a table: sparse from here on
+                self.sparse = self.sparse.add(*given)
+                return
         assert self.table is not None
-        width, flat = self.table.shape[1], self.table.reshape(-1)
-        dtype = np.uint32 if flat.size <= 1 << 32 else np.int64
-        if dtype is np.uint32:  # modular 32-bit arithmetic: g * width + (bucket - low) is in range, so exact
+        width, size = self.table.shape[1], self.table.size
+        if size <= 1 << 32:  # modular 32-bit arithmetic: g * width + (bucket - low) is in range, so exact
             at = (genes.view(np.uint32) if genes.dtype == np.int32 else genes.astype(np.uint32)) * np.uint32(width)
             at += bucket.astype(np.int32).view(np.uint32)  # (buckets are below 2^20 in size)
             at -= np.uint32(self.low % (1 << 32))
         else:
             at = genes.astype(np.int64) * width + bucket.astype(np.int64) - self.low
+        self._pending.append(at)
+        self._pending_n += len(at)
+        if self._pending_n >= self._FLUSH:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Count the pending positions: sorted, then a slice of the table at a time with `np.bincount` (each slice
+        read and written once per flush, so flushes are few and large)."""
+        if not self._pending:
+            return
+        at = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending)
+        self._pending, self._pending_n = [], 0
+        assert self.table is not None
+        flat = self.table.reshape(-1)
         at.sort()
-        cuts = np.searchsorted(at, np.arange(0, flat.size + self._SLICE, self._SLICE).astype(dtype))
+        cuts = np.searchsorted(at, np.arange(0, flat.size + self._SLICE, self._SLICE).astype(at.dtype))
         for k in np.flatnonzero(np.diff(cuts)).tolist():
             start = k * self._SLICE
             part = at[cuts[k] : cuts[k + 1]].astype(np.int64) - start
@@ -184,6 +203,7 @@ class GeneCounts:
         if not len(other.keys):
             return
         genes, buckets = other.keys >> _BUCKET_BITS, (other.keys & ((1 << _BUCKET_BITS) - 1)) - _OFFSET
+        self._flush()
         if not self._cover(int(buckets.min()), int(buckets.max())):
             self.sparse = self.sparse.merge(other) if len(self.sparse.keys) else other
             return
@@ -209,6 +229,7 @@ class GeneCounts:
 
     def sketch(self) -> GeneSketch:
         """Everything counted, as a sparse sketch."""
+        self._flush()
         if self.table is None:
             return self.sparse
         flat = self.table.reshape(-1)
