@@ -72,3 +72,19 @@ def test_adding_sketches_to_a_table_equals_merging_them(max_bytes):
         table.add_sketch(p)
     merged, built = GeneSketch.merge_all(iter(parts), 0.005), table.sketch()
     assert np.array_equal(built.keys, merged.keys) and np.array_equal(built.counts, merged.counts)
+
+
+@pytest.mark.parametrize("max_bytes", [512 << 20, 0])  # a dense table, or a sparse sketch, in the file
+def test_packed_counts_add_up_to_the_same_sketch(tmp_path, max_bytes):
+    total = GeneCounts(300, 0.005, dtype=np.uint64)
+    sparse = GeneSketch.empty(0.005)
+    for k, (genes, values) in enumerate(_batches(4)):
+        unit = GeneCounts(300, 0.005, max_bytes=max_bytes)
+        unit.add(genes, values)
+        np.savez(tmp_path / f"{k}.npz", **unit.packed())
+        assert (unit.per_gene() == np.bincount(genes[values > 0], minlength=300)).all()
+        with np.load(tmp_path / f"{k}.npz") as z:
+            total.add_packed(z)
+        sparse = sparse.add(genes, values)
+    built = total.sketch()
+    assert np.array_equal(built.keys, sparse.keys) and np.array_equal(built.counts, sparse.counts)

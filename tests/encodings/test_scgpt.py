@@ -22,8 +22,8 @@ from tests._peers import peer_definitions, peer_wheel
 from tests.encodings.test_geneformer import _pbmc
 
 from cellcorpus.config import load_config
-from cellcorpus.stages.tokenize import run_tokenize
 from cellcorpus.errors import VerifyError
+from cellcorpus.stages.tokenize import run_tokenize
 from cellcorpus.stages.verify import run_verify
 
 SCGPT = "scgpt==0.2.4"

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from numpy.typing import NDArray
 
 __all__ = ["GeneSketch", "GeneCounts", "bucket_counts", "GENE_SHIFT"]
@@ -119,7 +120,8 @@ def bucket_counts(
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
     span_bits = max(1, (high - low).bit_length())
     dtype = np.uint32 if span_bits + max(1, int(genes.max()).bit_length()) <= 32 else np.int64
-    keys = genes.astype(dtype) << dtype(span_bits)
+    keys: NDArray[Any] = genes.astype(dtype)
+    keys <<= dtype(span_bits)
     bucket -= low
     keys |= bucket.astype(dtype)
     keys.sort()
@@ -211,6 +213,57 @@ class GeneCounts:
         flat = self.table.reshape(-1)
         flat[genes * self.table.shape[1] + (buckets - self.low)] += other.counts.astype(self.table.dtype)
 
+    def add_table(self, table: NDArray[Any], low: int) -> None:
+        """Count in another builder's dense table (`packed`): one add of its columns into ours."""
+        if not table.size:
+            return
+        self._flush()
+        if not self._cover(low, low + table.shape[1] - 1):  # (ours went sparse: through its sparse form)
+            at = np.flatnonzero(table)
+            keys = ((at // table.shape[1]) << _BUCKET_BITS) | (at % table.shape[1] + low + _OFFSET)
+            other = GeneSketch(keys.astype(np.int64), table.reshape(-1)[at].astype(np.int64), self.sparse.gamma)
+            self.sparse = self.sparse.merge(other) if len(self.sparse.keys) else other
+            return
+        assert self.table is not None
+        self.table[:, low - self.low : low - self.low + table.shape[1]] += table.astype(self.dtype)
+
+    def per_gene(self) -> NDArray[np.int64]:
+        """Values counted per gene (ids 0..n_genes-1)."""
+        self._flush()
+        out = np.zeros(self.n_genes, np.int64)
+        if self.table is not None:
+            out += self.table.sum(axis=1, dtype=np.int64)
+        if len(self.sparse.keys):
+            out += np.bincount(self.sparse.keys >> _BUCKET_BITS, weights=self.sparse.counts, minlength=self.n_genes)[
+                : self.n_genes
+            ].astype(np.int64)
+        return out
+
+    def packed(self) -> dict[str, NDArray[Any]]:
+        """Everything counted, for a file: the dense table zstd-compressed in the smallest unsigned dtype its counts
+        fit (mostly zeros and small counts: a few MB), or the sparse sketch's keys and counts."""
+        self._flush()
+        if self.table is None:
+            return {"keys": self.sparse.keys, "counts": self.sparse.counts}
+        top = int(self.table.max(initial=0))
+        small = next(d for d in (np.uint8, np.uint16, np.uint32, np.uint64) if top <= np.iinfo(d).max)
+        raw = np.ascontiguousarray(self.table, dtype=small)
+        data = np.frombuffer(pa.compress(raw, codec="zstd", asbytes=True), dtype=np.uint8)
+        meta = np.array([self.low, *raw.shape, raw.nbytes], dtype=np.int64)
+        return {"table_zstd": data, "table_meta": meta, "table_dtype": np.array(np.dtype(small).str)}
+
+    def add_packed(self, packed: Any) -> None:
+        """Count in what `packed` wrote (a dense table or a sparse sketch)."""
+        if "table_zstd" in packed:
+            low, rows, cols, nbytes = (int(v) for v in packed["table_meta"])
+            raw = pa.decompress(packed["table_zstd"], decompressed_size=nbytes, codec="zstd", asbytes=True)
+            table = np.frombuffer(raw, dtype=np.dtype(str(packed["table_dtype"]))).reshape(rows, cols)
+            if rows != self.n_genes:
+                raise ValueError(f"a table of {rows} genes, not {self.n_genes}")
+            self.add_table(table, low)
+        else:
+            self.add_sketch(GeneSketch(packed["keys"], packed["counts"], self.sparse.gamma))
+
     def _cover(self, low: int, high: int) -> bool:
         """Grow the table to hold buckets low..high; False (and the table turned sparse) when too wide."""
         if self.table is None and not self.max_bytes:
@@ -221,7 +274,7 @@ class GeneCounts:
             self.sparse, self.table, self.max_bytes = self.sketch(), None, 0
             return False
         if self.table is None or self.table.shape[1] != high - low + 1:
-            table = np.zeros((self.n_genes, high - low + 1), self.dtype)
+            table: NDArray[Any] = np.zeros((self.n_genes, high - low + 1), self.dtype)
             if self.table is not None:
                 table[:, self.low - low : self.low - low + self.table.shape[1]] = self.table
             self.table, self.low = table, low

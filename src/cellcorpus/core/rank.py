@@ -44,14 +44,14 @@ def _ranges(starts: NDArray[np.int64], n: NDArray[np.int64]) -> NDArray[np.int64
 def _descending_bits(values: NDArray[Any]) -> tuple[NDArray[np.uint64], int]:
     """Unsigned keys that order as the values do descending (-0.0 as 0.0), and how many bits they use."""
     width = 32 if values.dtype.itemsize <= 4 else 64
-    floats = values.astype(np.float32 if width == 32 else np.float64, copy=False)
+    floats: NDArray[Any] = values.astype(np.float32 if width == 32 else np.float64, copy=False)
     if values.dtype.kind == "f" and bool((floats > 0).all()):  # the usual case: positive bits order as values
         bits = floats.view(np.uint32 if width == 32 else np.uint64)
         top = np.uint64(0x7F800000 if width == 32 else 0x7FF0000000000000)  # +inf's bits
         return np.subtract(top, bits, dtype=np.uint64), width - 1
-    bits = (floats + 0.0).view(np.uint32 if width == 32 else np.uint64).astype(np.uint64)  # -0.0 -> +0.0
+    raw: NDArray[Any] = (floats + 0.0).view(np.uint32 if width == 32 else np.uint64).astype(np.uint64)
     sign = np.uint64(1 << (width - 1))
-    ascending = np.where(bits & sign, ~bits & np.uint64((1 << width) - 1), bits | sign)  # IEEE total order
+    ascending = np.where(raw & sign, ~raw & np.uint64((1 << width) - 1), raw | sign)  # IEEE order (-0.0 -> +0.0)
     return np.uint64((1 << width) - 1) - ascending, width
 
 

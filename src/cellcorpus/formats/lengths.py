@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from numpy.typing import NDArray
 
 __all__ = ["write_lengths"]
 
@@ -23,7 +24,7 @@ _MARK, _APPENDS, _STOP = b"(", b"e", b"."
 _BATCH = 1000  # items per APPENDS (pickle's own batch size)
 
 
-def _encode(lengths: np.ndarray) -> bytes:
+def _encode(lengths: NDArray[np.int64]) -> bytes:
     """MARK + one BININT2 ('M', uint16) or BININT ('J', int32) per value + APPENDS, per 1000 values."""
     if not len(lengths):
         return b""

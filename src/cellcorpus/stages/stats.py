@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from cellcorpus.config import STATS_LOCATION_KEYS, Config, HuggingfaceConfig, StatsConfig, config_hash
-from cellcorpus.core.gene_sketch import GENE_SHIFT, GeneCounts, GeneSketch
+from cellcorpus.core.gene_sketch import GeneCounts, GeneSketch
 from cellcorpus.core.genemap import merge_duplicate_tokens
 from cellcorpus.core.rank import cell_rows
 from cellcorpus.core.sketch import ValueCounts
@@ -101,8 +101,7 @@ def stats_unit(unit: WorkUnit, ctx: StatsContext) -> UnitResult:
         column_totals = block_totals if column_totals is None else column_totals + block_totals
         per_cell = per_cell.merge(ValueCounts.of(n_genes.astype(np.float64)))
         counts += float(cell_totals.sum())
-    merged = sketch.sketch()
-    nonzero = np.bincount(merged.keys >> GENE_SHIFT, weights=merged.counts, minlength=size).astype(np.int64)
+    packed, nonzero = sketch.packed(), sketch.per_gene()  # (a gene's values counted: its non-zero cells)
     totals = np.zeros(size)
     if mapped is not None and column_totals is not None:
         known = mapped[0] >= 0
@@ -111,8 +110,7 @@ def stats_unit(unit: WorkUnit, ctx: StatsContext) -> UnitResult:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(
             f,
-            keys=merged.keys,
-            counts=merged.counts,
+            **packed,
             nonzero=nonzero,
             totals=totals,
             genes_per_cell=np.stack([per_cell.values, per_cell.counts.astype(np.float64)]),
@@ -170,7 +168,6 @@ def _merge(parts: Path, units: Sequence[WorkUnit], accuracy: float, size: int) -
     (`GeneCounts`, 64-bit counts), one unit's file read at a time."""
     nonzero, totals = np.zeros(size, np.int64), np.zeros(size)
     per_cell = ValueCounts()
-    gamma = GeneSketch.empty(accuracy).gamma
     table = GeneCounts(size, accuracy, dtype=np.uint64)
     for u in units:
         with np.load(parts / f"{u.unit_id}.npz") as z:
@@ -178,7 +175,7 @@ def _merge(parts: Path, units: Sequence[WorkUnit], accuracy: float, size: int) -
             totals += z["totals"]
             values, counts = z["genes_per_cell"]
             per_cell = per_cell.merge(ValueCounts(values, counts.astype(np.int64), float(values @ counts)))
-            table.add_sketch(GeneSketch(z["keys"], z["counts"], gamma))
+            table.add_packed(z)
     return table.sketch(), nonzero, totals, per_cell
 
 
