@@ -50,9 +50,13 @@ def reference(tmp_path_factory):
     return peer_module(HELICAL, TOKENIZER, tmp_path_factory.mktemp("helical")).TranscriptomeTokenizer
 
 
-def _dictionaries(root: Path, ids: list[str], counts: sp.csr_matrix, n_counts: np.ndarray, median_type) -> None:
+def _dictionaries(
+    root: Path, ids: list[str], counts: sp.csr_matrix, n_counts: np.ndarray, median_type, no_median: int = 0
+) -> None:
     """Token dictionary (every 10th gene left out, ids shuffled) and medians rounded to halves, so that many
-    genes share a median and tied values are common; written as Geneformer's pickles, vocab.json beside."""
+    genes share a median and tied values are common (with `no_median`, every such gene of the file without one:
+    ours reads a vocabulary with it, the reference a dictionary without it); written as Geneformer's pickles,
+    vocab.json beside."""
     rng = np.random.default_rng(0)
     genes = [g for i, g in enumerate(ids) if i % 10 != 3]
     tokens = dict(SPECIAL) | {g: 4 + int(t) for g, t in zip(genes, rng.permutation(len(genes)), strict=True)}
@@ -60,10 +64,13 @@ def _dictionaries(root: Path, ids: list[str], counts: sp.csr_matrix, n_counts: n
     medians = {}
     for j, g in enumerate(ids):
         col = norm.data[norm.indptr[j] : norm.indptr[j + 1]]
-        medians[g] = median_type(np.round(np.median(col) * 2) / 2 if len(col) else 1.0)
+        if not (no_median and j % no_median == 5):
+            medians[g] = median_type(np.round(np.median(col) * 2) / 2 if len(col) else 1.0)
     (root / "vocab").mkdir(parents=True, exist_ok=True)
-    (root / "vocab" / "vocab.json").write_text(pd.Series(tokens).to_json())
-    (root / "token_dictionary.pkl").write_bytes(pickle.dumps(tokens))
+    (root / "vocab" / "vocab.json").write_text(pd.Series(tokens).to_json())  # ours: every token
+    # the reference needs a median for every token: its dictionary leaves those genes out (as ours drops them)
+    with_median = {g: t for g, t in tokens.items() if g in medians or g in dict(SPECIAL)}
+    (root / "token_dictionary.pkl").write_bytes(pickle.dumps(with_median))
     (root / "gene_median.pkl").write_bytes(pickle.dumps(medians))
 
 
@@ -77,8 +84,12 @@ def _h5ad(path: Path, counts: sp.csr_matrix, ids: list[str], obs: dict) -> None:
 CASES = {
     # V2 (95M series): <cls> ... <eos> in 4096; float32 counts; obs n_counts as stored; medians as Python floats
     "v2": dict(size=4096, special=True, dtype=np.float32, n_counts=True, filter_pass=False, median=float),
-    # V1 (30M series): 2048, no special tokens; int32 counts summed per cell; filter_pass; float32 medians
-    "v1": dict(size=2048, special=False, dtype=np.int32, n_counts=False, filter_pass=True, median=np.float32),
+    # V1 (30M series): 2048, no special tokens; int32 counts summed per cell; filter_pass; float32 medians; every
+    # 9th gene without a median (left out and counted: the reference, whose dictionary must give each token a
+    # median, gets a dictionary without those genes)
+    "v1": dict(
+        size=2048, special=False, dtype=np.int32, n_counts=False, filter_pass=True, median=np.float32, no_median=9
+    ),  # fmt: skip
     # truncation: 64 tokens with <cls>/<eos> inside, in cells of ~250 genes
     "truncated": dict(size=64, special=True, dtype=np.float32, n_counts=False, filter_pass=False, median=float),
 }
@@ -96,7 +107,7 @@ def test_input_ids_equal_geneformers_own_tokenizer(tmp_path, write_config, refer
     if c["filter_pass"]:
         obs["filter_pass"] = (np.arange(counts.shape[0]) % 7 != 0).astype(np.int64)
     _h5ad(tmp_path / "raw" / "pbmc.h5ad", counts, ids, obs)
-    _dictionaries(tmp_path, ids, counts.astype(np.float64), n_counts, c["median"])
+    _dictionaries(tmp_path, ids, counts.astype(np.float64), n_counts, c["median"], c.get("no_median", 0))
 
     tk = reference(
         model_input_size=c["size"], special_token=c["special"], gene_median_file=tmp_path / "gene_median.pkl",
@@ -130,6 +141,7 @@ def test_input_ids_equal_geneformers_own_tokenizer(tmp_path, write_config, refer
     assert got["length"] == want["length"]
     assert got.features["input_ids"].feature.dtype == "int64"
     assert summary.counts.get("filtered_filter_pass", 0) == (100 if c["filter_pass"] else 0)
+    assert (summary.counts.get("entries_without_median", 0) > 0) == bool(c.get("no_median"))
     assert max(got["length"]) <= c["size"]
     tied = sum(r.get("cells_with_tied_values", 0) for r in [summary.counts])
     assert tied > 0  # the medians were rounded so that ties occur: the tie path is exercised

@@ -94,11 +94,11 @@ def _rank_slice(
 
 def rank_tokens(
     offsets: NDArray[Any], values: NDArray[Any], tokens: NDArray[Any], limit: int,
-    first: int | None = None, last: int | None = None,
+    first: int | None = None, last: int | None = None, dtype: Any = None,
 ) -> tuple[NDArray[np.int64], NDArray[Any], int]:  # fmt: skip
     """Each cell's tokens (non-negative ids) by descending value (as `np.argsort(-cell_values)` orders them), its
-    first `limit`, between `first` and `last` when given: (offsets, tokens, cells whose ties needed the
-    reference's call)."""
+    first `limit`, between `first` and `last` when given: (offsets, tokens in `dtype` (default the tokens'), cells
+    whose ties needed the reference's call)."""
     offsets = np.asarray(offsets, dtype=np.int64)
     lengths = np.diff(offsets)
     n_cells = len(lengths)
@@ -107,7 +107,7 @@ def rank_tokens(
     extra = shift + int(last is not None)
     out_offsets = np.zeros(n_cells + 1, dtype=np.int64)
     np.cumsum(kept + extra, out=out_offsets[1:])
-    out = np.empty(int(out_offsets[-1]), dtype=tokens.dtype)
+    out = np.empty(int(out_offsets[-1]), dtype=tokens.dtype if dtype is None else dtype)
     if len(tokens) and int(tokens.min()) < 0:
         raise ValueError("token ids must be non-negative")
     top = max([int(tokens.max()) if len(tokens) else 0] + [t for t in (first, last) if t is not None])

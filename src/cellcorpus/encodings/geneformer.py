@@ -137,6 +137,7 @@ class Geneformer:
         """Normalise, rank and truncate the unit's cells, a slice of cells at a time: the kernel holds ~60 bytes
         per entry in temporaries, so slices of about `_SLICE_ENTRIES` keep that near 250 MB whatever the unit."""
         reciprocals = np.divide(1, self._medians())  # per token, as the reference divides by each median
+        reciprocals[np.isnan(reciprocals)] = 0  # no median: the gene's values become 0 and are left out
         n_counts = prepared.per_cell["n_counts"]
         cuts = np.searchsorted(cells.offsets, np.arange(0, int(cells.offsets[-1]), _SLICE_ENTRIES), side="right") - 1
         bounds = np.unique(np.r_[0, cuts, cells.n_cells])
@@ -156,37 +157,32 @@ class Geneformer:
     def _encode_slice(
         self, cells: Ragged, n_counts: NDArray[Any], reciprocals: NDArray[Any]
     ) -> tuple[NDArray[np.int64], NDArray[np.int64], int, int]:
-        """(offsets, input_ids, cells with ties, entries without a median) of consecutive cells."""
+        """(offsets, input_ids, cells with ties, entries without a median) of consecutive cells. A gene without a
+        median has reciprocal 0 here, so its value is 0 and it leaves with any zero (one check for both)."""
         lengths = np.diff(cells.offsets)
-        reciprocal, genes, counts = reciprocals[cells.genes], cells.genes, cells.expressions  # 1 / the gene's median
-        has = ~np.isnan(reciprocal)
-        n_without = len(has) - int(np.count_nonzero(has))
+        genes, counts = cells.genes, cells.expressions
+        reciprocal = reciprocals[genes]  # 1 / the gene's median (0: none)
         per_cell = np.divide(1, n_counts)
-        if n_without:  # genes without a median are left out (usually none: no copy then)
-            rows = np.repeat(np.arange(cells.n_cells, dtype=np.int64), lengths)[has]
-            reciprocal, genes, counts = reciprocal[has], genes[has], counts[has]
-            values = counts * per_cell[rows]
-        else:
-            rows = None
-            values = counts * np.repeat(per_cell, lengths)
+        values = counts * np.repeat(per_cell, lengths)
         values *= self.gf.target_sum  # in place: the same rounding as `values * target_sum` in values' dtype
         if np.result_type(values, reciprocal) == values.dtype:
             values *= reciprocal
         else:  # float32 values and float64 medians: the product is float64, as in the reference
             values = values * reciprocal
-        zero = values == 0
-        if zero.any() or rows is not None:  # underflow, or genes left out: the cells' new lengths
-            if rows is None:
-                rows = np.repeat(np.arange(cells.n_cells, dtype=np.int64), lengths)
-            keep = ~zero
-            values, genes, rows = values[keep], genes[keep], rows[keep]
+        keep = values > 0  # (NaN too: a cell total of 0 times a missing median)
+        n_without = 0
+        if not keep.all():  # genes without a median, or an underflow: the cells' new lengths
+            n_without = int(np.count_nonzero(reciprocal == 0))
+            rows = np.repeat(np.arange(cells.n_cells, dtype=np.int64), lengths)[keep]
+            values, genes = values[keep], genes[keep]
             offsets = np.zeros(cells.n_cells + 1, dtype=np.int64)
             np.cumsum(np.bincount(rows, minlength=cells.n_cells), out=offsets[1:])
         else:
             offsets = cells.offsets
         limit = self.gf.model_input_size - (2 if self.gf.special_tokens else 0)
-        tokens = genes.astype(np.int64)
-        out_offsets, input_ids, n_tied = rank_tokens(offsets, values, tokens, limit, self.cls_id, self.eos_id)
+        out_offsets, input_ids, n_tied = rank_tokens(
+            offsets, values, genes, limit, self.cls_id, self.eos_id, dtype=np.int64
+        )  # fmt: skip
         return out_offsets, input_ids, n_tied, n_without
 
     def narrow(self, scan: CountScan, summed: bool) -> dict[str, str]:

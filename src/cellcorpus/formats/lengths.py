@@ -47,7 +47,7 @@ def write_lengths(data_files: Sequence[Path], column: str, dest: Path) -> int:
     with open(tmp, "wb") as f:
         f.write(_HEAD)
         for path in data_files:
-            with pa.OSFile(str(path)) as src:
+            with pa.memory_map(str(path)) as src:  # mapped: only the length column's pages are read
                 for batch in pa.ipc.open_stream(src):
                     lengths = batch.column(column).to_numpy(zero_copy_only=False).astype(np.int64)
                     if len(lengths) and (lengths.min() < 0 or lengths.max() >= 1 << 31):
