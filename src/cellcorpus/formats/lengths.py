@@ -9,8 +9,9 @@ NumPy. `pickle.load` reads it back as the same list `pickle.dump(lengths)` would
 
 from __future__ import annotations
 
+import mmap
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,20 @@ def _encode(lengths: NDArray[np.int64]) -> bytes:
     return bytes(out)
 
 
+def _column(path: Path, column: str) -> Iterator[NDArray[np.int64]]:
+    """One column of an Arrow stream file, batch by batch, reading little else: the file is mapped with random
+    access advised, so only the pages of the batches' headers and of that column are read (the kernel's
+    read-ahead would otherwise pull in the token lists between them: the whole file)."""
+    with open(path, "rb") as fh:
+        if not os.fstat(fh.fileno()).st_size:
+            return
+        mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    if hasattr(mapped, "madvise"):
+        mapped.madvise(mmap.MADV_RANDOM)
+    for batch in pa.ipc.open_stream(pa.py_buffer(mapped)):  # zero-copy slices of the mapping
+        yield batch.column(column).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
 def write_lengths(data_files: Sequence[Path], column: str, dest: Path) -> int:
     """Write `dest` from the `column` of the Arrow stream files, in order; returns the cells written. Written to
     a temporary name first, renamed when whole."""
@@ -47,13 +62,11 @@ def write_lengths(data_files: Sequence[Path], column: str, dest: Path) -> int:
     with open(tmp, "wb") as f:
         f.write(_HEAD)
         for path in data_files:
-            with pa.memory_map(str(path)) as src:  # mapped: only the length column's pages are read
-                for batch in pa.ipc.open_stream(src):
-                    lengths = batch.column(column).to_numpy(zero_copy_only=False).astype(np.int64)
-                    if len(lengths) and (lengths.min() < 0 or lengths.max() >= 1 << 31):
-                        raise ValueError(f"{path}: a {column} outside 0..2^31")
-                    f.write(_encode(lengths))
-                    n += len(lengths)
+            for lengths in _column(Path(path), column):
+                if len(lengths) and (lengths.min() < 0 or lengths.max() >= 1 << 31):
+                    raise ValueError(f"{path}: a {column} outside 0..2^31")
+                f.write(_encode(lengths))
+                n += len(lengths)
         f.write(_STOP)
     os.replace(tmp, dest)
     return n
