@@ -41,53 +41,63 @@ def _ranges(starts: NDArray[np.int64], n: NDArray[np.int64]) -> NDArray[np.int64
     return out
 
 
-def _descending_bits(values: NDArray[Any]) -> tuple[NDArray[np.uint64], int]:
-    """Unsigned keys that order as the values do descending (-0.0 as 0.0), and how many bits they use."""
+def _descending_bits(values: NDArray[Any], positive: bool, out: NDArray[np.uint64]) -> int:
+    """Into `out`: unsigned keys that order as the values do descending (-0.0 as 0.0); returns the bits used."""
     width = 32 if values.dtype.itemsize <= 4 else 64
     floats: NDArray[Any] = values.astype(np.float32 if width == 32 else np.float64, copy=False)
-    if values.dtype.kind == "f" and bool((floats > 0).all()):  # the usual case: positive bits order as values
+    if positive:  # the usual case: positive floats order as their bits do
         bits = floats.view(np.uint32 if width == 32 else np.uint64)
         top = np.uint64(0x7F800000 if width == 32 else 0x7FF0000000000000)  # +inf's bits
-        return np.subtract(top, bits, dtype=np.uint64), width - 1
+        np.subtract(top, bits, out=out, dtype=np.uint64)
+        return width - 1
     raw: NDArray[Any] = (floats + 0.0).view(np.uint32 if width == 32 else np.uint64).astype(np.uint64)
     sign = np.uint64(1 << (width - 1))
     ascending = np.where(raw & sign, ~raw & np.uint64((1 << width) - 1), raw | sign)  # IEEE order (-0.0 -> +0.0)
-    return np.uint64((1 << width) - 1) - ascending, width
+    np.subtract(np.uint64((1 << width) - 1), ascending, out=out)
+    return width
 
 
 def _rank_slice(
     offsets: NDArray[np.int64], values: NDArray[Any], tokens: NDArray[Any], lo: int, hi: int,
-    first: int | None, last: int | None, token_bits: int,
-) -> tuple[NDArray[np.int64], NDArray[np.int64]] | None:  # fmt: skip
-    """Cells lo..hi-1 of the batch, each `first`, its tokens by descending value, `last` (untruncated), and the
-    cells whose ranks need the reference's call; None when the keys have too few bits for the values."""
+    first: int | None, last: int | None, token_bits: int, dest: NDArray[Any] | None,
+) -> tuple[NDArray[Any], NDArray[np.int64]] | None:  # fmt: skip
+    """Cells lo..hi-1 of the batch, each `first`, its tokens by descending value, `last` (untruncated; written into
+    `dest` when given, an 8-byte integer array), and the cells whose ranks need the reference's call; None when
+    the keys have too few bits for the values."""
     start, stop = int(offsets[lo]), int(offsets[hi])
     lengths = np.diff(offsets[lo : hi + 1])
     value_bits = 63 - max(1, int(hi - lo - 1).bit_length()) - token_bits
     if value_bits < _MIN_VALUE_BITS:
         return None
-    keys, width = _descending_bits(values[start:stop])
+    n, extra = stop - start, int(first is not None) + int(last is not None)
+    keys = np.empty(n + extra * (hi - lo), dtype=np.uint64)  # the entries, then each cell's markers
+    entries = keys[:n]
+    vals = values[start:stop]
+    positive = vals.dtype.kind == "f" and bool((vals > 0).all())  # (NaN is not: the reference's call below)
+    width = _descending_bits(vals, positive, entries)
     if width > value_bits:
-        keys >>= np.uint64(width - value_bits)
-    keys <<= np.uint64(token_bits)
-    keys |= tokens[start:stop].astype(np.uint64)
+        entries >>= np.uint64(width - value_bits)
+    entries <<= np.uint64(token_bits)
+    np.bitwise_or(entries, tokens[start:stop], out=entries, dtype=np.uint64, casting="unsafe")
     cell_keys = np.arange(hi - lo, dtype=np.uint64) << np.uint64(value_bits + token_bits)
-    keys += np.repeat(cell_keys, lengths)
-    markers = []  # sorted into place with the cell's entries: value bits all 0 sort first, all 1 last
+    entries += np.repeat(cell_keys, lengths)
+    at = n  # markers sorted into place with the cell's entries: value bits all 0 sort first, all 1 last
     if first is not None:
-        markers.append(cell_keys | np.uint64(first))
+        np.bitwise_or(cell_keys, np.uint64(first), out=keys[at : at + hi - lo])
+        at += hi - lo
     if last is not None:
-        markers.append(cell_keys | np.uint64((((1 << value_bits) - 1) << token_bits) | last))
-    if markers:
-        keys = np.concatenate([keys, *markers])
+        np.bitwise_or(cell_keys, np.uint64((((1 << value_bits) - 1) << token_bits) | last), out=keys[at:])
     keys.sort()
     mask = np.uint64((1 << token_bits) - 1)
     tie = np.flatnonzero((keys[1:] ^ keys[:-1]) <= mask)  # same cell, same value bits
-    segments = offsets[lo : hi + 1] - start + len(markers) * np.arange(hi - lo + 1)
+    segments = offsets[lo : hi + 1] - start + extra * np.arange(hi - lo + 1)
     tied = np.searchsorted(segments, tie, side="right") - 1
-    if values.dtype.kind == "f" and not bool((values[start:stop] > 0).all()):  # NaN: the reference's call
-        nan = np.flatnonzero(np.isnan(values[start:stop]))
+    if vals.dtype.kind == "f" and not positive:  # NaN: the reference's call
+        nan = np.flatnonzero(np.isnan(vals))
         tied = np.concatenate([tied, np.searchsorted(offsets, start + nan, side="right") - 1 - lo])
+    if dest is not None:
+        np.bitwise_and(keys, mask, out=dest.view(np.uint64))
+        return dest, lo + np.unique(tied)
     keys &= mask
     return keys.view(np.int64), lo + np.unique(tied)
 
@@ -117,15 +127,18 @@ def rank_tokens(
     while lo < n_cells:
         by_entries = int(np.searchsorted(offsets, offsets[lo] + _SLICE_ENTRIES, side="right")) - 1
         hi = min(max(by_entries, lo + 1), lo + _SLICE_CELLS, n_cells)
-        ranked = _rank_slice(offsets, values, tokens, lo, hi, first, last, token_bits)
+        whole = bool((kept[lo:hi] == lengths[lo:hi]).all())  # nothing truncated: ranked straight into `out`
+        dest = out[out_offsets[lo] : out_offsets[hi]] if whole and out.dtype.itemsize == 8 else None
+        ranked = _rank_slice(offsets, values, tokens, lo, hi, first, last, token_bits, dest)
         if ranked is None:  # ids too wide to pack with the values: every cell by the reference's call
             tied.append(np.arange(lo, hi, dtype=np.int64))
             if first is not None:
                 out[out_offsets[lo:hi]] = first
             if last is not None:
                 out[out_offsets[lo + 1 : hi + 1] - 1] = last
-        elif (kept[lo:hi] == lengths[lo:hi]).all():  # nothing truncated: the slice's ids as they are
-            out[out_offsets[lo] : out_offsets[hi]] = ranked[0]
+        elif whole:  # the slice's ids as they are
+            if dest is None:
+                out[out_offsets[lo] : out_offsets[hi]] = ranked[0]
             tied.append(ranked[1])
         else:  # each cell's first `shift + kept` and its last
             seg = offsets[lo:hi] - offsets[lo] + extra * np.arange(hi - lo)

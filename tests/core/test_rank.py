@@ -1,0 +1,59 @@
+"""`rank_tokens` orders every cell exactly as `np.argsort(-cell_values)` does, whatever the batch: ties, NaN,
+-0.0, truncation, markers, cells across the kernel's slices, 32- and 64-bit ids."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cellcorpus.core import rank
+from cellcorpus.core.rank import rank_tokens
+
+
+def _reference(offsets, values, tokens, limit, first, last):
+    out = []
+    for c in range(len(offsets) - 1):
+        v, t = values[offsets[c] : offsets[c + 1]], tokens[offsets[c] : offsets[c + 1]]
+        ranked = t[np.argsort(-v)][:limit].tolist()
+        out.extend(([first] if first is not None else []) + ranked + ([last] if last is not None else []))
+    return out
+
+
+def _values(kind, rng, nnz):
+    if kind == "tied_counts":
+        return rng.integers(1, 5, nnz).astype(np.float32)
+    if kind == "distinct":
+        return rng.lognormal(0, 1, nnz)
+    if kind == "tied_products":
+        return rng.integers(1, 6, nnz) * rng.choice([0.5, 0.25, 1 / 3], nnz)
+    return rng.lognormal(0, 1, nnz).astype(np.float32)
+
+
+@pytest.mark.parametrize("token_dtype", [np.int32, np.int64])
+@pytest.mark.parametrize("kind", ["tied_counts", "distinct", "tied_products", "nan_and_negative_zero"])
+def test_ranks_equal_numpys_argsort_per_cell(kind, token_dtype, monkeypatch):
+    monkeypatch.setattr(rank, "_SLICE_ENTRIES", 300)  # many slices, cells of every size across them
+    rng = np.random.default_rng(len(kind))
+    for trial in range(12):
+        lengths = rng.integers(0, [3, 50, 900][trial % 3], int(rng.integers(1, 120)))
+        offsets = np.r_[0, np.cumsum(lengths)]
+        nnz = int(offsets[-1])
+        values = _values(kind, rng, nnz)
+        if kind == "nan_and_negative_zero" and nnz:
+            values[rng.integers(0, nnz, 3)] = np.nan
+            values[rng.integers(0, nnz, 3)] = -0.0
+        tokens = rng.permutation(nnz + 10)[:nnz].astype(token_dtype)
+        limit = int(rng.choice([5, 64, 10_000]))
+        first, last = [(None, None), (2, 3), (2, None)][trial % 3]
+        out_offsets, got, _ = rank_tokens(offsets, values, tokens, limit, first, last)
+        assert got.tolist() == _reference(offsets, values, tokens, limit, first, last)
+        kept = np.minimum(lengths, limit) + (first is not None) + (last is not None)
+        assert np.array_equal(np.diff(out_offsets), kept)
+
+
+def test_ids_in_a_wider_dtype_and_negative_ids_refused():
+    offsets, values = np.array([0, 3]), np.array([1.0, 3.0, 2.0])
+    _, got, _ = rank_tokens(offsets, values, np.array([7, 8, 9], np.int32), 10, dtype=np.int64)
+    assert got.dtype == np.int64 and got.tolist() == [8, 9, 7]
+    with pytest.raises(ValueError, match="non-negative"):
+        rank_tokens(offsets, values, np.array([-1, 8, 9]), 10)
