@@ -73,7 +73,7 @@ def _rank_slice(
     keys = np.empty(n + extra * (hi - lo), dtype=np.uint64)  # the entries, then each cell's markers
     entries = keys[:n]
     vals = values[start:stop]
-    positive = vals.dtype.kind == "f" and bool((vals > 0).all())  # (NaN is not: the reference's call below)
+    positive = vals.dtype.kind == "f" and bool(vals.min(initial=np.inf) > 0)  # (NaN: the reference's call below)
     width = _descending_bits(vals, positive, entries)
     if width > value_bits:
         entries >>= np.uint64(width - value_bits)
@@ -104,11 +104,11 @@ def _rank_slice(
 
 def rank_tokens(
     offsets: NDArray[Any], values: NDArray[Any], tokens: NDArray[Any], limit: int,
-    first: int | None = None, last: int | None = None, dtype: Any = None,
+    first: int | None = None, last: int | None = None, dtype: Any = None, into: NDArray[Any] | None = None,
 ) -> tuple[NDArray[np.int64], NDArray[Any], int]:  # fmt: skip
     """Each cell's tokens (non-negative ids) by descending value (as `np.argsort(-cell_values)` orders them), its
-    first `limit`, between `first` and `last` when given: (offsets, tokens in `dtype` (default the tokens'), cells
-    whose ties needed the reference's call)."""
+    first `limit`, between `first` and `last` when given: (offsets, tokens in `dtype` (default the tokens'; written
+    at the start of `into` when given), cells whose ties needed the reference's call)."""
     offsets = np.asarray(offsets, dtype=np.int64)
     lengths = np.diff(offsets)
     n_cells = len(lengths)
@@ -117,7 +117,8 @@ def rank_tokens(
     extra = shift + int(last is not None)
     out_offsets = np.zeros(n_cells + 1, dtype=np.int64)
     np.cumsum(kept + extra, out=out_offsets[1:])
-    out = np.empty(int(out_offsets[-1]), dtype=tokens.dtype if dtype is None else dtype)
+    size = int(out_offsets[-1])
+    out = np.empty(size, dtype=tokens.dtype if dtype is None else dtype) if into is None else into[:size]
     if len(tokens) and int(tokens.min()) < 0:
         raise ValueError("token ids must be non-negative")
     top = max([int(tokens.max()) if len(tokens) else 0] + [t for t in (first, last) if t is not None])

@@ -141,24 +141,27 @@ class Geneformer:
         n_counts = prepared.per_cell["n_counts"]
         cuts = np.searchsorted(cells.offsets, np.arange(0, int(cells.offsets[-1]), _SLICE_ENTRIES), side="right") - 1
         bounds = np.unique(np.r_[0, cuts, cells.n_cells])
-        offsets, ids, tied, without = [np.zeros(1, np.int64)], [], 0, 0
+        offsets, tied, without = [np.zeros(1, np.int64)], 0, 0
+        extra = 2 if self.gf.special_tokens else 0
+        ids = np.empty(int(cells.offsets[-1]) + extra * cells.n_cells, np.int64)  # at most: filled slice by slice
         for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
             a, b = int(cells.offsets[lo]), int(cells.offsets[hi])
             part = Ragged(cells.offsets[lo : hi + 1] - a, cells.genes[a:b], cells.expressions[a:b])
-            got_offsets, got_ids, n_tied, n_without = self._encode_slice(part, n_counts[lo:hi], reciprocals)
-            offsets.append(got_offsets[1:] + offsets[-1][-1])
-            ids.append(got_ids)
+            at = int(offsets[-1][-1])
+            got_offsets, n_tied, n_without = self._encode_slice(part, n_counts[lo:hi], reciprocals, ids[at:])
+            offsets.append(got_offsets[1:] + at)
             tied, without = tied + n_tied, without + n_without
         out_offsets = np.concatenate(offsets)
-        input_ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+        input_ids = ids[: int(out_offsets[-1])]
         counts = {"entries_without_median": without, "cells_with_tied_values": tied}
         return Encoded(out_offsets, {"input_ids": input_ids}, {"length": np.diff(out_offsets)}, counts=counts)
 
     def _encode_slice(
-        self, cells: Ragged, n_counts: NDArray[Any], reciprocals: NDArray[Any]
-    ) -> tuple[NDArray[np.int64], NDArray[np.int64], int, int]:
-        """(offsets, input_ids, cells with ties, entries without a median) of consecutive cells. A gene without a
-        median has reciprocal 0 here, so its value is 0 and it leaves with any zero (one check for both)."""
+        self, cells: Ragged, n_counts: NDArray[Any], reciprocals: NDArray[Any], into: NDArray[np.int64]
+    ) -> tuple[NDArray[np.int64], int, int]:
+        """(offsets, cells with ties, entries without a median) of consecutive cells, their input_ids written at
+        the start of `into`. A gene without a median has reciprocal 0 here, so its value is 0 and it leaves with
+        any zero (one check for both)."""
         lengths = np.diff(cells.offsets)
         genes, counts = cells.genes, cells.expressions
         reciprocal = reciprocals[genes]  # 1 / the gene's median (0: none)
@@ -169,9 +172,9 @@ class Geneformer:
             values *= reciprocal
         else:  # float32 values and float64 medians: the product is float64, as in the reference
             values = values * reciprocal
-        keep = values > 0  # (NaN too: a cell total of 0 times a missing median)
         n_without = 0
-        if not keep.all():  # genes without a median, or an underflow: the cells' new lengths
+        if not values.min(initial=np.inf) > 0:  # genes without a median, an underflow (or NaN): new lengths
+            keep = values > 0  # (NaN too: a cell total of 0 times a missing median)
             n_without = int(np.count_nonzero(reciprocal == 0))
             rows = np.repeat(np.arange(cells.n_cells, dtype=np.int64), lengths)[keep]
             values, genes = values[keep], genes[keep]
@@ -180,10 +183,8 @@ class Geneformer:
         else:
             offsets = cells.offsets
         limit = self.gf.model_input_size - (2 if self.gf.special_tokens else 0)
-        out_offsets, input_ids, n_tied = rank_tokens(
-            offsets, values, genes, limit, self.cls_id, self.eos_id, dtype=np.int64
-        )  # fmt: skip
-        return out_offsets, input_ids, n_tied, n_without
+        out_offsets, _, n_tied = rank_tokens(offsets, values, genes, limit, self.cls_id, self.eos_id, into=into)
+        return out_offsets, n_tied, n_without
 
     def narrow(self, scan: CountScan, summed: bool) -> dict[str, str]:
         """uint16 token ids in the shuffle's parts when the vocabulary allows (Geneformer's has ~25k-40k)."""
