@@ -131,6 +131,8 @@ class _Gather:
 
     def take(self, rows: NDArray[Any], prefix: Prefix | None = None) -> pa.Table:
         if len(self.batches) == 1:
+            if not prefix and len(rows) and rows[-1] - rows[0] == len(rows) - 1 and bool(np.all(np.diff(rows) == 1)):
+                return pa.Table.from_batches([self.batches[0].slice(int(rows[0]), len(rows))])  # a run: no copy
             return _reorder(pa.Table.from_batches(self.batches, self.schema), rows, prefix)
         if prefix:
             raise ValueError("a prefix is written from a single-batch table only")
