@@ -78,3 +78,17 @@ def test_relative_accuracy_is_bounded(tmp_path, write_config, accuracy):
 
     with pytest.raises((ConfigError, ValueError), match="relative_accuracy"):
         _setup(tmp_path, write_config, **{"stats.relative_accuracy": accuracy})
+
+
+def test_a_column_index_outside_the_file_is_named_before_any_sum(tmp_path, write_config):
+    """A hostile or broken file's out-of-range column index is refused before scipy's sums (no bounds checks
+    there), naming the file and rows."""
+    import h5py
+
+    from cellcorpus.errors import UnitFailed
+
+    cfg, _, ids = _setup(tmp_path, write_config)
+    with h5py.File(tmp_path / "raw" / "a.h5ad", "r+") as f:
+        f["X"]["indices"][5] = len(ids) + 1000
+    with pytest.raises(UnitFailed, match=r"a\.h5ad rows 0-400: a stored column index is outside the file's"):
+        run_stats(cfg)

@@ -88,8 +88,12 @@ def stats_unit(unit: WorkUnit, ctx: StatsContext) -> UnitResult:
             raise InputError(f"{unit.path} rows {start}-{stop}: {scan.problem}")
         mapped = mapped or _gene_map(hf, block.var_ids, lookup)  # one file: the same columns in every block
         indptr = np.asarray(block.indptr, dtype=np.int64)
-        counts64 = block.data.astype(np.float64)  # one conversion for the sums and the normalisation
         shape = (len(indptr) - 1, len(mapped[0]))
+        if len(block.indices) and not (int(block.indices.min()) >= 0 and int(block.indices.max()) < shape[1]):
+            # before scipy's sums, which index without bounds checks
+            raise InputError(f"{unit.path} rows {start}-{stop}: a stored column index is outside the file's "
+                             f"{shape[1]:,} genes")  # fmt: skip
+        counts64 = block.data.astype(np.float64)  # one conversion for the sums and the normalisation
         matrix = sp.csr_matrix((counts64, block.indices, indptr), shape=shape)
         cell_totals = matrix @ np.ones(shape[1])  # over every stored gene, in the vocabulary or not
         block_totals = np.ones(shape[0]) @ matrix  # per file column (before the counts are normalised in place)
