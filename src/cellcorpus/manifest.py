@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from cellcorpus._version import __version__
 from cellcorpus.errors import ConfigError, InputError
 from cellcorpus.io.atomic import write_json_atomic
-from cellcorpus.io.paths import Publisher
+from cellcorpus.io.paths import Publisher, filesystem, is_url
 
 __all__ = [
     "UnitResult",
@@ -63,9 +63,14 @@ class UnitResult:
 
 
 def file_checksum(path: str | Path) -> str:
-    """xxh64 of a whole file (outputs are checksummed in full)."""
+    """xxh64 of a whole file, a local path or an fsspec URL (outputs are checksummed in full)."""
     h = xxhash.xxh64()
-    with open(path, "rb") as f:
+    if is_url(str(path)):
+        fs, stripped = filesystem(str(path))
+        opened = fs.open(stripped, "rb")
+    else:
+        opened = open(path, "rb")  # noqa: SIM115 - closed by the with below
+    with opened as f:
         while chunk := f.read(_BLOCK):
             h.update(chunk)
     return h.hexdigest()

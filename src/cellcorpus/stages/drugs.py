@@ -26,7 +26,7 @@ from cellcorpus.io.atomic import atomic_path, remove_temporaries, write_json_ato
 from cellcorpus.io.paths import filesystem
 from cellcorpus.io.tables import as_strings, read_frame
 from cellcorpus.layout import DRUG_PAD
-from cellcorpus.manifest import DrugsManifest, mapping_checksum, parse_manifest, write_manifest
+from cellcorpus.manifest import DrugsManifest, file_checksum, mapping_checksum, parse_manifest, write_manifest
 from cellcorpus.plan import Plan, plan_for
 from cellcorpus.stages.base import StageSummary, locked
 
@@ -111,11 +111,7 @@ def _table_checksum(path: str) -> str:
     fs, p = filesystem(path)
     if not fs.exists(p):
         raise ConfigError(f"drugs.table: file not found: {path}")
-    h = xxhash.xxh64()
-    with fs.open(p, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_checksum(path)
 
 
 def _read_plan(dc: DrugsConfig, parses: Any) -> DrugPlan:

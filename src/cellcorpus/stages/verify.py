@@ -40,6 +40,7 @@ from cellcorpus.manifest import (
     DrugsManifest,
     MdsManifest,
     TokenizeManifest,
+    file_checksum,
     mapping_checksum,
     read_manifest,
 )
@@ -471,9 +472,6 @@ def _check_foreign_files(rep: VerifyReport, folder: Path, expected: set[str], wh
     )
 
 
-_HASH_BLOCK = 8 << 20
-
-
 def _check_exports(rep: VerifyReport, out: Publisher, manifest: TokenizeManifest) -> None:
     """Every file of the model's own layout (scBank folders, Geneformer's lengths) is whole: its size and every
     byte's xxh64 as recorded when it was written."""
@@ -481,18 +479,15 @@ def _check_exports(rep: VerifyReport, out: Publisher, manifest: TokenizeManifest
     for split, records in (manifest.exports or {}).items():
         for rec in records:
             where = f"{split}: {rec.path}"
-            fs, path = filesystem(out.url(rec.path))
+            url = out.url(rec.path)
+            fs, path = filesystem(url)
             if not fs.exists(path):
                 check.add(False, f"{where} is missing")
                 continue
-            h = xxhash.xxh64()
-            with fs.open(path, "rb") as f:
-                while chunk := f.read(_HASH_BLOCK):
-                    h.update(chunk)
-            size = int(fs.size(path))
+            size, digest = int(fs.size(path)), file_checksum(url)
             check.add(
-                size == rec.bytes and h.hexdigest() == rec.xxh64,
-                f"{where}: {size} bytes, xxh64 {h.hexdigest()} (recorded {rec.bytes}, {rec.xxh64})",
+                size == rec.bytes and digest == rec.xxh64,
+                f"{where}: {size} bytes, xxh64 {digest} (recorded {rec.bytes}, {rec.xxh64})",
             )
 
 
