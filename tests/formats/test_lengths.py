@@ -35,3 +35,10 @@ def test_an_empty_split_is_an_empty_list(tmp_path):
     _stream(tmp_path / "d.arrow", [])
     write_lengths([tmp_path / "d.arrow"], "length", tmp_path / "x.pkl")
     assert pickle.loads((tmp_path / "x.pkl").read_bytes()) == []
+
+
+def test_a_bad_length_fails_and_leaves_nothing(tmp_path):
+    _stream(tmp_path / "d.arrow", [3, -1])
+    with pytest.raises(ValueError, match="outside"):
+        write_lengths([tmp_path / "d.arrow"], "length", tmp_path / "x.pkl")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.arrow"]  # no file, no temporary

@@ -18,6 +18,8 @@ import numpy as np
 import pyarrow as pa
 from numpy.typing import NDArray
 
+from cellcorpus.io.atomic import atomic_path
+
 __all__ = ["write_lengths"]
 
 _HEAD = b"\x80\x02]"  # PROTO 2, EMPTY_LIST
@@ -56,10 +58,9 @@ def _column(path: Path, column: str) -> Iterator[NDArray[np.int64]]:
 
 def write_lengths(data_files: Sequence[Path], column: str, dest: Path) -> int:
     """Write `dest` from the `column` of the Arrow stream files, in order; returns the cells written. Written to
-    a temporary name first, renamed when whole."""
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    a temporary name first, renamed when whole (`io.atomic.atomic_path`: removed if anything fails)."""
     n = 0
-    with open(tmp, "wb") as f:
+    with atomic_path(dest) as tmp, open(tmp, "wb") as f:
         f.write(_HEAD)
         for path in data_files:
             for lengths in _column(Path(path), column):
@@ -68,5 +69,4 @@ def write_lengths(data_files: Sequence[Path], column: str, dest: Path) -> int:
                 f.write(_encode(lengths))
                 n += len(lengths)
         f.write(_STOP)
-    os.replace(tmp, dest)
     return n
