@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -29,7 +31,7 @@ def _exact(batches, gamma):
 
 
 def _as_dict(sketch: GeneSketch):
-    genes, buckets = sketch.keys >> 21, (sketch.keys & ((1 << 21) - 1)) - (1 << 20)
+    genes, buckets = sketch.keys >> 21, (sketch.keys & ((1 << 21) - 1)) - (1 << 20)  # decoded independently
     return dict(zip(zip(genes.tolist(), buckets.tolist(), strict=True), sketch.counts.tolist(), strict=True))
 
 
@@ -56,10 +58,10 @@ def test_dense_counts_equal_the_sparse_merges(max_bytes):
     assert _as_dict(built) == _exact(_batches(1), sparse.gamma)
 
 
-def test_merge_all_is_the_same_in_any_order():
+def test_merging_is_the_same_in_any_order():
     parts = [GeneSketch.empty(0.005).add(g, v) for g, v in _batches(2)]
-    one = GeneSketch.merge_all(iter(parts), 0.005)
-    other = GeneSketch.merge_all(iter(parts[::-1]), 0.005)
+    one = functools.reduce(GeneSketch.merge, parts)
+    other = functools.reduce(GeneSketch.merge, parts[::-1])
     assert np.array_equal(one.keys, other.keys) and np.array_equal(one.counts, other.counts)
     assert one.counts.sum() == sum(int(p.counts.sum()) for p in parts)
 
@@ -70,7 +72,7 @@ def test_adding_sketches_to_a_table_equals_merging_them(max_bytes):
     table = GeneCounts(300, 0.005, max_bytes=max_bytes, dtype=np.uint64)
     for p in parts:
         table.add_sketch(p)
-    merged, built = GeneSketch.merge_all(iter(parts), 0.005), table.sketch()
+    merged, built = functools.reduce(GeneSketch.merge, parts), table.sketch()
     assert np.array_equal(built.keys, merged.keys) and np.array_equal(built.counts, merged.counts)
 
 

@@ -11,7 +11,6 @@ grows with the genes and buckets seen (a few hundred buckets per gene at most), 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,11 +18,16 @@ import numpy as np
 import pyarrow as pa
 from numpy.typing import NDArray
 
-__all__ = ["GeneSketch", "GeneCounts", "bucket_counts", "GENE_SHIFT"]
+__all__ = ["GeneSketch", "GeneCounts", "bucket_counts"]
 
 _BUCKET_BITS = 21  # buckets -2^20 .. 2^20 per gene: values 1e-300 .. 1e300 at a = 0.05%
 _OFFSET = 1 << (_BUCKET_BITS - 1)
-GENE_SHIFT = _BUCKET_BITS  # a key's gene: key >> GENE_SHIFT
+
+
+def _keys(genes: NDArray[Any], buckets: NDArray[Any]) -> NDArray[np.int64]:
+    """Sketch keys of (gene, bucket) pairs: ordered by gene, then bucket."""
+    keys: NDArray[np.int64] = (genes.astype(np.int64) << _BUCKET_BITS) | (buckets.astype(np.int64) + _OFFSET)
+    return keys
 
 
 @dataclass(frozen=True)
@@ -43,44 +47,39 @@ class GeneSketch:
     def add(self, genes: NDArray[Any], values: NDArray[Any]) -> GeneSketch:
         """This sketch with the positive `values` of `genes` (non-negative ids) counted in."""
         got_genes, buckets, counts = bucket_counts(genes, values, self.gamma)
-        added = GeneSketch((got_genes << _BUCKET_BITS) | (buckets + _OFFSET), counts, self.gamma)
-        return added if not len(self.keys) else self.merge(added)
+        return self.merge(GeneSketch(_keys(got_genes, buckets), counts, self.gamma))
 
     def merge(self, other: GeneSketch) -> GeneSketch:
         """Both sketches' counts added (exact; the same whatever the order). Both key arrays are sorted, so one
         stable sort (a merge of two runs) orders them."""
         if not np.isclose(other.gamma, self.gamma, rtol=0, atol=1e-15):
             raise ValueError("sketches of different accuracy")
+        if not len(other.keys) or not len(self.keys):  # nothing to add up: the other one as it is
+            return self if not len(other.keys) else other
         keys = np.concatenate([self.keys, other.keys])
         order = np.argsort(keys, kind="stable")
         keys, counts = keys[order], np.concatenate([self.counts, other.counts])[order]
-        if not len(keys):
-            return self
         starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
         return GeneSketch(keys[starts], np.add.reduceat(counts, starts), self.gamma)
 
-    @staticmethod
-    def merge_all(sketches: Iterator[GeneSketch], relative_accuracy: float) -> GeneSketch:
-        """Every sketch of `sketches` added up, merging sketches of similar size first (as a binary counter), so
-        the work is ~ total keys x log(number of sketches) and memory ~ twice the result."""
-        stack: list[GeneSketch] = []
-        for sketch in sketches:
-            stack.append(sketch)
-            while len(stack) > 1 and len(stack[-2].keys) <= 2 * len(stack[-1].keys):
-                top = stack.pop()
-                stack[-1] = stack[-1].merge(top)
-        result = GeneSketch.empty(relative_accuracy)
-        while stack:
-            result = stack.pop().merge(result)
-        return result
+    def pairs(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """(gene, bucket) of every key."""
+        return self.keys >> _BUCKET_BITS, (self.keys & ((1 << _BUCKET_BITS) - 1)) - _OFFSET
+
+    @classmethod
+    def of_table(cls, table: NDArray[Any], low: int, gamma: float) -> GeneSketch:
+        """The non-zero cells of a dense (gene x bucket) count table whose first column is bucket `low`."""
+        flat = table.reshape(-1)
+        at = np.flatnonzero(flat)
+        width = table.shape[1]
+        return cls(_keys(at // width, at % width + low), flat[at].astype(np.int64), gamma)
 
     def medians(self) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float64]]:
         """(genes, values counted per gene, median per gene): the median as NumPy takes it (the mean of the two
         middle values for an even count), each middle value read from its bucket."""
         if not len(self.keys):
             return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
-        genes = self.keys >> _BUCKET_BITS
-        buckets = (self.keys & ((1 << _BUCKET_BITS) - 1)) - _OFFSET
+        genes, buckets = self.pairs()
         starts = np.flatnonzero(np.r_[True, genes[1:] != genes[:-1]])
         cum = np.cumsum(self.counts)
         before = np.r_[0, cum[starts[1:] - 1]]
@@ -204,10 +203,10 @@ class GeneCounts:
         """Count in a finished sketch's counts (each key once in it: one indexed add)."""
         if not len(other.keys):
             return
-        genes, buckets = other.keys >> _BUCKET_BITS, (other.keys & ((1 << _BUCKET_BITS) - 1)) - _OFFSET
+        genes, buckets = other.pairs()
         self._flush()
         if not self._cover(int(buckets.min()), int(buckets.max())):
-            self.sparse = self.sparse.merge(other) if len(self.sparse.keys) else other
+            self.sparse = self.sparse.merge(other)
             return
         assert self.table is not None
         flat = self.table.reshape(-1)
@@ -219,10 +218,7 @@ class GeneCounts:
             return
         self._flush()
         if not self._cover(low, low + table.shape[1] - 1):  # (ours went sparse: through its sparse form)
-            at = np.flatnonzero(table)
-            keys = ((at // table.shape[1]) << _BUCKET_BITS) | (at % table.shape[1] + low + _OFFSET)
-            other = GeneSketch(keys.astype(np.int64), table.reshape(-1)[at].astype(np.int64), self.sparse.gamma)
-            self.sparse = self.sparse.merge(other) if len(self.sparse.keys) else other
+            self.sparse = self.sparse.merge(GeneSketch.of_table(table, low, self.sparse.gamma))
             return
         assert self.table is not None
         self.table[:, low - self.low : low - self.low + table.shape[1]] += table.astype(self.dtype)
@@ -234,9 +230,10 @@ class GeneCounts:
         if self.table is not None:
             out += self.table.sum(axis=1, dtype=np.int64)
         if len(self.sparse.keys):
-            out += np.bincount(self.sparse.keys >> _BUCKET_BITS, weights=self.sparse.counts, minlength=self.n_genes)[
-                : self.n_genes
-            ].astype(np.int64)
+            genes, _ = self.sparse.pairs()
+            out += np.bincount(genes, weights=self.sparse.counts, minlength=self.n_genes)[: self.n_genes].astype(
+                np.int64
+            )
         return out
 
     def packed(self) -> dict[str, NDArray[Any]]:
@@ -285,9 +282,4 @@ class GeneCounts:
         self._flush()
         if self.table is None:
             return self.sparse
-        flat = self.table.reshape(-1)
-        at = np.flatnonzero(flat)
-        width = self.table.shape[1]
-        keys = ((at // width) << _BUCKET_BITS) | (at % width + self.low + _OFFSET)
-        dense = GeneSketch(keys.astype(np.int64), flat[at].astype(np.int64), self.sparse.gamma)
-        return dense if not len(self.sparse.keys) else self.sparse.merge(dense)
+        return self.sparse.merge(GeneSketch.of_table(self.table, self.low, self.sparse.gamma))
