@@ -25,7 +25,7 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from cellcorpus.config import GeneformerSettings, HuggingfaceConfig
-from cellcorpus.core.rank import rank_tokens
+from cellcorpus.core.rank import cell_rows, rank_tokens
 from cellcorpus.core.tokenize import CountScan, Ragged
 from cellcorpus.encodings.base import CellRules, Column, Encoded, Prepared, UnitInput
 from cellcorpus.errors import ConfigError, InputError
@@ -176,7 +176,7 @@ class Geneformer:
         if not values.min(initial=np.inf) > 0:  # genes without a median, an underflow (or NaN): new lengths
             keep = values > 0  # (NaN too: a cell total of 0 times a missing median)
             n_without = int(np.count_nonzero(reciprocal == 0))
-            rows = np.repeat(np.arange(cells.n_cells, dtype=np.int64), lengths)[keep]
+            rows = cell_rows(cells.offsets)[keep]
             values, genes = values[keep], genes[keep]
             offsets = np.zeros(cells.n_cells + 1, dtype=np.int64)
             np.cumsum(np.bincount(rows, minlength=cells.n_cells), out=offsets[1:])
