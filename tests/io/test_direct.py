@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
+from concurrent.futures import wait
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ import pytest
 from cellcorpus.errors import InputError
 from cellcorpus.io import direct
 from cellcorpus.io.atomic import atomic_path
-from cellcorpus.io.direct import ALIGN, BUFFER_BYTES, RING, DirectFile, open_output
+from cellcorpus.io.direct import ALIGN, BUFFER_BYTES, READ_AHEAD, RING, DirectFile, open_output
 
 
 def _refuses_o_direct(folder) -> str | None:
@@ -149,10 +151,12 @@ def test_read_ranges_gives_exactly_the_bytes_asked(tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["on", "off"])
-@pytest.mark.parametrize("size", [0, 1, ALIGN + 3, BUFFER_BYTES, 2 * BUFFER_BYTES + 999])
+@pytest.mark.parametrize(
+    "size", [0, 1, ALIGN + 3, BUFFER_BYTES, 2 * BUFFER_BYTES + 999, (READ_AHEAD + 2) * BUFFER_BYTES + 999]
+)
 def test_open_input_and_read_whole_give_the_file_exactly(tmp_path, mode, size):
     """verify's readers: front to back in pieces of any size, or whole; past the cache (`on`, skipped where the
-    filesystem refuses the flag) or through it (`off`), the same bytes."""
+    filesystem refuses the flag) or through it (`off`), the same bytes, also past the blocks read ahead."""
     if mode == "on" and (reason := _refuses_o_direct(str(tmp_path))):
         pytest.skip(reason)
     data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
@@ -167,6 +171,30 @@ def test_open_input_and_read_whole_give_the_file_exactly(tmp_path, mode, size):
                 got += chunk
             assert f.read(10) == b""
     assert bytes(got) == data
+
+
+def test_open_input_closed_half_way_cancels_its_reads_ahead(tmp_path, monkeypatch):
+    """A reader closed after its first bytes (a data file that fails to parse) cancels the blocks it asked for
+    ahead and not yet started: the I/O threads are free for the next file at once."""
+    path = tmp_path / "data.arrow"
+    path.write_bytes(b"q" * ((READ_AHEAD + 3) * BUFFER_BYTES))
+    gate, read = threading.Event(), direct._read_range
+
+    def held(p, lo, hi):  # every block after the first waits until the reader is closed
+        if lo:
+            gate.wait(30)
+        return read(p, lo, hi)
+
+    monkeypatch.setattr(direct, "_read_range", held)
+    monkeypatch.setattr(direct, "direct_io_for", lambda p: True)
+    f = direct.open_input(path)
+    assert f.read(5) == b"qqqqq"
+    pending = list(f._ahead)
+    f.close()
+    gate.set()
+    wait(pending, timeout=60)
+    assert not f._ahead and len(pending) == READ_AHEAD
+    assert sum(p.cancelled() for p in pending) == READ_AHEAD - direct.WRITERS  # only the running ones finish
 
 
 def test_a_truncated_file_is_named_not_read_short(tmp_path):
