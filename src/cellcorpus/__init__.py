@@ -5,8 +5,17 @@ The stages are importable for use from Python (`cellcorpus.stages.tokenize.run_t
 """
 
 from cellcorpus._version import __version__
-from cellcorpus.api import build_vocab, decode_id, tokenize_anndata
+from cellcorpus.api import build_vocab, decode_id, mix, tokenize_anndata
 from cellcorpus.config import Config, load_config
 from cellcorpus.pipeline import run_pipeline
 
-__all__ = ["__version__", "Config", "load_config", "run_pipeline", "tokenize_anndata", "decode_id", "build_vocab"]
+__all__ = [
+    "__version__",
+    "Config",
+    "load_config",
+    "run_pipeline",
+    "tokenize_anndata",
+    "decode_id",
+    "build_vocab",
+    "mix",
+]

@@ -10,6 +10,7 @@
   the same filters, joins, metadata and split as `cellcorpus tokenize` (the same unit code runs on it).
 - `decode_id(cfg, id)`: an `id` back to (input file, row).
 - `build_vocab(reference, ...)`: the vocabulary `cellcorpus vocab` builds, as a dict (for `tokenize_anndata`).
+- `mix(configs, proportions=..., caps=..., out=...)`: a training mixture of finished corpora, as `cellcorpus mix`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 from cellcorpus.config import Config
 from cellcorpus.errors import MissingExtraError
 
-__all__ = ["tokenize_anndata", "decode_id", "build_vocab"]
+__all__ = ["tokenize_anndata", "decode_id", "build_vocab", "mix"]
 
 
 def build_vocab(
@@ -40,6 +41,27 @@ def build_vocab(
     from cellcorpus.stages.vocab import vocab_from
 
     return vocab_from(reference, use_col, symbol_col, list(special_tokens), add_junk_tokens)
+
+
+def mix(
+    configs: list[Any],
+    *,
+    proportions: dict[str, float] | None = None,
+    caps: dict[str, int] | None = None,
+    epoch_cells: int | None = None,
+    names: list[str] | None = None,
+    out: str | None = None,
+    local_root: str = "mds-data-folder",
+) -> Any:
+    """The training mixture of finished corpora (config paths or loaded configs), as `cellcorpus mix` makes it:
+    a `Mix` whose `.streams()` is the loaders' `streams:` block and `.table()` the cells per source per epoch;
+    with `out`, both are also written there (streams.yaml, cells_per_epoch.tsv)."""
+    from cellcorpus.stages.mix import mix_corpora, write_mix
+
+    mixed = mix_corpora(configs, names=names, proportions=proportions, caps=caps, epoch_cells=epoch_cells)
+    if out is not None:
+        write_mix(mixed, out, local_root)
+    return mixed
 
 
 def decode_id(cfg: Config, cell_id: int) -> tuple[str, int]:

@@ -334,6 +334,74 @@ def run(
         _print_summary(summary)
 
 
+def _pairs(option: str, given: list[str] | None, kind: type) -> dict[str, Any]:
+    """`NAME=VALUE` options as a dict; a malformed one is a ConfigError naming it."""
+    from cellcorpus.errors import ConfigError
+
+    pairs: dict[str, Any] = {}
+    for item in given or []:
+        name, sep, value = item.partition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            pairs[name] = kind(value)
+        except ValueError:
+            raise ConfigError(f"{option} {item}: expected NAME={kind.__name__.upper()}") from None
+    return pairs
+
+
+@app.command()
+@_handle_errors
+def mix(
+    config: Annotated[list[Path], typer.Argument(help="Configs of finished corpora (each named by its file's stem).")],
+    proportion: Annotated[
+        list[str] | None, typer.Option("--proportion", help="NAME=P: the source's share of an epoch (all or none).")
+    ] = None,
+    cap: Annotated[list[str] | None, typer.Option("--cap", help="NAME=N: at most N cells per epoch from it.")] = None,
+    epoch_cells: Annotated[
+        int | None, typer.Option("--epoch-cells", help="Cells per epoch with --proportion (default: all train cells).")
+    ] = None,
+    local_root: Annotated[
+        str, typer.Option("--local-root", help="Cache folder of object-store corpora in the training job.")
+    ] = "mds-data-folder",
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for streams.yaml and cells_per_epoch.tsv.")] = Path(
+        "mix"
+    ),
+    debug: DebugOpt = False,
+) -> None:
+    """Write the `streams:` block of a training config mixing finished corpora, and the cells each source gives
+    per epoch (counts from their manifests; mosaicml-streaming's `choose` per weighted source)."""
+    from cellcorpus.stages.mix import mix_corpora, write_mix
+
+    mixed = mix_corpora(
+        list(config),
+        proportions=_pairs("--proportion", proportion, float) or None,
+        caps=_pairs("--cap", cap, int),
+        epoch_cells=epoch_cells,
+    )
+    streams, table_file = write_mix(mixed, out_dir, local_root)
+    _print_mix(mixed)
+    out.print(f"streams: {escape(str(streams))}\ntable:   {escape(str(table_file))}", highlight=False, soft_wrap=True)
+
+
+def _print_mix(mixed: Any) -> None:
+    rows = mixed.table()
+    table = Table(title="training mixture: cells per epoch", title_justify="left")
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    shown = {"train_cells": "train", "proportion": "asked", "cells_per_epoch": "per epoch",
+             "epochs_of_source": "passes", "share_of_epoch": "share"}  # fmt: skip
+    for col in columns:
+        left = col == "source"
+        table.add_column(shown.get(col, col.removesuffix("_cells")), justify="left" if left else "right", no_wrap=left)
+    for r in rows:
+        cells = [r.get(c) for c in columns]
+        table.add_row(
+            *("" if v is None else f"{v:,}" if isinstance(v, int) else f"{v:.3g}" if isinstance(v, float) else v
+              for v in cells)
+        )  # fmt: skip
+    out.print(table)
+
+
 @app.command()
 @_handle_errors
 def demo(
@@ -342,13 +410,17 @@ def demo(
     debug: DebugOpt = False,
 ) -> None:
     """Generate a small synthetic 3-source atlas and run the whole pipeline on it."""
-    from cellcorpus.pipeline import run_demo
+    from cellcorpus.pipeline import demo_mix, run_demo
 
     for name, summaries in run_demo(directory, num_proc=num_proc, reporter=RichReporter()):
         out.rule(f"[bold]dataset: {escape(name)}")
         for s in summaries:
             _print_summary(s)
     root = directory.resolve()
+    mixed, streams = demo_mix(root)
+    out.rule("[bold]training mixture (cellcorpus mix)")
+    _print_mix(mixed)
+    out.print(f"streams for a training config: {escape(str(streams))}", highlight=False, soft_wrap=True)
     out.print(f"[bold green]demo complete[/]: everything is under {escape(str(root))}")
     report = root / "tahoe_merged_w_metadata" / "report" / "report.html"
     out.print("\n[bold]Try next[/] (the last two need `pip install datasets` / `pip install mosaicml-streaming`;"

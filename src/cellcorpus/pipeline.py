@@ -5,13 +5,26 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cellcorpus.config import Config, configs_root, load_config
 from cellcorpus.exec.runner import Reporter, executor_session, warm_up
 from cellcorpus.plan import Plan, plan_for
 from cellcorpus.stages.base import StageSummary, stage_locks
 
-__all__ = ["STAGES", "run_pipeline", "iter_pipeline", "run_demo", "packaged_config", "shipped_configs", "DEMO_CONFIGS"]
+if TYPE_CHECKING:
+    from cellcorpus.stages.mix import Mix
+
+__all__ = [
+    "STAGES",
+    "run_pipeline",
+    "iter_pipeline",
+    "run_demo",
+    "packaged_config",
+    "shipped_configs",
+    "DEMO_CONFIGS",
+    "demo_mix",
+]
 
 DEMO_CONFIGS = (
     "tahoe_x1_v2/tahoe_100m.yaml",
@@ -133,6 +146,24 @@ def run_demo(
             yield name, _with_note(iter_pipeline(cfg, num_proc=num_proc, reporter=reporter))
         else:
             yield name, iter_pipeline(cfg, num_proc=num_proc, reporter=reporter)
+
+
+DEMO_MIX = DEMO_CONFIGS[:3]  # the three Tahoe-x1 corpora: one vocabulary, one encoding
+
+
+def demo_mix(directory: str | Path) -> tuple[Mix, Path]:
+    """The demo's training mixture of its three Tahoe-x1 corpora, one share each (`cellcorpus mix`), written to
+    `directory/mix`: (the Mix, the streams file)."""
+    from cellcorpus.stages.mix import mix_corpora, write_mix
+
+    directory = Path(directory).resolve()
+    names = [Path(n).stem for n in DEMO_MIX]
+    configs: list[str | Path | Config] = [
+        load_config(packaged_config(n), [f"output_root={directory}"]) for n in DEMO_MIX
+    ]
+    mixed = mix_corpora(configs, names=names, proportions=dict.fromkeys(names, 1.0))
+    streams, _ = write_mix(mixed, directory / "mix")
+    return mixed, streams
 
 
 def _with_note(summaries: Iterator[StageSummary]) -> Iterator[StageSummary]:

@@ -45,6 +45,12 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch):
     assert (out / "geneformer" / "stats" / "gene_median.pkl").is_file()
     tahoe = datasets.load_from_disk(str(out / "tahoe_merged_w_metadata" / "train.dataset"))
     assert set(tahoe.column_names) >= {"drug", "sample", "Cell_ID_Cellosaur", "moa-fine", "plate"}
+    # the three Tahoe-x1 corpora as one training mixture, a third each (`cellcorpus mix`)
+    import yaml
+
+    streams = yaml.safe_load((out / "mix" / "streams.yaml").read_text())["train_loader"]["dataset"]["streams"]
+    assert list(streams) == ["tahoe_100m", "scbasecamp", "cellxgene_2025_01_21"]
+    assert len({s["choose"] for s in streams.values()}) == 1 and "training mixture" in result.output
     # the demo names each dataset before its stages run, and ends with what to try next
     first_rule = result.output.index("dataset: tahoe_x1_v2/tahoe_100m.yaml")
     assert first_rule < result.output.index("tokenize") and "Try next" in result.output

@@ -270,3 +270,25 @@ def test_verify_reads_an_ndarray_export_the_writer_accepted(tmp_path, write_conf
     assert rep.checks["token ids in vocabulary"].failed == 0
     n_cells = sum(len(arrow_rows(tmp_path / "merged" / f"{s}.dataset")) for s in cfg.mds.splits)
     assert n_cells > 0 and rep.checks["mds samples decode (no pickle executed)"].checked == n_cells
+
+
+@pytest.mark.parametrize(
+    "dtype, bad",
+    [(d, b) for d in (np.int32, np.int64) for b in (None, -1, -(2**31), 5)] + [(np.uint16, None), (np.uint16, 5)],
+)
+def test_token_range_check_finds_negative_and_large_ids(dtype, bad):
+    """The one-pass range check (tokens read as unsigned) names a negative id as well as one past the vocabulary,
+    for the token dtypes verify sees (MDS int32/int64 as stored, narrow Arrow lists)."""
+    from cellcorpus.encodings.base import CellRules
+    from cellcorpus.stages.verify import VerifyReport, _cell_checks, _Cells
+
+    tokens = np.array([1, 3, 4, 1, 2], dtype=np.int64)
+    if bad is not None:
+        tokens[3] = bad
+    rep = VerifyReport()
+    cells = _Cells(np.array([0, 3, 5]), tokens.astype(dtype), np.array([10, 11]), None, None)
+    _cell_checks(rep, "t/x.arrow", cells, CellRules(tokens="genes", vocab_size=5))
+    check = rep.checks["token ids in vocabulary"]
+    assert (check.checked, check.failed) == (5, 0 if bad is None else 1)
+    if bad is not None:
+        assert check.first_failure == f"t/x.arrow cell id 11: token {bad} outside vocabulary of 5"

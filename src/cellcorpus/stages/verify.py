@@ -145,6 +145,14 @@ def _per_cell(rep: VerifyReport, name: str, bad: NDArray[Any], where: str, ids: 
     rep.check(name).add(len(bad), f"{where} cell id {ids[bad[0]]}" if len(bad) else "", n)
 
 
+def _all_below(tokens: NDArray[Any], bound: int) -> bool:
+    """Whether every token is in [0, bound): one pass over them (the max of the tokens read as unsigned, where
+    a negative id is larger than any bound), instead of a min and a max."""
+    if tokens.dtype.kind == "i":
+        tokens = tokens.view(tokens.dtype.str.replace("i", "u"))
+    return bool(tokens.max() < bound) if tokens.dtype.kind == "u" else bool(tokens.min() >= 0 and tokens.max() < bound)
+
+
 def _cell_checks(rep: VerifyReport, where: str, cells: _Cells, rules: CellRules) -> None:
     """The encoding's rules (`CellRules`) on every cell of one file, vectorised."""
     offsets, tokens, ids = cells.offsets, cells.tokens, cells.ids
@@ -153,7 +161,7 @@ def _cell_checks(rep: VerifyReport, where: str, cells: _Cells, rules: CellRules)
     if rules.values is not None and cells.values_len is not None:
         unequal = np.flatnonzero(lengths != cells.values_len)
         _per_cell(rep, f"{rules.tokens}/{rules.values} equal length", unequal, where, ids, n)
-    in_range = not len(tokens) or (tokens.min() >= 0 and tokens.max() < rules.vocab_size)  # 2 passes, no mask
+    in_range = not len(tokens) or _all_below(tokens, rules.vocab_size)
     bad_tok = np.zeros(0, np.int64) if in_range else np.flatnonzero((tokens < 0) | (tokens >= rules.vocab_size))
     if len(bad_tok):
         cell = int(np.searchsorted(offsets, bad_tok[0], side="right") - 1)
