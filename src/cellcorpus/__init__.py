@@ -5,7 +5,7 @@ The stages are importable for use from Python (`cellcorpus.stages.tokenize.run_t
 """
 
 from cellcorpus._version import __version__
-from cellcorpus.api import build_vocab, decode_id, mix, tokenize_anndata
+from cellcorpus.api import build_vocab, decode_id, dedup, mix, tokenize_anndata
 from cellcorpus.config import Config, load_config
 from cellcorpus.pipeline import run_pipeline
 
@@ -18,4 +18,5 @@ __all__ = [
     "decode_id",
     "build_vocab",
     "mix",
+    "dedup",
 ]

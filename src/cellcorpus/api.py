@@ -11,6 +11,7 @@
 - `decode_id(cfg, id)`: an `id` back to (input file, row).
 - `build_vocab(reference, ...)`: the vocabulary `cellcorpus vocab` builds, as a dict (for `tokenize_anndata`).
 - `mix(configs, proportions=..., caps=..., out=...)`: a training mixture of finished corpora, as `cellcorpus mix`.
+- `dedup(cfg, against=[...])`: duplicate cells within a corpus and against others, as `cellcorpus dedup`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 from cellcorpus.config import Config
 from cellcorpus.errors import MissingExtraError
 
-__all__ = ["tokenize_anndata", "decode_id", "build_vocab", "mix"]
+__all__ = ["tokenize_anndata", "decode_id", "build_vocab", "mix", "dedup"]
 
 
 def build_vocab(
@@ -62,6 +63,16 @@ def mix(
     if out is not None:
         write_mix(mixed, out, local_root)
     return mixed
+
+
+def dedup(cfg: Any, against: list[Any] | None = None, *, write: bool = True) -> Any:
+    """Duplicate cells of a finished corpus (its recorded content fingerprints: `huggingface.fingerprints: true`)
+    and its cells also in each corpus of `against` (configs or paths), as `cellcorpus dedup`: a `DedupReport`
+    (`.duplicate_cells`, `.pairs` per pair of inputs with an example, `.against`); also written to the corpus'
+    `report/dedup.json` unless `write=False`."""
+    from cellcorpus.stages.dedup import run_dedup
+
+    return run_dedup(cfg, against, write=write)
 
 
 def decode_id(cfg: Config, cell_id: int) -> tuple[str, int]:

@@ -334,6 +334,40 @@ def run(
         _print_summary(summary)
 
 
+@app.command()
+@_handle_errors
+def dedup(
+    config: ConfigArg,
+    against: Annotated[
+        list[Path] | None,
+        typer.Option("--against", help="Another finished corpus' config: count this corpus' cells it holds too."),
+    ] = None,
+    set_: SetOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Duplicate cells (equal content fingerprints, recorded with `huggingface.fingerprints: true`) within the
+    corpus and against other finished corpora; per pair of inputs, with an example. Writes report/dedup.json."""
+    from cellcorpus.stages.dedup import run_dedup
+
+    rep = run_dedup(_load(config, set_), [_load(c, None) for c in against or []], names=[c.stem for c in against or []])
+    out.print(
+        f"{rep.cells:,} cells: {rep.duplicate_cells:,} duplicate cells in {rep.groups:,} groups of equal cells",
+        highlight=False,
+    )
+    sections = [("within this corpus", rep.pairs)] + [
+        (f"also in {name} ({found['cells_also_there']:,} cells)", found["pairs"]) for name, found in rep.against.items()
+    ]
+    for title, pairs in sections:
+        table = Table(title=title, title_justify="left")
+        for col in ("input", "other input", "cells", "example (input, row)"):
+            table.add_column(col, overflow="fold", justify="right" if col == "cells" else "left")
+        for p in pairs[:20]:
+            (ia, ra), (ib, rb) = p["example"]
+            table.add_row(escape(p["input"]), escape(p["other_input"]), f"{p['cells']:,}",
+                          escape(f"{ia} row {ra} = {ib} row {rb}"))  # fmt: skip
+        out.print(table)
+
+
 def _pairs(option: str, given: list[str] | None, kind: type) -> dict[str, Any]:
     """`NAME=VALUE` options as a dict; a malformed one is a ConfigError naming it."""
     from cellcorpus.errors import ConfigError

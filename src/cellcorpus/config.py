@@ -383,6 +383,9 @@ class HuggingfaceConfig(_Section):
     geneformer: GeneformerSettings | None = None
     # settings of `encoding: scgpt` (defaults when left out)
     scgpt: ScgptSettings | None = None
+    # record a 128-bit content fingerprint of every kept cell (its (Ensembl id, count) pairs) beside the
+    # datasets, for `cellcorpus dedup` (duplicates within this corpus and against other finished corpora)
+    fingerprints: bool = False
 
     @field_validator("ignore_dir", mode="before")
     @classmethod

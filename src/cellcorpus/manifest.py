@@ -222,6 +222,8 @@ class TokenizeManifest(StageManifest):
     non_integer_values: dict[str, int] | None = None
     # per split, the files of the model's own layout written beside the datasets (the encoding's `export`)
     exports: dict[str, list[ExportRecord]] | None = None
+    # `huggingface.fingerprints`: one file of kept cells' content fingerprints per unit (for `cellcorpus dedup`)
+    fingerprints: list[ExportRecord] | None = None
 
 
 class MdsSplitRecord(_Record):

@@ -24,6 +24,7 @@ __all__ = [
     "assign_valid",
     "shuffle_keys",
     "key_ids",
+    "hash_strings",
     "equal_pairs",
     "choose_groups",
     "MAX_KEY_BYTES",
@@ -62,7 +63,7 @@ def shuffle_keys(ids: NDArray[Any], seed: int) -> NDArray[Any]:
     return hash_ids(ids, seed, _SALT_SHUFFLE)
 
 
-def _hash_strings(values: NDArray[Any]) -> NDArray[np.uint64]:
+def hash_strings(values: NDArray[Any]) -> NDArray[np.uint64]:
     """uint64 hash of each string's UTF-8 bytes and length (trailing NUL bytes are not part of a value)."""
     encoded = np.char.encode(np.asarray(values, dtype=str), "utf-8") if len(values) else np.zeros(0, "S1")
     width = max(8, -(-encoded.dtype.itemsize // 8) * 8)
@@ -86,7 +87,7 @@ def key_ids(columns: list[NDArray[Any]]) -> NDArray[np.int64]:
     h = np.full(n, _SALT_KEY, dtype=np.uint64)
     with np.errstate(over="ignore"):
         for i, values in enumerate(columns):
-            h = mix64((h * np.uint64(0x100000001B3)) ^ _hash_strings(values) ^ np.uint64(i + 1))
+            h = mix64((h * np.uint64(0x100000001B3)) ^ hash_strings(values) ^ np.uint64(i + 1))
     return h.view(np.int64)
 
 

@@ -83,6 +83,18 @@ class VocabLookup:
         self._keys = pd.Index(list(vocab.keys()))
         self._values = np.fromiter(vocab.values(), dtype=np.int64, count=len(vocab))
         self._cache: dict[bytes, NDArray[Any]] = {}
+        self._hashes: NDArray[np.uint64] | None = None
+
+    def token_hashes(self) -> NDArray[np.uint64]:
+        """A hash of each token's string, indexed by token id (content fingerprints hash genes by their Ensembl
+        id, not by this vocabulary's numbering); built once per worker."""
+        if self._hashes is None:
+            from cellcorpus.core.fingerprint import gene_hashes
+
+            tokens = np.full(int(self._values.max(initial=-1)) + 1, "", dtype=object)
+            tokens[self._values] = np.asarray(list(self.vocab.keys()), dtype=object)
+            self._hashes = gene_hashes(tokens.astype(str))
+        return self._hashes
 
     def map_genes(self, var_ids: NDArray[Any]) -> NDArray[Any]:
         """int32 vocabulary id per column (-1 = out of vocabulary), matching version-stripped ids.

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from cellcorpus.config import HF_LOCATION_KEYS, Config, HuggingfaceConfig, config_hash
+from cellcorpus.core.fingerprint import cell_fingerprints
 from cellcorpus.core.genemap import merge_duplicate_tokens
 from cellcorpus.core.ids import make_ids
 from cellcorpus.core.shuffle import n_buckets_for, order_by_bucket
@@ -30,6 +31,7 @@ from cellcorpus.encodings import UnitInput, column_specs, encoding_for
 from cellcorpus.errors import ConfigError, InputError
 from cellcorpus.exec.runner import ExecutorSpec, Reporter
 from cellcorpus.formats.arrow import cell_schema, cells_table, compact_part, read_arrow, write_stream
+from cellcorpus.formats.fingerprints import publish_fingerprints, write_unit_fingerprints
 from cellcorpus.formats.shuffle_plan import write_part_bounds
 from cellcorpus.io.atomic import remove_temporaries, write_json_atomic
 from cellcorpus.io.join_index import JoinIndex, build_join_index, is_large_table
@@ -281,6 +283,9 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
         valid = assign_valid(by, hf.split_parameters.test_size, hf.split_parameters.seed)
     if split_key is not None:  # kept cells' keys, for the corpus-wide repeat check (tokenize_keys)
         write_unit_keys(Path(ctx.parts_dir), unit.unit_id, split_key, ids)
+    if hf.fingerprints:  # the kept cells' content, for `cellcorpus dedup` (core/fingerprint.py)
+        fps = cell_fingerprints(cells.offsets, cells.genes, cells.expressions, lookup_.token_hashes())
+        write_unit_fingerprints(ctx.parts_dir, unit.unit_id, fps[rows], ids)
     encoded = encoding.encode(cells, prepared)
     del cells, prepared
     for key, n in encoded.counts.items():
@@ -337,6 +342,8 @@ def _work_settings(hf: HuggingfaceConfig) -> tuple[str, dict[str, Any]]:
     settings = hf.model_dump(mode="json", exclude=set(HF_LOCATION_KEYS) | {"parquet_gene_table"})
     if settings["split_parameters"]["key"] == "id":  # the default: identities of earlier runs stay the same
         del settings["split_parameters"]["key"]
+    if not settings["fingerprints"]:  # off, the default: identities of earlier runs stay the same
+        del settings["fingerprints"]
     if settings["encoding"] == "tahoe_x1" and settings["geneformer"] is None and settings["scgpt"] is None:
         del settings["encoding"], settings["geneformer"], settings["scgpt"]  # likewise
     elif settings["geneformer"] is not None:  # the medians by content, not by where they are
@@ -525,6 +532,9 @@ def run_tokenize(
         }
         if exports:
             body["exports"] = exports
+        if hf.fingerprints:  # beside the datasets: the parts folder goes once the manifest is written
+            written = publish_fingerprints(ctx.parts_dir, [u.unit_id for u in units], out)
+            body["fingerprints"] = [output_record(p, out_dir) for p in written]
         if fractional := non_integer_values(inputs, results):  # normalised data, recorded (not only said)
             body["non_integer_values"] = fractional
         if valid_groups is not None:  # which groups valid holds, and the cells written of each

@@ -484,7 +484,10 @@ def _check_exports(rep: VerifyReport, out: Publisher, manifest: TokenizeManifest
     """Every file of the model's own layout (scBank folders, Geneformer's lengths) is whole: its size and every
     byte's xxh64 as recorded when it was written."""
     check = rep.check("model files beside the datasets match their records")
-    for split, records in (manifest.exports or {}).items():
+    groups = dict(manifest.exports or {})
+    if manifest.fingerprints:  # `cellcorpus dedup` reads them: as whole as the datasets
+        groups["fingerprints"] = manifest.fingerprints
+    for split, records in groups.items():
         for rec in records:
             where = f"{split}: {rec.path}"
             url = out.url(rec.path)

@@ -1,0 +1,74 @@
+"""Recorded cell fingerprints: one file per tokenize unit, `(hi, lo, id)` rows sorted by fingerprint.
+
+Written with `np.save` into a file named `<unit>.fp` (a `.npy` body: numpy reads it back with its header and
+dtype checked, never with pickle), first by the unit in the scratch parts folder, then moved beside the
+datasets (`fingerprints/`) when tokenize finishes, and listed with their checksums in its manifest.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from cellcorpus.io.atomic import atomic_path
+from cellcorpus.io.paths import Publisher
+
+__all__ = [
+    "RECORD_DTYPE",
+    "FOLDER",
+    "write_unit_fingerprints",
+    "read_fingerprints",
+    "unit_file",
+    "publish_fingerprints",
+]
+
+RECORD_DTYPE = np.dtype([("hi", "<u8"), ("lo", "<u8"), ("id", "<i8")])
+FOLDER = "fingerprints"  # beside the datasets, and in the scratch parts folder
+
+
+def unit_file(folder: str | Path, unit_id: str) -> Path:
+    """Where unit `unit_id`'s fingerprints are, in `folder`."""
+    return Path(folder) / FOLDER / f"{unit_id}.fp"
+
+
+def write_unit_fingerprints(folder: str | Path, unit_id: str, fps: NDArray[Any], ids: NDArray[np.int64]) -> Path:
+    """Save a unit's kept cells' fingerprints (FINGERPRINT_DTYPE) and ids, sorted by fingerprint, whole or not
+    at all (a killed unit leaves no file that looks complete)."""
+    records = np.empty(len(ids), RECORD_DTYPE)
+    records["hi"], records["lo"], records["id"] = fps["hi"], fps["lo"], ids
+    records.sort(order=["hi", "lo", "id"])
+    path = unit_file(folder, unit_id)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, records, allow_pickle=False)
+    return path
+
+
+def read_fingerprints(path: str | Path) -> NDArray[Any]:
+    """A unit's records; a file of another shape is a ValueError naming it."""
+    records: NDArray[Any] = np.load(path, allow_pickle=False)
+    if records.dtype != RECORD_DTYPE or records.ndim != 1:
+        raise ValueError(f"{path}: not a fingerprints file (dtype {records.dtype})")
+    return records
+
+
+def publish_fingerprints(parts_dir: str | Path, unit_ids: list[str], out: Publisher) -> list[Path]:
+    """Copy every unit's fingerprints from the scratch parts folder into `fingerprints/` beside the datasets
+    (each whole or not at all; files of an earlier build that no unit wrote now are removed: they are ours by
+    folder and name) and publish them; their local paths, in unit order."""
+    folder = out.local_dir / FOLDER
+    written = []
+    for unit_id in unit_ids:
+        src, dst = unit_file(parts_dir, unit_id), unit_file(out.local_dir, unit_id)
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(src, tmp)
+        written.append(dst)
+        out.publish(dst)
+    kept = {f"{u}.fp" for u in unit_ids}
+    for stale in folder.glob("*.fp"):
+        if stale.name not in kept:
+            stale.unlink()
+    return written

@@ -1,0 +1,126 @@
+"""`cellcorpus dedup` on planted duplicates: the same cells in another file, another storage format (CSC),
+another gene order, with explicit zeros, and in a second corpus, are all found; scaled counts (the same cell
+normalised differently) and distinct cells are not."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from typer.testing import CliRunner
+
+from cellcorpus.cli import app
+from cellcorpus.config import load_config
+from cellcorpus.errors import ConfigError, VerifyError
+from cellcorpus.pipeline import run_pipeline
+from cellcorpus.stages import dedup as dedup_stage
+from cellcorpus.stages.dedup import run_dedup
+from cellcorpus.stages.tokenize import run_tokenize
+from cellcorpus.stages.verify import run_verify
+from tests._utils import config_file, make_h5ad, write_vocab
+
+GENES = [f"ENSG{i:011d}" for i in range(1, 31)]
+
+
+def _atlas(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.integers(1, 50, (n, len(GENES))) * (rng.random((n, len(GENES))) < 0.5)
+    x[:, 0] += 1  # no empty cell (two empty cells are the same cell)
+    return x.astype(np.float32)
+
+
+def _with_explicit_zeros(x: np.ndarray) -> sp.csr_matrix:
+    m = sp.csr_matrix(x)
+    rows, cols = np.nonzero(x == 0)
+    z = sp.csr_matrix((np.zeros(len(rows), np.float32), (rows, cols)), shape=x.shape)
+    out = sp.csr_matrix((np.concatenate([m.data, z.data]), (np.concatenate([m.tocoo().row, rows]),
+                         np.concatenate([m.tocoo().col, cols]))), shape=x.shape)  # fmt: skip
+    out.sum_duplicates()  # keeps explicit zeros (only duplicates are summed)
+    assert out.nnz == x.size
+    return out
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """a.h5ad: 40 cells, its row 39 a copy of row 20. b.h5ad (CSC, genes reversed): a's rows 0-9. c.h5ad (CSR
+    with explicit zeros, genes reversed): a's rows 10-14, a's rows 15-19 doubled, 10 new cells."""
+    root = tmp_path_factory.mktemp("dedup")
+    write_vocab(root / "vocab" / "vocab.json", genes=GENES)
+    a = _atlas(40, 1)
+    a[39] = a[20]
+    rev = GENES[::-1]
+    make_h5ad(root / "raw" / "a.h5ad", a, GENES)
+    make_h5ad(root / "raw" / "b.h5ad", a[:10, ::-1], rev, fmt="csc")
+    c = np.concatenate([a[10:15], 2 * a[15:20], _atlas(10, 2)])[:, ::-1]
+    make_h5ad(root / "raw" / "c.h5ad", _with_explicit_zeros(c), rev)
+    cfg = load_config(config_file(root, **{"huggingface.fingerprints": True}))
+    run_pipeline(cfg)  # tokenize, mds, verify (the fingerprint files too), report
+    return root, cfg, a
+
+
+def test_every_planted_duplicate_is_found_and_nothing_else(corpus):
+    root, cfg, _ = corpus
+    rep = run_dedup(cfg)
+    assert (rep.cells, rep.groups, rep.duplicate_cells) == (40 + 10 + 20, 16, 16)
+    pairs = {(p["input"], p["other_input"]): p["cells"] for p in rep.pairs}
+    assert pairs == {("b.h5ad", "a.h5ad"): 10, ("c.h5ad", "a.h5ad"): 5, ("a.h5ad", "a.h5ad"): 1} or pairs == {
+        ("a.h5ad", "b.h5ad"): 10,
+        ("a.h5ad", "c.h5ad"): 5,
+        ("a.h5ad", "a.h5ad"): 1,
+    }
+    same_file = next(p for p in rep.pairs if p["input"] == p["other_input"])
+    assert same_file["example"] == [["a.h5ad", 20], ["a.h5ad", 39]]  # the first occurrence, then its copy
+    assert json.loads((root / "merged" / "report" / "dedup.json").read_text())["duplicate_cells"] == 16
+
+
+def test_against_another_corpus_reads_its_fingerprints(corpus, tmp_path):
+    root, cfg, a = corpus
+    write_vocab(tmp_path / "vocab" / "vocab.json", genes=GENES)
+    make_h5ad(tmp_path / "raw" / "x.h5ad", np.concatenate([a[:5], _atlas(5, 3)]), GENES, fmt="dense")
+    other = config_file(tmp_path, **{"huggingface.fingerprints": True})
+    run_tokenize(load_config(other))
+    rep = run_dedup(cfg, [other], write=False)
+    found = rep.against["config"]
+    assert found["cells_also_there"] == 10  # a's rows 0-4 and their copies in b
+    assert {(p["input"], p["other_input"]): p["cells"] for p in found["pairs"]} == {
+        ("a.h5ad", "x.h5ad"): 5,
+        ("b.h5ad", "x.h5ad"): 5,
+    }
+    assert next(p for p in found["pairs"] if p["input"] == "a.h5ad")["example"] == [["a.h5ad", 0], ["x.h5ad", 0]]
+
+
+def test_partitioned_on_disk_gives_the_same_report(corpus, monkeypatch):
+    _, cfg, _ = corpus
+    whole = run_dedup(cfg, write=False)
+    monkeypatch.setattr(dedup_stage, "PART_ROWS", 8)  # 70 records -> 16 fingerprint-range partitions
+    assert run_dedup(cfg, write=False).as_dict() == whole.as_dict()
+
+
+def test_cli_and_verify_of_the_recorded_fingerprints(corpus):
+    root, cfg, _ = corpus
+    res = CliRunner().invoke(app, ["dedup", str(root / "config.yaml")])
+    assert res.exit_code == 0, res.output
+    assert "16 duplicate cells" in res.output
+    run_verify(cfg)  # the fingerprint files are checked as written
+    fp = next((root / "merged" / "fingerprints").glob("*.fp"))
+    data = bytearray(fp.read_bytes())
+    data[-1] ^= 1
+    fp.write_bytes(bytes(data))
+    try:
+        with pytest.raises(VerifyError, match=r"fingerprints: fingerprints/.*\.fp: .* bytes, xxh64"):
+            run_verify(cfg)
+    finally:
+        data[-1] ^= 1
+        fp.write_bytes(bytes(data))
+
+
+def test_a_corpus_without_fingerprints_says_how_to_record_them(tmp_path):
+    write_vocab(tmp_path / "vocab" / "vocab.json", genes=GENES)
+    make_h5ad(tmp_path / "raw" / "a.h5ad", _atlas(30, 4), GENES)
+    cfg = load_config(config_file(tmp_path))
+    run_tokenize(cfg)
+    with pytest.raises(ConfigError, match="fingerprints were not recorded") as e:
+        run_dedup(cfg)
+    assert "huggingface.fingerprints: true" in e.value.hint
