@@ -444,7 +444,7 @@ def demo(
     debug: DebugOpt = False,
 ) -> None:
     """Generate a small synthetic 3-source atlas and run the whole pipeline on it."""
-    from cellcorpus.pipeline import demo_mix, run_demo
+    from cellcorpus.pipeline import demo_dedup, demo_mix, run_demo
 
     for name, summaries in run_demo(directory, num_proc=num_proc, reporter=RichReporter()):
         out.rule(f"[bold]dataset: {escape(name)}")
@@ -455,6 +455,15 @@ def demo(
     out.rule("[bold]training mixture (cellcorpus mix)")
     _print_mix(mixed)
     out.print(f"streams for a training config: {escape(str(streams))}", highlight=False, soft_wrap=True)
+    found = demo_dedup(root)
+    also = found.against["tahoe_100m_geneformer"]["cells_also_there"]
+    out.rule("[bold]duplicate cells (cellcorpus dedup)")
+    out.print(
+        f"tahoe_100m: {found.cells:,} cells, {found.duplicate_cells:,} duplicates within; {also:,} of them are also "
+        "in the Geneformer corpus of the same plates (found by content: another encoding and vocabulary)",
+        highlight=False,
+        soft_wrap=True,
+    )
     out.print(f"[bold green]demo complete[/]: everything is under {escape(str(root))}")
     report = root / "tahoe_merged_w_metadata" / "report" / "report.html"
     out.print("\n[bold]Try next[/] (the last two need `pip install datasets` / `pip install mosaicml-streaming`;"

@@ -13,6 +13,7 @@ from cellcorpus.plan import Plan, plan_for
 from cellcorpus.stages.base import StageSummary, stage_locks
 
 if TYPE_CHECKING:
+    from cellcorpus.stages.dedup import DedupReport
     from cellcorpus.stages.mix import Mix
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "shipped_configs",
     "DEMO_CONFIGS",
     "demo_mix",
+    "demo_dedup",
 ]
 
 DEMO_CONFIGS = (
@@ -139,7 +141,7 @@ def run_demo(
     directory = Path(directory).resolve()
     make_demo_atlas(directory)
     for name in DEMO_CONFIGS:
-        cfg = load_config(packaged_config(name), [f"output_root={directory}"])
+        cfg = _demo_config(name, directory)
         if cfg.drugs is not None and importlib.util.find_spec("rdkit") is None:
             # the demo runs on a plain install: fingerprints need the optional RDKit, so say so and go on
             cfg = cfg.model_copy(update={"drugs": None})
@@ -149,6 +151,22 @@ def run_demo(
 
 
 DEMO_MIX = DEMO_CONFIGS[:3]  # the three Tahoe-x1 corpora: one vocabulary, one encoding
+# the same plates built twice (Tahoe-x1, Geneformer), for `dedup` (their configs record fingerprints)
+DEMO_DEDUP = ("tahoe_x1_v2/tahoe_100m.yaml", "geneformer/tahoe_100m_geneformer.yaml")
+
+
+def _demo_config(name: str, directory: Path) -> Config:
+    return load_config(packaged_config(name), [f"output_root={directory}"])
+
+
+def demo_dedup(directory: str | Path) -> DedupReport:
+    """The demo's Tahoe-x1 corpus against its Geneformer corpus of the same plates (`cellcorpus dedup`): the
+    cells both hold, found by content across two encodings and two vocabularies."""
+    from cellcorpus.stages.dedup import run_dedup
+
+    directory = Path(directory).resolve()
+    ours, other = (_demo_config(n, directory) for n in DEMO_DEDUP)
+    return run_dedup(ours, [other], names=[Path(DEMO_DEDUP[1]).stem])
 
 
 def demo_mix(directory: str | Path) -> tuple[Mix, Path]:

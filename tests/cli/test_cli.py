@@ -51,6 +51,12 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch):
     streams = yaml.safe_load((out / "mix" / "streams.yaml").read_text())["train_loader"]["dataset"]["streams"]
     assert list(streams) == ["tahoe_100m", "scbasecamp", "cellxgene_2025_01_21"]
     assert len({s["choose"] for s in streams.values()}) == 1 and "training mixture" in result.output
+    # the Tahoe-x1 corpus against the Geneformer corpus of the same plates: every cell found by its content
+    dedup = json.loads((out / "tahoe_merged_w_metadata" / "report" / "dedup.json").read_text())
+    also = dedup["against"]["tahoe_100m_geneformer"]["cells_also_there"]
+    assert dedup["duplicate_cells"] == 0 and also == dedup["cells"] == len(tahoe) + len(
+        datasets.load_from_disk(str(out / "tahoe_merged_w_metadata" / "valid.dataset"))
+    )
     # the demo names each dataset before its stages run, and ends with what to try next
     first_rule = result.output.index("dataset: tahoe_x1_v2/tahoe_100m.yaml")
     assert first_rule < result.output.index("tokenize") and "Try next" in result.output

@@ -6,7 +6,7 @@ once; beyond that they are first spread over fingerprint-range partition files o
 buckets), one partition in memory at a time. Within the corpus, the first of a group of equal cells is the one
 with the smallest id (input file, then row): the others are its duplicates. Against another corpus, every
 cell of this one whose fingerprint the other also holds is counted, with the other's first such cell.
-Counts are per pair of inputs, each with an example (input, row) of both cells.
+Counts are per pair of inputs, each with an example (input, row) of both cells: the pair's first cell by id.
 """
 
 from __future__ import annotations
@@ -89,11 +89,14 @@ class _Pairs:
         if not len(ids_a):
             return
         fa, fb = decode_ids(ids_a)[0], decode_ids(ids_b)[0]
-        pairs = np.stack([fa, fb], axis=1)
+        order = np.lexsort((ids_a, fb, fa))  # within a pair of inputs, the example is its smallest id
+        pairs = np.stack([fa[order], fb[order]], axis=1)
         uniq, first, counts = np.unique(pairs, axis=0, return_index=True, return_counts=True)
-        for (a, b), k, n in zip(uniq.tolist(), first.tolist(), counts.tolist(), strict=True):
+        for (a, b), k, n in zip(uniq.tolist(), order[first].tolist(), counts.tolist(), strict=True):
             entry = self.by.setdefault((a, b), [0, int(ids_a[k]), int(ids_b[k])])
             entry[0] += n
+            if int(ids_a[k]) < entry[1]:  # an earlier partition's example was a later cell
+                entry[1], entry[2] = int(ids_a[k]), int(ids_b[k])
 
     def rows(self, inputs_a: dict[int, str], inputs_b: dict[int, str]) -> list[dict[str, Any]]:
         out = []
