@@ -57,7 +57,7 @@ def write_tables(out: Path) -> dict[str, Path]:
     return paths
 
 
-def write_config(out: Path, num_proc: int, tables: dict[str, Path]) -> Path:
+def write_config(out: Path, num_proc: int, tables: dict[str, Path], fingerprints: bool = False) -> Path:
     """The reference Tahoe config's settings over the synthetic plates (cell line joined on `sample`)."""
     import yaml
 
@@ -77,6 +77,7 @@ def write_config(out: Path, num_proc: int, tables: dict[str, Path]) -> Path:
             "vocab_output_root": str(out / "vocab"),
             "vocab_path": "vocab.json",
             "split_parameters": {"test_size": 0.01, "seed": 42, "shuffle": True},
+            "fingerprints": fingerprints,
             "obs_filter": {"key": "pass_filter", "value": "full"},
             "obs_metadata_columns": ["drug", "sample"],
             "additional_metadata_info": [
@@ -202,12 +203,13 @@ def main() -> None:
     ap.add_argument("--num-proc", type=int, default=2)
     ap.add_argument("--keep", action="store_true", help="keep inputs and outputs")
     ap.add_argument("--repeat", type=int, default=1, help="measure each job this many times, keep the fastest")
+    ap.add_argument("--fingerprints", action="store_true", help="record cell fingerprints (the shipped configs do)")
     args = ap.parse_args()
     if args.job:
         job(*args.job)
         return
     out, raw = prepared_input(args)
-    cfg = write_config(out, args.num_proc, write_tables(out))
+    cfg = write_config(out, args.num_proc, write_tables(out), args.fingerprints)
 
     # The machine is shared: with --repeat each job runs that many times (floor and run alternating), the
     # fastest of each is reported.
