@@ -124,3 +124,9 @@ def test_a_corpus_without_fingerprints_says_how_to_record_them(tmp_path):
     with pytest.raises(ConfigError, match="fingerprints were not recorded") as e:
         run_dedup(cfg)
     assert "huggingface.fingerprints: true" in e.value.hint
+
+
+def test_against_itself_is_refused(corpus):
+    root, cfg, _ = corpus
+    with pytest.raises(ConfigError, match="that is this corpus itself"):
+        run_dedup(cfg, [str(root / "config.yaml")], write=False)

@@ -149,3 +149,12 @@ def test_an_object_store_corpus_is_fetched_into_the_local_root():
         "valid_loader": {"dataset": {"streams": {"census": {
             "remote": "s3://bucket/census_MDS/valid", "local": "cache/census/valid"}}}},
     }  # fmt: skip
+
+
+def test_the_same_corpus_twice_is_refused(corpora, tmp_path):
+    import shutil
+
+    twin = tmp_path / "twin.yaml"
+    shutil.copy(corpora["small"], twin)  # another name, the same corpus
+    with pytest.raises(ConfigError, match="small and twin are the same corpus"):
+        mix([corpora["small"], str(twin)])

@@ -193,6 +193,9 @@ def run_dedup(
         for k, c in enumerate(against or [])
     ]
     corpora = [_corpus(main_cfg, _name(cfg, -1))] + [_corpus(c, name) for c, name in others]
+    for other in corpora[1:]:
+        if set(other.files) & set(corpora[0].files):  # every cell would be "also there"
+            raise ConfigError(f"dedup --against {other.name}: that is this corpus itself")
     report = DedupReport()
     within, across = _Pairs(), [_Pairs() for _ in others]
     files, total = _records(corpora)

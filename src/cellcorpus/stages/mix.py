@@ -166,10 +166,15 @@ def mix_corpora(
         name = names[k] if names else (Path(c).stem if not isinstance(c, Config) else f"source{k + 1}")
         sources.append(_source(c if isinstance(c, Config) else load_config(c), name, where))
     seen: dict[str, str] = {}
+    roots: dict[str, str] = {}
     for s in sources:
         if s.name in seen:
             raise ConfigError(f"mix: two sources are named '{s.name}' ({seen[s.name]}, {s.config})", hint="rename one")
         seen[s.name] = s.config
+        root = s.out_root.rstrip("/") if is_url(s.out_root) else str(Path(s.out_root).resolve())
+        if root in roots:  # one corpus twice: its cells would be drawn twice as often as asked
+            raise ConfigError(f"mix: {roots[root]} and {s.name} are the same corpus ({s.out_root})")
+        roots[root] = s.name
     first = sources[0]
     for s in sources[1:]:
         if s.tokens != first.tokens:
