@@ -366,6 +366,9 @@ def dedup(
             table.add_row(escape(p["input"]), escape(p["other_input"]), f"{p['cells']:,}",
                           escape(f"{ia} row {ra} = {ib} row {rb}"))  # fmt: skip
         out.print(table)
+    for what, rel in rep.id_lists.items():
+        out.print(f"ids of the {escape(what)}: {escape(rel)} (under the corpus' merged_dataset_root; list it in "
+                  "huggingface.drop_ids and rebuild to leave them out)", highlight=False, soft_wrap=True)  # fmt: skip
 
 
 def _pairs(option: str, given: list[str] | None, kind: type) -> dict[str, Any]:

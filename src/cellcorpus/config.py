@@ -386,6 +386,10 @@ class HuggingfaceConfig(_Section):
     # record a 128-bit content fingerprint of every kept cell (its (Ensembl id, count) pairs) beside the
     # datasets, for `cellcorpus dedup` (duplicates within this corpus and against other finished corpora)
     fingerprints: bool = False
+    # cell id lists to leave out of the corpus (`cellcorpus dedup`'s report/duplicate_ids.npz, or an also_in_*.npz
+    # list of cells another corpus holds); each is checked against these inputs before use, and its cells are
+    # counted as `filtered_listed_ids`
+    drop_ids: list[str] = Field(default_factory=list)
 
     @field_validator("ignore_dir", mode="before")
     @classmethod

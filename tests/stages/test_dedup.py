@@ -130,3 +130,40 @@ def test_against_itself_is_refused(corpus):
     root, cfg, _ = corpus
     with pytest.raises(ConfigError, match="that is this corpus itself"):
         run_dedup(cfg, [str(root / "config.yaml")], write=False)
+
+
+def test_the_duplicates_list_drops_all_but_each_groups_first_cell(corpus, tmp_path):
+    """dedup writes report/duplicate_ids.npz; a corpus built with it in huggingface.drop_ids keeps the first cell
+    of every group and none of its copies, counted as filtered_listed_ids, and holds no duplicates."""
+    import shutil
+
+    from tests._utils import arrow_rows
+
+    root, cfg, _ = corpus
+    rep = run_dedup(cfg)
+    listed = root / "merged" / rep.id_lists["duplicates"]
+    for name in ("raw", "vocab"):
+        shutil.copytree(root / name, tmp_path / name)
+    drop = {"huggingface.fingerprints": True, "huggingface.drop_ids": [str(listed)]}
+    again = load_config(config_file(tmp_path, **drop))
+    run_tokenize(again)
+    manifest = json.loads((tmp_path / "merged" / "manifest.json").read_text())
+    assert manifest["totals"]["filtered_listed_ids"] == 16
+    assert manifest["totals"]["written_train"] + manifest["totals"]["written_valid"] == 70 - 16
+    kept = {r["id"] for split in ("train", "valid") for r in arrow_rows(tmp_path / "merged" / f"{split}.dataset")}
+    assert {i & 0xFFFFFFFF for i in kept if i >> 32 == 0} == set(range(39))  # a.h5ad: all but its copy (row 39)
+    assert not {i >> 32 for i in kept} & {1}  # b.h5ad held only copies of a's cells
+    assert run_dedup(again, write=False).duplicate_cells == 0
+
+
+def test_a_drop_list_made_from_other_inputs_is_refused(corpus, tmp_path):
+    import shutil
+
+    root, cfg, _ = corpus
+    listed = root / "merged" / run_dedup(cfg).id_lists["duplicates"]
+    shutil.copytree(root / "vocab", tmp_path / "vocab")
+    shutil.copytree(root / "raw", tmp_path / "raw")
+    (tmp_path / "raw" / "b.h5ad").rename(tmp_path / "raw" / "b2.h5ad")  # same bytes, another name
+    bad = load_config(config_file(tmp_path, **{"huggingface.drop_ids": [str(listed)]}))
+    with pytest.raises(ConfigError, match=r"was made from other inputs: input 1 was b\.h5ad, now b2\.h5ad"):
+        run_tokenize(bad)

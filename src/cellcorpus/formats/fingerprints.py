@@ -24,6 +24,8 @@ __all__ = [
     "read_fingerprints",
     "unit_file",
     "publish_fingerprints",
+    "write_id_list",
+    "read_id_list",
 ]
 
 RECORD_DTYPE = np.dtype([("hi", "<u8"), ("lo", "<u8"), ("id", "<i8")])
@@ -72,3 +74,33 @@ def publish_fingerprints(parts_dir: str | Path, unit_ids: list[str], out: Publis
         if stale.name not in kept:
             stale.unlink()
     return written
+
+
+def write_id_list(path: str | Path, ids: NDArray[np.int64], inputs: list[tuple[int, str, str]]) -> Path:
+    """A list of cell ids to leave out (`huggingface.drop_ids`), sorted, with the identity of every input file
+    they refer to, (file index, path, checksum): an id is (input file, row), so the list is only valid for the
+    inputs it was made from (tokenize checks them before using it)."""
+    ids = np.unique(np.asarray(ids, dtype=np.int64))
+    files = np.unique(ids >> np.int64(32))
+    known = {i: (p, c) for i, p, c in inputs}
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(
+            f,
+            ids=ids,
+            file_index=files,
+            path=np.array([known[int(i)][0] for i in files], dtype=str),
+            checksum=np.array([known[int(i)][1] for i in files], dtype=str),
+        )
+    return Path(path)
+
+
+def read_id_list(path: str | Path) -> tuple[NDArray[np.int64], list[tuple[int, str, str]]]:
+    """(sorted ids, [(file index, path, checksum)]) of an id list; a file of another shape is a ValueError."""
+    with np.load(path, allow_pickle=False) as z:
+        try:
+            ids, files, paths, sums = (z[k] for k in ("ids", "file_index", "path", "checksum"))
+        except KeyError as exc:
+            raise ValueError(f"{path}: not a cell id list (no {exc})") from None
+    if ids.dtype != np.int64 or ids.ndim != 1 or np.any(ids[1:] <= ids[:-1]):
+        raise ValueError(f"{path}: not a cell id list (ids must be sorted, unique int64)")
+    return ids, list(zip(files.tolist(), paths.tolist(), sums.tolist(), strict=True))

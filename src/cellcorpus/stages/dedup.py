@@ -22,16 +22,17 @@ from numpy.typing import NDArray
 from cellcorpus.config import Config, load_config
 from cellcorpus.core.ids import decode_ids
 from cellcorpus.errors import ConfigError
-from cellcorpus.formats.fingerprints import read_fingerprints
+from cellcorpus.formats.fingerprints import read_fingerprints, write_id_list
 from cellcorpus.io.atomic import write_json_atomic
 from cellcorpus.io.paths import local_copy
 from cellcorpus.layout import REPORT_DIR, Layout
 from cellcorpus.manifest import TokenizeManifest, read_manifest
 
-__all__ = ["DedupReport", "run_dedup", "PART_ROWS", "DEDUP_RECORD"]
+__all__ = ["DedupReport", "run_dedup", "PART_ROWS", "DEDUP_RECORD", "DUPLICATE_IDS"]
 
 PART_ROWS = 1 << 22  # records compared in memory at once (~130 MB with their sort)
 DEDUP_RECORD = "dedup.json"  # in the corpus' report folder
+DUPLICATE_IDS = "duplicate_ids.npz"  # beside it: the duplicates' ids (all but each group's first cell)
 _ROWS = np.dtype([("hi", "<u8"), ("lo", "<u8"), ("tag", "<i8"), ("id", "<i8")])  # tag 0: this corpus
 
 
@@ -40,6 +41,7 @@ class _Corpus:
     name: str
     files: list[str]  # fingerprint files (paths or URLs)
     inputs: dict[int, str]  # file index -> input path (relative, as its manifest records it)
+    identity: list[tuple[int, str, str]]  # (file index, path, checksum) of every input
 
 
 @dataclass
@@ -51,6 +53,8 @@ class DedupReport:
     duplicate_cells: int = 0  # cells beyond the first of each group
     pairs: list[dict[str, Any]] = field(default_factory=list)
     against: dict[str, dict[str, Any]] = field(default_factory=dict)  # other corpus -> cells also there, pairs
+    # what each written id list holds -> its path under the merged root (for `huggingface.drop_ids`)
+    id_lists: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """The report as written to dedup.json."""
@@ -60,6 +64,7 @@ class DedupReport:
             "duplicate_cells": self.duplicate_cells,
             "pairs": self.pairs,
             "against": self.against,
+            "id_lists": self.id_lists,
         }
 
 
@@ -74,9 +79,9 @@ def _corpus(cfg: Config, name: str) -> _Corpus:
             f"{name}: its cells' fingerprints were not recorded ({hf.merged_dataset_root})",
             hint="set huggingface.fingerprints: true and run `cellcorpus tokenize` again",
         )
-    return _Corpus(
-        name, [out.url(r.path) for r in manifest.fingerprints], {i.file_index: i.path for i in manifest.inputs}
-    )
+    identity = [(i.file_index, i.path, i.checksum) for i in manifest.inputs]
+    files = [out.url(r.path) for r in manifest.fingerprints]
+    return _Corpus(name, files, {i.file_index: i.path for i in manifest.inputs}, identity)
 
 
 class _Pairs:
@@ -148,8 +153,12 @@ def _partitions(files: list[tuple[int, str]], total: int, tmp: Path) -> list[NDA
     return paths
 
 
-def _scan(rows: NDArray[Any], n_other: int, report: DedupReport, within: _Pairs, across: list[_Pairs]) -> None:
-    """Fold one partition's records (any order) into the report."""
+def _scan(
+    rows: NDArray[Any], n_other: int, report: DedupReport, within: _Pairs, across: list[_Pairs],
+    dropped: list[list[NDArray[np.int64]]] | None = None,
+) -> None:  # fmt: skip
+    """Fold one partition's records (any order) into the report; `dropped[0]` gathers the ids of duplicates
+    within the corpus, `dropped[k]` those of its cells also in the k-th other corpus."""
     rows.sort(order=["hi", "lo", "tag", "id"])
     ours = rows[rows["tag"] == 0]
     report.cells += len(ours)
@@ -162,6 +171,8 @@ def _scan(rows: NDArray[Any], n_other: int, report: DedupReport, within: _Pairs,
         sizes = np.diff(np.append(np.flatnonzero(new), len(ours)))
         report.groups += int(np.count_nonzero(sizes > 1))
         within.add(ours["id"][first[dup]], ours["id"][dup])
+        if dropped is not None:
+            dropped[0].append(ours["id"][dup])
     for k in range(1, n_other + 1):
         both = rows[(rows["tag"] == 0) | (rows["tag"] == k)]  # still sorted: a group's own cells come first
         if not len(both):
@@ -175,6 +186,8 @@ def _scan(rows: NDArray[Any], n_other: int, report: DedupReport, within: _Pairs,
         mine = np.flatnonzero((both["tag"] == 0) & (n_theirs[group] > 0))
         partner = (starts + n_ours)[group[mine]]  # the other corpus' first cell of the group
         across[k - 1].add(both["id"][mine], both["id"][partner])
+        if dropped is not None:
+            dropped[k].append(both["id"][mine])
 
 
 def run_dedup(
@@ -198,21 +211,32 @@ def run_dedup(
             raise ConfigError(f"dedup --against {other.name}: that is this corpus itself")
     report = DedupReport()
     within, across = _Pairs(), [_Pairs() for _ in others]
+    dropped: list[list[NDArray[np.int64]]] = [[] for _ in corpora]
     files, total = _records(corpora)
     root = Layout.of(main_cfg).merged_root()
     with tempfile.TemporaryDirectory(prefix="cellcorpus-dedup-") as tmp:
         for part in _partitions(files, total, Path(tmp)):
             rows = part if isinstance(part, np.ndarray) else np.fromfile(part, dtype=_ROWS)
-            _scan(rows, len(others), report, within, across)
+            _scan(rows, len(others), report, within, across, dropped)
     report.pairs = within.rows(corpora[0].inputs, corpora[0].inputs)
     for (_, name), pairs, corpus in zip(others, across, corpora[1:], strict=True):
         found = pairs.rows(corpora[0].inputs, corpus.inputs)
         report.against[name] = {"cells_also_there": sum(p["cells"] for p in found), "pairs": found}
     if write:
-        path = root.local_dir / REPORT_DIR / DEDUP_RECORD
-        write_json_atomic(path, report.as_dict())
-        root.publish(path)
+        folder = root.local_dir / REPORT_DIR
+        lists = [(DUPLICATE_IDS, "duplicates")] + [(_also_in(name), f"also in {name}") for _, name in others]
+        for (name, what), ids in zip(lists, dropped, strict=True):
+            listed = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+            write_id_list(folder / name, listed, corpora[0].identity)
+            report.id_lists[what] = f"{REPORT_DIR}/{name}"
+            root.publish(folder / name)
+        write_json_atomic(folder / DEDUP_RECORD, report.as_dict())
+        root.publish(folder / DEDUP_RECORD)
     return report
+
+
+def _also_in(name: str) -> str:
+    return "also_in_" + "".join(c if c.isalnum() or c in "-_" else "_" for c in name) + ".npz"
 
 
 def _name(c: Config | str | Path, k: int) -> str:

@@ -414,7 +414,8 @@ def _funnel(manifest: TokenizeManifest, mds: MdsManifest | None) -> list[tuple[s
     t = manifest.totals
     steps = [("cells read", t.get("cells_read", 0), "in")]
     # in the order tokenize applies them (the manifest's totals are stored sorted by name)
-    order = ["filtered_obs_filter", "filtered_min_genes", "filtered_min_counts", "filtered_min_vocab_genes"]
+    order = ["filtered_obs_filter", "filtered_min_genes", "filtered_min_counts", "filtered_min_vocab_genes",
+             "filtered_listed_ids"]  # fmt: skip
     drops = [k for k in order if k in t] + sorted(k for k in t if k.startswith("filtered_") and k not in order)
     steps += [(f"dropped: {_label(k)}", t[k], "drop") for k in drops]
     steps += [("Arrow train", t.get("written_train", 0), "out"), ("Arrow valid", t.get("written_valid", 0), "out")]

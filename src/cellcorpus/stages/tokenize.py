@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from numpy.typing import NDArray
 
 from cellcorpus.config import HF_LOCATION_KEYS, Config, HuggingfaceConfig, config_hash
 from cellcorpus.core.fingerprint import cell_fingerprints
@@ -31,7 +33,7 @@ from cellcorpus.encodings import UnitInput, column_specs, encoding_for
 from cellcorpus.errors import ConfigError, InputError
 from cellcorpus.exec.runner import ExecutorSpec, Reporter
 from cellcorpus.formats.arrow import cell_schema, cells_table, compact_part, read_arrow, write_stream
-from cellcorpus.formats.fingerprints import publish_fingerprints, write_unit_fingerprints
+from cellcorpus.formats.fingerprints import publish_fingerprints, read_id_list, write_unit_fingerprints
 from cellcorpus.formats.shuffle_plan import write_part_bounds
 from cellcorpus.io.atomic import remove_temporaries, write_json_atomic
 from cellcorpus.io.join_index import JoinIndex, build_join_index, is_large_table
@@ -53,6 +55,7 @@ __all__ = ["TokenizeContext", "plan_tokenize", "tokenize_unit", "run_tokenize", 
 
 log = logging.getLogger(__name__)
 
+DROP_KEY = "filtered_listed_ids"  # counted only when `huggingface.drop_ids` lists cells to leave out
 COUNT_KEYS = (
     "cells_read",
     "filtered_obs_filter",
@@ -197,6 +200,34 @@ def _check_duplicate_genes(gene_map: np.ndarray, var_ids: np.ndarray, path: str)
         raise InputError(f"{path}: duplicated gene ids map to the same token: {', '.join(names)}")
 
 
+def dropped_ids(paths: tuple[str, ...]) -> NDArray[np.int64]:
+    """The sorted union of the id lists (read once per worker process, again when a list changes)."""
+    return _dropped_ids(tuple((p, os.stat(p).st_mtime_ns) for p in paths))
+
+
+@functools.lru_cache(maxsize=4)
+def _dropped_ids(stamped: tuple[tuple[str, int], ...]) -> NDArray[np.int64]:
+    return np.unique(np.concatenate([read_id_list(p)[0] for p, _ in stamped] or [np.zeros(0, np.int64)]))
+
+
+def check_id_lists(paths: list[str], inputs: list[InputFile]) -> None:
+    """Every `drop_ids` list was made from these inputs: each input file it names is the same file (path and
+    checksum) at the same position; otherwise a ConfigError naming the list and the file."""
+    current = {f.file_index: (f.rel_path, f.checksum) for f in inputs}
+    for path in paths:
+        try:
+            _, files = read_id_list(path)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"huggingface.drop_ids: {path}: {exc}") from None
+        for index, rel, checksum in files:
+            if current.get(index) != (rel, checksum):
+                now = current.get(index, ("no such input", ""))[0]
+                raise ConfigError(
+                    f"huggingface.drop_ids: {path} was made from other inputs: input {index} was {rel}, now {now}",
+                    hint="run `cellcorpus dedup` again on a corpus of these inputs, or leave the list out",
+                )
+
+
 def _apply_filters(
     block: RawBlock, hf: HuggingfaceConfig, counts: dict[str, int], columns: _Columns, own: np.ndarray | None
 ) -> np.ndarray:
@@ -241,6 +272,11 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
     prepared = encoding.prepare(UnitInput(block.indptr, block.indices, block.data, block.obs, unit.path))
     counts.update(prepared.counts)
     keep = _apply_filters(block, hf, counts, columns, prepared.keep)
+    if hf.drop_ids:  # cells listed to leave out (duplicates found by `cellcorpus dedup`), after the other filters
+        listed = np.isin(make_ids(unit.file_index, unit.row_start + np.arange(unit.n_cells, dtype=np.int64)),
+                         dropped_ids(tuple(hf.drop_ids)), assume_unique=True)  # fmt: skip
+        counts[DROP_KEY] = int(np.count_nonzero(keep & listed))
+        keep &= ~listed
     rows = np.flatnonzero(keep)
     meta = _metadata(columns, ctx)
     key_values = _key_columns(columns, hf, unit)
@@ -344,6 +380,10 @@ def _work_settings(hf: HuggingfaceConfig) -> tuple[str, dict[str, Any]]:
         del settings["split_parameters"]["key"]
     if not settings["fingerprints"]:  # off, the default: identities of earlier runs stay the same
         del settings["fingerprints"]
+    if settings["drop_ids"]:  # the lists by content, not by where they are
+        settings["drop_ids"] = [file_checksum(p) for p in settings["drop_ids"]]
+    else:
+        del settings["drop_ids"]
     if settings["encoding"] == "tahoe_x1" and settings["geneformer"] is None and settings["scgpt"] is None:
         del settings["encoding"], settings["geneformer"], settings["scgpt"]  # likewise
     elif settings["geneformer"] is not None:  # the medians by content, not by where they are
@@ -457,6 +497,7 @@ def run_tokenize(
         for name in ("data-*-of-*.arrow", "state.json", "dataset_info.json"):
             remove_temporaries(out_dir / f"{split}.dataset", name)
     inputs, inspection = discover_and_inspect(hf, vocab, layout.decompressed)
+    check_id_lists(hf.drop_ids, inputs)  # ids are (input, row): a list made from other inputs would drop others
     notes += inspection.notes
     valid_groups = _held_out_groups(hf, inspection.groups, notes) if hf.split_parameters.by else None
     work_hash, work_settings = _work_settings(hf)
@@ -502,7 +543,8 @@ def run_tokenize(
         return plan_tokenize(hf, inputs)
 
     def finalize(units: Sequence[WorkUnit], results: list[UnitResult]) -> tuple[dict[str, Any], StageSummary]:
-        totals = {k: sum(r.counts.get(k, 0) for r in results) for k in (*COUNT_KEYS, *encoding.count_keys)}
+        keys = (*COUNT_KEYS, *encoding.count_keys, *((DROP_KEY,) if hf.drop_ids else ()))
+        totals = {k: sum(r.counts.get(k, 0) for r in results) for k in keys}
         _check_split_sizes(hf, totals)
         if hf.split_parameters.key != "id":  # before any dataset file is written
             check_unique_keys(layout.parts, [u.unit_id for u in units], hf, inputs)
