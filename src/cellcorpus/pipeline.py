@@ -79,6 +79,17 @@ def _verify(plan: Plan, reporter: Reporter | None) -> StageSummary:
     return summary(run_verify(plan, plan.executor, reporter))
 
 
+def _dedup(plan: Plan, reporter: Reporter | None) -> StageSummary | None:
+    """Duplicates within the corpus, when its cells' fingerprints are recorded (else not a stage of this run)."""
+    from cellcorpus.stages.dedup import run_dedup
+
+    if not plan.cfg.need("huggingface").fingerprints:
+        return None
+    found = run_dedup(plan.cfg)
+    counts = {"cells": found.cells, "duplicate cells": found.duplicate_cells, "groups of equal cells": found.groups}
+    return StageSummary("dedup", counts=counts, outputs=dict(found.id_lists))
+
+
 def _report(plan: Plan, reporter: Reporter | None) -> StageSummary:
     from cellcorpus.stages.report import run_report
 
@@ -86,13 +97,14 @@ def _report(plan: Plan, reporter: Reporter | None) -> StageSummary:
 
 
 # (name, config section that enables it, runner): the order `run` follows. Adding a stage = one row.
-STAGES: tuple[tuple[str, str, Callable[[Plan, Reporter | None], StageSummary]], ...] = (
+STAGES: tuple[tuple[str, str, Callable[[Plan, Reporter | None], StageSummary | None]], ...] = (
     ("vocab", "vocab", _vocab),
     ("drugs", "drugs", _drugs),
     ("stats", "stats", _stats),  # before tokenize: Geneformer's medians may be its output
     ("tokenize", "huggingface", _tokenize),
     ("mds", "mds", _mds),
     ("verify", "huggingface", _verify),
+    ("dedup", "huggingface", _dedup),  # None (not run) without huggingface.fingerprints
     ("report", "huggingface", _report),
 )
 
@@ -127,8 +139,8 @@ def iter_pipeline(
         if cfg.huggingface is not None:
             warm_up(plan.executor, ("cellcorpus.stages.tokenize",))  # workers start while vocab and inputs are checked
         for _, section, runner in STAGES:
-            if getattr(cfg, section) is not None:
-                yield runner(plan, reporter)
+            if getattr(cfg, section) is not None and (summary := runner(plan, reporter)) is not None:
+                yield summary
 
 
 def run_demo(

@@ -167,3 +167,13 @@ def test_a_drop_list_made_from_other_inputs_is_refused(corpus, tmp_path):
     bad = load_config(config_file(tmp_path, **{"huggingface.drop_ids": [str(listed)]}))
     with pytest.raises(ConfigError, match=r"was made from other inputs: input 1 was b\.h5ad, now b2\.h5ad"):
         run_tokenize(bad)
+
+
+def test_run_finds_the_duplicates_and_the_report_shows_them(corpus):
+    """With fingerprints on, `run` runs dedup after verify; the report page has the duplicates' section, and
+    only for the build the dedup record belongs to."""
+    root, cfg, _ = corpus
+    page = (root / "merged" / "report" / "report.html").read_text()
+    assert "<h2>Duplicate cells</h2><p>16 of 70 cells repeat another cell of this corpus (16 groups" in page
+    stats = json.loads((root / "merged" / "report" / "stats.json").read_text())
+    assert stats["duplicates"]["duplicate_cells"] == 16 and stats["duplicates"]["pairs"][0]["cells"] == 10

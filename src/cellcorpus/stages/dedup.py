@@ -25,13 +25,12 @@ from cellcorpus.errors import ConfigError
 from cellcorpus.formats.fingerprints import read_fingerprints, write_id_list
 from cellcorpus.io.atomic import write_json_atomic
 from cellcorpus.io.paths import local_copy
-from cellcorpus.layout import REPORT_DIR, Layout
+from cellcorpus.layout import DEDUP_RECORD, REPORT_DIR, Layout
 from cellcorpus.manifest import TokenizeManifest, read_manifest
 
 __all__ = ["DedupReport", "run_dedup", "PART_ROWS", "DEDUP_RECORD", "DUPLICATE_IDS"]
 
 PART_ROWS = 1 << 22  # records compared in memory at once (~130 MB with their sort)
-DEDUP_RECORD = "dedup.json"  # in the corpus' report folder
 DUPLICATE_IDS = "duplicate_ids.npz"  # beside it: the duplicates' ids (all but each group's first cell)
 _ROWS = np.dtype([("hi", "<u8"), ("lo", "<u8"), ("tag", "<i8"), ("id", "<i8")])  # tag 0: this corpus
 
@@ -42,6 +41,7 @@ class _Corpus:
     files: list[str]  # fingerprint files (paths or URLs)
     inputs: dict[int, str]  # file index -> input path (relative, as its manifest records it)
     identity: list[tuple[int, str, str]]  # (file index, path, checksum) of every input
+    config_hash: str  # the build the fingerprints belong to (the report shows a dedup.json of this build only)
 
 
 @dataclass
@@ -81,7 +81,7 @@ def _corpus(cfg: Config, name: str) -> _Corpus:
         )
     identity = [(i.file_index, i.path, i.checksum) for i in manifest.inputs]
     files = [out.url(r.path) for r in manifest.fingerprints]
-    return _Corpus(name, files, {i.file_index: i.path for i in manifest.inputs}, identity)
+    return _Corpus(name, files, {i.file_index: i.path for i in manifest.inputs}, identity, manifest.config_hash)
 
 
 class _Pairs:
@@ -230,7 +230,7 @@ def run_dedup(
             write_id_list(folder / name, listed, corpora[0].identity)
             report.id_lists[what] = f"{REPORT_DIR}/{name}"
             root.publish(folder / name)
-        write_json_atomic(folder / DEDUP_RECORD, report.as_dict())
+        write_json_atomic(folder / DEDUP_RECORD, {"config_hash": corpora[0].config_hash, **report.as_dict()})
         root.publish(folder / DEDUP_RECORD)
     return report
 

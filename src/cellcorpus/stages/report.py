@@ -33,7 +33,7 @@ from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
 from cellcorpus.io.atomic import write_json_atomic
 from cellcorpus.io.paths import Publisher, local_copy
 from cellcorpus.io.vocab import load_vocab
-from cellcorpus.layout import REPORT_DIR, SPLITS, VERIFY_RECORD
+from cellcorpus.layout import DEDUP_RECORD, REPORT_DIR, SPLITS, VERIFY_RECORD
 from cellcorpus.manifest import MdsManifest, TokenizeManifest, read_manifest
 from cellcorpus.plan import Plan, plan_for
 from cellcorpus.stages.base import StageSummary, locked
@@ -504,6 +504,8 @@ def run_report(cfg: Config | Plan, spec: ExecutorSpec | None = None, reporter: R
         stats["non_integer_values"] = manifest.non_integer_values
     if manifest.held_out_groups is not None:  # a group split: which groups valid holds, cells written of each
         stats["held_out_groups"] = {"by": hf.split_parameters.by, "groups": manifest.held_out_groups}
+    if (found := _last_dedup(out, manifest.config_hash)) is not None:  # `cellcorpus dedup` of this very build
+        stats["duplicates"] = found
     folder = out.local_dir / REPORT_DIR
     folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(folder / "stats.json", stats)
@@ -587,6 +589,38 @@ def _last_verify(out: Publisher, config_hash: str) -> dict[str, Any] | None:
     except Exception:  # a damaged record only loses the line on the page
         return None
     return record if record and record.get("config_hash") == config_hash else None
+
+
+def _last_dedup(out: Publisher, config_hash: str) -> dict[str, Any] | None:
+    """What `cellcorpus dedup` found in this very build (None when it has not run since the corpus was built):
+    the counts, the ten largest pairs of inputs, and the cells each other corpus also holds."""
+    try:
+        record = out.read_json(f"{REPORT_DIR}/{DEDUP_RECORD}")
+    except Exception:  # a damaged record only loses the section on the page
+        return None
+    if not record or record.get("config_hash") != config_hash:
+        return None
+    return {
+        "cells": record["cells"],
+        "duplicate_cells": record["duplicate_cells"],
+        "groups": record["groups"],
+        "pairs": record["pairs"][:10],
+        "against": {name: found["cells_also_there"] for name, found in record.get("against", {}).items()},
+    }
+
+
+def _duplicates_html(found: dict[str, Any] | None) -> str:
+    """The duplicates section (nothing when dedup has not run on this build)."""
+    if found is None:
+        return ""
+    also = "".join(f"; {n:,} are also in <code>{html.escape(name)}</code>" for name, n in found["against"].items())
+    text = (
+        f"<h2>Duplicate cells</h2><p>{found['duplicate_cells']:,} of {found['cells']:,} cells repeat another cell of "
+        f"this corpus ({found['groups']:,} groups of equal (gene, count) pairs){also}.</p>"
+    )
+    rows = [[p["input"], p["other_input"], p["cells"], f"row {p['example'][0][1]} = row {p['example'][1][1]}"]
+            for p in found["pairs"]]  # fmt: skip
+    return text + (_table(["input", "copy in", "cells", "example"], rows) if rows else "")
 
 
 def _per_file(manifest: TokenizeManifest, entries: dict[int, int]) -> list[dict[str, Any]]:
@@ -683,6 +717,7 @@ def _page(stats: dict[str, Any], manifest: TokenizeManifest, dist: dict[str, dic
         "<h2>From cells read to training samples</h2>",
         _funnel_svg([(s["step"], s["cells"], _kind(s["step"])) for s in stats["funnel"]]),
         _held_out_html(stats.get("held_out_groups")),
+        _duplicates_html(stats.get("duplicates")),
         "<h2>Cells, as a model sees them</h2>",
         _histogram_svg(
             {s: d["genes_per_cell"] for s, d in dist.items()},
