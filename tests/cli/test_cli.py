@@ -45,6 +45,16 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch):
     assert (out / "geneformer" / "stats" / "gene_median.pkl").is_file()
     tahoe = datasets.load_from_disk(str(out / "tahoe_merged_w_metadata" / "train.dataset"))
     assert set(tahoe.column_names) >= {"drug", "sample", "Cell_ID_Cellosaur", "moa-fine", "plate"}
+    # the plates once more, valid held out by whole samples (split_parameters.by): no sample on both sides
+    by_sample = {s: set(datasets.load_from_disk(str(out / "tahoe_by_sample" / f"{s}.dataset"))["sample"])
+                 for s in ("train", "valid")}  # fmt: skip
+    assert by_sample["valid"] and not by_sample["train"] & by_sample["valid"]
+    held = json.loads((out / "tahoe_by_sample" / "manifest.json").read_text())["held_out_groups"]
+    assert (
+        set(held) == by_sample["valid"]
+        and "valid holds 1 whole group(s) of <code>sample</code>"
+        in (out / "tahoe_by_sample" / "report" / "report.html").read_text()
+    )
     # the three Tahoe-x1 corpora as one training mixture, a third each (`cellcorpus mix`)
     import yaml
 
