@@ -31,6 +31,7 @@ from cellcorpus.errors import ConfigError
 from cellcorpus.io.paths import join as _join
 
 __all__ = [
+    "CELL_HASH",
     "Config",
     "VocabConfig",
     "CellxgeneConfig",
@@ -390,6 +391,9 @@ class HuggingfaceConfig(_Section):
     # list of cells another corpus holds); each is checked against these inputs before use, and its cells are
     # counted as `filtered_listed_ids`
     drop_ids: list[str] = Field(default_factory=list)
+    # write each cell's content fingerprint as a `cell_hash` column (32 hex characters, the last metadata column):
+    # equal for the same cell in any file of any corpus (see `fingerprints`)
+    cell_hash: bool = False
 
     @field_validator("ignore_dir", mode="before")
     @classmethod
@@ -400,6 +404,12 @@ class HuggingfaceConfig(_Section):
         if isinstance(v, str):
             return [v]
         return v
+
+    @model_validator(mode="after")
+    def _cell_hash_is_free(self) -> HuggingfaceConfig:
+        if self.cell_hash and CELL_HASH in self.model_copy(update={"cell_hash": False}).metadata_columns("index"):
+            raise ValueError(f"cell_hash: a metadata column is already named '{CELL_HASH}' (rename it)")
+        return self
 
     @model_validator(mode="after")
     def _parquet_needs_gene_table(self) -> HuggingfaceConfig:
@@ -424,7 +434,8 @@ class HuggingfaceConfig(_Section):
             cols.append(index_name)
         for join in self.additional_metadata_info:
             cols.extend(c for c in join.columns if c not in cols)
-        return [self.rename_columns.get(c, c) for c in cols]
+        named = [self.rename_columns.get(c, c) for c in cols]
+        return [*named, CELL_HASH] if self.cell_hash else named
 
     def optional_obs_columns(self) -> list[str]:
         """Obs columns the encoding reads when a file has them (Geneformer's n_counts and filter_pass)."""
@@ -437,6 +448,7 @@ class HuggingfaceConfig(_Section):
         return {c for join in self.additional_metadata_info for c in join.columns}
 
 
+CELL_HASH = "cell_hash"  # the column `huggingface.cell_hash` adds
 MDS_DEFAULT_SIZE_LIMIT = 1 << 26  # mosaicml-streaming's own default shard size limit (64 MiB)
 
 

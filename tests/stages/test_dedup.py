@@ -177,3 +177,31 @@ def test_run_finds_the_duplicates_and_the_report_shows_them(corpus):
     assert "<h2>Duplicate cells</h2><p>16 of 70 cells repeat another cell of this corpus (16 groups" in page
     stats = json.loads((root / "merged" / "report" / "stats.json").read_text())
     assert stats["duplicates"]["duplicate_cells"] == 16 and stats["duplicates"]["pairs"][0]["cells"] == 10
+
+
+def test_cell_hash_column_is_the_fingerprint_of_each_cell(tmp_path):
+    """huggingface.cell_hash writes each cell's fingerprint (32 hex characters) in Arrow and MDS: equal for the
+    same cell in another file and layout, different for a scaled copy; the same value dedup compares."""
+    from cellcorpus.formats.fingerprints import read_fingerprints
+    from tests._utils import arrow_rows
+
+    write_vocab(tmp_path / "vocab" / "vocab.json", genes=GENES)
+    a = _atlas(30, 5)
+    make_h5ad(tmp_path / "raw" / "a.h5ad", a, GENES)
+    make_h5ad(tmp_path / "raw" / "b.h5ad", np.concatenate([a[:3], 2 * a[3:6]])[:, ::-1], GENES[::-1], fmt="csc")
+    on = {"huggingface.cell_hash": True, "huggingface.fingerprints": True, "mds.columns.cell_hash": "str"}
+    run_pipeline(load_config(config_file(tmp_path, **on)))  # verify included: the column is in the schema
+    rows = [r for s in ("train", "valid") for r in arrow_rows(tmp_path / "merged" / f"{s}.dataset")]
+    by_id = {r["id"]: r["cell_hash"] for r in rows}
+    assert all(len(h) == 32 and int(h, 16) >= 0 for h in by_id.values())
+    assert [by_id[(1 << 32) + k] == by_id[k] for k in range(6)] == [True] * 3 + [False] * 3
+    recorded = np.concatenate([read_fingerprints(p) for p in (tmp_path / "merged" / "fingerprints").glob("*.fp")])
+    assert {int(r["id"]): f"{int(r['hi']):016x}{int(r['lo']):016x}" for r in recorded} == by_id
+    mds_rows = json.loads((tmp_path / "mds" / "manifest.json").read_text())["columns"]
+    assert mds_rows["cell_hash"] == "str"
+
+
+def test_cell_hash_refuses_a_metadata_column_of_that_name(tmp_path):
+    with pytest.raises(ConfigError, match="a metadata column is already named 'cell_hash'"):
+        load_config(config_file(tmp_path, **{"huggingface.cell_hash": True,
+                                             "huggingface.obs_metadata_columns": ["cell_hash"]}))  # fmt: skip

@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 
 from cellcorpus.core.split import hash_strings, mix64
 
-__all__ = ["gene_hashes", "cell_fingerprints", "FINGERPRINT_DTYPE"]
+__all__ = ["gene_hashes", "cell_fingerprints", "hex_fingerprints", "FINGERPRINT_DTYPE"]
 
 # (hi, lo): a structured pair sorts and compares as one 128-bit value
 FINGERPRINT_DTYPE = np.dtype([("hi", "<u8"), ("lo", "<u8")])
@@ -87,3 +87,15 @@ def _pair_hashes(
     out ^= tmp
     if not np.all(counts):  # tokenize drops explicit zeros before this; other callers may not
         out[np.asarray(counts) == 0] = 0
+
+
+_HEX = np.array([f"{b:02x}".encode() for b in range(256)], dtype="S2")
+
+
+def hex_fingerprints(fps: NDArray[Any]) -> NDArray[Any]:
+    """Each fingerprint as 32 lowercase hex characters (hi then lo, big-endian), for the `cell_hash` column:
+    every byte looked up at once in a 256-entry table, no per-cell formatting."""
+    raw = np.empty((len(fps), 2), dtype=">u8")
+    raw[:, 0], raw[:, 1] = fps["hi"], fps["lo"]
+    pairs = _HEX[raw.view(np.uint8).reshape(len(fps), 16)]
+    return np.ascontiguousarray(pairs).view("S32").ravel().astype(str)

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from numpy.typing import NDArray
 
 from cellcorpus._version import __version__
-from cellcorpus.config import Config, HuggingfaceConfig
+from cellcorpus.config import CELL_HASH, Config, HuggingfaceConfig
 from cellcorpus.core.ids import decode_ids
 from cellcorpus.core.sketch import ValueCounts
 from cellcorpus.encodings import CellRules, encoding_for
@@ -180,7 +180,7 @@ def _scan(
     mt_tokens: tuple[int, ...] = (),
 ) -> _Totals:
     """Every data file of every split, read once, in the workers; their statistics merged here."""
-    columns = tuple(c for c in manifest.metadata_columns if c != "index")
+    columns = tuple(c for c in manifest.metadata_columns if c not in ("index", CELL_HASH))  # a value per cell
     totals = _Totals(list(manifest.splits), [f.file_index for f in manifest.inputs], columns)
     units = [
         _FileUnit(f"{split}-{rec.path}", out.url(f"{split}.dataset/{rec.path}"), split, rec.n_cells)

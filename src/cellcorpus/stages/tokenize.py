@@ -22,8 +22,8 @@ import numpy as np
 import pyarrow as pa
 from numpy.typing import NDArray
 
-from cellcorpus.config import HF_LOCATION_KEYS, Config, HuggingfaceConfig, config_hash
-from cellcorpus.core.fingerprint import cell_fingerprints
+from cellcorpus.config import CELL_HASH, HF_LOCATION_KEYS, Config, HuggingfaceConfig, config_hash
+from cellcorpus.core.fingerprint import cell_fingerprints, hex_fingerprints
 from cellcorpus.core.genemap import merge_duplicate_tokens
 from cellcorpus.core.ids import make_ids
 from cellcorpus.core.shuffle import n_buckets_for, order_by_bucket
@@ -319,9 +319,12 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
         valid = assign_valid(by, hf.split_parameters.test_size, hf.split_parameters.seed)
     if split_key is not None:  # kept cells' keys, for the corpus-wide repeat check (tokenize_keys)
         write_unit_keys(Path(ctx.parts_dir), unit.unit_id, split_key, ids)
-    if hf.fingerprints:  # the kept cells' content, for `cellcorpus dedup` (core/fingerprint.py)
+    if hf.fingerprints or hf.cell_hash:  # each cell's content (core/fingerprint.py)
         fps = cell_fingerprints(cells.offsets, cells.genes, cells.expressions, lookup_.token_hashes())
-        write_unit_fingerprints(ctx.parts_dir, unit.unit_id, fps[rows], ids)
+        if hf.fingerprints:  # the kept cells', for `cellcorpus dedup`
+            write_unit_fingerprints(ctx.parts_dir, unit.unit_id, fps[rows], ids)
+        if hf.cell_hash:  # every row's (the writes pick the kept ones, as for the other metadata)
+            meta[CELL_HASH] = hex_fingerprints(fps)
     encoded = encoding.encode(cells, prepared)
     del cells, prepared
     for key, n in encoded.counts.items():
@@ -378,8 +381,9 @@ def _work_settings(hf: HuggingfaceConfig) -> tuple[str, dict[str, Any]]:
     settings = hf.model_dump(mode="json", exclude=set(HF_LOCATION_KEYS) | {"parquet_gene_table"})
     if settings["split_parameters"]["key"] == "id":  # the default: identities of earlier runs stay the same
         del settings["split_parameters"]["key"]
-    if not settings["fingerprints"]:  # off, the default: identities of earlier runs stay the same
-        del settings["fingerprints"]
+    for flag in ("fingerprints", "cell_hash"):  # off, the default: identities of earlier runs stay the same
+        if not settings[flag]:
+            del settings[flag]
     if settings["drop_ids"]:  # the lists by content, not by where they are
         settings["drop_ids"] = [file_checksum(p) for p in settings["drop_ids"]]
     else:
