@@ -5,6 +5,7 @@ normalised differently) and distinct cells are not."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -205,3 +206,21 @@ def test_cell_hash_refuses_a_metadata_column_of_that_name(tmp_path):
     with pytest.raises(ConfigError, match="a metadata column is already named 'cell_hash'"):
         load_config(config_file(tmp_path, **{"huggingface.cell_hash": True,
                                              "huggingface.obs_metadata_columns": ["cell_hash"]}))  # fmt: skip
+
+
+def test_a_rebuild_replaces_the_recorded_fingerprints_and_nothing_else(tmp_path):
+    """Inputs changed: the rebuild removes the fingerprint files the old manifest listed and no unit wrote now,
+    and leaves a file it never recorded."""
+    write_vocab(tmp_path / "vocab" / "vocab.json", genes=GENES)
+    for k in range(2):
+        make_h5ad(tmp_path / "raw" / f"f{k}.h5ad", _atlas(30, 10 + k), GENES)
+    cfg = load_config(config_file(tmp_path, **{"huggingface.fingerprints": True}))
+    run_tokenize(cfg)
+    folder = tmp_path / "merged" / "fingerprints"
+    before = sorted(p.name for p in folder.glob("*.fp"))
+    (folder / "mine.fp").write_bytes(b"a user's file")
+    (tmp_path / "raw" / "f1.h5ad").unlink()
+    run_tokenize(cfg)
+    listed = [r["path"] for r in json.loads((tmp_path / "merged" / "manifest.json").read_text())["fingerprints"]]
+    assert len(before) == 2 and len(listed) == 1 and listed[0].removeprefix("fingerprints/") in before
+    assert sorted(p.name for p in folder.glob("*.fp")) == sorted([Path(listed[0]).name, "mine.fp"])

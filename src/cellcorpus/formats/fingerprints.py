@@ -8,12 +8,14 @@ datasets (`fingerprints/`) when tokenize finishes, and listed with their checksu
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from cellcorpus.core.ids import decode_ids
 from cellcorpus.io.atomic import atomic_path
 from cellcorpus.io.paths import Publisher
 
@@ -57,11 +59,13 @@ def read_fingerprints(path: str | Path) -> NDArray[Any]:
     return records
 
 
-def publish_fingerprints(parts_dir: str | Path, unit_ids: list[str], out: Publisher) -> list[Path]:
+def publish_fingerprints(
+    parts_dir: str | Path, unit_ids: list[str], out: Publisher, recorded: Sequence[str] = ()
+) -> list[Path]:
     """Copy every unit's fingerprints from the scratch parts folder into `fingerprints/` beside the datasets
-    (each whole or not at all; files of an earlier build that no unit wrote now are removed: they are ours by
-    folder and name) and publish them; their local paths, in unit order."""
-    folder = out.local_dir / FOLDER
+    (each whole or not at all) and publish them; their local paths, in unit order. `recorded`: the files the
+    previous build's manifest lists (paths under the root): those no unit wrote now are removed, and nothing else
+    in the folder is."""
     written = []
     for unit_id in unit_ids:
         src, dst = unit_file(parts_dir, unit_id), unit_file(out.local_dir, unit_id)
@@ -69,10 +73,10 @@ def publish_fingerprints(parts_dir: str | Path, unit_ids: list[str], out: Publis
             shutil.copyfile(src, tmp)
         written.append(dst)
         out.publish(dst)
-    kept = {f"{u}.fp" for u in unit_ids}
-    for stale in folder.glob("*.fp"):
-        if stale.name not in kept:
-            stale.unlink()
+    now = {p.relative_to(out.local_dir).as_posix() for p in written}
+    for rel in recorded:
+        if rel not in now:
+            out.remove(rel)
     return written
 
 
@@ -81,7 +85,7 @@ def write_id_list(path: str | Path, ids: NDArray[np.int64], inputs: list[tuple[i
     they refer to, (file index, path, checksum): an id is (input file, row), so the list is only valid for the
     inputs it was made from (tokenize checks them before using it)."""
     ids = np.unique(np.asarray(ids, dtype=np.int64))
-    files = np.unique(ids >> np.int64(32))
+    files = np.unique(decode_ids(ids)[0])
     known = {i: (p, c) for i, p, c in inputs}
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(

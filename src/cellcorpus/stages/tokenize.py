@@ -42,7 +42,7 @@ from cellcorpus.io.paths import Publisher, is_url
 from cellcorpus.io.tables import as_strings, load_table, lookup
 from cellcorpus.io.vocab import load_vocab, vocab_lookup
 from cellcorpus.layout import MANIFEST, OUTPUT_RECORDS, SPLITS
-from cellcorpus.manifest import Ledger, TokenizeManifest, UnitResult, file_checksum, output_record
+from cellcorpus.manifest import Ledger, TokenizeManifest, UnitResult, file_checksum, output_record, read_manifest
 from cellcorpus.plan import Plan, plan_for
 from cellcorpus.sources.base import InputFile, RawBlock
 from cellcorpus.sources.inputs import discover_and_inspect, gene_mapping, input_format, obs_index_column
@@ -272,9 +272,10 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
     prepared = encoding.prepare(UnitInput(block.indptr, block.indices, block.data, block.obs, unit.path))
     counts.update(prepared.counts)
     keep = _apply_filters(block, hf, counts, columns, prepared.keep)
+    # The table holds every row read; the kept rows are picked by the split writes' gathers (one copy).
+    all_ids = make_ids(unit.file_index, unit.row_start + np.arange(unit.n_cells, dtype=np.int64))
     if hf.drop_ids:  # cells listed to leave out (duplicates found by `cellcorpus dedup`), after the other filters
-        listed = np.isin(make_ids(unit.file_index, unit.row_start + np.arange(unit.n_cells, dtype=np.int64)),
-                         dropped_ids(tuple(hf.drop_ids)), assume_unique=True)  # fmt: skip
+        listed = np.isin(all_ids, dropped_ids(tuple(hf.drop_ids)), assume_unique=True)
         counts[DROP_KEY] = int(np.count_nonzero(keep & listed))
         keep &= ~listed
     rows = np.flatnonzero(keep)
@@ -304,8 +305,6 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
         counts["filtered_min_vocab_genes"] = int(np.count_nonzero(keep & ~enough))
         keep &= enough
         rows = np.flatnonzero(keep)
-    # The table holds every row read; the kept rows are picked by the split writes' gathers (one copy).
-    all_ids = make_ids(unit.file_index, unit.row_start + np.arange(unit.n_cells, dtype=np.int64))
     ids = all_ids[rows]
     held_out: dict[str, int] = {}
     split_key = _split_key(key_values, rows, hf, unit) if key_values is not None else None
@@ -579,7 +578,8 @@ def run_tokenize(
         if exports:
             body["exports"] = exports
         if hf.fingerprints:  # beside the datasets: the parts folder goes once the manifest is written
-            written = publish_fingerprints(ctx.parts_dir, [u.unit_id for u in units], out)
+            recorded = _recorded_fingerprints(out)  # the previous build's, which this one replaces
+            written = publish_fingerprints(ctx.parts_dir, [u.unit_id for u in units], out, recorded)
             body["fingerprints"] = [output_record(p, out_dir) for p in written]
         if fractional := non_integer_values(inputs, results):  # normalised data, recorded (not only said)
             body["non_integer_values"] = fractional
@@ -621,6 +621,15 @@ def run_tokenize(
         settings=cfg.settings_for_output("huggingface", work_settings),
     )
     return run_stage(stage, spec, reporter)
+
+
+def _recorded_fingerprints(out: Publisher) -> list[str]:
+    """The fingerprint files the manifest on disk lists (none when there is none, or it cannot be read)."""
+    try:
+        previous = read_manifest(out, MANIFEST, TokenizeManifest)
+    except InputError:  # a damaged manifest names nothing: nothing is removed on its word
+        return []
+    return [r.path for r in (previous.fingerprints or [])] if previous else []
 
 
 def _outputs(out: Publisher) -> dict[str, str]:
