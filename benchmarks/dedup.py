@@ -77,7 +77,8 @@ def dedup_job(files_json: str, part_rows: int) -> None:
     dedup.PART_ROWS = part_rows
     files = json.loads(Path(files_json).read_text())
     t = time.perf_counter()
-    corpus = _Corpus("bench", files, {})
+    records = sum(Path(f).stat().st_size for f in files) // dedup.RECORD_DTYPE.itemsize  # as from a manifest
+    corpus = _Corpus("bench", files, records, [], "")
     report, within = DedupReport(), _Pairs()
     found, total = _records([corpus])
     with tempfile.TemporaryDirectory(prefix="dedup-bench-", dir=Path(files_json).parent) as tmp:

@@ -161,8 +161,7 @@ def run_demo(
         else:
             yield name, iter_pipeline(cfg, num_proc=num_proc, reporter=reporter)
     shipped, label, overrides = DEMO_GROUP_SPLIT
-    cfg = load_config(packaged_config(shipped), [f"output_root={directory}", *overrides])
-    yield label, iter_pipeline(cfg, num_proc=num_proc, reporter=reporter)
+    yield label, iter_pipeline(_demo_config(shipped, directory, overrides), num_proc=num_proc, reporter=reporter)
 
 
 # the Tahoe plates again, held out by whole samples (`split_parameters.by`): a split that does not leak a
@@ -186,8 +185,8 @@ DEMO_MIX = DEMO_CONFIGS[:3]  # the three Tahoe-x1 corpora: one vocabulary, one e
 DEMO_DEDUP = ("tahoe_x1_v2/tahoe_100m.yaml", "geneformer/tahoe_100m_geneformer.yaml")
 
 
-def _demo_config(name: str, directory: Path) -> Config:
-    return load_config(packaged_config(name), [f"output_root={directory}"])
+def _demo_config(name: str, directory: Path, overrides: tuple[str, ...] = ()) -> Config:
+    return load_config(packaged_config(name), [f"output_root={directory}", *overrides])
 
 
 def demo_dedup(directory: str | Path) -> DedupReport:
@@ -207,9 +206,7 @@ def demo_mix(directory: str | Path) -> tuple[Mix, Path]:
 
     directory = Path(directory).resolve()
     names = [Path(n).stem for n in DEMO_MIX]
-    configs: list[str | Path | Config] = [
-        load_config(packaged_config(n), [f"output_root={directory}"]) for n in DEMO_MIX
-    ]
+    configs: list[str | Path | Config] = [_demo_config(n, directory) for n in DEMO_MIX]
     mixed = mix_corpora(configs, names=names, proportions=dict.fromkeys(names, 1.0))
     streams, _ = write_mix(mixed, directory / "mix")
     return mixed, streams

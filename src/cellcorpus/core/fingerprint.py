@@ -4,9 +4,9 @@ The same cell read from another layout (h5ad or parquet, CSR or CSC, another gen
 explicit zeros, another row of another file) gets the same fingerprint; scaled or normalised counts do not.
 A pair is the gene's Ensembl id (the vocabulary's string, hashed, so two corpora with different token ids for
 the same gene still agree) and the count as a float64 value (an integer 3 and a float32 3.0 are the same count).
-Each pair is hashed on its own and a cell's pairs are summed (mod 2**64) in two independent lanes: a sum does
-not depend on the pairs' order, so no per-cell sort is needed, and one `np.add.reduceat` per lane does every
-cell of a unit at once. Two different cells share a fingerprint with probability ~2**-128 per pair of cells.
+Each pair is hashed on its own and a cell's pair hashes are summed (mod 2**64) in two lanes (of the hashes and
+of their squares): a sum does not depend on the pairs' order, so no per-cell sort is needed, and one
+`np.add.reduceat` per lane does a run of whole cells at once.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def cell_fingerprints(
 
 
 _CHUNK = 1 << 15
-_K = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
+_K = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9))
 
 
 def _pair_hashes(

@@ -21,8 +21,9 @@ from numpy.typing import NDArray
 
 from cellcorpus.config import Config, load_config
 from cellcorpus.core.ids import decode_ids
+from cellcorpus.core.partition import n_partitions, partition_slices
 from cellcorpus.errors import ConfigError
-from cellcorpus.formats.fingerprints import read_fingerprints, write_id_list
+from cellcorpus.formats.fingerprints import RECORD_DTYPE, read_fingerprints, write_id_list
 from cellcorpus.io.atomic import write_json_atomic
 from cellcorpus.io.paths import local_copy
 from cellcorpus.layout import DEDUP_RECORD, REPORT_DIR, Layout
@@ -39,9 +40,14 @@ _ROWS = np.dtype([("hi", "<u8"), ("lo", "<u8"), ("tag", "<i8"), ("id", "<i8")]) 
 class _Corpus:
     name: str
     files: list[str]  # fingerprint files (paths or URLs)
-    inputs: dict[int, str]  # file index -> input path (relative, as its manifest records it)
+    records: int  # about how many records they hold (from their recorded sizes: sizes partitions, nothing else)
     identity: list[tuple[int, str, str]]  # (file index, path, checksum) of every input
     config_hash: str  # the build the fingerprints belong to (the report shows a dedup.json of this build only)
+
+    @property
+    def inputs(self) -> dict[int, str]:
+        """File index -> input path (relative, as its manifest records it)."""
+        return {i: p for i, p, _ in self.identity}
 
 
 @dataclass
@@ -81,7 +87,8 @@ def _corpus(cfg: Config, name: str) -> _Corpus:
         )
     identity = [(i.file_index, i.path, i.checksum) for i in manifest.inputs]
     files = [out.url(r.path) for r in manifest.fingerprints]
-    return _Corpus(name, files, {i.file_index: i.path for i in manifest.inputs}, identity, manifest.config_hash)
+    records = sum(r.bytes for r in manifest.fingerprints) // RECORD_DTYPE.itemsize  # (+ a header per file)
+    return _Corpus(name, files, records, identity, manifest.config_hash)
 
 
 class _Pairs:
@@ -113,12 +120,9 @@ class _Pairs:
 
 
 def _records(corpora: list[_Corpus]) -> tuple[list[tuple[int, str]], int]:
-    files = [(tag, f) for tag, c in enumerate(corpora) for f in c.files]
-    total = 0
-    for _, f in files:
-        with local_copy(f) as p:
-            total += int(np.load(p, mmap_mode="r", allow_pickle=False).shape[0])
-    return files, total
+    """Every fingerprint file with its corpus' tag (0: this corpus), and about how many records they hold (from
+    the manifests' sizes: no file is opened, a remote one is fetched once, when it is read)."""
+    return [(tag, f) for tag, c in enumerate(corpora) for f in c.files], sum(c.records for c in corpora)
 
 
 def _tagged(records: NDArray[Any], tag: int) -> NDArray[Any]:
@@ -129,23 +133,20 @@ def _tagged(records: NDArray[Any], tag: int) -> NDArray[Any]:
 
 def _partitions(files: list[tuple[int, str]], total: int, tmp: Path) -> list[NDArray[Any]] | list[Path]:
     """All records in memory (small corpora), or the paths of fingerprint-range partition files."""
-    n_parts = 1 << max(0, int(np.ceil(np.log2(max(total, 1) / PART_ROWS))))
+    n_parts = n_partitions(total, PART_ROWS)
     if n_parts == 1:
         loaded = []
         for tag, f in files:
             with local_copy(f) as p:
                 loaded.append(_tagged(read_fingerprints(p), tag))
         return [np.concatenate(loaded) if loaded else np.zeros(0, _ROWS)]
-    bits = int(np.log2(n_parts))
-    edges = np.array([p << (64 - bits) for p in range(1, n_parts)], dtype=np.uint64)
     paths = [tmp / f"{p}.rows" for p in range(n_parts)]
     handles = [open(p, "wb") for p in paths]  # noqa: SIM115 - closed below
     try:
         for tag, f in files:
             with local_copy(f) as p:
                 rows = _tagged(read_fingerprints(p), tag)  # sorted by fingerprint: each partition is a run
-            cut = np.searchsorted(rows["hi"], edges)
-            for k, (a, b) in enumerate(zip([0, *cut.tolist()], [*cut.tolist(), len(rows)], strict=True)):
+            for k, (a, b) in enumerate(partition_slices(rows["hi"], n_parts)):
                 rows[a:b].tofile(handles[k])
     finally:
         for h in handles:
@@ -163,8 +164,7 @@ def _scan(
     ours = rows[rows["tag"] == 0]
     report.cells += len(ours)
     if len(ours) > 1:
-        new = np.ones(len(ours), bool)
-        new[1:] = (ours["hi"][1:] != ours["hi"][:-1]) | (ours["lo"][1:] != ours["lo"][:-1])
+        new = _group_starts(ours)
         first = np.maximum.accumulate(np.where(new, np.arange(len(ours)), 0))  # each row's group's first row
         dup = np.flatnonzero(~new)
         report.duplicate_cells += len(dup)
@@ -177,8 +177,7 @@ def _scan(
         both = rows[(rows["tag"] == 0) | (rows["tag"] == k)]  # still sorted: a group's own cells come first
         if not len(both):
             continue
-        new = np.ones(len(both), bool)
-        new[1:] = (both["hi"][1:] != both["hi"][:-1]) | (both["lo"][1:] != both["lo"][:-1])
+        new = _group_starts(both)
         group = np.cumsum(new) - 1
         starts = np.flatnonzero(new)
         n_ours = np.add.reduceat((both["tag"] == 0).astype(np.int64), starts)
@@ -188,6 +187,13 @@ def _scan(
         across[k - 1].add(both["id"][mine], both["id"][partner])
         if dropped is not None:
             dropped[k].append(both["id"][mine])
+
+
+def _group_starts(rows: NDArray[Any]) -> NDArray[np.bool_]:
+    """True where a run of equal fingerprints starts, in records sorted by fingerprint."""
+    new = np.ones(len(rows), bool)
+    new[1:] = (rows["hi"][1:] != rows["hi"][:-1]) | (rows["lo"][1:] != rows["lo"][:-1])
+    return new
 
 
 def run_dedup(
@@ -211,7 +217,7 @@ def run_dedup(
             raise ConfigError(f"dedup --against {other.name}: that is this corpus itself")
     report = DedupReport()
     within, across = _Pairs(), [_Pairs() for _ in others]
-    dropped: list[list[NDArray[np.int64]]] = [[] for _ in corpora]
+    dropped: list[list[NDArray[np.int64]]] | None = [[] for _ in corpora] if write else None  # the id lists
     files, total = _records(corpora)
     root = Layout.of(main_cfg).merged_root()
     with tempfile.TemporaryDirectory(prefix="cellcorpus-dedup-") as tmp:
@@ -222,7 +228,7 @@ def run_dedup(
     for (_, name), pairs, corpus in zip(others, across, corpora[1:], strict=True):
         found = pairs.rows(corpora[0].inputs, corpus.inputs)
         report.against[name] = {"cells_also_there": sum(p["cells"] for p in found), "pairs": found}
-    if write:
+    if dropped is not None:
         folder = root.local_dir / REPORT_DIR
         lists = [(DUPLICATE_IDS, "duplicates")] + [(_also_in(name), f"also in {name}") for _, name in others]
         for (name, what), ids in zip(lists, dropped, strict=True):

@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 
 from cellcorpus.config import HuggingfaceConfig
 from cellcorpus.core.ids import decode_ids
+from cellcorpus.core.partition import n_partitions, partition_slices
 from cellcorpus.core.split import equal_pairs
 from cellcorpus.errors import InputError
 from cellcorpus.io.tables import as_strings
@@ -49,20 +50,17 @@ def write_unit_keys(parts_dir: Path, unit_id: str, keys: NDArray[np.int64], ids:
 def check_unique_keys(parts_dir: Path, unit_ids: list[str], hf: HuggingfaceConfig, inputs: list[InputFile]) -> None:
     """Raise InputError naming two cells (input, row, key values) when two kept cells share a content key."""
     sizes = [int(np.load(_paths(parts_dir, u)[0], mmap_mode="r").shape[0]) for u in unit_ids]
-    n_parts = 1 << max(0, int(np.ceil(np.log2(max(sum(sizes), 1) / PART_KEYS))))
+    n_parts = n_partitions(sum(sizes), PART_KEYS)
     if n_parts == 1:
         _check_partition(*_load_all(parts_dir, unit_ids), hf, inputs)
         return
-    bits = int(np.log2(n_parts))
-    edges = (np.arange(n_parts + 1, dtype=object) << (64 - bits)).tolist()
     with tempfile.TemporaryDirectory(dir=parts_dir / _KEYS, prefix="partitions-") as tmp:
         key_files = [open(Path(tmp) / f"{p}.keys", "wb") for p in range(n_parts)]  # noqa: SIM115 - closed below
         id_files = [open(Path(tmp) / f"{p}.ids", "wb") for p in range(n_parts)]  # noqa: SIM115 - closed below
         try:
             for u in unit_ids:
                 keys, ids = (np.load(p) for p in _paths(parts_dir, u))
-                cut = np.searchsorted(keys, np.array(edges[1:-1], dtype=np.uint64))
-                for p, (a, b) in enumerate(zip([0, *cut.tolist()], [*cut.tolist(), len(keys)], strict=True)):
+                for p, (a, b) in enumerate(partition_slices(keys, n_parts)):
                     keys[a:b].tofile(key_files[p])
                     ids[a:b].tofile(id_files[p])
         finally:
