@@ -340,7 +340,9 @@ def dedup(
     config: ConfigArg,
     against: Annotated[
         list[Path] | None,
-        typer.Option("--against", help="Another finished corpus' config: count this corpus' cells it holds too."),
+        typer.Option(
+            "--against", help="Another finished corpus' config (--set applies to it too): which cells it also holds."
+        ),
     ] = None,
     set_: SetOpt = None,
     debug: DebugOpt = False,
@@ -349,7 +351,7 @@ def dedup(
     corpus and against other finished corpora; per pair of inputs, with an example. Writes report/dedup.json."""
     from cellcorpus.stages.dedup import run_dedup
 
-    rep = run_dedup(_load(config, set_), [_load(c, None) for c in against or []], names=[c.stem for c in against or []])
+    rep = run_dedup(_load(config, set_), [_load(c, set_) for c in against or []], names=[c.stem for c in against or []])
     out.print(
         f"{rep.cells:,} cells: {rep.duplicate_cells:,} duplicate cells in {rep.groups:,} groups of equal cells",
         highlight=False,

@@ -224,3 +224,17 @@ def test_a_rebuild_replaces_the_recorded_fingerprints_and_nothing_else(tmp_path)
     listed = [r["path"] for r in json.loads((tmp_path / "merged" / "manifest.json").read_text())["fingerprints"]]
     assert len(before) == 2 and len(listed) == 1 and listed[0].removeprefix("fingerprints/") in before
     assert sorted(p.name for p in folder.glob("*.fp")) == sorted([Path(listed[0]).name, "mine.fp"])
+
+
+def test_cli_set_applies_to_the_other_corpora_too(corpus, tmp_path):
+    """`--set` overrides every config of the command (as `report` does): the other corpus' config, whose paths
+    all derive from an output_root it leaves unset, resolves the same way, here to this very corpus (refused)."""
+    import yaml
+
+    root, _, _ = corpus
+    text = (root / "config.yaml").read_text().replace(str(root), "${output_root}")
+    other = yaml.safe_load(text) | {"output_root": "???"}
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
+    args = ["dedup", str(root / "config.yaml"), "--against", str(tmp_path / "other.yaml"), "--set"]
+    res = CliRunner().invoke(app, [*args, f"output_root={root}"])
+    assert res.exit_code != 0 and "dedup --against other: that is this corpus itself" in res.output
