@@ -20,7 +20,12 @@ LAYER = {
 SHARED_STAGE_MODULES = {"cellcorpus.stages.base", "cellcorpus.stages.preflight"}
 # a stage's own second module (no stage imports another stage's: the fused pass reaches the MDS side only
 # through the `stages.base.FusedExport` protocol, given by the pipeline)
-STAGE_OF = {"tokenize_finalize": "tokenize", "tokenize_keys": "tokenize", "mds_unit": "mds"}
+STAGE_OF = {
+    "tokenize_finalize": "tokenize",
+    "tokenize_keys": "tokenize",
+    "tokenize_append": "tokenize",
+    "mds_unit": "mds",
+}
 
 
 def _graph() -> dict[str, set[str]]:

@@ -39,6 +39,14 @@ DaskOpt = Annotated[
     str | None, typer.Option("--dask", help="Run units on Dask: scheduler address (tcp://host:port) or 'local'.")
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")]
+AppendOpt = Annotated[
+    bool,
+    typer.Option(
+        "--append",
+        help="Add new input files to the finished corpus: only they are tokenized, into new data files and shards; "
+        "the finished ones stay as they are and keep their cells' splits. Removed or changed inputs are refused.",
+    ),
+]
 
 
 class RichReporter:
@@ -225,12 +233,17 @@ def download(
 @app.command()
 @_handle_errors
 def tokenize(
-    config: ConfigArg, set_: SetOpt = None, num_proc: NumProcOpt = None, dask: DaskOpt = None, debug: DebugOpt = False
+    config: ConfigArg,
+    set_: SetOpt = None,
+    num_proc: NumProcOpt = None,
+    dask: DaskOpt = None,
+    append: AppendOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Tokenize every input file into HF Arrow train/valid datasets (resumable)."""
     from cellcorpus.stages.tokenize import run_tokenize
 
-    plan = plan_for(_load(config, set_), "tokenize", num_proc=num_proc, dask=dask)
+    plan = plan_for(_load(config, set_), "tokenize", num_proc=num_proc, dask=dask, append=append)
     _print_summary(run_tokenize(plan, reporter=RichReporter()))
 
 
@@ -324,13 +337,18 @@ def report(
 @app.command()
 @_handle_errors
 def run(
-    config: ConfigArg, set_: SetOpt = None, num_proc: NumProcOpt = None, dask: DaskOpt = None, debug: DebugOpt = False
+    config: ConfigArg,
+    set_: SetOpt = None,
+    num_proc: NumProcOpt = None,
+    dask: DaskOpt = None,
+    append: AppendOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Every stage the config has a section for, in order, each skipping completed work."""
     from cellcorpus.pipeline import iter_pipeline
 
     cfg = _load(config, set_)
-    for summary in iter_pipeline(cfg, num_proc=num_proc, dask=dask, reporter=RichReporter()):
+    for summary in iter_pipeline(cfg, num_proc=num_proc, dask=dask, reporter=RichReporter(), append=append):
         _print_summary(summary)
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "DRUG_PAD",
     "REPORT_DIR",
     "DEDUP_RECORD",
+    "APPEND_RECORD",
     "VERIFY_RECORD",
     "OUTPUT_RECORDS",
     "Layout",
@@ -32,6 +33,7 @@ MANIFEST = "manifest.json"  # beside each stage's output, written last
 REPORT_DIR = "report"  # under merged_dataset_root
 VERIFY_RECORD = "verify.json"  # in REPORT_DIR: the last verify's checks, shown by the report
 DEDUP_RECORD = "dedup.json"  # in REPORT_DIR: what the last `cellcorpus dedup` found, shown by the report
+APPEND_RECORD = "append.json"  # beside the tokenize manifest while an `--append` is under way (removed after)
 DRUG_PAD = "<pad>"  # drug_to_id's padding key (id 0, fingerprint row 0)
 _DRUGS_MANIFEST = "drugs_manifest.json"
 # Names an earlier cellcorpus run leaves in an output root: a folder holding one of them is ours to adopt.

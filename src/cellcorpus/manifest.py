@@ -224,6 +224,8 @@ class TokenizeManifest(StageManifest):
     exports: dict[str, list[ExportRecord]] | None = None
     # `huggingface.fingerprints`: one file of kept cells' content fingerprints per unit (for `cellcorpus dedup`)
     fingerprints: list[ExportRecord] | None = None
+    # `--append`: each append to the first build, in order (its generation, input files and cells)
+    appends: list[dict[str, Any]] | None = None
 
 
 class MdsSplitRecord(_Record):

@@ -110,17 +110,28 @@ STAGES: tuple[tuple[str, str, Callable[[Plan, Reporter | None], StageSummary | N
 
 
 def run_pipeline(
-    cfg: Config, *, num_proc: int | None = None, dask: str | None = None, reporter: Reporter | None = None
+    cfg: Config,
+    *,
+    num_proc: int | None = None,
+    dask: str | None = None,
+    reporter: Reporter | None = None,
+    append: bool = False,
 ) -> list[StageSummary]:
     """Run the STAGES whose section the config has, in order, now; the stages' summaries (as `cellcorpus run`).
+    `append=True`: new input files are added to the finished corpus (`cellcorpus run --append`).
 
     Works from a script without `if __name__ == "__main__":` too (exec/local.main_not_rerun). To act on each
     summary as its stage ends, iterate `iter_pipeline` instead."""
-    return list(iter_pipeline(cfg, num_proc=num_proc, dask=dask, reporter=reporter))
+    return list(iter_pipeline(cfg, num_proc=num_proc, dask=dask, reporter=reporter, append=append))
 
 
 def iter_pipeline(
-    cfg: Config, *, num_proc: int | None = None, dask: str | None = None, reporter: Reporter | None = None
+    cfg: Config,
+    *,
+    num_proc: int | None = None,
+    dask: str | None = None,
+    reporter: Reporter | None = None,
+    append: bool = False,
 ) -> Iterator[StageSummary]:
     """The STAGES whose section the config has, in order; yields each stage's summary as it ends (a stage runs
     when the previous summary has been taken).
@@ -132,7 +143,7 @@ def iter_pipeline(
     """
     from cellcorpus.stages.preflight import preflight, preflight_once
 
-    plan = plan_for(cfg, "run", num_proc=num_proc, dask=dask)  # resolved once: every stage runs with it
+    plan = plan_for(cfg, "run", num_proc=num_proc, dask=dask, append=append)  # resolved once: every stage runs with it
     # locked first (a second run stops before it writes); the whole config checked once, for every stage
     with stage_locks(plan, "run"), executor_session(), preflight_once():
         preflight(plan)

@@ -34,6 +34,7 @@ class Plan:
     command: str
     layout: Layout
     executor: ExecutorSpec
+    append: bool = False  # `--append`: tokenize adds new input files to a finished corpus (stages/tokenize_append.py)
 
 
 def _pool_size(cfg: Config, command: str, source: str | None) -> int:
@@ -52,11 +53,12 @@ def plan_for(
     num_proc: int | None = None,
     dask: str | None = None,
     source: str | None = None,
+    append: bool = False,
 ) -> Plan:
     """The plan of `command` on `cfg` (a plan is passed through; `spec` replaces its executor).
 
     `num_proc` and `dask` are the command line's choices, over the config's: `num_proc` also sizes a
-    `--dask local` cluster. `source`: the section `download` fetches."""
+    `--dask local` cluster. `source`: the section `download` fetches. `append`: the command line's `--append`."""
     if isinstance(cfg, Plan):
         return cfg if spec is None or spec == cfg.executor else replace(cfg, executor=spec)
     if num_proc is not None and num_proc < 1:
@@ -67,4 +69,4 @@ def plan_for(
         dask_workers=num_proc or cfg.executor.dask_workers,
         direct_io=cfg.io.direct,
     )
-    return Plan(cfg=cfg, command=command, layout=Layout.of(cfg), executor=executor)
+    return Plan(cfg=cfg, command=command, layout=Layout.of(cfg), executor=executor, append=append)

@@ -344,9 +344,10 @@ def read_arrow(path: str | Path, *, in_memory: bool = False) -> pa.Table:
             return pa.ipc.open_file(src).read_all()
 
 
-def data_file_name(i: int, n: int) -> str:
-    """HF data file name for shard `i` of `n`."""
-    return f"data-{i:05d}-of-{n:05d}.arrow"
+def data_file_name(i: int, n: int, generation: int = 0) -> str:
+    """HF data file name for shard `i` of `n` (of the `generation`-th append to a corpus, when not 0)."""
+    appended = f"append{generation:03d}-" if generation else ""
+    return f"data-{appended}{i:05d}-of-{n:05d}.arrow"
 
 
 def dataset_files(dataset_dir: str | Path) -> list[Path]:

@@ -183,13 +183,23 @@ class InputsReport:
     coverage: dict[str, float] = field(default_factory=dict)  # relative path -> share of genes in vocab
     mappings: dict[str, GeneMapping] = field(default_factory=dict)  # relative path -> how its genes map
     groups: dict[str, int] = field(default_factory=dict)  # `split_parameters.by` value -> input cells
+    file_groups: dict[str, dict[str, int]] = field(default_factory=dict)  # relative path -> its groups' cells
     notes: list[str] = field(default_factory=list)
 
-    def count_groups(self, values: np.ndarray) -> None:
+    def count_groups(self, rel_path: str, values: np.ndarray) -> None:
         """Add one file's group column (the group split's sizes: input cells, before any filter)."""
         names, counts = np.unique(as_strings(values).astype(str), return_counts=True)
-        for name, n in zip(names.tolist(), counts.tolist(), strict=True):
+        self.file_groups[rel_path] = dict(zip(names.tolist(), counts.tolist(), strict=True))
+        for name, n in self.file_groups[rel_path].items():
             self.groups[name] = self.groups.get(name, 0) + n
+
+    def groups_of(self, rel_paths: list[str]) -> dict[str, int]:
+        """Group -> input cells over these files only."""
+        out: dict[str, int] = {}
+        for path in rel_paths:
+            for name, n in self.file_groups.get(path, {}).items():
+                out[name] = out.get(name, 0) + n
+        return out
 
 
 def _shown(values: np.ndarray, k: int = 4) -> str:
@@ -261,7 +271,7 @@ def _inspect_h5ad(hf: HuggingfaceConfig, f: InputFile, lookup: VocabLookup | Non
                 hint=f"obs columns: {', '.join(sorted(map(str, obs_cols)))}",
             )
     if hf.split_parameters.by is not None:
-        rep.count_groups(r.obs_column(hf.split_parameters.by, 0, r.n_obs))
+        rep.count_groups(f.rel_path, r.obs_column(hf.split_parameters.by, 0, r.n_obs))
     ids = r.var_column(hf.gene_col)
     n_empty = int(np.count_nonzero(np.char.str_len(ids.astype(str)) == 0)) if ids.size else 0
     if n_empty:
@@ -297,7 +307,9 @@ def _inspect_parquet(
             )
     by = hf.split_parameters.by
     if by is not None:
-        rep.count_groups(pq.read_table(f.path, columns=[INDEX_COLUMN if by == "index" else by]).column(0).to_numpy())
+        rep.count_groups(
+            f.rel_path, pq.read_table(f.path, columns=[INDEX_COLUMN if by == "index" else by]).column(0).to_numpy()
+        )
     if lookup is not None and hf.parquet_gene_table:
         ids = load_gene_table(hf.parquet_gene_table)
         _check_coverage(hf, f, ids[ids != ""], lookup, rep, dict)

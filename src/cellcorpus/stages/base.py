@@ -150,6 +150,7 @@ def decide_rerun(
     ledger: Ledger,
     model: type[M],
     settings: dict[str, Any] | None = None,
+    appending: bool = False,
 ) -> M | None:
     """Skip, refuse or rebuild a stage's output, decided before anything on disk is touched.
 
@@ -157,8 +158,8 @@ def decide_rerun(
     Returns the finished run's manifest when it is complete for this stage hash (settings + inputs); raises
     a ConfigError naming `key` when proceeding would overwrite a finished `what` made with other settings
     or not by cellcorpus, or (`settings["source"]`) from another source folder; returns None when the stage
-    should (re)build. Completion records of other settings raise too, before any change. The refusal names
-    what differs from the settings the finished output recorded.
+    should (re)build (`appending`: add to it, keeping its files). Completion records of other settings raise
+    too, before any change. The refusal names what differs from the settings the finished output recorded.
     """
     previous = read_manifest(out, "manifest.json", model)  # damaged: an error here, before any change
     complete = [m for m in markers if out.exists(m)]
@@ -175,7 +176,10 @@ def decide_rerun(
                 + "; it is left untouched",
                 hint=f"use a new {key.split('.')[-1]}, or delete the old {what} to rebuild",
             )
-        log.warning("inputs changed since the finished run: rebuilding %s", out.root)
+        if appending:
+            log.info("appending to the finished output at %s", out.root)
+        else:
+            log.warning("inputs changed since the finished run: rebuilding %s", out.root)
     recorded = ledger.done()  # read once; records of other settings raise here
     if complete and not previous and not recorded:
         location = out.url(complete[0].rsplit("/", 1)[0])
@@ -229,6 +233,7 @@ class StageRun(Generic[M]):
     is_current: Callable[[Any, UnitResult], bool] = lambda u, r: True
     after_manifest: Callable[[], None] = lambda: None  # cleanup once the manifest is the completion record
     settings: dict[str, Any] | None = None  # recorded in the manifest: what a refusal names as different
+    appending: bool = False  # new inputs are added to the finished output (tokenize's --append), not a rebuild
 
 
 def run_stage(stage: StageRun[M], spec: ExecutorSpec, reporter: Reporter | None) -> StageSummary:
@@ -243,6 +248,7 @@ def run_stage(stage: StageRun[M], spec: ExecutorSpec, reporter: Reporter | None)
         ledger=stage.ledger,
         model=stage.manifest_model,
         settings=stage.settings,
+        appending=stage.appending,
     )
     if previous is not None:
         return stage.skipped(previous)

@@ -137,5 +137,6 @@ def run_mds(cfg: Config | Plan, spec: ExecutorSpec | None = None, reporter: Repo
         cells_of=lambda u: u.n_cells,
         is_current=lambda u, r: r.extra.get("input_checksum") == u.checksum,
         settings=ident.settings,
+        appending=plan.append,  # data files recorded before are not converted again (their units are done)
     )
     return run_stage(stage, spec, reporter)

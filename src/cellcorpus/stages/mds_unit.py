@@ -152,8 +152,9 @@ class MdsIdentity:
         """The MDS completion records (one per writer sub-folder)."""
         return Ledger(self.ledger_dir, self.settings_hash)
 
-    def decide(self, source_hash: str | None) -> MdsManifest | None:
-        """The mds stage's skip / refuse / rebuild decision for an export of `source_hash` (stages.base)."""
+    def decide(self, source_hash: str | None, appending: bool = False) -> MdsManifest | None:
+        """The mds stage's skip / refuse / rebuild decision for an export of `source_hash` (stages.base);
+        `appending`: the source grew by an append (the data files it recorded are not converted again)."""
         return decide_rerun(
             self.out,
             list(self.markers),
@@ -164,6 +165,7 @@ class MdsIdentity:
             ledger=self.ledger(),
             model=MdsManifest,
             settings=self.settings,
+            appending=appending,
         )
 
 
@@ -286,6 +288,6 @@ def fused_export(plan: Plan, stage_hash: str) -> FusedMds | None:
     if mds is None or hf is None or not same_location(mds.root_dir, hf.merged_dataset_root):
         return None
     ident = mds_identity(plan)
-    if ident.decide(stage_hash) is not None:
+    if ident.decide(stage_hash, plan.append) is not None:
         return None
     return FusedMds(ident, mds_context(mds, ident.out, hf), tuple(mds.splits))

@@ -41,13 +41,14 @@ from cellcorpus.io.owned import claim_dir, remove_owned
 from cellcorpus.io.paths import Publisher, is_url
 from cellcorpus.io.tables import as_strings, load_table, lookup
 from cellcorpus.io.vocab import load_vocab, vocab_lookup
-from cellcorpus.layout import MANIFEST, OUTPUT_RECORDS, SPLITS
+from cellcorpus.layout import APPEND_RECORD, MANIFEST, OUTPUT_RECORDS, SPLITS
 from cellcorpus.manifest import Ledger, TokenizeManifest, UnitResult, file_checksum, output_record, read_manifest
 from cellcorpus.plan import Plan, plan_for
 from cellcorpus.sources.base import InputFile, RawBlock
 from cellcorpus.sources.inputs import discover_and_inspect, gene_mapping, input_format, obs_index_column
 from cellcorpus.stages.base import FusedExport, StageRun, StageSummary, WorkUnit, locked, row_units, run_stage
 from cellcorpus.stages.preflight import check_renames, preflight
+from cellcorpus.stages.tokenize_append import AppendBase, merge_counts, resolve_inputs
 from cellcorpus.stages.tokenize_finalize import TokenizeContext, finalize_splits
 from cellcorpus.stages.tokenize_keys import check_unique_keys, write_unit_keys
 
@@ -427,7 +428,8 @@ def non_integer_values(inputs: list[InputFile], results: list[UnitResult]) -> di
         if r.extra.get("fractional_values"):
             fi = r.extra["file_index"]
             by_file[fi] = by_file.get(fi, 0) + r.extra["fractional_values"]
-    return {inputs[fi].rel_path: n for fi, n in sorted(by_file.items())}
+    paths = {f.file_index: f.rel_path for f in inputs}
+    return {paths[fi]: n for fi, n in sorted(by_file.items())}
 
 
 def _file_notes(inputs: list[InputFile], results: list[UnitResult]) -> list[str]:
@@ -437,13 +439,14 @@ def _file_notes(inputs: list[InputFile], results: list[UnitResult]) -> list[str]
     ]
     genes: dict[int, dict] = {}
     summed: dict[int, int] = {}
+    paths = {f.file_index: f.rel_path for f in inputs}
     for r in results:
         if "genes_via_map" in r.extra:
             genes[r.extra["file_index"]] = r.extra
             summed[r.extra["file_index"]] = summed.get(r.extra["file_index"], 0) + r.extra["colliding_entries_summed"]
     for fi, e in sorted(genes.items()):
         notes.append(
-            f"{inputs[fi].rel_path}: genes {e['genes_direct']:,} direct, {e['genes_via_map']:,} via gene_id_map, "
+            f"{paths[fi]}: genes {e['genes_direct']:,} direct, {e['genes_via_map']:,} via gene_id_map, "
             f"{e['genes_ambiguous']:,} ambiguous, {e['genes_unmapped']:,} unmapped (not tokenized); "
             f"{e['genes_colliding']:,} share an id ({summed[fi]:,} entries summed into one)"
         )
@@ -500,17 +503,22 @@ def run_tokenize(
         for name in ("data-*-of-*.arrow", "state.json", "dataset_info.json"):
             remove_temporaries(out_dir / f"{split}.dataset", name)
     inputs, inspection = discover_and_inspect(hf, vocab, layout.decompressed)
+    work_hash, work_settings = _work_settings(hf)
+    stage_hash = _stage_hash(work_hash, inputs)  # over the sorted listing: what a rerun without --append computes
+    markers = [f"{s}.dataset/state.json" for s in SPLITS]
+    # numbered as the finished build recorded them; with --append, the new files after them (base: what they extend)
+    inputs, base = resolve_inputs(out, inputs, work_hash, stage_hash, markers, plan.append)
+    todo = base.new if base else inputs  # the files this run tokenizes
     check_id_lists(hf.drop_ids, inputs)  # ids are (input, row): a list made from other inputs would drop others
     notes += inspection.notes
-    valid_groups = _held_out_groups(hf, inspection.groups, notes) if hf.split_parameters.by else None
-    work_hash, work_settings = _work_settings(hf)
-    stage_hash = _stage_hash(work_hash, inputs)
-    total = sum(f.n_obs for f in inputs)
+    valid_groups = _valid_groups(hf, inspection, base, notes) if hf.split_parameters.by else None
+    total = sum(f.n_obs for f in todo)
     n_buckets: tuple[tuple[str, int], ...] = ()
     if hf.split_parameters.shuffle:
         tsize = hf.split_parameters.test_size
-        if valid_groups is not None and inspection.groups:  # whole groups: valid's own share of the inputs
-            tsize = sum(inspection.groups[g] for g in valid_groups) / max(sum(inspection.groups.values()), 1)
+        groups = inspection.groups_of([f.rel_path for f in todo])
+        if valid_groups is not None and groups:  # whole groups: valid's own share of the inputs
+            tsize = sum(groups.get(g, 0) for g in valid_groups) / max(sum(groups.values()), 1)
         n_buckets = tuple(
             (s, n_buckets_for(round(total * frac), hf.shuffle_bucket_cells, hf.num_chunks))
             for s, frac in (("train", 1 - tsize), ("valid", tsize))
@@ -543,18 +551,29 @@ def run_tokenize(
             for marker in fused.identity.markers:
                 fused.identity.out.remove(marker)
             fused.clear_stale()
-        return plan_tokenize(hf, inputs)
+        if base is not None:  # before the datasets' markers go: a rerun resumes this as an append
+            base.start(out)
+        else:  # an append left unfinished is rebuilt as a whole now
+            out.remove(APPEND_RECORD)
+        return plan_tokenize(hf, todo)
 
     def finalize(units: Sequence[WorkUnit], results: list[UnitResult]) -> tuple[dict[str, Any], StageSummary]:
         keys = (*COUNT_KEYS, *encoding.count_keys, *((DROP_KEY,) if hf.drop_ids else ()))
         totals = {k: sum(r.counts.get(k, 0) for r in results) for k in keys}
-        _check_split_sizes(hf, totals)
-        if hf.split_parameters.key != "id":  # before any dataset file is written
+        _check_split_sizes(hf, merge_counts(base.previous.totals, totals) if base else totals)
+        if hf.split_parameters.key != "id":  # before any dataset file is written (an append: among its own cells)
             check_unique_keys(layout.parts, [u.unit_id for u in units], hf, inputs)
-        shard_records = finalize_splits(ctx, layout, list(units), results, spec, stage_hash, reporter)
+        previous = _previous_manifest(out)  # the build this one extends or replaces
+        earlier = {s: base.records(s) for s in SPLITS} if base else {}
+        generation = base.generation if base else 0
+        shard_records = finalize_splits(
+            ctx, layout, list(units), results, spec, stage_hash, reporter, earlier, generation
+        )
+        if base is None and previous is not None:  # a rebuild: data files of the build it replaces it did not rewrite
+            _remove_unlisted(out, previous, shard_records)
         exports: dict[str, list[dict[str, Any]]] = {}
         for split, records in shard_records.items():  # the model's own layout too, where it has one (scBank)
-            files = [out_dir / f"{split}.dataset" / r["path"] for r in records]
+            files = [out_dir / f"{split}.dataset" / r["path"] for r in earlier.get(split, []) + records]
             for written in encoding.export(split, files, out_dir):
                 exports.setdefault(split, []).append(output_record(written, out_dir))  # (verify hashes it)
                 out.publish(written)
@@ -578,7 +597,8 @@ def run_tokenize(
         if exports:
             body["exports"] = exports
         if hf.fingerprints:  # beside the datasets: the parts folder goes once the manifest is written
-            recorded = _recorded_fingerprints(out)  # the previous build's, which this one replaces
+            # the previous build's, which a rebuild replaces (an append keeps them)
+            recorded = [r.path for r in (previous.fingerprints or [])] if previous and not base else []
             written = publish_fingerprints(ctx.parts_dir, [u.unit_id for u in units], out, recorded)
             body["fingerprints"] = [output_record(p, out_dir) for p in written]
         if fractional := non_integer_values(inputs, results):  # normalised data, recorded (not only said)
@@ -590,6 +610,9 @@ def run_tokenize(
                     held[g] += n
             body["held_out_groups"] = held
         notes_out = notes + _file_notes(inputs, results) + _idle_join_notes(hf, totals)
+        if base is not None:
+            body = base.merged(body)
+            notes_out.append(_append_note(base, body["totals"]))
         summary = StageSummary("tokenize", counts=totals, outputs=_outputs(out), notes=notes_out)
         return body, summary
 
@@ -599,11 +622,12 @@ def run_tokenize(
         remove_owned(ctx.parts_dir)  # only folders this tool created and marked: never a user's
         remove_owned(layout.units())
         remove_owned(layout.joins)
+        out.remove(APPEND_RECORD)  # the merged manifest is the record of the append now
 
     stage: StageRun[TokenizeManifest] = StageRun(
         name="tokenize",
         out=out,
-        markers=[f"{s}.dataset/state.json" for s in SPLITS],
+        markers=markers,
         key="huggingface.merged_dataset_root",
         what="dataset",
         settings_hash=work_hash,
@@ -618,18 +642,48 @@ def run_tokenize(
         cells_of=lambda u: u.n_cells,
         is_current=lambda u, r: r.extra.get("input_checksum") == u.checksum,
         after_manifest=cleanup,
+        appending=base is not None,
         settings=cfg.settings_for_output("huggingface", work_settings),
     )
     return run_stage(stage, spec, reporter)
 
 
-def _recorded_fingerprints(out: Publisher) -> list[str]:
-    """The fingerprint files the manifest on disk lists (none when there is none, or it cannot be read)."""
+def _previous_manifest(out: Publisher) -> TokenizeManifest | None:
+    """The manifest on disk (None when there is none, or it cannot be read: nothing is removed on its word)."""
     try:
-        previous = read_manifest(out, MANIFEST, TokenizeManifest)
-    except InputError:  # a damaged manifest names nothing: nothing is removed on its word
-        return []
-    return [r.path for r in (previous.fingerprints or [])] if previous else []
+        return read_manifest(out, MANIFEST, TokenizeManifest)
+    except InputError:
+        return None
+
+
+def _remove_unlisted(out: Publisher, previous: TokenizeManifest, written: dict[str, list[dict]]) -> None:
+    """Data files the previous build's manifest lists that this rebuild did not write (fewer files now, or an
+    earlier append's): removed by name, so nothing unlisted stays in a dataset folder; no other file is."""
+    for split, records in previous.splits.items():
+        now = {r["path"] for r in written.get(split, [])}
+        for rec in records:
+            if rec.path not in now:
+                out.remove(f"{split}.dataset/{rec.path}")
+
+
+def _valid_groups(hf: HuggingfaceConfig, inspection: Any, base: AppendBase | None, notes: list[str]) -> tuple[str, ...]:
+    """The groups valid holds whole. An append keeps the finished build's: its held-out groups stay held out, its
+    other groups stay in train (new cells of a finished group follow it); groups new in the appended files are
+    chosen among themselves by the same rule."""
+    if base is None:
+        return _held_out_groups(hf, inspection.groups, notes)
+    finished = inspection.groups_of([f.rel_path for f in base.inputs if f not in base.new])
+    fresh = {g: n for g, n in inspection.groups_of([f.rel_path for f in base.new]).items() if g not in finished}
+    held = set(base.previous.held_out_groups or {})
+    return tuple(sorted(held | set(_held_out_groups(hf, fresh, notes))))
+
+
+def _append_note(base: AppendBase, totals: dict[str, int]) -> str:
+    return (
+        f"appended {len(base.new):,} input file(s) (append {base.generation}) to the finished corpus, whose data files "
+        f"are unchanged; it now holds {totals['written_train']:,} train and {totals['written_valid']:,} valid cells "
+        f"from {len(base.inputs):,} input files"
+    )
 
 
 def _outputs(out: Publisher) -> dict[str, str]:

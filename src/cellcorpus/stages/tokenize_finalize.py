@@ -108,6 +108,7 @@ class ShuffleContext:
     publisher: Publisher
     split: str
     mds: FusedExport | None = None
+    offset: int = 0  # data files the split held before (an append): bucket b is the split's (offset + b)-th file
 
 
 def shuffle_unit(unit: ShuffleUnit, ctx: ShuffleContext) -> UnitResult:
@@ -119,7 +120,7 @@ def shuffle_unit(unit: ShuffleUnit, ctx: ShuffleContext) -> UnitResult:
     table = pa.concat_tables(pieces) if pieces else schema.empty_table()  # zero-copy over the pieces
     order = np.argsort(shuffle_keys(table.column("id").to_numpy(), ctx.seed), kind="stable")
     # the bucket's data file is the split's i-th: the export writes (and records) its own unit for exactly it
-    mds = ctx.mds.bucket_writer(ctx.split, unit.bucket, unit.path, table.num_rows) if ctx.mds else None
+    mds = ctx.mds.bucket_writer(ctx.split, ctx.offset + unit.bucket, unit.path, table.num_rows) if ctx.mds else None
     written = write_stream(unit.path, table, rows=order, each=mds.add if mds else None, schema=schema)
     record = output_record(unit.path, ctx.root, written.xxh64, n_cells=table.num_rows)
     ctx.publisher.publish(unit.path)
@@ -128,12 +129,15 @@ def shuffle_unit(unit: ShuffleUnit, ctx: ShuffleContext) -> UnitResult:
     return UnitResult(unit.unit_id, {"cells": table.num_rows}, [record])
 
 
-def shuffle_units(parts: list[tuple[str, dict]], split: str, dest: Path, n: int) -> list[ShuffleUnit]:
-    """One unit per bucket of `split`, over the bucket plan written beside the parts."""
+def shuffle_units(
+    parts: list[tuple[str, dict]], split: str, dest: Path, n: int, generation: int = 0
+) -> list[ShuffleUnit]:
+    """One unit per bucket of `split`, over the bucket plan written beside the parts (data files named for the
+    `generation`-th append, when not 0)."""
     plan = Path(parts[0][0]).parent / "shuffle-plan.npy"
     cells = write_bucket_plan(plan, [p for p, _ in parts], lambda j: part_bounds(*parts[j]), n)
     return [
-        ShuffleUnit(f"{split}-b{b:05d}", str(dest / data_file_name(b, n)), b, int(cells[b]), str(plan))
+        ShuffleUnit(f"{split}-b{b:05d}", str(dest / data_file_name(b, n, generation)), b, int(cells[b]), str(plan))
         for b in range(n)
     ]
 
@@ -149,18 +153,25 @@ def _parts(
 
 
 def _finalize_unshuffled(
-    parts: list[tuple[str, dict]], dest: Path, out: Publisher, split: str, fused: FusedExport | None
+    parts: list[tuple[str, dict]],
+    dest: Path,
+    out: Publisher,
+    split: str,
+    fused: FusedExport | None,
+    offset: int = 0,
+    generation: int = 0,
 ) -> list[dict]:
-    # Empty parts are dropped, unless every part is empty (a dataset needs one file for its schema).
-    kept = [(p, r) for p, r in parts if r["n_cells"] > 0] or parts[:1]
+    # Empty parts are dropped, unless every part is empty and the split has no file before them (`offset`: an
+    # append's): a dataset needs one file for its schema.
+    kept = [(p, r) for p, r in parts if r["n_cells"] > 0] or (parts[:1] if not offset else [])
     records = []
     for i, (part, rec) in enumerate(kept):
-        target = dest / data_file_name(i, len(kept))
+        target = dest / data_file_name(i, len(kept), generation)
         if Path(part).exists():  # already moved (and published) by an interrupted earlier finalize otherwise
             os.replace(part, target)
             out.publish(target)
         if fused is not None:
-            fused.adopt(split, Path(part).stem, i, target, rec)
+            fused.adopt(split, Path(part).stem, offset + i, target, rec)
         records.append({"path": target.name, "bytes": rec["bytes"], "xxh64": rec["xxh64"], "n_cells": rec["n_cells"]})
     if fused is not None:
         fused.clear_scratch(split)
@@ -175,8 +186,13 @@ def finalize_splits(
     spec: ExecutorSpec,
     stage_hash: str,
     reporter: Reporter | None,
+    earlier: dict[str, list[dict]] | None = None,
+    generation: int = 0,
 ) -> dict[str, list[dict]]:
-    """Turn unit parts into `<split>.dataset` folders; state.json is written last in each."""
+    """Turn unit parts into `<split>.dataset` folders; state.json is written last in each. Returns the data files
+    written, per split. An append (`earlier`: each split's finished data files, kept as they are) writes its own,
+    named for its `generation`, and state.json lists the earlier ones first."""
+    earlier = earlier or {}
     out = layout.merged_root()
     buckets = dict(ctx.n_buckets)
     shards: dict[str, list[dict]] = {}
@@ -185,12 +201,13 @@ def finalize_splits(
         dest.mkdir(parents=True, exist_ok=True)
         parts = _parts(ctx, units, results, split)
         fused = ctx.fused_mds if ctx.fused_mds and split in ctx.fused_mds.splits else None
+        before = earlier.get(split, [])
         if split not in buckets:
-            records = _finalize_unshuffled(parts, dest, out, split, fused)
+            records = _finalize_unshuffled(parts, dest, out, split, fused, len(before), generation)
         else:
-            sunits = shuffle_units(parts, split, dest, buckets[split])
+            sunits = shuffle_units(parts, split, dest, buckets[split], generation)
             seed = ctx.hf.split_parameters.seed
-            sctx = ShuffleContext(seed, ctx.columns, ctx.metadata_columns, str(dest), out, split, fused)
+            sctx = ShuffleContext(seed, ctx.columns, ctx.metadata_columns, str(dest), out, split, fused, len(before))
             # derived work: its identity is the exact parts it reads; stale records are dropped
             parts_hash = config_hash(stage_hash, [r["xxh64"] for _, r in parts])
             ledger = Ledger(layout.units(f"shuffle-{split}"), parts_hash, derived=True)
@@ -205,7 +222,8 @@ def finalize_splits(
                 reporter=reporter,
             )
             records = [done[u.unit_id].outputs[0] for u in sunits]
-        write_dataset_metadata(dest, [r["path"] for r in records], ctx.columns, list(ctx.metadata_columns))
+        files = [r["path"] for r in before + records]
+        write_dataset_metadata(dest, files, ctx.columns, list(ctx.metadata_columns))
         out.publish(dest / "dataset_info.json")
         out.publish(dest / "state.json")  # last: the split is visible only when whole
         shards[split] = records
