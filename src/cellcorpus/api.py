@@ -5,7 +5,8 @@
 - `load_config(path_or_dict, overrides)`: a validated config (a YAML path or a dict of sections).
 - `run_pipeline(cfg)` / `cellcorpus.stages.<stage>.run_<stage>(cfg)`: the stages, as `cellcorpus run` runs them,
   when called (a list of summaries); `iter_pipeline(cfg)` yields each summary as its stage ends. Worker
-  processes need no `if __name__ == "__main__":` guard in the calling script.
+  processes need no `if __name__ == "__main__":` guard in the calling script. `run_pipeline(cfg, append=True)`
+  adds new input files to the finished corpus, as `cellcorpus run --append`.
 - `tokenize_anndata(adata, vocab, ...)`: one in-memory AnnData -> a `pyarrow.Table` of tokenized cells with
   the same filters, joins, metadata and split as `cellcorpus tokenize` (the same unit code runs on it).
 - `decode_id(cfg, id)`: an `id` back to (input file, row).

@@ -38,12 +38,13 @@ def _write_input(root: Path, name: str, seed: int, drugs: tuple[str, ...] = ("d0
     rng = np.random.default_rng(seed)
     m = sp.random(N_CELLS, len(GENES), density=0.5, random_state=rng, format="csr", dtype=np.float32)
     m.data = np.ceil(m.data * 9)
-    make_h5ad(root / "raw" / name, m, GENES, {"drug": [drugs[i % len(drugs)] for i in range(N_CELLS)]})
+    obs = {"drug": [drugs[i % len(drugs)] for i in range(N_CELLS)]}
+    make_h5ad(root / "raw" / name, m, GENES, obs, obs_index=[f"{name}-{i}" for i in range(N_CELLS)])
 
 
-def _config(root: Path, write_config, shuffle: bool, **overrides):
+def _config(root: Path, write_config, shuffle: bool, key: str | list[str] = "id", **overrides):
     write_vocab(root / "vocab" / "vocab.json")
-    split = {"test_size": 0.2, "seed": 11, "shuffle": shuffle}
+    split = {"test_size": 0.2, "seed": 11, "shuffle": shuffle, "key": key}
     return load_config(write_config(root, **{**SETTINGS, "huggingface.split_parameters": split, **overrides}))
 
 
@@ -81,14 +82,14 @@ def _files(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(found)}
 
 
-@pytest.mark.parametrize("shuffle", [True, False])
-def test_two_appends_equal_one_build_and_leave_finished_files_untouched(tmp_path, write_config, shuffle):
+@pytest.mark.parametrize("shuffle, key", [(True, "id"), (False, "id"), (True, ["index"])])
+def test_two_appends_equal_one_build_and_leave_finished_files_untouched(tmp_path, write_config, shuffle, key):
     at_once, grown = tmp_path / "at_once", tmp_path / "grown"
     for k in range(4):
         _write_input(at_once, f"plate{k}.h5ad", seed=k)
-    run_pipeline(_config(at_once, write_config, shuffle))
+    run_pipeline(_config(at_once, write_config, shuffle, key))
 
-    cfg = _config(grown, write_config, shuffle)
+    cfg = _config(grown, write_config, shuffle, key)
     for k in range(2):
         _write_input(grown, f"plate{k}.h5ad", seed=k)
     run_pipeline(cfg)
