@@ -6,7 +6,7 @@
    `core.fingerprint.cell_fingerprints`, as tokenize runs it with `huggingface.fingerprints: true`: cells/s and
    stored counts/s, beside the unit's `tokenize_csr` parse on the same arrays (what the option adds to a unit).
 2. dedup: N cells' recorded fingerprint files (units of 32,768 cells, 1% of cells planted as copies of cells
-   in other units), read and compared exactly as `run_dedup` does (`_records`, `_partitions`, `_scan`: the
+   in other units), read and compared exactly as `run_dedup` does (`formats.duplicates.scan_fingerprints`: the
    manifest reading around them is left out), in a fresh subprocess for its peak RSS; with the default
    partition size (in memory up to 4M records) and with on-disk partitions forced (`PART_ROWS` = 256k).
 Nothing is asserted; numbers go in docs/scaling.md. Outputs are removed at the end.
@@ -69,22 +69,14 @@ def make_records(folder: Path, cells: int) -> list[str]:
 
 
 def dedup_job(files_json: str, part_rows: int) -> None:
-    import tempfile
+    from cellcorpus.formats import duplicates
+    from cellcorpus.formats.fingerprints import RECORD_DTYPE
 
-    from cellcorpus.stages import dedup
-    from cellcorpus.stages.dedup import DedupReport, _Corpus, _Pairs, _partitions, _records, _scan
-
-    dedup.PART_ROWS = part_rows
+    duplicates.PART_ROWS = part_rows
     files = json.loads(Path(files_json).read_text())
     t = time.perf_counter()
-    records = sum(Path(f).stat().st_size for f in files) // dedup.RECORD_DTYPE.itemsize  # as from a manifest
-    corpus = _Corpus("bench", files, records, [], "")
-    report, within = DedupReport(), _Pairs()
-    found, total = _records([corpus])
-    with tempfile.TemporaryDirectory(prefix="dedup-bench-", dir=Path(files_json).parent) as tmp:
-        for part in _partitions(found, total, Path(tmp)):
-            rows = part if isinstance(part, np.ndarray) else np.fromfile(part, dtype=dedup._ROWS)
-            _scan(rows, 0, report, within, [])
+    records = sum(Path(f).stat().st_size for f in files) // RECORD_DTYPE.itemsize  # as from a manifest
+    report = duplicates.scan_fingerprints([(0, f) for f in files], records, keep_ids=False)
     seconds = time.perf_counter() - t
     with open("/proc/self/status") as f:
         peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from cellcorpus.cli import app
 from cellcorpus.config import load_config
 from cellcorpus.errors import ConfigError, VerifyError
+from cellcorpus.formats import duplicates
 from cellcorpus.pipeline import run_pipeline
-from cellcorpus.stages import dedup as dedup_stage
 from cellcorpus.stages.dedup import run_dedup
 from cellcorpus.stages.tokenize import run_tokenize
 from cellcorpus.stages.verify import run_verify
@@ -95,7 +95,7 @@ def test_against_another_corpus_reads_its_fingerprints(corpus, tmp_path):
 def test_partitioned_on_disk_gives_the_same_report(corpus, monkeypatch):
     _, cfg, _ = corpus
     whole = run_dedup(cfg, write=False)
-    monkeypatch.setattr(dedup_stage, "PART_ROWS", 8)  # 70 records -> 16 fingerprint-range partitions
+    monkeypatch.setattr(duplicates, "PART_ROWS", 8)  # 70 records -> 16 fingerprint-range partitions
     assert run_dedup(cfg, write=False).as_dict() == whole.as_dict()
 
 
