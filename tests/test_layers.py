@@ -24,6 +24,7 @@ STAGE_OF = {
     "tokenize_finalize": "tokenize",
     "tokenize_keys": "tokenize",
     "tokenize_append": "tokenize",
+    "tokenize_dedup": "tokenize",
     "mds_unit": "mds",
 }
 

@@ -521,6 +521,14 @@ class DrugsConfig(_Section):
         return _join(self.output_root, self.fingerprints_file)
 
 
+class DedupConfig(_Section):
+    """`dedup:` — cells recorded twice in the corpus (equal content fingerprints; `cellcorpus dedup`)."""
+
+    # report: `run` finds and reports them (report/dedup.json, id lists); drop: tokenize also leaves them out of
+    # this build, keeping each group's first cell by id (counted as `filtered_duplicates`, pairs in the manifest)
+    policy: Literal["report", "drop"] = "report"
+
+
 class IoConfig(_Section):
     """`io:` — how outputs are written (never what they hold: not part of any output's identity)."""
 
@@ -558,6 +566,8 @@ class Config(_Section):
     drugs: DrugsConfig | None = None
     # per-gene statistics of the inputs, e.g. Geneformer's gene medians (`cellcorpus stats`)
     stats: StatsConfig | None = None
+    # duplicate cells: report them, or drop them in the build (needs and turns on `huggingface.fingerprints`)
+    dedup: DedupConfig | None = None
     # where work units run (local processes or Dask)
     executor: ExecutorConfig = Field(default_factory=lambda: ExecutorConfig.model_validate({}))
     # how outputs are written
@@ -565,6 +575,18 @@ class Config(_Section):
     # dotted key -> its text before resolution, for every value that came (maybe through `${key}` references)
     # from the environment: outputs record this reference, never the value (a secret stays out of manifests)
     _env_refs: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dedup_records_fingerprints(cls, data: Any) -> Any:
+        """A `dedup` section reads the cells' fingerprints: it turns `huggingface.fingerprints` on (off said
+        explicitly is an error, not overruled)."""
+        if isinstance(data, dict) and data.get("dedup") is not None and isinstance(data.get("huggingface"), dict):
+            hf = data["huggingface"]
+            if hf.get("fingerprints") is False:
+                raise ValueError("dedup: needs huggingface.fingerprints (set to false): remove one of them")
+            data = {**data, "huggingface": {**hf, "fingerprints": True}}
+        return data
 
     def for_output(self, key: str, value: Any) -> Any:
         """What an output may record for config `key`: its `${oc.env:...}` reference when the value came
@@ -601,6 +623,8 @@ def _format_validation_error(err: ValidationError) -> str:
             lines.append(f"{loc}: unknown key")
         elif e["type"] == "missing":
             lines.append(f"{loc}: required key missing")
+        elif not loc:  # a rule across sections: its message names the keys (the input is the whole config)
+            lines.append(e["msg"].removeprefix("Value error, "))
         else:
             lines.append(f"{loc}: {e['msg']} (got {e.get('input')!r})")
     return "; ".join(lines)

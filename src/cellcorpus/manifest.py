@@ -226,6 +226,8 @@ class TokenizeManifest(StageManifest):
     fingerprints: list[ExportRecord] | None = None
     # `--append`: each append to the first build, in order (its generation, input files and cells)
     appends: list[dict[str, Any]] | None = None
+    # `dedup: {policy: drop}`: the duplicate cells this build left out (cells, groups, pairs of inputs + example)
+    duplicates_dropped: dict[str, Any] | None = None
 
 
 class MdsSplitRecord(_Record):

@@ -114,6 +114,9 @@ class FusedExport(Protocol):
     def adopt(self, split: str, unit_id: str, index: int, target: Path, record: dict[str, Any]) -> None:
         """A unit's scratch export becomes the split's `index`-th, for data file `target`, and is recorded."""
 
+    def discard(self, split: str, unit_id: str) -> None:
+        """A unit's scratch export is not adopted (its part was written again): the owner converts the file."""
+
     def clear_scratch(self, split: str) -> None:
         """The split's scratch, once every part was adopted."""
 

@@ -262,6 +262,11 @@ class FusedMds:
         unit = MdsUnit(unit_id_of(split, index), path, split, sub_dir_of(index), n_cells)
         return _RecordingWriter(MdsUnitWriter(unit, self.context), self.identity)
 
+    def discard(self, split: str, unit_id: str) -> None:
+        """A unit's scratch writer is not adopted (its part was written again, without some cells): the mds stage
+        converts the data file it became."""
+        shutil.rmtree(self.identity.out.local_dir / split / self.scratch_name / unit_id, ignore_errors=True)
+
     def clear_scratch(self, split: str) -> None:
         """The split's scratch folder, once every part was adopted (empty parts leave theirs)."""
         shutil.rmtree(self.identity.out.local_dir / split / self.scratch_name, ignore_errors=True)

@@ -49,6 +49,7 @@ from cellcorpus.sources.inputs import discover_and_inspect, gene_mapping, input_
 from cellcorpus.stages.base import FusedExport, StageRun, StageSummary, WorkUnit, locked, row_units, run_stage
 from cellcorpus.stages.preflight import check_renames, preflight
 from cellcorpus.stages.tokenize_append import AppendBase, merge_counts, resolve_inputs
+from cellcorpus.stages.tokenize_dedup import DUPLICATES_KEY, find_duplicates
 from cellcorpus.stages.tokenize_finalize import TokenizeContext, finalize_splits
 from cellcorpus.stages.tokenize_keys import check_unique_keys, write_unit_keys
 
@@ -372,13 +373,16 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
 
 
 # ---- stage --------------------------------------------------------------------------------------
-def _work_settings(hf: HuggingfaceConfig) -> tuple[str, dict[str, Any]]:
+def _work_settings(hf: HuggingfaceConfig, drop_duplicates: bool = False) -> tuple[str, dict[str, Any]]:
     """Identity of the settings: everything that decides the output bytes, nothing that only says where.
 
     Paths are replaced by the content of what they point at (vocabulary, join tables, gene table), so a
     relative vs absolute spelling or a moved folder is the same work; num_proc never changes outputs.
+    `drop_duplicates`: `dedup: {policy: drop}` (recorded only then: other identities stay the same).
     """
     settings = hf.model_dump(mode="json", exclude=set(HF_LOCATION_KEYS) | {"parquet_gene_table"})
+    if drop_duplicates:
+        settings["dedup"] = "drop"
     if settings["split_parameters"]["key"] == "id":  # the default: identities of earlier runs stay the same
         del settings["split_parameters"]["key"]
     for flag in ("fingerprints", "cell_hash"):  # off, the default: identities of earlier runs stay the same
@@ -503,7 +507,8 @@ def run_tokenize(
         for name in ("data-*-of-*.arrow", "state.json", "dataset_info.json"):
             remove_temporaries(out_dir / f"{split}.dataset", name)
     inputs, inspection = discover_and_inspect(hf, vocab, layout.decompressed)
-    work_hash, work_settings = _work_settings(hf)
+    drop_duplicates = cfg.dedup is not None and cfg.dedup.policy == "drop"
+    work_hash, work_settings = _work_settings(hf, drop_duplicates)
     stage_hash = _stage_hash(work_hash, inputs)  # over the sorted listing: what a rerun without --append computes
     markers = [f"{s}.dataset/state.json" for s in SPLITS]
     # numbered as the finished build recorded them; with --append, the new files after them (base: what they extend)
@@ -558,7 +563,16 @@ def run_tokenize(
         return plan_tokenize(hf, todo)
 
     def finalize(units: Sequence[WorkUnit], results: list[UnitResult]) -> tuple[dict[str, Any], StageSummary]:
-        keys = (*COUNT_KEYS, *encoding.count_keys, *((DROP_KEY,) if hf.drop_ids else ()))
+        dropped = None
+        if drop_duplicates:  # found among every unit's cells (and an append's finished ones); results updated
+            finished = [(out.url(r.path), r.bytes) for r in (base.previous.fingerprints or [])] if base else []
+            dropped = find_duplicates(ctx.parts_dir, list(units), results, inputs, stage_hash, finished)
+        keys = (
+            *COUNT_KEYS,
+            *encoding.count_keys,
+            *((DROP_KEY,) if hf.drop_ids else ()),
+            *((DUPLICATES_KEY,) if dropped else ()),
+        )
         totals = {k: sum(r.counts.get(k, 0) for r in results) for k in keys}
         _check_split_sizes(hf, merge_counts(base.previous.totals, totals) if base else totals)
         if hf.split_parameters.key != "id":  # before any dataset file is written (an append: among its own cells)
@@ -566,8 +580,9 @@ def run_tokenize(
         previous = _previous_manifest(out)  # the build this one extends or replaces
         earlier = {s: base.records(s) for s in SPLITS} if base else {}
         generation = base.generation if base else 0
+        drop = dropped.path if dropped else None
         shard_records = finalize_splits(
-            ctx, layout, list(units), results, spec, stage_hash, reporter, earlier, generation
+            ctx, layout, list(units), results, spec, stage_hash, reporter, earlier, generation, drop
         )
         if base is None and previous is not None:  # a rebuild: data files of the build it replaces it did not rewrite
             _remove_unlisted(out, previous, shard_records)
@@ -601,6 +616,8 @@ def run_tokenize(
             recorded = [r.path for r in (previous.fingerprints or [])] if previous and not base else []
             written = publish_fingerprints(ctx.parts_dir, [u.unit_id for u in units], out, recorded)
             body["fingerprints"] = [output_record(p, out_dir) for p in written]
+        if dropped is not None:  # the duplicates left out: cells, groups, per pair of inputs with an example
+            body["duplicates_dropped"] = dropped.record
         if fractional := non_integer_values(inputs, results):  # normalised data, recorded (not only said)
             body["non_integer_values"] = fractional
         if valid_groups is not None:  # which groups valid holds, and the cells written of each

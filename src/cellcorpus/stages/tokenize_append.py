@@ -70,6 +70,13 @@ class AppendBase:
             merged = merge_counts(prev.get(key) or {}, body.get(key) or {})
             if merged or key in body:
                 out[key] = merged
+        if prev.get("duplicates_dropped") or body.get("duplicates_dropped"):
+            a, b = prev.get("duplicates_dropped") or {}, body.get("duplicates_dropped") or {}
+            out["duplicates_dropped"] = {
+                "cells": a.get("cells", 0) + b.get("cells", 0),
+                "groups": a.get("groups", 0) + b.get("groups", 0),
+                "pairs": a.get("pairs", []) + b.get("pairs", []),
+            }
         if prev.get("fingerprints") or body.get("fingerprints"):
             out["fingerprints"] = (prev.get("fingerprints") or []) + (body.get("fingerprints") or [])
         written = {k: v for k, v in body["totals"].items() if k in ("cells_read", "written_train", "written_valid")}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -35,10 +36,11 @@ from cellcorpus.formats.arrow import (
     write_stream,
 )
 from cellcorpus.formats.shuffle_plan import Slice, bucket_slices, part_bounds, write_bucket_plan
-from cellcorpus.io.paths import Publisher
+from cellcorpus.io.paths import Publisher, filesystem
 from cellcorpus.layout import SPLITS, Layout
-from cellcorpus.manifest import Ledger, UnitResult, output_record
+from cellcorpus.manifest import Ledger, UnitResult, file_checksum, output_record
 from cellcorpus.stages.base import FusedExport, WorkUnit
+from cellcorpus.stages.tokenize_dedup import is_dropped, load_ids
 
 __all__ = [
     "TokenizeContext",
@@ -108,6 +110,7 @@ class ShuffleContext:
     publisher: Publisher
     split: str
     mds: FusedExport | None = None
+    drop: str | None = None  # `dedup: {policy: drop}`: the sorted ids left out (stages/tokenize_dedup.py)
     offset: int = 0  # data files the split held before (an append): bucket b is the split's (offset + b)-th file
 
 
@@ -118,6 +121,8 @@ def shuffle_unit(unit: ShuffleUnit, ctx: ShuffleContext) -> UnitResult:
     if len({p.schema for p in pieces}) > 1:  # compact and wide parts (counts over 32,767; an earlier version)
         pieces = [p.cast(schema) for p in pieces]
     table = pa.concat_tables(pieces) if pieces else schema.empty_table()  # zero-copy over the pieces
+    if ctx.drop is not None:  # duplicates this build leaves out
+        table = table.filter(~is_dropped(table.column("id").to_numpy(), load_ids(ctx.drop)))
     order = np.argsort(shuffle_keys(table.column("id").to_numpy(), ctx.seed), kind="stable")
     # the bucket's data file is the split's i-th: the export writes (and records) its own unit for exactly it
     mds = ctx.mds.bucket_writer(ctx.split, ctx.offset + unit.bucket, unit.path, table.num_rows) if ctx.mds else None
@@ -160,6 +165,7 @@ def _finalize_unshuffled(
     fused: FusedExport | None,
     offset: int = 0,
     generation: int = 0,
+    drop: str | None = None,
 ) -> list[dict]:
     # Empty parts are dropped, unless every part is empty and the split has no file before them (`offset`: an
     # append's): a dataset needs one file for its schema.
@@ -167,15 +173,36 @@ def _finalize_unshuffled(
     records = []
     for i, (part, rec) in enumerate(kept):
         target = dest / data_file_name(i, len(kept), generation)
-        if Path(part).exists():  # already moved (and published) by an interrupted earlier finalize otherwise
-            os.replace(part, target)
-            out.publish(target)
-        if fused is not None:
-            fused.adopt(split, Path(part).stem, offset + i, target, rec)
+        if drop is not None and rec.get("dropped"):  # it holds duplicates left out: written again without them
+            rec = {**rec, **_without_dropped(part, target, drop, out)}
+            if fused is not None:  # its export holds them too: the mds stage converts the data file instead
+                fused.discard(split, Path(part).stem)
+        else:
+            if Path(part).exists():  # already moved (and published) by an interrupted earlier finalize otherwise
+                os.replace(part, target)
+                out.publish(target)
+            if fused is not None:
+                fused.adopt(split, Path(part).stem, offset + i, target, rec)
         records.append({"path": target.name, "bytes": rec["bytes"], "xxh64": rec["xxh64"], "n_cells": rec["n_cells"]})
     if fused is not None:
         fused.clear_scratch(split)
     return records
+
+
+def _without_dropped(part: str, target: Path, drop: str, out: Publisher) -> dict[str, Any]:
+    """Write `part`'s rows but the dropped ones to `target` (then the part goes); its size and xxh64. A part
+    already gone was written by an interrupted earlier finalize: the target is read back for them."""
+    if Path(part).exists():
+        table = read_arrow(part)
+        written = write_stream(target, table, mask=~is_dropped(table.column("id").to_numpy(), load_ids(drop)))
+        del table
+        size = target.stat().st_size
+        os.remove(part)
+        out.publish(target)
+        return {"bytes": size, "xxh64": written.xxh64}
+    url = out.url(target.relative_to(out.local_dir).as_posix())
+    fs, path = filesystem(url)
+    return {"bytes": int(fs.size(path)), "xxh64": file_checksum(url)}
 
 
 def finalize_splits(
@@ -188,10 +215,12 @@ def finalize_splits(
     reporter: Reporter | None,
     earlier: dict[str, list[dict]] | None = None,
     generation: int = 0,
+    drop: str | None = None,
 ) -> dict[str, list[dict]]:
     """Turn unit parts into `<split>.dataset` folders; state.json is written last in each. Returns the data files
     written, per split. An append (`earlier`: each split's finished data files, kept as they are) writes its own,
-    named for its `generation`, and state.json lists the earlier ones first."""
+    named for its `generation`, and state.json lists the earlier ones first. `drop`: the sorted ids of duplicates
+    left out (stages/tokenize_dedup.py)."""
     earlier = earlier or {}
     out = layout.merged_root()
     buckets = dict(ctx.n_buckets)
@@ -203,11 +232,13 @@ def finalize_splits(
         fused = ctx.fused_mds if ctx.fused_mds and split in ctx.fused_mds.splits else None
         before = earlier.get(split, [])
         if split not in buckets:
-            records = _finalize_unshuffled(parts, dest, out, split, fused, len(before), generation)
+            records = _finalize_unshuffled(parts, dest, out, split, fused, len(before), generation, drop)
         else:
             sunits = shuffle_units(parts, split, dest, buckets[split], generation)
             seed = ctx.hf.split_parameters.seed
-            sctx = ShuffleContext(seed, ctx.columns, ctx.metadata_columns, str(dest), out, split, fused, len(before))
+            sctx = ShuffleContext(
+                seed, ctx.columns, ctx.metadata_columns, str(dest), out, split, fused, drop, len(before)
+            )
             # derived work: its identity is the exact parts it reads; stale records are dropped
             parts_hash = config_hash(stage_hash, [r["xxh64"] for _, r in parts])
             ledger = Ledger(layout.units(f"shuffle-{split}"), parts_hash, derived=True)
