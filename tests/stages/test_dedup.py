@@ -43,19 +43,30 @@ def _with_explicit_zeros(x: np.ndarray) -> sp.csr_matrix:
     return out
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """a.h5ad: 40 cells, its row 39 a copy of row 20. b.h5ad (CSC, genes reversed): a's rows 0-9. c.h5ad (CSR
-    with explicit zeros, genes reversed): a's rows 10-14, a's rows 15-19 doubled, 10 new cells."""
-    root = tmp_path_factory.mktemp("dedup")
+def planted(root: Path, with_c: bool = True) -> np.ndarray:
+    """a.h5ad: 40 cells, its row 39 a copy of row 20. b.h5ad (CSC, genes reversed): a's rows 0-9. c.h5ad
+    (`write_c`); a vocabulary. Returns a's counts."""
     write_vocab(root / "vocab" / "vocab.json", genes=GENES)
     a = _atlas(40, 1)
     a[39] = a[20]
-    rev = GENES[::-1]
     make_h5ad(root / "raw" / "a.h5ad", a, GENES)
-    make_h5ad(root / "raw" / "b.h5ad", a[:10, ::-1], rev, fmt="csc")
+    make_h5ad(root / "raw" / "b.h5ad", a[:10, ::-1], GENES[::-1], fmt="csc")
+    if with_c:
+        write_c(root, a)
+    return a
+
+
+def write_c(root: Path, a: np.ndarray) -> None:
+    """c.h5ad (CSR with explicit zeros, genes reversed): a's rows 10-14, a's rows 15-19 doubled, 10 new cells."""
     c = np.concatenate([a[10:15], 2 * a[15:20], _atlas(10, 2)])[:, ::-1]
-    make_h5ad(root / "raw" / "c.h5ad", _with_explicit_zeros(c), rev)
+    make_h5ad(root / "raw" / "c.h5ad", _with_explicit_zeros(c), GENES[::-1])
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """The planted inputs, built with fingerprints."""
+    root = tmp_path_factory.mktemp("dedup")
+    a = planted(root)
     cfg = load_config(config_file(root, **{"huggingface.fingerprints": True}))
     run_pipeline(cfg)  # tokenize, mds, verify (the fingerprint files too), report
     return root, cfg, a

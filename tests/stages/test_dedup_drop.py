@@ -9,7 +9,6 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from cellcorpus.config import load_config
@@ -17,30 +16,11 @@ from cellcorpus.errors import ConfigError
 from cellcorpus.pipeline import run_pipeline
 from cellcorpus.stages.dedup import run_dedup
 from cellcorpus.stages.verify import run_verify
-from tests._utils import arrow_rows, config_file, make_h5ad, write_vocab
+from tests._utils import arrow_rows, config_file
 from tests.stages.test_append import _mds_cells
-from tests.stages.test_dedup import GENES, _atlas, _with_explicit_zeros
+from tests.stages.test_dedup import planted, write_c
 
 MDS = {"mds.columns": {"genes": "pkl", "expressions": "pkl", "id": "int64"}, "huggingface.unit_cells": 16}
-
-
-def _inputs(root: Path, with_c: bool = True) -> np.ndarray:
-    """a: 40 cells, row 39 a copy of row 20; b (CSC, genes reversed): a's rows 0-9; c (explicit zeros, reversed):
-    a's rows 10-14, a's rows 15-19 doubled (not copies), 10 new cells."""
-    write_vocab(root / "vocab" / "vocab.json", genes=GENES)
-    a = _atlas(40, 1)
-    a[39] = a[20]
-    rev = GENES[::-1]
-    make_h5ad(root / "raw" / "a.h5ad", a, GENES)
-    make_h5ad(root / "raw" / "b.h5ad", a[:10, ::-1], rev, fmt="csc")
-    if with_c:
-        _write_c(root, a)
-    return a
-
-
-def _write_c(root: Path, a: np.ndarray) -> None:
-    c = np.concatenate([a[10:15], 2 * a[15:20], _atlas(10, 2)])[:, ::-1]
-    make_h5ad(root / "raw" / "c.h5ad", _with_explicit_zeros(c), GENES[::-1])
 
 
 def _rows(root: Path) -> dict[str, dict[int, tuple]]:
@@ -54,7 +34,7 @@ def _rows(root: Path) -> dict[str, dict[int, tuple]]:
 def test_drop_leaves_out_every_planted_copy_and_equals_the_two_build_route(tmp_path, shuffle):
     split = {"huggingface.split_parameters": {"test_size": 0.3, "seed": 5, "shuffle": shuffle}, **MDS}
     one = tmp_path / "one"
-    _inputs(one)
+    planted(one)
     cfg = load_config(config_file(one, **split, **{"dedup.policy": "drop"}))
     assert cfg.huggingface.fingerprints  # a dedup section records them
     summaries = {s.stage: s for s in run_pipeline(cfg)}  # tokenize, mds, verify, dedup, report
@@ -91,11 +71,11 @@ def test_drop_leaves_out_every_planted_copy_and_equals_the_two_build_route(tmp_p
 
 
 def test_an_append_drops_new_cells_equal_to_finished_ones(tmp_path):
-    a = _inputs(tmp_path, with_c=False)
+    a = planted(tmp_path, with_c=False)
     cfg = load_config(config_file(tmp_path, **MDS, **{"dedup.policy": "drop"}))
     run_pipeline(cfg)
     before = _rows(tmp_path)
-    _write_c(tmp_path, a)
+    write_c(tmp_path, a)
     tokenize = {s.stage: s for s in run_pipeline(cfg, append=True)}["tokenize"]
     assert tokenize.counts["filtered_duplicates"] == 5  # c's copies of a's rows 10-14
     after = _rows(tmp_path)
@@ -109,7 +89,7 @@ def test_an_append_drops_new_cells_equal_to_finished_ones(tmp_path):
 
 
 def test_dedup_with_fingerprints_off_is_refused(tmp_path):
-    _inputs(tmp_path, with_c=False)
+    planted(tmp_path, with_c=False)
     path = config_file(tmp_path, **{"dedup.policy": "drop", "huggingface.fingerprints": False})
     with pytest.raises(ConfigError, match=r"dedup: needs huggingface.fingerprints \(set to false\)"):
         load_config(path)
@@ -123,7 +103,7 @@ def test_an_interrupted_finalize_resumes_to_the_same_bytes(tmp_path, monkeypatch
     split = {"huggingface.split_parameters": {"test_size": 0.3, "seed": 5, "shuffle": shuffle}, **MDS}
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     for root in (whole, killed):
-        _inputs(root)
+        planted(root)
     run_pipeline(load_config(config_file(whole, **split, **{"dedup.policy": "drop"})))
     cfg = load_config(config_file(killed, **split, **{"dedup.policy": "drop"}))
     name = "shuffle_unit" if shuffle else "_without_dropped"
