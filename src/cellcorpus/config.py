@@ -66,12 +66,44 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class GeneIdMap(_Section):
+    """`gene_id_map:` — a table mapping the inputs' gene ids (symbols, old or versioned Ensembl ids) to the
+    vocabulary's. Column names, or 0-based positions for a headerless table (GENCODE exports).
+    """
+
+    # the mapping table (CSV, TSV or parquet)
+    path: str
+    # column (or position) holding the inputs' gene ids
+    from_column: str | int = "gene_name"
+    # column (or position) holding the vocabulary's ids
+    to_column: str | int = "gene_id"
+    # columns (or positions) of earlier or other names of a gene (HGNC `prev_symbol`, `alias_symbol`; several
+    # names in one cell separated by `|`), tried for an input id no from_column row names
+    alias_columns: list[str | int] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _same_kind(self) -> GeneIdMap:
+        kinds = {isinstance(c, int) for c in (self.from_column, self.to_column, *self.alias_columns)}
+        if len(kinds) > 1:
+            raise ValueError("from_column, to_column and alias_columns must all be names or all be positions")
+        return self
+
+    @property
+    def has_header(self) -> bool:
+        """Whether columns are named (True) or 0-based positions in a headerless table."""
+        return not isinstance(self.from_column, int)
+
+
 class VocabConfig(_Section):
     """`vocab:` — build the Ensembl-keyed GeneVocab JSON from a reference h5ad."""
 
     reference_adata: str  # an .h5ad, or a gene table (.parquet/.csv/.tsv, e.g. the Tahoe release's gene_metadata)
-    # the var (or table) column holding the Ensembl ids (`index` = the var names)
-    use_col: str = "index"
+    # the var (or table) column holding the Ensembl ids (`index` = the var names); a list: the first the reference
+    # has (e.g. [gene_id, index] for plates whose var may hold only symbols, with `gene_id_map`)
+    use_col: str | list[str] = "index"
+    # a symbol -> Ensembl id table for a reference whose ids are not all Ensembl ids: each id that is not one is
+    # replaced by the id the table gives it (one id: an ambiguous or unknown name is left out, and counted)
+    gene_id_map: GeneIdMap | None = None
     symbol_col: str | None = None  # gene symbols for id_to_gene: the var index of an h5ad when unset
     # pad the vocabulary with `<junkN>` tokens to a multiple of 64 (as the seed's vocabulary)
     add_junk_tokens: bool = False
@@ -227,34 +259,6 @@ class MetadataJoin(_Section):
     columns: list[str]
 
 
-class GeneIdMap(_Section):
-    """`gene_id_map:` — a table mapping the inputs' gene ids (symbols, old or versioned Ensembl ids) to the
-    vocabulary's. Column names, or 0-based positions for a headerless table (GENCODE exports).
-    """
-
-    # the mapping table (CSV, TSV or parquet)
-    path: str
-    # column (or position) holding the inputs' gene ids
-    from_column: str | int = "gene_name"
-    # column (or position) holding the vocabulary's ids
-    to_column: str | int = "gene_id"
-    # columns (or positions) of earlier or other names of a gene (HGNC `prev_symbol`, `alias_symbol`; several
-    # names in one cell separated by `|`), tried for an input id no from_column row names
-    alias_columns: list[str | int] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _same_kind(self) -> GeneIdMap:
-        kinds = {isinstance(c, int) for c in (self.from_column, self.to_column, *self.alias_columns)}
-        if len(kinds) > 1:
-            raise ValueError("from_column, to_column and alias_columns must all be names or all be positions")
-        return self
-
-    @property
-    def has_header(self) -> bool:
-        """Whether columns are named (True) or 0-based positions in a headerless table."""
-        return not isinstance(self.from_column, int)
-
-
 class GeneformerSettings(_Section):
     """`huggingface.geneformer:` — Geneformer's rank-value encoding (`encoding: geneformer`)."""
 
@@ -320,8 +324,9 @@ class HuggingfaceConfig(_Section):
     adata_dir: str
     # sub-folders of adata_dir to skip (the seed's string `None` = none)
     ignore_dir: list[str] = Field(default_factory=list)
-    # var column holding the inputs' gene ids (`index` = the var names)
-    gene_col: str = "index"
+    # var column holding the inputs' gene ids (`index` = the var names); a list: per file, the first it has (e.g.
+    # [gene_id, index]: Ensembl ids where a file has them, else its var names, mapped through `gene_id_map`)
+    gene_col: str | list[str] = "index"
     # token placed first in every cell
     cls_token: str = "<cls>"
     # place cls_token (with pad_value) first in every cell
@@ -436,6 +441,18 @@ class HuggingfaceConfig(_Section):
             cols.extend(c for c in join.columns if c not in cols)
         named = [self.rename_columns.get(c, c) for c in cols]
         return [*named, CELL_HASH] if self.cell_hash else named
+
+    @field_validator("gene_col")
+    @classmethod
+    def _some_gene_col(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and not value:
+            raise ValueError("name at least one var column")
+        return value
+
+    @property
+    def gene_cols(self) -> list[str]:
+        """`gene_col` as a list of candidates, in order."""
+        return [self.gene_col] if isinstance(self.gene_col, str) else list(self.gene_col)
 
     def optional_obs_columns(self) -> list[str]:
         """Obs columns the encoding reads when a file has them (Geneformer's n_counts and filter_pass)."""

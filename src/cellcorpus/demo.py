@@ -95,6 +95,13 @@ def make_demo_atlas(root: str | Path, n_genes: int = 400, cells_per_file: int = 
         name = f"plate{plate}_filt_Vevo_Tahoe100M_WServicesFrom_ParseGigalab.h5ad"
         write_h5ad(tahoe_dir / name, random_counts(rng, n, n_genes, 0.1), obs, var)
     reference = tahoe_dir / "plate14_filt_Vevo_Tahoe100M_WServicesFrom_ParseGigalab.h5ad"
+    # the release's gene table (token_id, ensembl_id, gene_symbol): the shipped Tahoe configs map a plate's symbols
+    # through it when its var holds no gene_id column
+    genes_table = raw / "tahoe_100m" / "metadata" / "gene_metadata.parquet"
+    genes_table.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"token_id": range(n_genes), "ensembl_id": genes, "gene_symbol": symbols}).to_parquet(
+        genes_table, index=False
+    )
     sbc_dir = raw / "scbasecamp"
     tables = {
         "cell_line": meta / "cell_gen_dr_a97.csv",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -27,7 +28,17 @@ def bucket(tmp_path):
     shutil.copytree(atlas.scbasecamp_dir, b / "scbasecamp" / "h5ad" / "Homo_sapiens")
     shutil.copy(atlas.tables["srx"], b / "scbasecamp" / "sample_metadata.parquet")
     shutil.copytree(atlas.tahoe_dir, b / "tahoe" / "h5ad")
+    shutil.copytree(atlas.tahoe_dir.parent / "metadata", b / "tahoe" / "metadata")  # the release's gene table
     return atlas, b
+
+
+def _tahoe_overrides(b: Path, root: Path) -> list[str]:
+    """The shipped Tahoe config's bucket and gene table (from Hugging Face, shipped) in the local 'bucket'."""
+    return [
+        f"output_root={root}",
+        f"tahoe.url=file://{b}/tahoe/h5ad",
+        f"tahoe.metadata_urls=[file://{b}/tahoe/metadata/gene_metadata.parquet]",
+    ]
 
 
 def _sbc_overrides(tmp_path, b, root):
@@ -78,7 +89,7 @@ def test_scbasecamp_fetch_resume_refetch_then_tokenize(tmp_path, bucket, monkeyp
 def test_fetch_failure_is_retried_then_named(tmp_path, bucket, monkeypatch):
     _, b = bucket
     root = tmp_path / "out"
-    overrides = [f"output_root={root}", f"tahoe.url=file://{b}/tahoe/h5ad", "tahoe.num_proc=1"]  # patched in-process
+    overrides = [*_tahoe_overrides(b, root), "tahoe.num_proc=1"]  # patched in-process
     cfg = load_config(packaged_config("tahoe_x1_v2/tahoe_100m.yaml"), overrides)
     from fsspec.implementations.local import LocalFileSystem
 
@@ -94,7 +105,7 @@ def test_fetch_failure_is_retried_then_named(tmp_path, bucket, monkeypatch):
     monkeypatch.setattr(LocalFileSystem, "get_file", flaky)
     monkeypatch.setattr(remote.time, "sleep", lambda s: None)
     s = run_download("tahoe", cfg)
-    assert s.counts["files"] == 2 and len(calls) == 4  # two transient failures retried
+    assert s.counts["files"] == 3 and len(calls) == 5  # two plates + the gene table; two transient failures retried
     h5ad = root / "raw" / "tahoe_100m" / "h5ad"
     assert not [p for p in h5ad.iterdir() if ".tmp" in p.name]  # no partial files left
 
@@ -144,9 +155,9 @@ def test_tahoe_plates_download_then_tokenize_with_shipped_config(tmp_path, bucke
     atlas, b = bucket
     root = tmp_path / "out"
     shutil.copytree(atlas.root / "metadata", root / "metadata")  # the seed's three Tahoe tables
-    overrides = [f"output_root={root}", f"tahoe.url=file://{b}/tahoe/h5ad", "huggingface.num_proc=1"]
+    overrides = [*_tahoe_overrides(b, root), "huggingface.num_proc=1"]
     cfg = load_config(packaged_config("tahoe_x1_v2/tahoe_100m.yaml"), overrides)
-    assert run_download("tahoe", cfg).counts["files"] == 2
+    assert run_download("tahoe", cfg).counts["files"] == 3  # two plates and the gene table
     run_vocab(cfg)
     s = run_tokenize(cfg)
     assert s.counts["cells_read"] == 600 and s.counts["filtered_obs_filter"] > 0

@@ -12,11 +12,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from numpy.typing import NDArray
 
-__all__ = ["VocabBuild", "VocabLookup", "strip_version", "build_vocab", "JUNK_MULTIPLE"]
+__all__ = ["VocabBuild", "VocabLookup", "strip_version", "build_vocab", "is_ensembl", "ENSEMBL_ID", "JUNK_MULTIPLE"]
 
 JUNK_MULTIPLE = 64
 # Only Ensembl-style ids lose a ".N" suffix; symbols such as "RP11-34P13.3" keep theirs.
 _ENSEMBL_VERSION = r"^(ENS[A-Z]*\d{6,})\.\d+$"
+ENSEMBL_ID = r"^ENS[A-Z]*\d{6,}(\.\d+)?$"  # an Ensembl gene id, with or without its version
+
+
+def is_ensembl(ids: NDArray[Any]) -> NDArray[np.bool_]:
+    """Which ids are Ensembl ids."""
+    found: NDArray[np.bool_] = pd.Series(np.asarray(ids, dtype=object)).astype(str).str.match(ENSEMBL_ID).to_numpy()
+    return found
 
 
 def strip_version(ids: NDArray[Any] | pd.Series | list[str]) -> NDArray[Any]:

@@ -99,6 +99,11 @@ class H5adReader:
         index_key = _decode(var.attrs.get("_index", "_index"))
         return [k for k in var if k not in (index_key, "__categories")]
 
+    def first_var_column(self, names: list[str]) -> str | None:
+        """The first of `names` this file's var has (`index` always), None when it has none of them."""
+        present = {"index", *self.var_columns()}
+        return next((n for n in names if n in present), None)
+
     def var_column(self, name: str) -> np.ndarray:
         """Values of a var column (`index` = the var index) as an object array of str; reads that column only."""
         var = self._f["var"]

@@ -8,7 +8,6 @@ another species), empty gene ids.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 
 from cellcorpus.config import HuggingfaceConfig
 from cellcorpus.core.genemap import GeneMapping, IdMap, harmonize
-from cellcorpus.core.vocab import VocabLookup
+from cellcorpus.core.vocab import VocabLookup, is_ensembl
 from cellcorpus.errors import ConfigError, InputError
 from cellcorpus.io.tables import as_strings, read_columns
 from cellcorpus.sources.base import InputFile, RawBlock
@@ -34,8 +33,6 @@ __all__ = [
     "discover_and_inspect",
     "gene_mapping",
 ]
-
-_ENSEMBL = re.compile(r"^ENS[A-Z]*\d{6,}(\.\d+)?$")
 
 
 Visit = Callable[[InputFile, Any], None]  # (input, its open reader or None): runs during discovery
@@ -183,6 +180,7 @@ class InputsReport:
     coverage: dict[str, float] = field(default_factory=dict)  # relative path -> share of genes in vocab
     mappings: dict[str, GeneMapping] = field(default_factory=dict)  # relative path -> how its genes map
     groups: dict[str, int] = field(default_factory=dict)  # `split_parameters.by` value -> input cells
+    gene_cols: dict[str, str] = field(default_factory=dict)  # relative path -> the var column of its gene ids
     file_groups: dict[str, dict[str, int]] = field(default_factory=dict)  # relative path -> its groups' cells
     notes: list[str] = field(default_factory=list)
 
@@ -207,14 +205,15 @@ def _shown(values: np.ndarray, k: int = 4) -> str:
 
 
 def _coverage_error(
-    hf: HuggingfaceConfig, f: InputFile, ids: np.ndarray, share: float, lookup: VocabLookup, alternatives: dict
-) -> ConfigError:
+    hf: HuggingfaceConfig, f: InputFile, ids: np.ndarray, share: float, lookup: VocabLookup, alternatives: dict,
+    column: str,
+) -> ConfigError:  # fmt: skip
     vocab_ids = [t for t in list(lookup.vocab)[:200] if not t.startswith("<")][:3]
     better = {c: s for c, s in alternatives.items() if s >= max(hf.min_gene_coverage, 0.5)}
     if better:
         best = max(better, key=better.__getitem__)
         hint = f"set huggingface.gene_col: {best} ({better[best]:.0%} of that column is in the vocabulary)"
-    elif ids.size and np.mean([not _ENSEMBL.match(str(v)) for v in ids[:1000]]) > 0.5:
+    elif ids.size and np.mean(~is_ensembl(ids[:1000])) > 0.5:
         hint = (
             "these look like gene symbols while the vocabulary holds Ensembl ids: point gene_col at a column of "
             "Ensembl ids, or set huggingface.gene_id_map to a symbol -> Ensembl id table (`cellcorpus genes` "
@@ -223,7 +222,7 @@ def _coverage_error(
     else:
         hint = "point huggingface.gene_col at the var column holding the vocabulary's ids, or exclude the file"
     return ConfigError(
-        f"huggingface.gene_col: only {share:.2%} of the genes of {f.path} ('{hf.gene_col}': {_shown(ids)}) are in "
+        f"huggingface.gene_col: only {share:.2%} of the genes of {f.path} ('{column}': {_shown(ids)}) are in "
         f"the vocabulary ({', '.join(vocab_ids)}, ...); at least {hf.min_gene_coverage:.0%} is required",
         hint=hint,
     )
@@ -236,18 +235,20 @@ def _check_coverage(
     lookup: VocabLookup,
     rep: InputsReport,
     alternatives: Callable[[], dict[str, float]],
+    column: str = "",
 ) -> None:
-    """Record how a file's gene ids map into the vocabulary; below `min_gene_coverage` is a ConfigError whose
-    hint names a better column when `alternatives()` (computed only then) finds one."""
+    """Record how a file's gene ids (from var `column`) map into the vocabulary; below `min_gene_coverage` is a
+    ConfigError whose hint names a better column when `alternatives()` (computed only then) finds one."""
+    column = column or "genes"
     mapping = gene_mapping(hf, ids, lookup)
     rep.mappings[f.rel_path] = mapping
     share = float(np.mean(mapping.gene_map >= 0)) if len(mapping.gene_map) else 0.0
     rep.coverage[f.rel_path] = share
     if share < hf.min_gene_coverage:
-        raise _coverage_error(hf, f, ids, share, lookup, alternatives())
+        raise _coverage_error(hf, f, ids, share, lookup, alternatives(), column)
     if share == 0.0:  # allowed (min_gene_coverage 0), but never silent: every cell of the file will be dropped
         rep.notes.append(
-            f"{f.rel_path}: no gene id ('{hf.gene_col}': {_shown(ids)}) is in the vocabulary, so all its cells "
+            f"{f.rel_path}: no gene id ('{column}': {_shown(ids)}) is in the vocabulary, so all its cells "
             "are dropped (huggingface.min_gene_coverage is 0, which allows it)"
         )
 
@@ -258,11 +259,14 @@ def _inspect_h5ad(hf: HuggingfaceConfig, f: InputFile, lookup: VocabLookup | Non
     if r.n_vars == 0:
         raise InputError(f"{f.path}: file has no genes (var is empty)")
     var_cols = r.var_columns()
-    if hf.gene_col != "index" and hf.gene_col not in var_cols:
+    gene_col = r.first_var_column(hf.gene_cols)
+    if gene_col is None:
+        named = " or ".join(f"'{c}'" for c in hf.gene_cols)
         raise ConfigError(
-            f"huggingface.gene_col: '{hf.gene_col}' is not a var column of {f.path}",
+            f"huggingface.gene_col: {named} is not a var column of {f.path}",
             hint=f"var columns: index, {', '.join(var_cols)}",
         )
+    rep.gene_cols[f.rel_path] = gene_col
     obs_cols = set(r.obs_columns()) | {r.obs_index_name}
     for name, key in need.items():
         if name not in obs_cols and name not in hf.joined_columns():
@@ -272,10 +276,10 @@ def _inspect_h5ad(hf: HuggingfaceConfig, f: InputFile, lookup: VocabLookup | Non
             )
     if hf.split_parameters.by is not None:
         rep.count_groups(f.rel_path, r.obs_column(hf.split_parameters.by, 0, r.n_obs))
-    ids = r.var_column(hf.gene_col)
+    ids = r.var_column(gene_col)
     n_empty = int(np.count_nonzero(np.char.str_len(ids.astype(str)) == 0)) if ids.size else 0
     if n_empty:
-        rep.notes.append(f"{f.rel_path}: {n_empty} gene(s) with an empty id in '{hf.gene_col}' (not tokenized)")
+        rep.notes.append(f"{f.rel_path}: {n_empty} gene(s) with an empty id in '{gene_col}' (not tokenized)")
     if lookup is None:
         return
 
@@ -283,10 +287,10 @@ def _inspect_h5ad(hf: HuggingfaceConfig, f: InputFile, lookup: VocabLookup | Non
         return {
             col: float(np.mean(gene_mapping(hf, r.var_column(col), lookup).gene_map >= 0))
             for col in ["index", *var_cols]
-            if col != hf.gene_col
+            if col != gene_col
         }
 
-    _check_coverage(hf, f, ids, lookup, rep, alternatives)
+    _check_coverage(hf, f, ids, lookup, rep, alternatives, gene_col)
 
 
 def _inspect_parquet(

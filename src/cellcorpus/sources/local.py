@@ -111,16 +111,18 @@ def discover_h5ad(
 
 
 def read_h5ad_block(
-    path: str, row_start: int, row_stop: int, gene_col: str, obs_names: list[str], layer: str | None = None
+    path: str, row_start: int, row_stop: int, gene_col: str | list[str], obs_names: list[str], layer: str | None = None
 ) -> RawBlock:
-    """Read one unit's rows (of X, or of `layer`), the gene ids of the columns and the named obs columns."""
+    """Read one unit's rows (of X, or of `layer`), the gene ids of the columns (`gene_col`, or the first of a list
+    of var columns the file has) and the named obs columns."""
     with H5adReader(path, layer) as r:
         indptr, indices, data = r.read_rows(row_start, row_stop)
         # names absent from obs are skipped: they come from join tables (checked at preflight)
         present = set(r.obs_columns()) | {"index", r.obs_index_name}
         names = [n for n in dict.fromkeys(["index", *obs_names]) if n in present]
         obs = {name: r.obs_column(name, row_start, row_stop) for name in names}
-        var_ids = _var_ids(path, gene_col, _stamp(path), r)
+        cols = [gene_col] if isinstance(gene_col, str) else gene_col
+        var_ids = _var_ids(path, r.first_var_column(cols) or cols[0], _stamp(path), r)
         return RawBlock(indptr, indices, data, var_ids, obs, r.obs_index_name)
 
 

@@ -8,15 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from cellcorpus.config import Config, VocabConfig
-from cellcorpus.core.vocab import build_vocab
+from cellcorpus.config import Config, GeneIdMap, VocabConfig
+from cellcorpus.core.vocab import build_vocab, is_ensembl
 from cellcorpus.errors import ConfigError, InputError
 from cellcorpus.formats.mds.safe_pickle import UnsafePickleError, load_mapping
 from cellcorpus.io.atomic import write_json_atomic
 from cellcorpus.io.h5ad import H5adReader
 from cellcorpus.io.paths import join
-from cellcorpus.io.tables import as_strings, read_frame
+from cellcorpus.io.tables import as_strings, read_columns, read_frame
 from cellcorpus.io.vocab import load_vocab
 from cellcorpus.plan import Plan, plan_for
 from cellcorpus.stages.base import StageSummary, locked
@@ -40,13 +41,16 @@ def run_vocab(cfg: Config | Plan) -> StageSummary:
     if vc.reference_adata.endswith(".pkl"):  # a token dictionary (Geneformer's): the vocabulary as it is
         return _write_vocab(vc, token_dictionary(vc.reference_adata), {}, [])
     ids, symbols = reference_genes(vc)
+    n_mapped = 0
+    if vc.gene_id_map is not None:  # names that are not Ensembl ids, through the table
+        ids, n_mapped = _to_ensembl(ids, vc.gene_id_map)
     try:
         built = build_vocab(ids, symbols, vc.special_tokens, vc.add_junk_tokens)
     except ValueError as exc:
         raise InputError(f"{vc.reference_adata}: {exc}") from exc
     if built.n_genes == 0:
         raise InputError(f"{vc.reference_adata}: var column '{vc.use_col}' holds no gene ids")
-    notes = []
+    notes = [f"{n_mapped:,} reference gene name(s) mapped to Ensembl ids through vocab.gene_id_map"] if n_mapped else []
     if built.duplicated_ids:
         shown = ", ".join(built.duplicated_ids[:5]) + (" ..." if len(built.duplicated_ids) > 5 else "")
         notes.append(f"{len(built.duplicated_ids)} duplicated gene id(s) in the reference (first kept): {shown}")
@@ -96,19 +100,45 @@ def _write_vocab(vc: VocabConfig, vocab: dict[str, int], counts: dict[str, int],
 
 
 def reference_genes(vc: VocabConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(gene ids, symbols) from the reference: an h5ad's var, or a gene table's columns."""
+    """(gene ids, symbols) from the reference: an h5ad's var, or a gene table's columns (`use_col`, or the first
+    of a list of columns the reference has)."""
+    wanted = [vc.use_col] if isinstance(vc.use_col, str) else list(vc.use_col)
     if vc.reference_adata.lower().endswith(_TABLE_SUFFIXES):
         df = read_frame(vc.reference_adata)
-        for key, col in (("use_col", vc.use_col), ("symbol_col", vc.symbol_col)):
-            if col is not None and col not in df.columns:
+        use_col = next((c for c in wanted if c in df.columns), None)
+        for key, col in (("use_col", use_col), ("symbol_col", vc.symbol_col)):
+            if (key == "use_col" and col is None) or (col is not None and col not in df.columns):
                 raise ConfigError(
-                    f"vocab.{key}: '{col}' is not a column of {vc.reference_adata}",
+                    f"vocab.{key}: '{col or ' or '.join(wanted)}' is not a column of {vc.reference_adata}",
                     hint=f"columns: {', '.join(map(str, df.columns))}",
                 )
-        ids = as_strings(df[vc.use_col].to_numpy())
+        ids = as_strings(df[use_col].to_numpy())
         return ids, as_strings(df[vc.symbol_col].to_numpy()) if vc.symbol_col else ids
     with H5adReader(vc.reference_adata) as r:
-        return r.var_column(vc.use_col), r.var_column(vc.symbol_col or "index")
+        found = r.first_var_column(wanted)
+        if found is None:
+            raise ConfigError(
+                f"vocab.use_col: {' or '.join(repr(c) for c in wanted)} is not a var column of {vc.reference_adata}",
+                hint=f"var columns: index, {', '.join(r.var_columns())}",
+            )
+        return r.var_column(found), r.var_column(vc.symbol_col or "index")
+
+
+def _to_ensembl(ids: np.ndarray, gene_map: GeneIdMap) -> tuple[np.ndarray, int]:
+    """Ids that are not Ensembl ids replaced by the one Ensembl id the table gives each ('' where none, or more
+    than one: left out of the vocabulary and counted as missing); how many were mapped."""
+    try:
+        names, targets = read_columns(gene_map.path, gene_map.from_column, gene_map.to_column)
+    except InputError as exc:
+        raise ConfigError(f"vocab.gene_id_map: {exc.message}", hint=exc.hint) from exc
+    table = pd.DataFrame({"name": as_strings(names), "id": as_strings(targets)}).drop_duplicates()
+    table = table[table["id"] != ""]
+    unique = table.drop_duplicates("name", keep=False)  # a name of two ids is ambiguous: no id
+    out = np.asarray(ids, dtype=object).copy()
+    other = np.flatnonzero(~is_ensembl(out))
+    found = pd.Series(unique["id"].to_numpy(), index=unique["name"].to_numpy()).reindex(out[other].astype(str))
+    out[other] = found.fillna("").to_numpy(dtype=object)
+    return out, int(found.notna().sum())
 
 
 def vocab_from(
