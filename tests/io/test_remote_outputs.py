@@ -139,3 +139,34 @@ def test_remote_roots_fused_run_matches_local(tmp_path, write_config, scheme, nu
     assert [p.name for p in staged] == [OWNER_MARK]  # every shard and index uploaded (records stay in staging)
     if scheme == "memory":
         fsspec.filesystem("memory").rm(f"/{tmp_path.name}-fused", recursive=True)
+
+
+@pytest.mark.parametrize("scheme, shuffle", [("memory", True), ("file", False)])
+def test_append_to_a_remote_corpus(tmp_path, write_config, scheme, shuffle):
+    """`--append` with the datasets and MDS shards under a URL: the finished remote files stay, the new ones are
+    uploaded beside them, the merged state.json / index.json / manifest cover both, and verify passes."""
+    import shutil
+
+    from cellcorpus.plan import plan_for
+
+    root = tmp_path / "remote"
+    base = f"memory://{tmp_path.name}-append" if scheme == "memory" else f"file://{tmp_path}/bucket"
+    cfg = _remote_config(root, base, write_config, 1, shuffle, **{"mds.num_proc": 1})
+    extra = root / "f1.h5ad"
+    shutil.move(root / "raw" / "f1.h5ad", extra)  # the first build holds f0 only
+    run_tokenize(cfg)
+    run_mds(cfg)
+    finished = {**_tree(f"{base}/merged"), **{f"mds/{k}": v for k, v in _tree(f"{base}/mds").items()}}
+    shutil.move(extra, root / "raw" / "f1.h5ad")
+    appended = run_tokenize(plan_for(cfg, "tokenize", append=True))
+    assert any("appended 1 input file(s)" in n for n in appended.notes)
+    run_mds(plan_for(cfg, "mds", append=True))
+    now = {**_tree(f"{base}/merged"), **{f"mds/{k}": v for k, v in _tree(f"{base}/mds").items()}}
+    kept = {k: v for k, v in finished.items() if not k.endswith(("state.json", "index.json", "dataset_info.json"))}
+    assert {k: now[k] for k in kept} == kept  # every finished data file and shard, byte for byte
+    assert len(now) > len(finished)
+    run_verify(cfg)  # raises on any failed check
+    fs, _ = fsspec.core.url_to_fs(base)
+    assert not fs.exists(f"{base}/merged/append.json")
+    if scheme == "memory":
+        fs.rm(f"memory://{tmp_path.name}-append", recursive=True)
