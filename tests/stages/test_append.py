@@ -219,3 +219,37 @@ def test_without_append_grown_inputs_rebuild_everything_and_leave_no_stale_file(
     with caplog.at_level("WARNING"):
         run_pipeline(cfg)
     assert "--append` would tokenize only the new files" in caplog.text
+
+
+def test_a_rebuild_after_an_interrupted_append_or_with_fewer_files_leaves_no_stale_file(
+    tmp_path, write_config, monkeypatch
+):
+    """Without --append: an append left unfinished is rebuilt as a whole, and its data files and MDS writer
+    folders go with the finished build's that the rebuild does not write; verify finds nothing unlisted."""
+    cfg = _config(tmp_path, write_config, shuffle=False)
+    for k in range(3):
+        _write_input(tmp_path, f"plate{k}.h5ad", seed=k)
+    run_pipeline(cfg)
+    _write_input(tmp_path, "plate3.h5ad", seed=3)
+    real = tokenize_mod.publish_fingerprints
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # after the appended data files were written, before the manifest
+
+    monkeypatch.setattr(tokenize_mod, "publish_fingerprints", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(cfg, append=True)
+    monkeypatch.setattr(tokenize_mod, "publish_fingerprints", real)
+    assert list((tmp_path / "merged" / "train.dataset").glob("data-append001-*"))
+    (tmp_path / "raw" / "plate3.h5ad").unlink()
+    (tmp_path / "raw" / "plate2.h5ad").unlink()  # fewer files than the finished build: fewer data files
+    run_pipeline(cfg)  # a rebuild, verify included: it raises on any file no record names
+    assert not list((tmp_path / "merged" / "train.dataset").glob("data-append*"))
+    assert not (tmp_path / "merged" / "append.json").exists()
+    written = json.loads((tmp_path / "merged" / "manifest.json").read_text())["splits"]["train"]
+    assert sorted(p.name for p in (tmp_path / "merged" / "train.dataset").glob("*.arrow")) == sorted(
+        r["path"] for r in written
+    )
+    index = json.loads((tmp_path / "mds" / "train" / "index.json").read_text())
+    folders = {s["zip_data"]["basename"].split("/")[0] for s in index["shards"]}
+    assert {p.name for p in (tmp_path / "mds" / "train").iterdir() if p.is_dir()} == folders

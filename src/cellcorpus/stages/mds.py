@@ -7,6 +7,7 @@ so a split is readable (and counted complete) only when every writer finished.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from typing import Any
 
@@ -62,6 +63,15 @@ def mds_unit(unit: MdsUnit, ctx: MdsContext) -> UnitResult:
         return convert_file(unit, ctx, read_arrow(local))
 
 
+def _remove_stale_writers(out: Publisher, split: str, current: set[str]) -> None:
+    """Writer folders (ours by name, `00000`...) of data files this export no longer has (a rebuild made fewer of
+    them): removed, so no shard the merged index does not list stays in the split (verify names such files)."""
+    folder = out.local_dir / split
+    for d in folder.glob("[0-9][0-9][0-9][0-9][0-9]") if folder.is_dir() else ():
+        if d.is_dir() and d.name not in current:
+            shutil.rmtree(d)
+
+
 @locked("mds")
 def run_mds(cfg: Config | Plan, spec: ExecutorSpec | None = None, reporter: Reporter | None = None) -> StageSummary:
     """Export every split to MDS; skips when the merged indexes already match this config + input."""
@@ -99,6 +109,7 @@ def run_mds(cfg: Config | Plan, spec: ExecutorSpec | None = None, reporter: Repo
         for split in mds.splits:
             sunits = [u for u in units if u.split == split]
             subs = [u.sub_dir for u in sunits]
+            _remove_stale_writers(out, split, set(subs))
             indexes = [out.read_json(f"{split}/{d}/index.json") for d in subs]
             n = merge_split_index(out.local_dir / split, subs, indexes)
             out.publish(out.local_dir / split / "index.json")  # last in the split: now it is readable

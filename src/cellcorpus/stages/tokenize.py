@@ -584,7 +584,7 @@ def run_tokenize(
         shard_records = finalize_splits(
             ctx, layout, list(units), results, spec, stage_hash, reporter, earlier, generation, drop
         )
-        if base is None and previous is not None:  # a rebuild: data files of the build it replaces it did not rewrite
+        if base is None:  # a rebuild: data files of the build it replaces (or of an unfinished append) it did not write
             _remove_unlisted(out, previous, shard_records)
         exports: dict[str, list[dict[str, Any]]] = {}
         for split, records in shard_records.items():  # the model's own layout too, where it has one (scBank)
@@ -673,14 +673,18 @@ def _previous_manifest(out: Publisher) -> TokenizeManifest | None:
         return None
 
 
-def _remove_unlisted(out: Publisher, previous: TokenizeManifest, written: dict[str, list[dict]]) -> None:
-    """Data files the previous build's manifest lists that this rebuild did not write (fewer files now, or an
-    earlier append's): removed by name, so nothing unlisted stays in a dataset folder; no other file is."""
-    for split, records in previous.splits.items():
+def _remove_unlisted(out: Publisher, previous: TokenizeManifest | None, written: dict[str, list[dict]]) -> None:
+    """Data files of the build this rebuild replaces that it did not write (fewer files now, or an earlier
+    append's), as the previous manifest lists them, and an interrupted append's (`data-append...`, ours by name):
+    removed, so nothing unlisted stays in a dataset folder; no other file is."""
+    for split in SPLITS:
         now = {r["path"] for r in written.get(split, [])}
-        for rec in records:
-            if rec.path not in now:
-                out.remove(f"{split}.dataset/{rec.path}")
+        listed = [r.path for r in previous.splits.get(split, [])] if previous else []
+        folder = out.local_dir / f"{split}.dataset"
+        appended = [p.name for p in folder.glob("data-append*-of-*.arrow")] if not out.remote else []
+        for name in dict.fromkeys(listed + appended):
+            if name not in now:
+                out.remove(f"{split}.dataset/{name}")
 
 
 def _valid_groups(hf: HuggingfaceConfig, inspection: Any, base: AppendBase | None, notes: list[str]) -> tuple[str, ...]:
