@@ -514,6 +514,13 @@ def run_tokenize(
     # numbered as the finished build recorded them; with --append, the new files after them (base: what they extend)
     inputs, base = resolve_inputs(out, inputs, work_hash, stage_hash, markers, plan.append)
     todo = base.new if base else inputs  # the files this run tokenizes
+    if base is not None and out.remote and base.previous.exports:  # rewritten from every data file, held remotely
+        raise ConfigError(
+            f"--append: the corpus at {out.root} has files in the model's own layout "
+            f"({', '.join(sorted(base.previous.exports))} split), written from every data file, and those are not "
+            "local here",
+            hint="append with merged_dataset_root on a local disk (then upload), or rebuild without --append",
+        )
     check_id_lists(hf.drop_ids, inputs)  # ids are (input, row): a list made from other inputs would drop others
     notes += inspection.notes
     valid_groups = _valid_groups(hf, inspection, base, notes) if hf.split_parameters.by else None
