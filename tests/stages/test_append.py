@@ -253,3 +253,39 @@ def test_a_rebuild_after_an_interrupted_append_or_with_fewer_files_leaves_no_sta
     index = json.loads((tmp_path / "mds" / "train" / "index.json").read_text())
     folders = {s["zip_data"]["basename"].split("/")[0] for s in index["shards"]}
     assert {p.name for p in (tmp_path / "mds" / "train").iterdir() if p.is_dir()} == folders
+
+
+def test_a_geneformer_corpus_appends_and_its_lengths_file_covers_every_cell(tmp_path, write_config):
+    """The model's own files (Geneformer's `<split>_lengths.pkl`) are written again from every data file, locally
+    and under a URL (where the finished data files are read back from the store: they were never local here)."""
+    import pickle
+
+    import fsspec
+
+    from tests.encodings.test_seam import _geneformer
+
+    cfg, m = _geneformer(tmp_path, write_config)
+    run_pipeline(cfg)
+    make_h5ad(tmp_path / "raw" / "b.h5ad", m[::-1], GENES)
+    run_pipeline(cfg, append=True)  # verify included: the lengths file's checksum too
+    train = arrow_rows(tmp_path / "merged" / "train.dataset")
+    lengths = pickle.loads((tmp_path / "merged" / "train_lengths.pkl").read_bytes())
+    assert lengths == [r["length"] for r in train] and len(train) > m.shape[0]
+
+    remote = tmp_path / "remote"
+    (remote / "raw").mkdir(parents=True)
+    shutil.copytree(tmp_path / "vocab", remote / "vocab")
+    shutil.copy(tmp_path / "raw" / "a.h5ad", remote / "raw" / "a.h5ad")
+    url = f"memory://{tmp_path.name}-gf"
+    settings = {
+        "huggingface.encoding": "geneformer",
+        "huggingface.geneformer": {"gene_median": str(tmp_path / "median.pkl"), "model_input_size": 5},
+        "huggingface.merged_dataset_root": f"{url}/merged",
+    }
+    at_url = load_config(write_config(remote, **settings, drop=("mds",)))
+    run_pipeline(at_url)  # (the lengths file used to be read from the local copies, gone once uploaded)
+    shutil.copy(tmp_path / "raw" / "b.h5ad", remote / "raw" / "b.h5ad")
+    run_pipeline(at_url, append=True)
+    fs, _ = fsspec.core.url_to_fs(url)
+    assert pickle.loads(fs.cat_file(f"{url}/merged/train_lengths.pkl")) == lengths  # the same cells, the same order
+    fs.rm(url, recursive=True)

@@ -115,6 +115,7 @@ class CellEncoding(Protocol):
     def rules(self) -> CellRules:
         """The per-cell checks and statistics."""
 
-    def export(self, split: str, data_files: list[Path], root: Path) -> list[Path]:
+    def export(self, split: str, data_files: list[str], root: Path) -> list[Path]:
         """Further outputs of a finished split in the model's own layout, under the merged root `root` (scGPT's
-        scBank folder); the files written (published by the caller). Most encodings write none."""
+        scBank folder), from the split's data files in order (paths, or URLs under a remote root); the files
+        written (published by the caller). Most encodings write none."""

@@ -190,7 +190,7 @@ class Geneformer:
         """uint16 token ids in the shuffle's parts when the vocabulary allows (Geneformer's has ~25k-40k)."""
         return {"input_ids": "uint16"} if self.vocab_size <= 1 << 16 else {}
 
-    def export(self, split: str, data_files: list[Path], root: Path) -> list[Path]:
+    def export(self, split: str, data_files: list[str], root: Path) -> list[Path]:
         """`<split>_lengths.pkl`: every cell's length in the dataset's order, the list Geneformer's pretrainer
         reads as its `example_lengths_file` (`formats/lengths.py`)."""
         dest = root / f"{split}_lengths.pkl"

@@ -69,7 +69,7 @@ class ScGPT:
         """uint16 genes in the shuffle's parts when every vocabulary id fits (scGPT's ~60k symbols do)."""
         return {"genes": "uint16"} if self.vocab_size <= 1 << 16 else {}
 
-    def export(self, split: str, data_files: list[Path], root: Path) -> list[Path]:
+    def export(self, split: str, data_files: list[str], root: Path) -> list[Path]:
         """With `scgpt.scbank`, the split as scBank's `<split>.scb/` folder (`formats/scbank.py`)."""
         if self.hf.scgpt is None or not self.hf.scgpt.scbank:
             return []

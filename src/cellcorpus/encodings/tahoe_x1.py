@@ -63,7 +63,7 @@ class TahoeX1:
             out["expressions"] = "int16"
         return out
 
-    def export(self, split: str, data_files: list[Path], root: Path) -> list[Path]:
+    def export(self, split: str, data_files: list[str], root: Path) -> list[Path]:
         """None: the HF datasets (and MDS) are this model's layout."""
         return []
 

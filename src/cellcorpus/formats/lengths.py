@@ -19,6 +19,7 @@ import pyarrow as pa
 from numpy.typing import NDArray
 
 from cellcorpus.io.atomic import atomic_path
+from cellcorpus.io.paths import local_copy
 
 __all__ = ["write_lengths"]
 
@@ -56,17 +57,19 @@ def _column(path: Path, column: str) -> Iterator[NDArray[np.int64]]:
         yield batch.column(column).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
-def write_lengths(data_files: Sequence[Path], column: str, dest: Path) -> int:
-    """Write `dest` from the `column` of the Arrow stream files, in order; returns the cells written. Written to
-    a temporary name first, renamed when whole (`io.atomic.atomic_path`: removed if anything fails)."""
+def write_lengths(data_files: Sequence[str | Path], column: str, dest: Path) -> int:
+    """Write `dest` from the `column` of the Arrow stream files (paths or URLs: a remote file is fetched, one at
+    a time), in order; returns the cells written. Written to a temporary name first, renamed when whole
+    (`io.atomic.atomic_path`: removed if anything fails)."""
     n = 0
     with atomic_path(dest) as tmp, open(tmp, "wb") as f:
         f.write(_HEAD)
         for path in data_files:
-            for lengths in _column(Path(path), column):
-                if len(lengths) and (lengths.min() < 0 or lengths.max() >= 1 << 31):
-                    raise ValueError(f"{path}: a {column} outside 0..2^31")
-                f.write(_encode(lengths))
-                n += len(lengths)
+            with local_copy(str(path)) as local:
+                for lengths in _column(local, column):
+                    if len(lengths) and (lengths.min() < 0 or lengths.max() >= 1 << 31):
+                        raise ValueError(f"{path}: a {column} outside 0..2^31")
+                    f.write(_encode(lengths))
+                    n += len(lengths)
         f.write(_STOP)
     return n

@@ -18,6 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from cellcorpus.io.paths import local_copy
+
 __all__ = ["write_scbank", "SCBANK_MARKER"]
 
 SCBANK_MARKER = "manifest.json"  # written last into the temporary folder: a folder with it is whole
@@ -25,9 +27,10 @@ _SCHEMA = pa.schema([("id", pa.int64()), ("genes", pa.list_(pa.int64())), ("expr
 
 
 def write_scbank(
-    data_files: Sequence[Path], dest: Path, vocab: dict[str, int], tokens: str, values: str, skip: int
+    data_files: Sequence[str | Path], dest: Path, vocab: dict[str, int], tokens: str, values: str, skip: int
 ) -> int:
-    """Write `dest` (`<name>.scb/`) from the Arrow data files' `tokens`/`values` lists, their first `skip`
+    """Write `dest` (`<name>.scb/`) from the Arrow data files' (paths or URLs: a remote file is fetched, one at a
+    time) `tokens`/`values` lists, their first `skip`
     entries (the CLS) left out; returns the cells written. An earlier `dest` is replaced only when it is an scBank
     folder (it holds the marker)."""
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
@@ -36,7 +39,7 @@ def write_scbank(
     n = 0
     with pq.ParquetWriter(tmp / "counts.datatable.parquet", _SCHEMA) as writer:
         for path in data_files:
-            with pa.OSFile(str(path)) as f:
+            with local_copy(str(path)) as local, pa.OSFile(str(local)) as f:
                 for batch in pa.ipc.open_stream(f):
                     genes = pc.list_slice(batch.column(tokens), skip).cast(pa.list_(pa.int64()))
                     exprs = pc.list_slice(batch.column(values), skip).cast(pa.list_(pa.float32()))

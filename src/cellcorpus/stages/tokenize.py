@@ -514,13 +514,6 @@ def run_tokenize(
     # numbered as the finished build recorded them; with --append, the new files after them (base: what they extend)
     inputs, base = resolve_inputs(out, inputs, work_hash, stage_hash, markers, plan.append)
     todo = base.new if base else inputs  # the files this run tokenizes
-    if base is not None and out.remote and base.previous.exports:  # rewritten from every data file, held remotely
-        raise ConfigError(
-            f"--append: the corpus at {out.root} has files in the model's own layout "
-            f"({', '.join(sorted(base.previous.exports))} split), written from every data file, and those are not "
-            "local here",
-            hint="append with merged_dataset_root on a local disk (then upload), or rebuild without --append",
-        )
     check_id_lists(hf.drop_ids, inputs)  # ids are (input, row): a list made from other inputs would drop others
     notes += inspection.notes
     valid_groups = _valid_groups(hf, inspection, base, notes) if hf.split_parameters.by else None
@@ -595,7 +588,11 @@ def run_tokenize(
             _remove_unlisted(out, previous, shard_records)
         exports: dict[str, list[dict[str, Any]]] = {}
         for split, records in shard_records.items():  # the model's own layout too, where it has one (scBank)
-            files = [out_dir / f"{split}.dataset" / r["path"] for r in earlier.get(split, []) + records]
+            # (under a URL the data files were uploaded, and an append's earlier ones were never local: read there)
+            files = [
+                out.url(f"{split}.dataset/{r['path']}") if out.remote else str(out_dir / f"{split}.dataset" / r["path"])
+                for r in earlier.get(split, []) + records
+            ]
             for written in encoding.export(split, files, out_dir):
                 exports.setdefault(split, []).append(output_record(written, out_dir))  # (verify hashes it)
                 out.publish(written)
