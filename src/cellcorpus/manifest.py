@@ -154,6 +154,12 @@ class Ledger:
             out[rec["unit_id"]] = UnitResult.from_json(rec)
         return out
 
+    def forget(self, unit_id: str) -> None:
+        """Drop a unit's completion record (its output was removed: the unit is redone if it is planned again)."""
+        (self.dir / f"{unit_id}.json").unlink(missing_ok=True)
+        if self._read is not None:
+            self._read.pop(unit_id, None)
+
     def record(self, result: UnitResult) -> None:
         """Write a unit's completion record (after its output is in place)."""
         write_json_atomic(self.dir / f"{result.unit_id}.json", {**asdict(result), "config_hash": self.config_hash})

@@ -20,6 +20,8 @@ from cellcorpus.config import load_config
 from cellcorpus.errors import ConfigError
 from cellcorpus.formats.mds import decode_value, iter_samples, parse_shard
 from cellcorpus.pipeline import run_pipeline
+from cellcorpus.stages.mds import run_mds
+from cellcorpus.stages.tokenize import run_tokenize
 from cellcorpus.stages.verify import run_verify
 from tests._utils import GENES, arrow_rows, make_h5ad, write_vocab
 
@@ -289,3 +291,20 @@ def test_a_geneformer_corpus_appends_and_its_lengths_file_covers_every_cell(tmp_
     fs, _ = fsspec.core.url_to_fs(url)
     assert pickle.loads(fs.cat_file(f"{url}/merged/train_lengths.pkl")) == lengths  # the same cells, the same order
     fs.rm(url, recursive=True)
+
+
+def test_a_rebuild_with_fewer_files_then_more_again_redoes_the_removed_writers(tmp_path, write_config):
+    """The MDS writer folders a shrinking rebuild removes lose their completion records too: when the same data
+    file comes back, its writer is redone, not taken as done (its folder is gone)."""
+    cfg = _config(tmp_path, write_config, shuffle=False)
+    for k in range(3):
+        _write_input(tmp_path, f"plate{k}.h5ad", seed=k)
+    run_pipeline(cfg)
+    kept = tmp_path / "plate2.h5ad"
+    shutil.move(tmp_path / "raw" / "plate2.h5ad", kept)
+    run_pipeline(cfg)  # fewer data files: the last writer folders go (verify included)
+    shutil.move(kept, tmp_path / "raw" / "plate2.h5ad")
+    run_tokenize(cfg)  # the same files as the first build; the mds stage alone converts them (no fused pass)
+    run_mds(cfg)
+    run_verify(cfg)
+    assert _mds_cells(tmp_path) == {s: {i: c[:2] for i, c in rows.items()} for s, rows in _cells(tmp_path).items()}

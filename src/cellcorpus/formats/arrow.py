@@ -34,6 +34,7 @@ __all__ = [
     "Written",
     "write_dataset_metadata",
     "data_file_name",
+    "data_file_glob",
     "read_arrow",
     "read_stream_ranges",
     "dataset_files",
@@ -346,8 +347,16 @@ def read_arrow(path: str | Path, *, in_memory: bool = False) -> pa.Table:
 
 def data_file_name(i: int, n: int, generation: int = 0) -> str:
     """HF data file name for shard `i` of `n` (of the `generation`-th append to a corpus, when not 0)."""
-    appended = f"append{generation:03d}-" if generation else ""
-    return f"data-{appended}{i:05d}-of-{n:05d}.arrow"
+    return f"{_data_prefix(generation)}{i:05d}-of-{n:05d}.arrow"
+
+
+def data_file_glob(generation: int) -> str:
+    """A glob of the data file names `data_file_name` gives the `generation`-th append."""
+    return f"{_data_prefix(generation)}*-of-*.arrow"
+
+
+def _data_prefix(generation: int) -> str:
+    return f"data-append{generation:03d}-" if generation else "data-"
 
 
 def dataset_files(dataset_dir: str | Path) -> list[Path]:

@@ -19,7 +19,7 @@ from cellcorpus.formats.mds import merge_split_index
 from cellcorpus.io.atomic import remove_temporaries
 from cellcorpus.io.paths import Publisher, join, local_copy
 from cellcorpus.layout import MANIFEST
-from cellcorpus.manifest import MdsManifest, TokenizeManifest, UnitResult, read_manifest
+from cellcorpus.manifest import Ledger, MdsManifest, TokenizeManifest, UnitResult, read_manifest
 from cellcorpus.plan import Plan, plan_for
 from cellcorpus.stages.base import StageRun, StageSummary, locked, run_stage
 from cellcorpus.stages.mds_unit import (
@@ -63,13 +63,18 @@ def mds_unit(unit: MdsUnit, ctx: MdsContext) -> UnitResult:
         return convert_file(unit, ctx, read_arrow(local))
 
 
-def _remove_stale_writers(out: Publisher, split: str, current: set[str]) -> None:
-    """Writer folders (ours by name, `00000`...) of data files this export no longer has (a rebuild made fewer of
-    them): removed, so no shard the merged index does not list stays in the split (verify names such files)."""
-    folder = out.local_dir / split
-    for d in folder.glob("[0-9][0-9][0-9][0-9][0-9]") if folder.is_dir() else ():
-        if d.is_dir() and d.name not in current:
-            shutil.rmtree(d)
+def _remove_stale_writers(out: Publisher, ledger: Ledger, split: str, current: set[str]) -> None:
+    """Writer folders a completion record of this export names that no data file of it has now (a rebuild made
+    fewer of them): removed with their records, so no shard the merged index does not list stays in the split
+    (verify names such files), and a unit planned again later is redone. A folder no record names is left alone."""
+    for unit_id, rec in ledger.done().items():
+        # the unit's folder (records of earlier versions name it only through their shards)
+        named = {rec.extra["sub_dir"]} if "sub_dir" in rec.extra else {o["sub_dir"] for o in rec.outputs}
+        stale = named - current
+        if rec.extra.get("split") == split and stale:
+            for sub in stale:
+                shutil.rmtree(out.local_dir / split / sub, ignore_errors=True)
+            ledger.forget(unit_id)
 
 
 @locked("mds")
@@ -93,6 +98,8 @@ def run_mds(cfg: Config | Plan, spec: ExecutorSpec | None = None, reporter: Repo
     context = mds_context(mds, out, plan.cfg.huggingface)
     outputs = {s: out.url(s) for s in mds.splits}
 
+    ledger = ident.ledger()
+
     def finalize(units: Sequence[MdsUnit], results: list[UnitResult]) -> tuple[dict[str, Any], StageSummary]:
         done = {r.unit_id: r for r in results}
         for split in mds.splits:  # an empty split is an error, found before any merged index is written
@@ -109,7 +116,7 @@ def run_mds(cfg: Config | Plan, spec: ExecutorSpec | None = None, reporter: Repo
         for split in mds.splits:
             sunits = [u for u in units if u.split == split]
             subs = [u.sub_dir for u in sunits]
-            _remove_stale_writers(out, split, set(subs))
+            _remove_stale_writers(out, ledger, split, set(subs))
             indexes = [out.read_json(f"{split}/{d}/index.json") for d in subs]
             n = merge_split_index(out.local_dir / split, subs, indexes)
             out.publish(out.local_dir / split / "index.json")  # last in the split: now it is readable
@@ -139,7 +146,7 @@ def run_mds(cfg: Config | Plan, spec: ExecutorSpec | None = None, reporter: Repo
         settings_hash=ident.settings_hash,
         stage_hash=stage_hash,
         manifest_model=MdsManifest,
-        ledger=ident.ledger(),
+        ledger=ledger,
         plan=lambda: plan_mds(mds, source),
         run_unit=mds_unit,
         context=context,

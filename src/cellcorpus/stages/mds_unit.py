@@ -129,7 +129,8 @@ def publish_unit(unit: MdsUnit, ctx: MdsContext, n_in: int, checksum: str) -> Un
     shards = [{"sub_dir": unit.sub_dir, **{k: s[k] for k in keep}} for s in index["shards"]]
     written = sum(s["samples"] for s in index["shards"])
     counts = {"cells_in": n_in, "dropped_min_length": n_in - written, "written": written}
-    return UnitResult(unit.unit_id, counts, shards, {"split": unit.split, "input_checksum": checksum})
+    extra = {"split": unit.split, "sub_dir": unit.sub_dir, "input_checksum": checksum}
+    return UnitResult(unit.unit_id, counts, shards, extra)
 
 
 @dataclass(frozen=True)

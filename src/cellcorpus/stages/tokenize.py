@@ -25,7 +25,7 @@ from numpy.typing import NDArray
 from cellcorpus.config import CELL_HASH, HF_LOCATION_KEYS, Config, HuggingfaceConfig, config_hash
 from cellcorpus.core.fingerprint import cell_fingerprints, hex_fingerprints
 from cellcorpus.core.genemap import merge_duplicate_tokens
-from cellcorpus.core.ids import make_ids
+from cellcorpus.core.ids import in_sorted, make_ids
 from cellcorpus.core.shuffle import n_buckets_for, order_by_bucket
 from cellcorpus.core.split import assign_valid, choose_groups, equal_pairs, key_ids, shuffle_keys
 from cellcorpus.core.tokenize import Ragged, columns_ascending, row_stats, scan_counts, tokenize_csr
@@ -48,7 +48,7 @@ from cellcorpus.sources.base import InputFile, RawBlock
 from cellcorpus.sources.inputs import discover_and_inspect, gene_mapping, input_format, obs_index_column
 from cellcorpus.stages.base import FusedExport, StageRun, StageSummary, WorkUnit, locked, row_units, run_stage
 from cellcorpus.stages.preflight import check_renames, preflight
-from cellcorpus.stages.tokenize_append import AppendBase, merge_counts, resolve_inputs
+from cellcorpus.stages.tokenize_append import AppendBase, abandon_append, merge_counts, resolve_inputs
 from cellcorpus.stages.tokenize_dedup import DUPLICATES_KEY, find_duplicates
 from cellcorpus.stages.tokenize_finalize import TokenizeContext, finalize_splits
 from cellcorpus.stages.tokenize_keys import check_unique_keys, write_unit_keys
@@ -277,7 +277,7 @@ def tokenize_unit(unit: WorkUnit, ctx: TokenizeContext) -> UnitResult:
     # The table holds every row read; the kept rows are picked by the split writes' gathers (one copy).
     all_ids = make_ids(unit.file_index, unit.row_start + np.arange(unit.n_cells, dtype=np.int64))
     if hf.drop_ids:  # cells listed to leave out (duplicates found by `cellcorpus dedup`), after the other filters
-        listed = np.isin(all_ids, dropped_ids(tuple(hf.drop_ids)), assume_unique=True)
+        listed = in_sorted(all_ids, dropped_ids(tuple(hf.drop_ids)))
         counts[DROP_KEY] = int(np.count_nonzero(keep & listed))
         keep &= ~listed
     rows = np.flatnonzero(keep)
@@ -558,8 +558,8 @@ def run_tokenize(
             fused.clear_stale()
         if base is not None:  # before the datasets' markers go: a rerun resumes this as an append
             base.start(out)
-        else:  # an append left unfinished is rebuilt as a whole now
-            out.remove(APPEND_RECORD)
+        else:  # an append left unfinished is rebuilt as a whole now: its data files go with its record
+            abandon_append(out)
         return plan_tokenize(hf, todo)
 
     def finalize(units: Sequence[WorkUnit], results: list[UnitResult]) -> tuple[dict[str, Any], StageSummary]:
@@ -584,7 +584,7 @@ def run_tokenize(
         shard_records = finalize_splits(
             ctx, layout, list(units), results, spec, stage_hash, reporter, earlier, generation, drop
         )
-        if base is None:  # a rebuild: data files of the build it replaces (or of an unfinished append) it did not write
+        if base is None and previous is not None:  # a rebuild: data files of the build it replaces it did not write
             _remove_unlisted(out, previous, shard_records)
         exports: dict[str, list[dict[str, Any]]] = {}
         for split, records in shard_records.items():  # the model's own layout too, where it has one (scBank)
@@ -677,18 +677,14 @@ def _previous_manifest(out: Publisher) -> TokenizeManifest | None:
         return None
 
 
-def _remove_unlisted(out: Publisher, previous: TokenizeManifest | None, written: dict[str, list[dict]]) -> None:
-    """Data files of the build this rebuild replaces that it did not write (fewer files now, or an earlier
-    append's), as the previous manifest lists them, and an interrupted append's (`data-append...`, ours by name):
-    removed, so nothing unlisted stays in a dataset folder; no other file is."""
-    for split in SPLITS:
+def _remove_unlisted(out: Publisher, previous: TokenizeManifest, written: dict[str, list[dict]]) -> None:
+    """Data files the previous build's manifest lists that this rebuild did not write (fewer files now, or an
+    earlier append's): removed by name, so nothing unlisted stays in a dataset folder; no other file is."""
+    for split, records in previous.splits.items():
         now = {r["path"] for r in written.get(split, [])}
-        listed = [r.path for r in previous.splits.get(split, [])] if previous else []
-        folder = out.local_dir / f"{split}.dataset"
-        appended = [p.name for p in folder.glob("data-append*-of-*.arrow")] if not out.remote else []
-        for name in dict.fromkeys(listed + appended):
-            if name not in now:
-                out.remove(f"{split}.dataset/{name}")
+        for rec in records:
+            if rec.path not in now:
+                out.remove(f"{split}.dataset/{rec.path}")
 
 
 def _valid_groups(hf: HuggingfaceConfig, inspection: Any, base: AppendBase | None, notes: list[str]) -> tuple[str, ...]:

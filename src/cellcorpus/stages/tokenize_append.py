@@ -20,13 +20,14 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from cellcorpus.errors import ConfigError
+from cellcorpus.formats.arrow import data_file_glob
 from cellcorpus.io.atomic import write_json_atomic
-from cellcorpus.io.paths import Publisher
+from cellcorpus.io.paths import Publisher, filesystem
 from cellcorpus.layout import APPEND_RECORD, MANIFEST, SPLITS
 from cellcorpus.manifest import TokenizeManifest, read_manifest
 from cellcorpus.sources.base import InputFile
 
-__all__ = ["AppendBase", "resolve_inputs", "merge_counts"]
+__all__ = ["AppendBase", "resolve_inputs", "merge_counts", "abandon_append"]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,20 @@ class AppendBase:
         this = {"generation": self.generation, "inputs": [f.rel_path for f in self.new], **written}
         out["appends"] = (prev.get("appends") or []) + [this]
         return out
+
+
+def abandon_append(out: Publisher) -> None:
+    """An unfinished append's data files (`data-append<g>-...`, g as its record names it) and its record, removed
+    before a rebuild: the rebuild would leave them unlisted. Nothing else is touched."""
+    pending = out.read_json(APPEND_RECORD)
+    if not isinstance(pending, dict):
+        return
+    generation = int(pending.get("generation", 0))
+    for split in SPLITS if generation > 0 else ():
+        fs, folder = filesystem(out.url(f"{split}.dataset"))
+        for path in fs.glob(f"{folder}/{data_file_glob(generation)}"):
+            out.remove(f"{split}.dataset/{path.rsplit('/', 1)[-1]}")
+    out.remove(APPEND_RECORD)
 
 
 def merge_counts(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from cellcorpus.config import config_hash
-from cellcorpus.core.ids import decode_ids, make_ids
+from cellcorpus.core.ids import decode_ids, in_sorted, make_ids
 from cellcorpus.formats.arrow import read_arrow
 from cellcorpus.formats.duplicates import scan_fingerprints
 from cellcorpus.formats.fingerprints import RECORD_DTYPE, read_fingerprints, unit_file, write_unit_fingerprints
@@ -32,7 +33,7 @@ from cellcorpus.manifest import UnitResult
 from cellcorpus.sources.base import InputFile
 from cellcorpus.stages.base import WorkUnit
 
-__all__ = ["Dropped", "DUPLICATES_KEY", "find_duplicates", "is_dropped", "load_ids"]
+__all__ = ["Dropped", "DUPLICATES_KEY", "find_duplicates", "load_ids"]
 
 DUPLICATES_KEY = "filtered_duplicates"  # cells left out as copies of an earlier cell (by id)
 _IDS = "duplicates.npy"
@@ -48,21 +49,13 @@ class Dropped:
     record: dict[str, Any]
 
 
-def is_dropped(ids: NDArray[np.int64], dropped: NDArray[np.int64]) -> NDArray[np.bool_]:
-    """Which of `ids` are in the sorted `dropped`."""
-    if not len(dropped):
-        return np.zeros(len(ids), bool)
-    at = np.minimum(np.searchsorted(dropped, ids), len(dropped) - 1)
-    return dropped[at] == ids
-
-
 def find_duplicates(
     parts_dir: str,
     units: list[WorkUnit],
     results: list[UnitResult],
     inputs: list[InputFile],
     identity: str,
-    finished: list[tuple[str, int]] = (),  # type: ignore[assignment]
+    finished: Sequence[tuple[str, int]] = (),
 ) -> Dropped:
     """Scan this build's unit fingerprints (and an append's `finished` ones: (path or URL, bytes)), save the ids
     to leave out and update `results` in place: per unit `filtered_duplicates`, fewer `written_<split>`, each
@@ -123,7 +116,7 @@ def _per_unit(folder: Path, units: list[WorkUnit], ids: NDArray[np.int64]) -> di
         counts = {}
         for split in SPLITS:
             held = read_arrow(folder / split / f"{unit.unit_id}.arrow").column("id").to_numpy()
-            counts[split] = int(np.count_nonzero(is_dropped(held, mine)))
+            counts[split] = int(np.count_nonzero(in_sorted(held, mine)))
         out[unit.unit_id] = counts
     return out
 
@@ -136,5 +129,5 @@ def _filter_fingerprints(
         if unit.unit_id in per_unit:
             path = unit_file(folder, unit.unit_id)
             records = read_fingerprints(path)
-            kept = records[~is_dropped(records["id"], ids)]
+            kept = records[~in_sorted(records["id"], ids)]
             write_unit_fingerprints(folder, unit.unit_id, kept[["hi", "lo"]], kept["id"])

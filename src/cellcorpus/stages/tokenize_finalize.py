@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from cellcorpus.config import HuggingfaceConfig, config_hash
+from cellcorpus.core.ids import in_sorted
 from cellcorpus.core.split import shuffle_keys
 from cellcorpus.errors import InputError
 from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
@@ -40,7 +41,7 @@ from cellcorpus.io.paths import Publisher, filesystem
 from cellcorpus.layout import SPLITS, Layout
 from cellcorpus.manifest import Ledger, UnitResult, file_checksum, output_record
 from cellcorpus.stages.base import FusedExport, WorkUnit
-from cellcorpus.stages.tokenize_dedup import is_dropped, load_ids
+from cellcorpus.stages.tokenize_dedup import load_ids
 
 __all__ = [
     "TokenizeContext",
@@ -122,7 +123,7 @@ def shuffle_unit(unit: ShuffleUnit, ctx: ShuffleContext) -> UnitResult:
         pieces = [p.cast(schema) for p in pieces]
     table = pa.concat_tables(pieces) if pieces else schema.empty_table()  # zero-copy over the pieces
     if ctx.drop is not None:  # duplicates this build leaves out
-        table = table.filter(~is_dropped(table.column("id").to_numpy(), load_ids(ctx.drop)))
+        table = table.filter(~in_sorted(table.column("id").to_numpy(), load_ids(ctx.drop)))
     order = np.argsort(shuffle_keys(table.column("id").to_numpy(), ctx.seed), kind="stable")
     # the bucket's data file is the split's i-th: the export writes (and records) its own unit for exactly it
     mds = ctx.mds.bucket_writer(ctx.split, ctx.offset + unit.bucket, unit.path, table.num_rows) if ctx.mds else None
@@ -194,7 +195,7 @@ def _without_dropped(part: str, target: Path, drop: str, out: Publisher) -> dict
     already gone was written by an interrupted earlier finalize: the target is read back for them."""
     if Path(part).exists():
         table = read_arrow(part)
-        written = write_stream(target, table, mask=~is_dropped(table.column("id").to_numpy(), load_ids(drop)))
+        written = write_stream(target, table, mask=~in_sorted(table.column("id").to_numpy(), load_ids(drop)))
         del table
         size = target.stat().st_size
         os.remove(part)
