@@ -1,13 +1,17 @@
 """The per-gene sketch of `cellcorpus stats`: bucketing, the dense builder and the sparse merge agree exactly."""
+# The reference bucket of a value below is computed value by value in Python (`math.log`, `math.exp`): bucket i
+# holds (g^(i-1), g^i], g^i = exp(i ln g), as core/log_buckets.py defines it.
 
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 import pytest
 
-from cellcorpus.core.gene_sketch import GeneCounts, GeneSketch, bucket_counts
+from cellcorpus.core.cell_kernels import group_values
+from cellcorpus.core.gene_sketch import GeneCounts, GeneSketch
 
 
 def _batches(seed: int, n: int = 6):
@@ -19,13 +23,24 @@ def _batches(seed: int, n: int = 6):
         yield genes, values
 
 
+def _bucket(v: float, gamma: float) -> int:
+    """The smallest i with v <= exp(i ln g), value by value."""
+    lg = math.log(gamma)
+    i = math.ceil(math.log(v) / lg)
+    while v > math.exp(i * lg):
+        i += 1
+    while v <= math.exp((i - 1) * lg):
+        i -= 1
+    return i
+
+
 def _exact(batches, gamma):
     """(gene, bucket) -> count by a dictionary, from each value's own bucket."""
     out: dict[tuple[int, int], int] = {}
     for genes, values in batches:
         for g, v in zip(genes.tolist(), values.tolist(), strict=True):
             if v > 0:
-                key = (g, int(np.ceil(np.log(v) / np.log(gamma))))
+                key = (g, _bucket(v, gamma))
                 out[key] = out.get(key, 0) + 1
     return out
 
@@ -35,14 +50,54 @@ def _as_dict(sketch: GeneSketch):
     return dict(zip(zip(genes.tolist(), buckets.tolist(), strict=True), sketch.counts.tolist(), strict=True))
 
 
-def test_bucket_counts_count_every_positive_value_once():
+def test_every_positive_value_is_counted_once_in_its_own_bucket():
     genes, values = next(_batches(0))
-    gamma = GeneSketch.empty(0.01).gamma
-    got_genes, buckets, counts = bucket_counts(genes, values, gamma)
-    assert counts.sum() == np.count_nonzero(values > 0)
-    assert dict(zip(zip(got_genes.tolist(), buckets.tolist(), strict=True), counts.tolist(), strict=True)) == _exact(
-        [(genes, values)], gamma
-    )
+    sketch = GeneSketch.empty(0.01).add(genes, values)
+    assert sketch.counts.sum() == np.count_nonzero(values > 0)
+    assert _as_dict(sketch) == _exact([(genes, values)], sketch.gamma)
+
+
+@pytest.mark.parametrize("accuracy", [0.05, 0.005, 1e-4, 3e-5])  # 1, 1, 2 and 5 comparisons per value
+def test_buckets_hold_their_boundaries_and_values_far_out(accuracy):
+    gamma = GeneSketch.empty(accuracy).gamma
+    lg = math.log(gamma)
+    edges = [math.exp(i * lg) for i in range(-300, 300, 7)]  # on a boundary, and one float either side
+    far = [1e-300, 3e-25, 2.0**-64, 2.0**64, 7e22, 1e300]  # outside the bits table: by log, then the boundaries
+    far = [v for v in far if abs(_bucket(v, gamma)) < 1 << 20]  # (within the sketch's keys)
+    values = np.array(edges + [np.nextafter(e, 0) for e in edges] + [np.nextafter(e, np.inf) for e in edges] + far)
+    genes = np.arange(len(values)) % 7
+    assert _as_dict(GeneSketch.empty(accuracy).add(genes, values)) == _exact([(genes, values)], gamma)
+    if accuracy < 1e-3:  # 1e-300 is bucket ~ -3.5M at a = 1e-4: beyond the keys, said rather than wrapped
+        with pytest.raises(ValueError, match="beyond the sketch's range"):
+            GeneSketch.empty(accuracy).add(np.array([0]), np.array([1e-300]))
+
+
+def test_cells_are_normalised_then_bucketed_whole_counts_or_not():
+    """group_values on CSR rows: count / n_counts x target_sum, only mapped columns, zeros and empty cells
+    skipped; whole counts (remembered per cell) and fractional ones alike."""
+    rng = np.random.default_rng(5)
+    n_cells, n_cols = 40, 90
+    dense = rng.integers(0, 300, (n_cells, n_cols)).astype(np.float32) * (rng.random((n_cells, n_cols)) < 0.3)
+    dense[::5] = np.round(dense[::5] * 1.37, 2)  # every fifth cell fractional
+    dense[7] = 0  # an empty cell (n_counts 0: nothing to count)
+    indptr = np.r_[0, np.cumsum((dense != 0).sum(1))].astype(np.int64)
+    rows, cols = np.nonzero(dense)
+    data = dense[rows, cols]
+    gene_map = np.where(np.arange(n_cols) % 9 == 4, -1, (np.arange(n_cols) * 37) % 301)  # unmapped columns
+    n_counts = dense.astype(np.float64).sum(1)
+    gamma = GeneSketch.empty(0.005).gamma
+    grouped = group_values(indptr, cols.astype(np.int32), data, gene_map, n_counts, 10_000, gamma,
+                           np.bincount(cols, minlength=n_cols))  # fmt: skip
+    got_genes, got_buckets = grouped.pairs()
+    got: dict[tuple[int, int], int] = {}
+    for key in zip(got_genes.tolist(), got_buckets.tolist(), strict=True):
+        got[key] = got.get(key, 0) + 1
+    expected: dict[tuple[int, int], int] = {}
+    for r, c, x in zip(rows.tolist(), cols.tolist(), data.tolist(), strict=True):
+        if gene_map[c] >= 0:
+            key = (int(gene_map[c]), _bucket(x / n_counts[r] * 10_000, gamma))
+            expected[key] = expected.get(key, 0) + 1
+    assert got == expected and len(grouped) == sum(expected.values())
 
 
 @pytest.mark.parametrize("max_bytes", [512 << 20, 300 * 4 * 700, 0])  # a table; one that must go sparse; none

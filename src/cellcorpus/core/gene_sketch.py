@@ -3,8 +3,9 @@
 Each gene's positive values are counted in logarithmic buckets (the DDSketch scheme: bucket i holds values in
 (g^(i-1), g^i] with g = (1 + a) / (1 - a), and reports 2 g^i / (g + 1), within relative error a of every
 value in it). Written by hand because the sketch libraries (ddsketch, crick, fastdigest) add values one gene
-at a time from Python; here a unit's values for every gene are bucketed with a handful of array operations,
-and a sketch is a sorted array of (gene, bucket) keys with counts. Counts add, so merging is exact and the
+at a time from Python; here a block's values for every gene are bucketed and counted by two compiled passes
+(`core/cell_kernels.py`, buckets in `core/log_buckets.py`), and a sketch is a sorted array of (gene, bucket)
+keys with counts. Counts add, so merging is exact and the
 result does not depend on the order, the number of processes or the unit size (a t-digest's would). Memory
 grows with the genes and buckets seen (a few hundred buckets per gene at most), never with cells.
 """
@@ -12,13 +13,16 @@ grows with the genes and buckets seen (a few hundred buckets per gene at most), 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 from numpy.typing import NDArray
 
-__all__ = ["GeneSketch", "GeneCounts", "bucket_counts"]
+if TYPE_CHECKING:
+    from cellcorpus.core.cell_kernels import GroupedValues
+
+__all__ = ["GeneSketch", "GeneCounts", "pair_counts"]
 
 _BUCKET_BITS = 21  # buckets -2^20 .. 2^20 per gene: values 1e-300 .. 1e300 at a = 0.05%
 _OFFSET = 1 << (_BUCKET_BITS - 1)
@@ -46,8 +50,14 @@ class GeneSketch:
 
     def add(self, genes: NDArray[Any], values: NDArray[Any]) -> GeneSketch:
         """This sketch with the positive `values` of `genes` (non-negative ids) counted in."""
-        got_genes, buckets, counts = bucket_counts(genes, values, self.gamma)
-        return self.merge(GeneSketch(_keys(got_genes, buckets), counts, self.gamma))
+        more = GeneCounts(int(genes.max(initial=-1)) + 1, self.relative_accuracy, max_bytes=0)
+        more.add(genes, values)
+        return self.merge(more.sketch())
+
+    @property
+    def relative_accuracy(self) -> float:
+        """a, from gamma = (1 + a) / (1 - a)."""
+        return (self.gamma - 1) / (self.gamma + 1)
 
     def merge(self, other: GeneSketch) -> GeneSketch:
         """Both sketches' counts added (exact; the same whatever the order). Both key arrays are sorted, so one
@@ -90,39 +100,19 @@ class GeneSketch:
         return genes[starts], n, (rep[lo] + rep[hi]) / 2
 
 
-def _buckets(
-    genes: NDArray[Any], values: NDArray[Any], gamma: float
-) -> tuple[NDArray[Any], NDArray[np.float64], int, int]:
-    """(genes, bucket of each value, lowest, highest) for the finite positive `values` (whole floats)."""
-    if len(values) and not (values.min() > 0 and values.max() < np.inf):  # (NaN fails both) rare: drop them
-        counted = (values > 0) & (values < np.inf)
-        genes, values = genes[counted], values[counted]
-    if not len(values):
-        return genes, np.zeros(0), 0, -1
-    bucket = np.log(values, dtype=np.float64)
-    bucket /= np.log(gamma)
-    np.ceil(bucket, out=bucket)
-    low, high = int(bucket.min()), int(bucket.max())
-    if low < -_OFFSET or high >= _OFFSET:
-        raise ValueError(f"values beyond the sketch's range (buckets {low}..{high})")
-    return genes, bucket, low, high
-
-
-def bucket_counts(
-    genes: NDArray[Any], values: NDArray[Any], gamma: float
+def pair_counts(
+    genes: NDArray[Any], bucket: NDArray[np.int64], low: int, high: int
 ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
-    """Each distinct (gene, bucket) of the finite positive `values` with how many fall in it, by gene then bucket.
-    One sort of packed keys groups them: 32-bit keys (gene, bucket above the batch's lowest) when they fit, which
-    NumPy's SIMD sort orders ~2x faster than 64-bit ones."""
-    genes, bucket, low, high = _buckets(genes, values, gamma)
+    """Each distinct (gene, bucket) pair with how many times it occurs, by gene then bucket (buckets within
+    low..high). One sort of packed keys groups them: 32-bit keys (gene, bucket above the lowest) when they fit,
+    which NumPy's SIMD sort orders ~2x faster than 64-bit ones."""
     if not len(bucket):
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
     span_bits = max(1, (high - low).bit_length())
     dtype = np.uint32 if span_bits + max(1, int(genes.max()).bit_length()) <= 32 else np.int64
     keys: NDArray[Any] = genes.astype(dtype)
     keys <<= dtype(span_bits)
-    bucket -= low
-    keys |= bucket.astype(dtype)
+    keys |= (bucket - low).astype(dtype)
     keys.sort()
     starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
     distinct = keys[starts]
@@ -133,15 +123,9 @@ def bucket_counts(
 
 
 class GeneCounts:
-    """A `GeneSketch` being built: counts in a dense (gene x bucket) table over the buckets seen so far. A batch
-    is sorted by its table position and counted a slice of the table at a time (sequential access:
-    a sparse merge would sort everything counted so far again, an unsorted count would miss the cache on every
-    value); positions wait until ~32M are pending, so each slice of the table is visited once per 32M values.
-    The table grows to cover new buckets; past `max_bytes` it becomes a sparse sketch and batches
-    are merged into that instead, so memory stays bounded whatever the vocabulary and the values."""
-
-    _SLICE = 1 << 22  # table cells counted at once (a 32 MB bincount)
-    _FLUSH = 1 << 25  # pending positions that trigger a count (128 MB of 32-bit positions)
+    """A `GeneSketch` being built: counts in a dense (gene x bucket) table over the buckets seen so far, which
+    grows to cover new buckets; past `max_bytes` it becomes a sparse sketch and blocks are merged into that
+    instead, so memory stays bounded whatever the vocabulary and the values."""
 
     def __init__(
         self, n_genes: int, relative_accuracy: float, max_bytes: int = 512 << 20, dtype: type = np.uint32
@@ -152,59 +136,38 @@ class GeneCounts:
         self.sparse = GeneSketch.empty(relative_accuracy)
         self.table: NDArray[Any] | None = None
         self.low = 0
-        self._pending: list[NDArray[Any]] = []  # table positions of values not yet counted
-        self._pending_n = 0
 
     def add(self, genes: NDArray[Any], values: NDArray[Any]) -> None:
-        """Count the finite positive `values` of `genes` (ids below n_genes)."""
-        if self.table is None and not self.max_bytes:  # sparse from here on
-            self.sparse = self.sparse.add(genes, values)
-            return
-        given = genes, values
-        genes, bucket, low, high = _buckets(genes, values, self.sparse.gamma)
-        if not len(bucket):
-            return
-        if self.table is None or low < self.low or high >= self.low + self.table.shape[1]:
-            self._flush()  # positions pending are relative to the table as it is
-            if not self._cover(low, high):  # too wide for a table: sparse from here on
-                self.sparse = self.sparse.add(*given)
-                return
-        assert self.table is not None
-        width, size = self.table.shape[1], self.table.size
-        if size <= 1 << 32:  # modular 32-bit arithmetic: g * width + (bucket - low) is in range, so exact
-            at = (genes.view(np.uint32) if genes.dtype == np.int32 else genes.astype(np.uint32)) * np.uint32(width)
-            at += bucket.astype(np.int32).view(np.uint32)  # (buckets are below 2^20 in size)
-            at -= np.uint32(self.low % (1 << 32))
-        else:
-            at = genes.astype(np.int64) * width + bucket.astype(np.int64) - self.low
-        self._pending.append(at)
-        self._pending_n += len(at)
-        if self._pending_n >= self._FLUSH:
-            self._flush()
+        """Count the finite positive `values` of `genes` (ids below n_genes), through the same kernel as a block
+        of cells (one cell, n_counts 1 and target_sum 1: each value as it is)."""
+        from cellcorpus.core.cell_kernels import group_values  # (compiled: loaded where used)
 
-    def _flush(self) -> None:
-        """Count the pending positions: sorted, then a slice of the table at a time with `np.bincount` (each slice
-        read and written once per flush, so flushes are few and large)."""
-        if not self._pending:
+        genes = np.asarray(genes, dtype=np.int64)
+        identity = np.arange(self.n_genes, dtype=np.int64)
+        entries = np.bincount(genes, minlength=self.n_genes)
+        offsets = np.array([0, len(genes)], dtype=np.int64)
+        grouped = group_values(offsets, genes, np.asarray(values), identity, np.ones(1), 1.0, self.sparse.gamma,
+                               entries)  # fmt: skip
+        self.add_grouped(grouped)
+
+    def add_grouped(self, grouped: GroupedValues) -> None:
+        """Count in a block's (gene, bucket) pairs as `core/cell_kernels.group_values` wrote them: one compiled pass
+        into the table, or into the sparse sketch when the table would be too wide."""
+        if not len(grouped):
             return
-        at = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending)
-        self._pending, self._pending_n = [], 0
+        if not self._cover(grouped.low, grouped.high):
+            genes, buckets = grouped.pairs()
+            got_genes, got_buckets, counts = pair_counts(genes, buckets, grouped.low, grouped.high)
+            self.sparse = self.sparse.merge(GeneSketch(_keys(got_genes, got_buckets), counts, self.sparse.gamma))
+            return
         assert self.table is not None
-        flat = self.table.reshape(-1)
-        at.sort()
-        cuts = np.searchsorted(at, np.arange(0, flat.size + self._SLICE, self._SLICE).astype(at.dtype))
-        for k in np.flatnonzero(np.diff(cuts)).tolist():
-            start = k * self._SLICE
-            part = at[cuts[k] : cuts[k + 1]].astype(np.int64) - start
-            stop = min(start + self._SLICE, flat.size)
-            flat[start:stop] += np.bincount(part, minlength=stop - start).astype(self.dtype)
+        grouped.count_into(self.table, self.low)
 
     def add_sketch(self, other: GeneSketch) -> None:
         """Count in a finished sketch's counts (each key once in it: one indexed add)."""
         if not len(other.keys):
             return
         genes, buckets = other.pairs()
-        self._flush()
         if not self._cover(int(buckets.min()), int(buckets.max())):
             self.sparse = self.sparse.merge(other)
             return
@@ -216,7 +179,6 @@ class GeneCounts:
         """Count in another builder's dense table (`packed`): one add of its columns into ours."""
         if not table.size:
             return
-        self._flush()
         if not self._cover(low, low + table.shape[1] - 1):  # (ours went sparse: through its sparse form)
             self.sparse = self.sparse.merge(GeneSketch.of_table(table, low, self.sparse.gamma))
             return
@@ -225,7 +187,6 @@ class GeneCounts:
 
     def per_gene(self) -> NDArray[np.int64]:
         """Values counted per gene (ids 0..n_genes-1)."""
-        self._flush()
         out = np.zeros(self.n_genes, np.int64)
         if self.table is not None:
             out += self.table.sum(axis=1, dtype=np.int64)
@@ -239,7 +200,6 @@ class GeneCounts:
     def packed(self) -> dict[str, NDArray[Any]]:
         """Everything counted, for a file: the dense table zstd-compressed in the smallest unsigned dtype its counts
         fit (mostly zeros and small counts: a few MB), or the sparse sketch's keys and counts."""
-        self._flush()
         if self.table is None:
             return {"keys": self.sparse.keys, "counts": self.sparse.counts}
         top = int(self.table.max(initial=0))
@@ -279,7 +239,6 @@ class GeneCounts:
 
     def sketch(self) -> GeneSketch:
         """Everything counted, as a sparse sketch."""
-        self._flush()
         if self.table is None:
             return self.sparse
         return self.sparse.merge(GeneSketch.of_table(self.table, self.low, self.sparse.gamma))

@@ -21,14 +21,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import scipy.sparse as sp
 
 from cellcorpus.config import STATS_LOCATION_KEYS, Config, HuggingfaceConfig, StatsConfig, config_hash
 from cellcorpus.core.gene_sketch import GeneCounts, GeneSketch
 from cellcorpus.core.genemap import merge_duplicate_tokens
-from cellcorpus.core.rank import cell_rows
 from cellcorpus.core.sketch import ValueCounts
-from cellcorpus.core.tokenize import scan_counts, segment_sums, tokenize_csr
+from cellcorpus.core.tokenize import scan_counts, tokenize_csr
 from cellcorpus.core.vocab import VocabLookup
 from cellcorpus.errors import InputError
 from cellcorpus.exec.runner import ExecutorSpec, Reporter
@@ -45,7 +43,8 @@ __all__ = ["run_stats", "stats_unit", "StatsContext", "STATS_FILES"]
 log = logging.getLogger(__name__)
 
 STATS_FILES = ("stats.parquet", "gene_median.pkl", "stats.json")
-_BLOCK = 4096  # rows read and counted at a time (~8M entries of ~2,000-gene cells: ~0.6 GB of temporaries)
+_BLOCK = 16_384  # rows read and counted at a time (~32M entries of ~2,000-gene cells: the read arrays and a
+# 4-byte word per value, ~0.4 GB; larger blocks visit each slice of the count table fewer times)
 
 
 @dataclass(frozen=True)
@@ -74,6 +73,8 @@ def _gene_map(hf: HuggingfaceConfig, var_ids: np.ndarray, lookup: VocabLookup) -
 def stats_unit(unit: WorkUnit, ctx: StatsContext) -> UnitResult:
     """One unit's per-gene sketch and sums, written to `parts/<unit>.npz`; its rows are read `block_cells` at a
     time (bounded memory) and counted into one table as they come."""
+    from cellcorpus.core.cell_kernels import group_values, scan_cells  # (compiled: loaded where used)
+
     hf = ctx.hf
     lookup = vocab_lookup(ctx.vocab_file)  # once per process: gene_id_map's table is cached with it
     size = max(lookup.vocab.values(), default=-1) + 1
@@ -88,20 +89,22 @@ def stats_unit(unit: WorkUnit, ctx: StatsContext) -> UnitResult:
             raise InputError(f"{unit.path} rows {start}-{stop}: {scan.problem}")
         mapped = mapped or _gene_map(hf, block.var_ids, lookup)  # one file: the same columns in every block
         indptr = np.asarray(block.indptr, dtype=np.int64)
-        shape = (len(indptr) - 1, len(mapped[0]))
-        if len(block.indices) and not (int(block.indices.min()) >= 0 and int(block.indices.max()) < shape[1]):
-            # before scipy's sums, which index without bounds checks
+        cell_totals, n_genes, block_totals, entries, bad = scan_cells(indptr, block.indices, block.data, len(mapped[0]))
+        if bad >= 0:
             raise InputError(f"{unit.path} rows {start}-{stop}: a stored column index is outside the file's "
-                             f"{shape[1]:,} genes")  # fmt: skip
-        counts64 = block.data.astype(np.float64)  # one conversion for the sums and the normalisation
-        matrix = sp.csr_matrix((counts64, block.indices, indptr), shape=shape)
-        cell_totals = matrix @ np.ones(shape[1])  # over every stored gene, in the vocabulary or not
-        block_totals = np.ones(shape[0]) @ matrix  # per file column (before the counts are normalised in place)
-        n_genes = np.diff(indptr) if scan.n_zero == 0 else segment_sums(block.data != 0, indptr)
+                             f"{len(mapped[0]):,} genes")  # fmt: skip
         given = block.obs.get(ctx.n_counts_column) if ctx.n_counts_column else None
         n_counts = np.asarray(given, dtype=np.float64) if given is not None else cell_totals
-        genes, normalised = _normalised(indptr, block.indices, counts64, mapped, n_counts, scan.n_zero, ctx)
-        sketch.add(genes, normalised)
+        if mapped[1]:  # file columns sharing a vocabulary id: their counts summed per cell first (rare)
+            cells = tokenize_csr(indptr, block.indices, block.data, mapped[0], None, 0, scan.n_zero, np.float64)
+            offsets, genes, values, _ = merge_duplicate_tokens(cells.offsets, cells.genes, cells.expressions)
+            identity = np.arange(size, dtype=np.int64)
+            grouped = group_values(offsets, genes, values, identity, n_counts, ctx.target_sum, sketch.sparse.gamma,
+                                   np.bincount(genes, minlength=size))  # fmt: skip
+        else:
+            grouped = group_values(indptr, block.indices, block.data, mapped[0], n_counts, ctx.target_sum,
+                                   sketch.sparse.gamma, entries)  # fmt: skip
+        sketch.add_grouped(grouped)
         column_totals = block_totals if column_totals is None else column_totals + block_totals
         per_cell = per_cell.merge(ValueCounts.of(n_genes.astype(np.float64)))
         counts += float(cell_totals.sum())
@@ -121,32 +124,6 @@ def stats_unit(unit: WorkUnit, ctx: StatsContext) -> UnitResult:
         )
     extra = {"file_index": unit.file_index, "input_checksum": unit.checksum, "counts": counts}
     return UnitResult(unit.unit_id, {"cells": unit.n_cells}, [output_record(path, ctx.parts)], extra)
-
-
-def _normalised(
-    indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, mapped: tuple[np.ndarray, bool],
-    n_counts: np.ndarray, n_zero: int, ctx: StatsContext,
-) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """(vocabulary id, count / the cell's total x target_sum) of each stored non-zero entry in the vocabulary;
-    genes that share an id are summed per cell first."""
-    gene_map, collide = mapped
-    if collide:
-        cells = tokenize_csr(indptr, indices, data, gene_map, None, 0, n_zero, np.float64)  # (a new array)
-        offsets, genes, values, _ = merge_duplicate_tokens(cells.offsets, cells.genes, cells.expressions)
-        scale = n_counts[cell_rows(offsets)]
-    else:  # no copy of the entries through a ragged batch: the stored arrays, masked where needed
-        genes = gene_map[indices]
-        keep = genes >= 0 if int(gene_map.min(initial=0)) < 0 else None
-        if n_zero:
-            keep = data != 0 if keep is None else keep & (data != 0)
-        scale = np.repeat(n_counts, np.diff(indptr))
-        values = data  # (float64: the caller's own copy)
-        if keep is not None:
-            genes, values, scale = genes[keep], data[keep], scale[keep]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        values /= scale  # in place (the caller's copy): count / the cell's total, then x target_sum
-        values *= ctx.target_sum
-    return genes, values
 
 
 def _settings(hf: HuggingfaceConfig, st: StatsConfig, n_counts_column: str | None) -> dict[str, Any]:
