@@ -183,7 +183,9 @@ class GeneCounts:
             self.sparse = self.sparse.merge(GeneSketch.of_table(table, low, self.sparse.gamma))
             return
         assert self.table is not None
-        self.table[:, low - self.low : low - self.low + table.shape[1]] += table.astype(self.dtype)
+        from cellcorpus.core.cell_kernels import add_columns  # (compiled: loaded where used)
+
+        add_columns(self.table, table, low - self.low)  # (NumPy's `+=` of a cast copy: ~5x the time, 2x the memory)
 
     def per_gene(self) -> NDArray[np.int64]:
         """Values counted per gene (ids 0..n_genes-1)."""

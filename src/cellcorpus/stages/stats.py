@@ -146,10 +146,12 @@ def _settings(hf: HuggingfaceConfig, st: StatsConfig, n_counts_column: str | Non
 
 def _merge(parts: Path, units: Sequence[WorkUnit], accuracy: float, size: int) -> tuple[GeneSketch, Any, Any, Any]:
     """The units' sketches and sums added up: each unit's (gene, bucket) counts added into one dense table
-    (`GeneCounts`, 64-bit counts), one unit's file read at a time."""
+    (`GeneCounts`), one unit's file read at a time. A count is at most the number of cells, so 32-bit counts hold
+    it below 2^32 cells (half the memory traffic of 64-bit ones: the merge is memory-bound)."""
     nonzero, totals = np.zeros(size, np.int64), np.zeros(size)
     per_cell = ValueCounts()
-    table = GeneCounts(size, accuracy, dtype=np.uint64)
+    wide = sum(u.n_cells for u in units) >= 1 << 32
+    table = GeneCounts(size, accuracy, dtype=np.uint64 if wide else np.uint32)
     for u in units:
         with np.load(parts / f"{u.unit_id}.npz") as z:
             nonzero += z["nonzero"]
