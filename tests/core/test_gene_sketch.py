@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from cellcorpus.core.cell_kernels import group_values
+from cellcorpus.core.cell_kernels import count_cells
 from cellcorpus.core.gene_sketch import GeneCounts, GeneSketch
 
 
@@ -73,8 +73,8 @@ def test_buckets_hold_their_boundaries_and_values_far_out(accuracy):
 
 
 def test_cells_are_normalised_then_bucketed_whole_counts_or_not():
-    """group_values on CSR rows: count / n_counts x target_sum, only mapped columns, zeros and empty cells
-    skipped; whole counts (remembered per cell) and fractional ones alike."""
+    """count_cells on CSR rows: count / the cell's total x target_sum, only mapped columns, zeros and empty cells
+    skipped; whole counts (remembered per cell) and fractional ones alike; the sums in stored order."""
     rng = np.random.default_rng(5)
     n_cells, n_cols = 40, 90
     dense = rng.integers(0, 300, (n_cells, n_cols)).astype(np.float32) * (rng.random((n_cells, n_cols)) < 0.3)
@@ -86,8 +86,9 @@ def test_cells_are_normalised_then_bucketed_whole_counts_or_not():
     gene_map = np.where(np.arange(n_cols) % 9 == 4, -1, (np.arange(n_cols) * 37) % 301)  # unmapped columns
     n_counts = dense.astype(np.float64).sum(1)
     gamma = GeneSketch.empty(0.005).gamma
-    grouped = group_values(indptr, cols.astype(np.int32), data, gene_map, n_counts, 10_000, gamma,
-                           np.bincount(cols, minlength=n_cols))  # fmt: skip
+    sums, grouped = count_cells(indptr, cols.astype(np.int32), data, n_cols, gene_map, 10_000, gamma)
+    assert np.array_equal(sums.totals, n_counts) and np.array_equal(sums.n_genes, (dense != 0).sum(1))
+    assert np.array_equal(sums.column_totals, dense.astype(np.float64).sum(0)) and sums.bad_column_cell == -1
     got_genes, got_buckets = grouped.pairs()
     got: dict[tuple[int, int], int] = {}
     for key in zip(got_genes.tolist(), got_buckets.tolist(), strict=True):

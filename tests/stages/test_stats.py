@@ -92,3 +92,29 @@ def test_a_column_index_outside_the_file_is_named_before_any_sum(tmp_path, write
         f["X"]["indices"][5] = len(ids) + 1000
     with pytest.raises(UnitFailed, match=r"a\.h5ad rows 0-400: a stored column index is outside the file's"):
         run_stats(cfg)
+
+
+def test_file_columns_sharing_an_id_are_summed_per_cell_first(tmp_path, write_config):
+    """Two columns of one Ensembl id (the compiled pass then only sums; the merged cells are counted after): the
+    id's median is of each cell's summed count over its total, non-zero cells and totals exact."""
+    counts, _, symbols = _pbmc()
+    ids = [f"ENSG{i:011d}" for i in range(len(symbols))]
+    busiest = np.argsort(-np.asarray((counts > 0).sum(axis=0)).ravel())[:10].tolist()
+    pairs = list(zip(busiest[::2], busiest[1::2], strict=True))
+    for a, b in pairs:
+        ids[b] = ids[a]
+    (tmp_path / "vocab").mkdir(parents=True)
+    vocab = {"<pad>": 0, "<cls>": 1} | {g: 2 + i for i, g in enumerate(dict.fromkeys(ids))}
+    (tmp_path / "vocab" / "vocab.json").write_text(str(vocab).replace("'", '"'))
+    _h5ad(tmp_path / "raw" / "a.h5ad", counts, ids, {})
+    cfg = write_config(tmp_path, drop=("mds",), **{"huggingface.gene_col": "ensembl_id", "stats": {}})
+    run_stats(load_config(cfg))
+    table = pq.read_table(tmp_path / "stats" / "stats.parquet").to_pandas().set_index("gene_id")
+    dense = counts.toarray().astype(np.float64)
+    totals = dense.sum(axis=1)
+    for a, b in pairs:
+        summed = dense[:, a] + dense[:, b]
+        col = (summed / totals * 1e4)[summed > 0]
+        row = table.loc[ids[a]]
+        assert row["nonzero_cells"] == len(col) and row["total_counts"] == summed.sum()
+        assert abs(row["median"] / np.median(col) - 1) <= 0.0051

@@ -1,14 +1,17 @@
 """Compiled passes over a block of CSR rows for `cellcorpus stats` (numba; see core/jit.py).
 
 A block is counted into the per-gene sketch's dense (gene x bucket) table in two passes, because incrementing the
-table in the rows' own order misses the cache on every value (~40 ns each, the table being tens of MB): first
-each value's (gene, bucket) is written into a run per group of 256 genes (a radix scatter: a few hundred write
-streams), then each group's run is counted into its slice of the table, which stays in cache. A cell's values
-are whole counts almost always, and each distinct count's bucket is computed once per cell.
+table in the rows' own order misses the cache on every value (~40 ns each, the table being tens of MB): first,
+cell by cell, its sums (one read of its entries) and each value's (gene, bucket), written into a run per group
+of 256 genes (a radix scatter: a few hundred write streams; a run is a chain of 2,048-word chunks taken from
+one pool as they fill, so no pass beforehand has to size it); then each group's chunks are counted into its
+slice of the table, which stays in cache. A cell's values are whole counts almost always, and each distinct
+count's bucket is computed once per cell.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,58 +20,54 @@ from numpy.typing import NDArray
 from cellcorpus.core.jit import njit
 from cellcorpus.core.log_buckets import BUCKET_LIMIT, TABLE_SHIFT, TABLE_START, bucket_by_log, float_bits, log_buckets
 
-__all__ = ["scan_cells", "group_values", "add_columns", "GROUP_BITS"]
+__all__ = ["count_cells", "CellSums", "GroupedValues", "add_columns", "GROUP_BITS"]
 
 GROUP_BITS = 8  # genes per group: 2^8 (a group's table slice, 256 rows, stays in the core's cache)
 _BUCKET_BITS = 21  # a packed word: (gene within its group) << 21 | (bucket + 2^20)
 _MEMO = 256  # whole counts below this have their bucket remembered per cell
 
 
+_CHUNK = 2048  # words per chunk of a group's run (a group's runs are chunks taken from one pool as they fill)
+_FLAGS = 6  # per block: first cell with a column out of range, negatives, NaN/inf, stored zeros, low, high
+
+
 @njit
-def _scan(indptr: Any, indices: Any, data: Any, totals: Any, n_genes: Any, column_totals: Any, entries: Any) -> int:
+def _cells(
+    indptr: Any, indices: Any, data: Any, gene_map: Any, given: Any, target_sum: float,
+    bounds: Any, table: Any, first: int, log_gamma: float, steps: int,
+    totals: Any, n_genes: Any, column_totals: Any, pool: Any, chunk_group: Any, chunk_fill: Any, current: Any,
+    flags: Any,
+) -> None:  # fmt: skip
     n_cols = len(column_totals)
-    for c in range(len(indptr) - 1):
-        total: Any = 0.0
-        n = 0
-        for k in range(indptr[c], indptr[c + 1]):
-            j = indices[k]
-            if j < 0 or j >= n_cols:
-                return c
-            x = np.float64(data[k])
-            total += x
-            n += x != 0
-            column_totals[j] += x
-            entries[j] += 1
-        totals[c] = total
-        n_genes[c] = n
-    return -1
-
-
-def scan_cells(
-    indptr: NDArray[np.int64], indices: NDArray[Any], data: NDArray[Any], n_cols: int
-) -> tuple[NDArray[np.float64], NDArray[np.int64], NDArray[np.float64], NDArray[np.int64], int]:
-    """(each cell's total of stored counts, its non-zero entries, each column's total, each column's stored
-    entries, the first cell with a column index outside 0..n_cols-1 or -1). Sums run in stored order, as
-    scipy's sparse products did."""
-    n = len(indptr) - 1
-    totals, n_genes = np.zeros(n), np.zeros(n, np.int64)
-    column_totals, entries = np.zeros(n_cols), np.zeros(n_cols, np.int64)
-    bad = _scan(indptr, indices, data, totals, n_genes, column_totals, entries)
-    return totals, n_genes, column_totals, entries, int(bad)
-
-
-@njit
-def _scatter(
-    indptr: Any, indices: Any, data: Any, gene_map: Any, n_counts: Any, target_sum: float,
-    bounds: Any, table: Any, first: int, log_gamma: float, steps: int, fill: Any, out: Any,
-) -> tuple[int, int]:  # fmt: skip
     memo = np.empty(_MEMO, np.int64)
     low, high = BUCKET_LIMIT, -BUCKET_LIMIT - 1
     local = (1 << GROUP_BITS) - 1
+    used = 0  # chunks taken from the pool
+    negative: Any = 0
+    nonfinite: Any = 0
+    zeros: Any = 0
     for c in range(len(indptr) - 1):
-        scale = n_counts[c]
+        start, stop = indptr[c], indptr[c + 1]
+        total: Any = 0.0
+        n = 0
+        for k in range(start, stop):  # the cell's sums, in stored order (as scipy's sparse products ran them)
+            j = indices[k]
+            if j < 0 or j >= n_cols:
+                flags[0] = c
+                return
+            x = np.float64(data[k])
+            if not (x >= 0.0 and x < np.inf):
+                negative += x < 0.0
+                nonfinite += not (x > -np.inf and x < np.inf)
+            zeros += x == 0.0
+            total += x
+            n += x != 0.0
+            column_totals[j] += x
+        totals[c] = total
+        n_genes[c] = n
+        scale = given[c] if len(given) else total
         memo[:] = BUCKET_LIMIT  # (no bucket yet)
-        for k in range(indptr[c], indptr[c + 1]):
+        for k in range(start, stop):  # its values, now in cache: bucketed and written into their group's run
             g = gene_map[indices[k]]
             if g < 0:
                 continue
@@ -90,81 +89,112 @@ def _scatter(
                 else:
                     b = bucket_by_log(v, log_gamma)
                 if b < -BUCKET_LIMIT or b >= BUCKET_LIMIT:
-                    return b, b  # beyond the sketch's keys: the caller says so
+                    flags[4] = flags[5] = b  # beyond the sketch's keys: the caller says so
+                    return
                 if whole >= 0 and whole == x:
                     memo[whole] = b
             low = min(low, b)
             high = max(high, b)
             grp = g >> GROUP_BITS
-            out[fill[grp]] = ((g & local) << _BUCKET_BITS) | (b + BUCKET_LIMIT)
-            fill[grp] += 1
-    return low, high
+            ch = current[grp]
+            if ch < 0 or chunk_fill[ch] == _CHUNK:  # a new chunk for this group
+                ch = used
+                used += 1
+                current[grp] = ch
+                chunk_group[ch] = grp
+            pool[ch * _CHUNK + chunk_fill[ch]] = ((g & local) << _BUCKET_BITS) | (b + BUCKET_LIMIT)
+            chunk_fill[ch] += 1
+    flags[0], flags[1], flags[2], flags[3], flags[4], flags[5] = -1, negative, nonfinite, zeros, low, high
 
 
 @njit
-def _count(starts: Any, fill: Any, words: Any, table: Any, low: int) -> None:
+def _count(order: Any, chunk_group: Any, chunk_fill: Any, pool: Any, table: Any, low: int) -> None:
     mask = (1 << _BUCKET_BITS) - 1
-    for grp in range(len(starts)):
-        base = grp << GROUP_BITS
-        for k in range(starts[grp], fill[grp]):
-            w = words[k]
+    for ch in order:  # chunks by group: each group's slice of the table is visited once
+        base = chunk_group[ch] << GROUP_BITS
+        for k in range(ch * _CHUNK, ch * _CHUNK + chunk_fill[ch]):
+            w = pool[k]
             table[base + (w >> _BUCKET_BITS), (w & mask) - BUCKET_LIMIT - low] += 1
 
 
 @njit
-def _unpack(starts: Any, fill: Any, words: Any, genes: Any, buckets: Any) -> None:
+def _unpack(order: Any, chunk_group: Any, chunk_fill: Any, pool: Any, genes: Any, buckets: Any) -> None:
     mask = (1 << _BUCKET_BITS) - 1
     at = 0
-    for grp in range(len(starts)):
-        for k in range(starts[grp], fill[grp]):
-            genes[at] = (grp << GROUP_BITS) | (words[k] >> _BUCKET_BITS)
-            buckets[at] = (words[k] & mask) - BUCKET_LIMIT
+    for ch in order:
+        for k in range(ch * _CHUNK, ch * _CHUNK + chunk_fill[ch]):
+            genes[at] = (chunk_group[ch] << GROUP_BITS) | (pool[k] >> _BUCKET_BITS)
+            buckets[at] = (pool[k] & mask) - BUCKET_LIMIT
             at += 1
 
 
-class GroupedValues:
-    """A block's (gene, bucket) pairs, in runs per group of 2^GROUP_BITS genes; `low`/`high` their bucket range."""
+@dataclass(frozen=True)
+class CellSums:
+    """What a block's first pass found: per cell its total of stored counts and non-zero entries, per column its
+    total; stored zeros, negative and NaN/infinite counts; the first cell with a column index out of range."""
 
-    def __init__(self, starts: NDArray[np.int64], fill: NDArray[np.int64], words: NDArray[np.uint32], low: int,
-                 high: int) -> None:  # fmt: skip
-        self.starts, self.fill, self.words, self.low, self.high = starts, fill, words, low, high
+    totals: NDArray[np.float64]
+    n_genes: NDArray[np.int64]
+    column_totals: NDArray[np.float64]
+    n_zero: int
+    n_negative: int
+    n_nonfinite: int
+    bad_column_cell: int  # -1: none
+
+
+class GroupedValues:
+    """A block's (gene, bucket) pairs in chunks, each of one group of 2^GROUP_BITS genes; `low`/`high` their bucket
+    range."""
+
+    def __init__(self, pool: NDArray[np.uint32], chunk_group: NDArray[np.int64], chunk_fill: NDArray[np.int64],
+                 low: int, high: int) -> None:  # fmt: skip
+        self.pool, self.chunk_group, self.chunk_fill, self.low, self.high = pool, chunk_group, chunk_fill, low, high
+        self.order = np.argsort(chunk_group, kind="stable")
 
     def __len__(self) -> int:
-        return int((self.fill - self.starts).sum())
+        return int(self.chunk_fill.sum())
 
     def count_into(self, table: NDArray[Any], low: int) -> None:
         """Add one to table[gene, bucket - low] per pair (the table covers every gene and bucket here)."""
-        _count(self.starts, self.fill, self.words, table, low)
+        _count(self.order, self.chunk_group, self.chunk_fill, self.pool, table, low)
 
     def pairs(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         """(genes, buckets), one entry per value."""
         genes, buckets = np.empty(len(self), np.int64), np.empty(len(self), np.int64)
-        _unpack(self.starts, self.fill, self.words, genes, buckets)
+        _unpack(self.order, self.chunk_group, self.chunk_fill, self.pool, genes, buckets)
         return genes, buckets
 
 
-def group_values(
-    indptr: NDArray[np.int64], indices: NDArray[Any], data: NDArray[Any], gene_map: NDArray[Any],
-    n_counts: NDArray[np.float64], target_sum: float, gamma: float, column_entries: NDArray[np.int64],
-) -> GroupedValues:  # fmt: skip
-    """Each stored value's (vocabulary id, bucket of value / its cell's n_counts x target_sum) for values whose
-    column maps (gene_map >= 0) and whose normalised value is finite and positive. `column_entries` (stored
-    entries per column, from `scan_cells`) sizes each group's run."""
+def count_cells(
+    indptr: NDArray[np.int64], indices: NDArray[Any], data: NDArray[Any], n_cols: int, gene_map: NDArray[Any],
+    target_sum: float, gamma: float, n_counts: NDArray[Any] | None = None,
+) -> tuple[CellSums, GroupedValues | None]:  # fmt: skip
+    """One pass over CSR rows (columns 0..n_cols-1): their sums, and each stored value's (vocabulary id, bucket of
+    value / its cell's n_counts (default: its total) x target_sum) for values whose column maps (gene_map >= 0)
+    and whose normalised value is finite and positive. No pairs (None) when a column index is out of range or a
+    count is negative or not finite (the sums say which)."""
     lb = log_buckets(gamma)
-    mapped = gene_map >= 0
+    n_cells = len(indptr) - 1
+    totals, n_genes, column_totals = np.zeros(n_cells), np.zeros(n_cells, np.int64), np.zeros(n_cols)
     n_groups = (int(gene_map.max(initial=0)) >> GROUP_BITS) + 1
-    sizes = np.bincount(gene_map[mapped] >> GROUP_BITS, weights=column_entries[mapped], minlength=n_groups)
-    starts = np.zeros(n_groups, np.int64)
-    np.cumsum(sizes[:-1].astype(np.int64), out=starts[1:])
-    fill = starts.copy()
-    words = np.empty(int(sizes.sum()), np.uint32)
-    low, high = _scatter(
-        indptr, indices, data, gene_map, n_counts, float(target_sum),
-        lb.bounds, lb.table, lb.first, lb.log_gamma, lb.steps, fill, words,
+    n_chunks = len(indices) // _CHUNK + n_groups + 1  # (each group leaves at most one chunk part-filled)
+    pool = np.empty(n_chunks * _CHUNK, np.uint32)
+    chunk_group, chunk_fill = np.zeros(n_chunks, np.int64), np.zeros(n_chunks, np.int64)
+    current, flags = np.full(n_groups, -1, np.int64), np.zeros(_FLAGS, np.int64)
+    flags[0] = -1
+    given = np.zeros(0) if n_counts is None else np.asarray(n_counts, dtype=np.float64)
+    _cells(
+        indptr, indices, data, gene_map, given, float(target_sum), lb.bounds, lb.table, lb.first, lb.log_gamma,
+        lb.steps, totals, n_genes, column_totals, pool, chunk_group, chunk_fill, current, flags,
     )  # fmt: skip
+    bad, negative, nonfinite, zeros, low, high = (int(f) for f in flags)
+    sums = CellSums(totals, n_genes, column_totals, zeros, negative, nonfinite, bad)
     if low == high and not (-BUCKET_LIMIT <= low < BUCKET_LIMIT):
         raise ValueError(f"values beyond the sketch's range (bucket {low})")
-    return GroupedValues(starts, fill, words, int(low), int(high))
+    if bad >= 0 or negative or nonfinite:
+        return sums, None
+    used = int(np.count_nonzero(chunk_fill))
+    return sums, GroupedValues(pool, chunk_group[:used], chunk_fill[:used], low, high)
 
 
 @njit

@@ -140,14 +140,16 @@ class GeneCounts:
     def add(self, genes: NDArray[Any], values: NDArray[Any]) -> None:
         """Count the finite positive `values` of `genes` (ids below n_genes), through the same kernel as a block
         of cells (one cell, n_counts 1 and target_sum 1: each value as it is)."""
-        from cellcorpus.core.cell_kernels import group_values  # (compiled: loaded where used)
+        from cellcorpus.core.cell_kernels import count_cells  # (compiled: loaded where used)
 
-        genes = np.asarray(genes, dtype=np.int64)
-        identity = np.arange(self.n_genes, dtype=np.int64)
-        entries = np.bincount(genes, minlength=self.n_genes)
+        genes, values = np.asarray(genes, dtype=np.int64), np.asarray(values)
+        counted = (values > 0) & (values < np.inf)  # (others have no bucket)
+        if not counted.all():
+            genes, values = genes[counted], values[counted]
         offsets = np.array([0, len(genes)], dtype=np.int64)
-        grouped = group_values(offsets, genes, np.asarray(values), identity, np.ones(1), 1.0, self.sparse.gamma,
-                               entries)  # fmt: skip
+        identity = np.arange(self.n_genes, dtype=np.int64)
+        _, grouped = count_cells(offsets, genes, values, self.n_genes, identity, 1.0, self.sparse.gamma, np.ones(1))
+        assert grouped is not None  # (every value finite and positive)
         self.add_grouped(grouped)
 
     def add_grouped(self, grouped: GroupedValues) -> None:
