@@ -57,3 +57,27 @@ def test_ids_in_a_wider_dtype_and_negative_ids_refused():
     assert got.dtype == np.int64 and got.tolist() == [8, 9, 7]
     with pytest.raises(ValueError, match="non-negative"):
         rank_tokens(offsets, values, np.array([-1, 8, 9]), 10)
+
+
+@pytest.mark.parametrize("counts_dtype", [np.float32, np.float64, np.int32, np.uint16, np.float16])
+@pytest.mark.parametrize("cell_dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("gene_dtype", [np.float32, np.float64])
+def test_scaled_values_round_each_product_as_numpy_does(counts_dtype, cell_dtype, gene_dtype):
+    """Geneformer's arithmetic (count x 1/total, x target_sum in place, x 1/median) in one compiled pass: the
+    same bits as the NumPy expressions the reference's scipy calls amount to, in every dtype mix."""
+    from cellcorpus.core.rank_kernels import scaled_values
+
+    rng = np.random.default_rng(11)
+    lengths = rng.integers(0, 40, 30)
+    offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
+    counts = (rng.integers(0, 50, offsets[-1]) * rng.choice([1, 1.37], offsets[-1])).astype(counts_dtype)
+    genes = rng.integers(0, 100, offsets[-1])
+    per_cell = np.divide(1, rng.uniform(500, 9000, len(lengths)).astype(cell_dtype))
+    per_gene = np.divide(1, rng.lognormal(0, 1, 100)).astype(gene_dtype)
+    per_gene[::7] = 0  # genes without a median
+    expected = counts * np.repeat(per_cell, lengths)
+    expected *= 10_000
+    expected = expected * per_gene[genes]
+    got, not_positive = scaled_values(offsets, counts, genes, per_cell, 10_000, per_gene)
+    assert got.dtype == expected.dtype and got.tobytes() == expected.tobytes()
+    assert not_positive == np.count_nonzero(~(expected > 0))

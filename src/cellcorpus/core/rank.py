@@ -65,6 +65,8 @@ def _rank_slice(
     """Cells lo..hi-1 of the batch, each `first`, its tokens by descending value, `last` (untruncated; written into
     `dest` when given, an 8-byte integer array), and the cells whose ranks need the reference's call; None when
     the keys have too few bits for the values."""
+    from cellcorpus.core.rank_kernels import fill_keys, take_tokens  # (compiled: loaded where used)
+
     start, stop = int(offsets[lo]), int(offsets[hi])
     lengths = np.diff(offsets[lo : hi + 1])
     value_bits = 63 - max(1, int(hi - lo - 1).bit_length()) - token_bits
@@ -75,13 +77,20 @@ def _rank_slice(
     entries = keys[:n]
     vals = values[start:stop]
     positive = vals.dtype.kind == "f" and bool(vals.min(initial=np.inf) > 0)  # (NaN: the reference's call below)
-    width = _descending_bits(vals, positive, entries)
-    if width > value_bits:
-        entries >>= np.uint64(width - value_bits)
-    entries <<= np.uint64(token_bits)
-    np.bitwise_or(entries, tokens[start:stop], out=entries, dtype=np.uint64, casting="unsafe")
     cell_keys = np.arange(hi - lo, dtype=np.uint64) << np.uint64(value_bits + token_bits)
-    entries += np.repeat(cell_keys, lengths)
+    if positive and vals.dtype.itemsize in (4, 8) and tokens.dtype.kind in "iu":  # one compiled pass
+        wide = vals.dtype.itemsize == 8
+        top = 0x7FF0000000000000 if wide else 0x7F800000  # +inf's bits
+        bits = values.view(np.uint64 if wide else np.uint32)
+        shift = max(0, (63 if wide else 31) - value_bits)
+        fill_keys(offsets, bits, tokens, lo, hi, top, shift, token_bits, value_bits + token_bits, entries)
+    else:
+        width = _descending_bits(vals, positive, entries)
+        if width > value_bits:
+            entries >>= np.uint64(width - value_bits)
+        entries <<= np.uint64(token_bits)
+        np.bitwise_or(entries, tokens[start:stop], out=entries, dtype=np.uint64, casting="unsafe")
+        entries += np.repeat(cell_keys, lengths)
     at = n  # markers sorted into place with the cell's entries: value bits all 0 sort first, all 1 last
     if first is not None:
         np.bitwise_or(cell_keys, np.uint64(first), out=keys[at : at + hi - lo])
@@ -90,16 +99,15 @@ def _rank_slice(
         np.bitwise_or(cell_keys, np.uint64((((1 << value_bits) - 1) << token_bits) | last), out=keys[at:])
     keys.sort()
     mask = np.uint64((1 << token_bits) - 1)
-    tie = np.flatnonzero((keys[1:] ^ keys[:-1]) <= mask)  # same cell, same value bits
+    ranked = keys if dest is None else dest.view(np.uint64)
+    tie = take_tokens(keys, int(mask), ranked)  # the ids, and where two neighbours share cell and value bits
     segments = offsets[lo : hi + 1] - start + extra * np.arange(hi - lo + 1)
     tied = np.searchsorted(segments, tie, side="right") - 1
     if vals.dtype.kind == "f" and not positive:  # NaN: the reference's call
         nan = np.flatnonzero(np.isnan(vals))
         tied = np.concatenate([tied, np.searchsorted(offsets, start + nan, side="right") - 1 - lo])
     if dest is not None:
-        np.bitwise_and(keys, mask, out=dest.view(np.uint64))
         return dest, lo + np.unique(tied)
-    keys &= mask
     return keys.view(np.int64), lo + np.unique(tied)
 
 

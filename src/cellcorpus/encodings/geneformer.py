@@ -162,20 +162,16 @@ class Geneformer:
         """(offsets, cells with ties, entries without a median) of consecutive cells, their input_ids written at
         the start of `into`. A gene without a median has reciprocal 0 here, so its value is 0 and it leaves with
         any zero (one check for both)."""
-        lengths = np.diff(cells.offsets)
+        from cellcorpus.core.rank_kernels import scaled_values  # (compiled: loaded where used)
+
         genes, counts = cells.genes, cells.expressions
-        reciprocal = reciprocals[genes]  # 1 / the gene's median (0: none)
         per_cell = np.divide(1, n_counts)
-        values = counts * np.repeat(per_cell, lengths)
-        values *= self.gf.target_sum  # in place: the same rounding as `values * target_sum` in values' dtype
-        if np.result_type(values, reciprocal) == values.dtype:
-            values *= reciprocal
-        else:  # float32 values and float64 medians: the product is float64, as in the reference
-            values = values * reciprocal
+        # count x (1 / total) x target_sum x (1 / median), each product in the reference's dtype, in one pass
+        values, not_positive = scaled_values(cells.offsets, counts, genes, per_cell, self.gf.target_sum, reciprocals)
         n_without = 0
-        if not values.min(initial=np.inf) > 0:  # genes without a median, an underflow (or NaN): new lengths
+        if not_positive:  # genes without a median, an underflow (or NaN): new lengths
             keep = values > 0  # (NaN too: a cell total of 0 times a missing median)
-            n_without = int(np.count_nonzero(reciprocal == 0))
+            n_without = int(np.count_nonzero(reciprocals[genes] == 0))
             rows = cell_rows(cells.offsets)[keep]
             values, genes = values[keep], genes[keep]
             offsets = np.zeros(cells.n_cells + 1, dtype=np.int64)
