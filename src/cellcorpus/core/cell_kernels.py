@@ -108,14 +108,14 @@ def _scatter(
                 used += 1
                 current[grp] = ch
                 chunk_group[ch] = grp
-            at = filled[grp]  # (per group: a small array the core keeps in cache)
-            pool[ch * _CHUNK + at] = ((g & local) << _BUCKET_BITS) | (b + BUCKET_LIMIT)
-            at += 1
-            if at == _CHUNK:  # full: the next value of this group takes a new chunk
+            n_in = filled[grp]  # (per group: a small array the core keeps in cache)
+            pool[ch * _CHUNK + n_in] = ((g & local) << _BUCKET_BITS) | (b + BUCKET_LIMIT)
+            n_in += 1
+            if n_in == _CHUNK:  # full: the next value of this group takes a new chunk
                 chunk_fill[ch] = _CHUNK
                 current[grp] = -1
-                at = 0
-            filled[grp] = at
+                n_in = 0
+            filled[grp] = n_in
     for grp in range(len(current)):  # the part-filled chunks
         if current[grp] >= 0:
             chunk_fill[current[grp]] = filled[grp]
