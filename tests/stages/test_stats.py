@@ -118,3 +118,19 @@ def test_file_columns_sharing_an_id_are_summed_per_cell_first(tmp_path, write_co
         row = table.loc[ids[a]]
         assert row["nonzero_cells"] == len(col) and row["total_counts"] == summed.sum()
         assert abs(row["median"] / np.median(col) - 1) <= 0.0051
+
+
+@pytest.mark.parametrize("bad, message", [(-3.0, "negative count value"), (np.nan, "NaN/infinite count value")])
+def test_a_bad_count_is_named_and_nothing_is_written(tmp_path, write_config, bad, message):
+    """The compiled sums pass finds the count; the message is tokenize's own (`scan_counts`)."""
+    import scipy.sparse as sp
+
+    from cellcorpus.errors import UnitFailed
+
+    cfg, counts, ids = _setup(tmp_path, write_config)
+    broken = sp.csr_matrix(counts[:50], dtype=np.float32)
+    broken.data[7] = bad
+    _h5ad(tmp_path / "raw" / "b.h5ad", broken, ids, {})
+    with pytest.raises(UnitFailed, match=f"b.h5ad rows 0-50: 1 {message}"):
+        run_stats(cfg)
+    assert not (tmp_path / "stats" / "stats.parquet").exists()

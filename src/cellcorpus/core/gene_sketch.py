@@ -153,7 +153,7 @@ class GeneCounts:
         self.add_grouped(grouped)
 
     def add_grouped(self, grouped: GroupedValues) -> None:
-        """Count in a block's (gene, bucket) pairs as `core/cell_kernels.group_values` wrote them: one compiled pass
+        """Count in a block's (gene, bucket) pairs as `core/cell_kernels.count_cells` wrote them: one compiled pass
         into the table, or into the sparse sketch when the table would be too wide."""
         if not len(grouped):
             return
