@@ -78,7 +78,7 @@ class GeneIdMap(_Section):
     # column (or position) holding the vocabulary's ids
     to_column: str | int = "gene_id"
     # columns (or positions) of earlier or other names of a gene (HGNC `prev_symbol`, `alias_symbol`; several
-    # names in one cell separated by `|`), tried for an input id no from_column row names
+    # names in one cell separated by `|` or `,`), tried for an input id no from_column row names
     alias_columns: list[str | int] = Field(default_factory=list)
 
     @model_validator(mode="after")

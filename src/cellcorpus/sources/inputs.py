@@ -141,6 +141,9 @@ def required_obs_columns(hf: HuggingfaceConfig) -> dict[str, str]:
 
 
 _ID_MAPS: dict[tuple, tuple[VocabLookup, IdMap, IdMap | None]] = {}
+# names in one alias cell: "A|B" (HGNC's complete set) or "A, B" (HGNC's custom downloads, BioMart); gene symbols
+# hold neither character
+ALIAS_SEPARATORS = r"\s*[|,]\s*"
 
 
 def gene_mapping(hf: HuggingfaceConfig, var_ids: np.ndarray, lookup: VocabLookup) -> GeneMapping:
@@ -166,7 +169,7 @@ def gene_mapping(hf: HuggingfaceConfig, var_ids: np.ndarray, lookup: VocabLookup
             alias_map = None
             if aliases:
                 names = np.concatenate([a for a, _ in aliases])
-                alias_map = IdMap(names, np.concatenate([t for _, t in aliases]), lookup, split="|")
+                alias_map = IdMap(names, np.concatenate([t for _, t in aliases]), lookup, split=ALIAS_SEPARATORS)
             # the lookup is kept alive with its id
             _ID_MAPS[key] = (lookup, IdMap(sources, targets, lookup), alias_map)
         _, id_map, alias = _ID_MAPS[key]
