@@ -101,6 +101,24 @@ def test_cells_are_normalised_then_bucketed_whole_counts_or_not():
     assert got == expected and len(grouped) == sum(expected.values())
 
 
+def test_bad_counts_are_counted_exactly_and_give_no_pairs():
+    """The sums pass only notices bad values; a second pass counts them for the message: negatives (-inf
+    among them), NaN and infinities, stored zeros (not genes of their cell); a column out of range names its cell."""
+    indptr = np.array([0, 3, 6, 8], np.int64)
+    data = np.array([1, -2, 0, np.nan, 4, -np.inf, 0, np.inf], np.float32)
+    cols = np.array([0, 1, 2, 0, 1, 2, 0, 1], np.int32)
+    gamma = GeneSketch.empty(0.005).gamma
+    sums, grouped = count_cells(indptr, cols, data, 3, np.arange(3), 10_000, gamma)
+    assert grouped is None and (sums.n_negative, sums.n_nonfinite, sums.n_zero) == (2, 3, 2)
+    assert sums.n_genes.tolist() == [2, 3, 1] and sums.bad_column_cell == -1
+    good = np.abs(np.nan_to_num(data, posinf=0, neginf=0))
+    sums, grouped = count_cells(indptr, cols, good, 3, np.arange(3), 10_000, gamma)
+    assert grouped is not None and (sums.n_negative, sums.n_nonfinite, sums.n_zero) == (0, 0, 5)
+    assert sums.totals.tolist() == [3.0, 4.0, 0.0] and len(grouped) == 3
+    sums, grouped = count_cells(indptr, np.array([0, 1, 2, 0, 1, 2, 3, 1], np.int32), good, 3, np.arange(3), 1, gamma)
+    assert grouped is None and sums.bad_column_cell == 2
+
+
 @pytest.mark.parametrize("max_bytes", [512 << 20, 300 * 4 * 700, 0])  # a table; one that must go sparse; none
 def test_dense_counts_equal_the_sparse_merges(max_bytes):
     sparse = GeneSketch.empty(0.005)

@@ -34,28 +34,37 @@ _FLAGS = 6  # per block: first cell with a column out of range, negatives, NaN/i
 @njit
 def _sums(indptr: Any, indices: Any, data: Any, totals: Any, n_genes: Any, column_totals: Any, flags: Any) -> None:
     n_cols = len(column_totals)
-    negative: Any = 0
-    nonfinite: Any = 0
-    zeros: Any = 0
+    lowest = 0.0  # below 0: a negative count
+    poison = 0.0  # x * 0 is NaN for a NaN or infinite x, and stays so
+    zeros = 0
     for c in range(len(indptr) - 1):
-        total: Any = 0.0
-        n = 0
+        total = 0.0
+        cell_zeros = 0
         for k in range(indptr[c], indptr[c + 1]):  # in stored order (as scipy's sparse products ran the sums)
             j = indices[k]
             if j < 0 or j >= n_cols:
                 flags[0] = c
                 return
             x = np.float64(data[k])
-            if not (x >= 0.0 and x < np.inf):
-                negative += x < 0.0
-                nonfinite += not (x > -np.inf and x < np.inf)
-            zeros += x == 0.0
+            lowest = min(lowest, x)  # (no branch on the value: ~3x faster than counting the bad ones here)
+            poison += x * 0.0
+            cell_zeros += x == 0.0
             total += x
-            n += x != 0.0
             column_totals[j] += x
         totals[c] = total
-        n_genes[c] = n
-    flags[0], flags[1], flags[2], flags[3] = -1, negative, nonfinite, zeros
+        n_genes[c] = indptr[c + 1] - indptr[c] - cell_zeros
+        zeros += cell_zeros
+    flags[0], flags[1], flags[2], flags[3] = -1, lowest < 0.0, poison != 0.0, zeros
+
+
+@njit
+def _count_bad(indptr: Any, data: Any, flags: Any) -> None:
+    negative = nonfinite = 0
+    for k in range(indptr[0], indptr[-1]):
+        x = np.float64(data[k])
+        negative += x < 0.0
+        nonfinite += not (x > -np.inf and x < np.inf)
+    flags[1], flags[2] = negative, nonfinite
 
 
 @njit
@@ -198,6 +207,8 @@ def count_cells(
     current, flags = np.full(n_groups, -1, np.int64), np.zeros(_FLAGS, np.int64)
     flags[4], flags[5] = BUCKET_LIMIT, -BUCKET_LIMIT - 1  # (no values: an empty range)
     _sums(indptr, indices, data, totals, n_genes, column_totals, flags)
+    if flags[0] < 0 and (flags[1] or flags[2]):  # only whether: how many, for the message (a second pass, rare)
+        _count_bad(indptr, data, flags)
     if flags[0] < 0 and not flags[1] and not flags[2]:  # (a separate pass: fused into the next, both ran ~1.7x slower)
         scales = totals if n_counts is None else np.asarray(n_counts, dtype=np.float64)
         _scatter(indptr, indices, data, gene_map, scales, float(target_sum), lb.bounds, lb.table, lb.first,
