@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cellcorpus.core import rank
-from cellcorpus.core.rank import rank_tokens
+from cellcorpus.core.rank import rank_scaled, rank_tokens
 
 
 def _reference(offsets, values, tokens, limit, first, last):
@@ -81,3 +81,50 @@ def test_scaled_values_round_each_product_as_numpy_does(counts_dtype, cell_dtype
     got, not_positive = scaled_values(offsets, counts, genes, per_cell, 10_000, per_gene)
     assert got.dtype == expected.dtype and got.tobytes() == expected.tobytes()
     assert not_positive == np.count_nonzero(~(expected > 0))
+
+
+@pytest.mark.parametrize("counts_dtype", [np.float32, np.float64, np.int32])
+@pytest.mark.parametrize("cell_dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("gene_dtype", [np.float32, np.float64])
+def test_rank_scaled_equals_the_reference_per_cell(counts_dtype, cell_dtype, gene_dtype, monkeypatch):
+    """Geneformer's values keyed as computed, sorted a slice at a time, many slices and batches per call: each
+    cell's ids equal the reference's own expressions (count x 1/total x target_sum x 1/median, values not > 0 left
+    out, `argsort(-values)`, the first `limit`), markers around them; ties (whole counts, shared medians) and
+    genes without a median counted; the values' dtypes as NumPy gives them."""
+    monkeypatch.setattr(rank, "_SLICE_ENTRIES", 300)
+    monkeypatch.setattr(rank, "_BATCH_ENTRIES", 2000)
+    rng = np.random.default_rng(3)
+    for trial in range(6):
+        lengths = rng.integers(0, [3, 60, 700][trial % 3], int(rng.integers(1, 90)))
+        offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
+        nnz = int(offsets[-1])
+        counts = rng.integers(1, 6, nnz).astype(counts_dtype)  # few distinct: many ties
+        genes = np.concatenate([rng.permutation(1000)[:n] for n in lengths]).astype(np.int64)
+        per_cell = np.divide(1, rng.integers(200, 3000, len(lengths)).astype(cell_dtype))
+        per_gene = np.divide(1, rng.choice([0.5, 1.0, 2.0, 1 / 3], 1000)).astype(gene_dtype)
+        per_gene[::9] = 0  # no median
+        limit = int(rng.choice([5, 64, 10_000]))
+        first, last = [(None, None), (1001, 1002), (1001, None)][trial % 3]
+        got = rank_scaled(offsets, counts, genes, per_cell, 10_000, per_gene, limit, first, last)
+        assert got is not None
+        out_offsets, ids, n_tied, n_without = got
+        want, tied = [], 0
+        for c in range(len(lengths)):
+            a, b = offsets[c], offsets[c + 1]
+            values = counts[a:b] * per_cell[c]
+            values *= 10_000
+            values = values * per_gene[genes[a:b]]
+            keep = values > 0
+            v, t = values[keep], genes[a:b][keep]
+            tied += len(np.unique(v)) < len(v)
+            want.extend(([first] if first is not None else []) + t[np.argsort(-v)][:limit].tolist()
+                        + ([last] if last is not None else []))  # fmt: skip
+        assert ids.tolist() == want and ids.dtype == np.int64
+        assert out_offsets[-1] == len(want) and n_tied == tied
+        assert n_without == int(np.count_nonzero(per_gene[genes] == 0))
+
+
+def test_rank_scaled_leaves_float16_to_numpy():
+    offsets, genes = np.array([0, 2], np.int64), np.array([4, 5])
+    counts, per_cell = np.array([1, 2], np.float16), np.array([0.5], np.float16)
+    assert rank_scaled(offsets, counts, genes, per_cell, 10, np.ones(6, np.float16), 10) is None

@@ -20,6 +20,7 @@ import scipy.sparse as sp
 from tests._peers import peer_module
 
 from cellcorpus.config import load_config
+from cellcorpus.core import rank
 from cellcorpus.core.rank import rank_tokens
 from cellcorpus.encodings import geneformer as geneformer_encoding
 from cellcorpus.errors import ConfigError
@@ -92,13 +93,19 @@ CASES = {
     ),  # fmt: skip
     # truncation: 64 tokens with <cls>/<eos> inside, in cells of ~250 genes
     "truncated": dict(size=64, special=True, dtype=np.float32, n_counts=False, filter_pass=False, median=float),
+    # the same through the NumPy passes (the path of float16 arithmetic), their slices crossed every few cells
+    "numpy_passes": dict(size=64, special=True, dtype=np.float32, n_counts=False, filter_pass=False, median=float),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_input_ids_equal_geneformers_own_tokenizer(tmp_path, write_config, reference, case, monkeypatch):
     c = CASES[case]
-    if case == "truncated":  # the kernel's slices of cells, crossed every few cells (units run in this process)
+    if case == "truncated":  # the kernels' slices and batches of cells, crossed every few cells (units run here)
+        monkeypatch.setattr(rank, "_SLICE_ENTRIES", 999)
+        monkeypatch.setattr(rank, "_BATCH_ENTRIES", 5000)
+    if case == "numpy_passes":
+        monkeypatch.setattr(geneformer_encoding, "rank_scaled", lambda *args: None)
         monkeypatch.setattr(geneformer_encoding, "_SLICE_ENTRIES", 999)
     counts, n_counts, symbols = _pbmc()
     counts = counts.astype(c["dtype"])

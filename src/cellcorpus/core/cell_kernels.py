@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from cellcorpus.core.jit import njit
-from cellcorpus.core.log_buckets import BUCKET_LIMIT, TABLE_SHIFT, TABLE_START, bucket_by_log, float_bits, log_buckets
+from cellcorpus.core.jit import float_bits, njit
+from cellcorpus.core.log_buckets import BUCKET_LIMIT, TABLE_SHIFT, TABLE_START, bucket_by_log, log_buckets
 
 __all__ = ["count_cells", "CellSums", "GroupedValues", "add_columns", "GROUP_BITS"]
 
@@ -34,11 +34,11 @@ _FLAGS = 6  # per block: first cell with a column out of range, negatives, NaN/i
 @njit
 def _sums(indptr: Any, indices: Any, data: Any, totals: Any, n_genes: Any, column_totals: Any, flags: Any) -> None:
     n_cols = len(column_totals)
-    lowest = 0.0  # below 0: a negative count
-    poison = 0.0  # x * 0 is NaN for a NaN or infinite x, and stays so
+    lowest: Any = 0.0  # below 0: a negative count
+    poison: Any = 0.0  # x * 0 is NaN for a NaN or infinite x, and stays so
     zeros = 0
     for c in range(len(indptr) - 1):
-        total = 0.0
+        total: Any = 0.0
         cell_zeros = 0
         for k in range(indptr[c], indptr[c + 1]):  # in stored order (as scipy's sparse products ran the sums)
             j = indices[k]
@@ -59,7 +59,8 @@ def _sums(indptr: Any, indices: Any, data: Any, totals: Any, n_genes: Any, colum
 
 @njit
 def _count_bad(indptr: Any, data: Any, flags: Any) -> None:
-    negative = nonfinite = 0
+    negative: Any = 0
+    nonfinite: Any = 0
     for k in range(indptr[0], indptr[-1]):
         x = np.float64(data[k])
         negative += x < 0.0

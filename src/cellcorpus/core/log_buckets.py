@@ -19,14 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from llvmlite import ir
-from numba.core import types
-from numba.extending import intrinsic
 from numpy.typing import NDArray
 
 from cellcorpus.core.jit import njit
 
-__all__ = ["LogBuckets", "log_buckets", "float_bits", "bucket_by_log", "BUCKET_LIMIT", "TABLE_SHIFT", "TABLE_START"]
+__all__ = ["LogBuckets", "log_buckets", "bucket_by_log", "BUCKET_LIMIT", "TABLE_SHIFT", "TABLE_START"]
 
 BUCKET_LIMIT = 1 << 20  # buckets -2^20 .. 2^20-1 (the sketch's key range)
 _MANTISSA_BITS = 12  # table intervals of relative width <= 2^-12: narrower than a bucket down to a = 1.2e-4
@@ -66,16 +63,6 @@ def log_buckets(gamma: float) -> LogBuckets:
     table = np.minimum(np.searchsorted(bounds, starts, side="left"), len(bounds) - 1).astype(np.int32)
     steps = max(1, math.ceil(2.0**-_MANTISSA_BITS / (gamma - 1) + 1e-9))
     return LogBuckets(gamma, log_gamma, first, bounds, table, steps)
-
-
-@intrinsic
-def float_bits(typingctx: Any, x: Any) -> Any:
-    """A float64's bits as an int64 (a register move; numba has no scalar view)."""
-
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        return builder.bitcast(args[0], ir.IntType(64))
-
-    return types.int64(types.float64), codegen
 
 
 @njit

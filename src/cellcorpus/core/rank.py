@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["rank_tokens", "cell_rows"]
+__all__ = ["rank_tokens", "rank_scaled", "cell_rows"]
 
 _SLICE_ENTRIES = (
     1 << 15
@@ -165,3 +165,79 @@ def rank_tokens(
         at = int(out_offsets[cell]) + shift
         out[at : at + int(kept[cell])] = tokens[start + np.argsort(-values[start:stop])[: int(kept[cell])]]
     return out_offsets, out, len(tied_cells)
+
+
+_BATCH_ENTRIES = 1 << 21  # entries keyed per call of the compiled passes (the keys: 16 MB at most)
+
+
+def rank_scaled(
+    offsets: NDArray[np.int64], counts: NDArray[Any], genes: NDArray[Any], per_cell: NDArray[Any], target_sum: int,
+    per_gene: NDArray[Any], limit: int, first: int | None = None, last: int | None = None,
+) -> tuple[NDArray[np.int64], NDArray[np.int64], int, int] | None:  # fmt: skip
+    """Geneformer's ranking in compiled passes: each cell's token ids (`genes`) by descending value, value =
+    counts x per_cell[cell] x target_sum x per_gene[gene] (`core/rank_kernels.py::scaled_values`'s arithmetic),
+    entries whose value is not > 0 left out, the first `limit`, between `first` and `last` when given.
+    Returns (offsets, int64 ids, cells whose ties took the reference's call, entries whose per_gene is 0), or
+    None where the values' dtypes are not float32/float64 (`rank_tokens` then, after `scaled_values`).
+
+    The same keys as `rank_tokens`, but no array of values: they are keyed as computed, a slice of cells sorted
+    at a time (`_SLICE_ENTRIES`, `_SLICE_CELLS`), many slices per compiled call."""
+    from cellcorpus.core.rank_kernels import scaled_keys, take_ranked  # (compiled: loaded where used)
+
+    first_type = np.result_type(counts.dtype, per_cell.dtype)
+    last_type = np.result_type(first_type, per_gene.dtype)
+    top = max([int(genes.max()) if len(genes) else 0] + [t for t in (first, last) if t is not None])
+    token_bits = max(1, top.bit_length())
+    if first_type.kind != "f" or first_type.itemsize not in (4, 8) or last_type.itemsize not in (4, 8):
+        return None
+    if 63 - (_SLICE_CELLS - 1).bit_length() - token_bits < _MIN_VALUE_BITS or (len(genes) and int(genes.min()) < 0):
+        return None
+    counts = counts.astype(first_type, copy=False)
+    per_cell = per_cell.astype(first_type, copy=False)
+    per_gene = per_gene.astype(last_type, copy=False)
+    target = np.array([target_sum], dtype=first_type)
+    n_cells = len(offsets) - 1
+    cuts = np.searchsorted(offsets, np.arange(0, int(offsets[-1]), _SLICE_ENTRIES), side="right") - 1
+    bounds = np.unique(np.r_[cuts, np.arange(0, n_cells, _SLICE_CELLS), n_cells]).astype(np.int64)
+    head, tail = int(first is not None), int(last is not None)
+    out = np.empty(int(offsets[-1]) + (head + tail) * n_cells, np.int64)  # at most: trimmed at the end
+    out_offsets = np.zeros(n_cells + 1, np.int64)
+    kept = np.zeros(n_cells, np.int64)
+    tied = np.zeros(n_cells, np.bool_)
+    n_without = 0
+    keys = np.empty(0, np.uint64)
+    slice_starts = offsets[bounds]
+    b = 0
+    while b < len(bounds) - 1:  # a batch of slices: up to _BATCH_ENTRIES entries (one slice at least)
+        e = max(b + 1, int(np.searchsorted(slice_starts, slice_starts[b] + _BATCH_ENTRIES, side="right")) - 1)
+        part = bounds[b : e + 1]
+        lo, hi = int(part[0]), int(part[-1])
+        size = int(offsets[hi] - offsets[lo])
+        if len(keys) < size:
+            keys = np.empty(max(size, _BATCH_ENTRIES), np.uint64)
+        slice_n = np.zeros(len(part) - 1, np.int64)
+        n_without += scaled_keys(offsets, counts, genes, per_cell, target, per_gene, part, token_bits, keys, kept,
+                                 slice_n)  # fmt: skip
+        starts = slice_starts[b:e] - offsets[lo]
+        for at, n in zip(starts.tolist(), slice_n.tolist(), strict=True):
+            keys[at : at + n].sort()  # NumPy's sort (SIMD where the CPU has it)
+        np.cumsum(np.minimum(kept[lo:hi], limit) + head + tail, out=out_offsets[lo + 1 : hi + 1])
+        out_offsets[lo + 1 : hi + 1] += out_offsets[lo]
+        take_ranked(keys, offsets, part, slice_n, token_bits, last_type.itemsize == 8, out_offsets, head, tail, out,
+                    tied)  # fmt: skip
+        b = e
+    if first is not None:
+        out[out_offsets[:-1]] = first
+    if last is not None:
+        out[out_offsets[1:] - 1] = last
+    tied_cells = np.flatnonzero(tied)
+    for cell in tied_cells.tolist():  # the reference's own call on the cell's values alone
+        start, stop = int(offsets[cell]), int(offsets[cell + 1])
+        values = counts[start:stop] * per_cell[cell]
+        values *= target[0]
+        values = values * per_gene[genes[start:stop]]
+        keep = values > 0
+        order = np.argsort(-values[keep])[: int(min(kept[cell], limit))]
+        at = int(out_offsets[cell]) + head
+        out[at : at + len(order)] = genes[start:stop][keep][order]
+    return out_offsets, out[: int(out_offsets[-1])], len(tied_cells), n_without

@@ -4,7 +4,10 @@ slice of entries (the slices are cache-sized, so the passes' cost was their numb
 - `scaled_values`: count x (1 / the cell's total) x target_sum x (1 / the gene's median), each product rounded in
   the dtype NumPy gives it (the reference's own arithmetic), in one pass;
 - `fill_keys`: the sort keys of `core/rank.py` (cell, descending value bits, token id), in one pass;
-- `take_tokens`: the sorted keys' token ids, and where two neighbours tie, in one pass.
+- `take_tokens`: the sorted keys' token ids, and where two neighbours tie, in one pass;
+- `scaled_keys` and `take_ranked`: the first two fused for Geneformer's values (no array of values: each is
+  keyed as it is computed, non-positive ones left out), and the last writing each cell's first `limit` ids
+  straight into the output, for many slices per call (`core/rank.py::rank_scaled`).
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from cellcorpus.core.jit import njit
+from cellcorpus.core.jit import float_bits, njit
 
-__all__ = ["scaled_values", "fill_keys", "take_tokens"]
+__all__ = ["scaled_values", "fill_keys", "take_tokens", "scaled_keys", "take_ranked", "slice_shifts"]
 
 
 @njit
@@ -97,3 +100,98 @@ def take_tokens(keys: NDArray[np.uint64], mask: int, dest: NDArray[Any]) -> NDAr
     ties = np.empty(max(len(keys) - 1, 0), np.int64)
     n = _take(keys, mask, dest, ties)
     return ties[:n]
+
+
+@njit
+def slice_shifts(n_cells: int, token_bits: int, wide: bool) -> tuple[int, int, int]:
+    """(value bits, right shift of a value's bits, shift of the cell index) of a slice of `n_cells` cells, as
+    `core/rank.py::_rank_slice` packs its keys: cell | value bits | token id in 63 bits."""
+    cell_bits = 1
+    while (1 << cell_bits) < n_cells:
+        cell_bits += 1
+    value_bits = 63 - cell_bits - token_bits
+    return value_bits, max(0, (63 if wide else 31) - value_bits), value_bits + token_bits
+
+
+@njit
+def _scaled_keys(offsets: Any, counts: Any, genes: Any, per_cell: Any, target: Any, per_gene: Any, bounds: Any,
+                 token_bits: int, keys: Any, kept: Any, slice_n: Any) -> int:  # fmt: skip
+    t = target[0]
+    wide = per_gene.itemsize == 8
+    top = np.uint64(0x7FF0000000000000 if wide else 0x7F800000)  # +inf's bits
+    base = offsets[bounds[0]]
+    n_without = 0
+    for s in range(len(bounds) - 1):
+        lo, hi = bounds[s], bounds[s + 1]
+        _, shift, cell_shift = slice_shifts(hi - lo, token_bits, wide)
+        at = offsets[lo] - base
+        for c in range(lo, hi):
+            cell = np.uint64(c - lo) << np.uint64(cell_shift)
+            p = per_cell[c]
+            n = 0
+            for k in range(offsets[c], offsets[c + 1]):
+                v = counts[k] * p  # the reference's products, each in its dtype (as `_scaled`)
+                v = v * t
+                m = per_gene[genes[k]]
+                n_without += m == 0
+                w = v * m
+                if w > 0:  # (NaN not)
+                    value = (top - np.uint64(float_bits(w))) >> np.uint64(shift)  # type: ignore[call-arg]
+                    keys[at + n] = cell | (value << np.uint64(token_bits)) | np.uint64(genes[k])
+                    n += 1
+            kept[c] = n
+            at += n
+        slice_n[s] = at - (offsets[lo] - base)
+    return n_without
+
+
+def scaled_keys(
+    offsets: NDArray[np.int64], counts: NDArray[Any], genes: NDArray[Any], per_cell: NDArray[Any],
+    target: NDArray[Any], per_gene: NDArray[Any], bounds: NDArray[np.int64], token_bits: int,
+    keys: NDArray[np.uint64], kept: NDArray[np.int64], slice_n: NDArray[np.int64],
+) -> int:  # fmt: skip
+    """For each slice s of cells bounds[s]..bounds[s+1]-1: the sort keys (cell in the slice | descending value
+    bits | token id) of its entries whose value counts[k] * per_cell[cell] * target[0] * per_gene[genes[k]] (as
+    `scaled_values` computes it, the arrays already in its dtypes) is > 0, written from keys[offsets[first
+    cell] - offsets[bounds[0]]] (stored order); slice_n[s] of them, kept[cell] per cell. Returns how many entries'
+    per_gene is 0 (no median)."""
+    return int(_scaled_keys(offsets, counts, genes, per_cell, target, per_gene, bounds, token_bits, keys, kept,
+                            slice_n))  # fmt: skip
+
+
+@njit
+def _take_ranked(keys: Any, offsets: Any, bounds: Any, slice_n: Any, token_bits: int, wide: bool, out_offsets: Any,
+                 head: int, tail: int, out: Any, tied: Any) -> None:  # fmt: skip
+    mask = np.uint64((1 << token_bits) - 1)
+    base = offsets[bounds[0]]
+    for s in range(len(bounds) - 1):
+        lo, hi = bounds[s], bounds[s + 1]
+        _, _, cell_shift = slice_shifts(hi - lo, token_bits, wide)
+        at = offsets[lo] - base
+        prev = np.uint64(0)
+        cell = -1
+        j = n_out = dest = 0
+        for i in range(at, at + slice_n[s]):
+            key = keys[i]
+            c = lo + np.int64(key >> np.uint64(cell_shift))
+            if c != cell:  # a cell's first key: where its ids go, how many
+                cell, j = c, 0
+                dest = out_offsets[c] + head
+                n_out = out_offsets[c + 1] - dest - tail
+            elif (key ^ prev) <= mask:  # the same cell and value bits as the one before
+                tied[c] = True
+            prev = key
+            if j < n_out:  # the first `limit`
+                out[dest + j] = key & mask
+            j += 1
+
+
+def take_ranked(
+    keys: NDArray[np.uint64], offsets: NDArray[np.int64], bounds: NDArray[np.int64], slice_n: NDArray[np.int64],
+    token_bits: int, wide: bool, out_offsets: NDArray[np.int64], head: int, tail: int, out: NDArray[np.int64],
+    tied: NDArray[np.bool_],
+) -> None:  # fmt: skip
+    """After each slice's keys (as `scaled_keys` wrote them) are sorted: each cell's token ids in key order into
+    out[out_offsets[cell] + head ...], as many as its output holds less `head` + `tail` marker places; tied[cell]
+    set where two of its keys share their value bits (the reference's own call decides their order)."""
+    _take_ranked(keys, offsets, bounds, slice_n, token_bits, wide, out_offsets, head, tail, out, tied)

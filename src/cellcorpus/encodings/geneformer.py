@@ -25,7 +25,7 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from cellcorpus.config import GeneformerSettings, HuggingfaceConfig
-from cellcorpus.core.rank import cell_rows, rank_tokens
+from cellcorpus.core.rank import cell_rows, rank_scaled, rank_tokens
 from cellcorpus.core.tokenize import CountScan, Ragged
 from cellcorpus.encodings.base import CellRules, Column, Encoded, Prepared, UnitInput
 from cellcorpus.errors import ConfigError, InputError
@@ -139,6 +139,20 @@ class Geneformer:
         reciprocals = np.divide(1, self._medians())  # per token, as the reference divides by each median
         reciprocals[np.isnan(reciprocals)] = 0  # no median: the gene's values become 0 and are left out
         n_counts = prepared.per_cell["n_counts"]
+        limit = self.gf.model_input_size - (2 if self.gf.special_tokens else 0)
+        ranked = rank_scaled(cells.offsets, cells.expressions, cells.genes, np.divide(1, n_counts),
+                             self.gf.target_sum, reciprocals, limit, self.cls_id, self.eos_id)  # fmt: skip
+        if ranked is not None:  # float32/float64 arithmetic (the usual): compiled, values never stored
+            out_offsets, input_ids, tied, without = ranked
+        else:
+            out_offsets, input_ids, tied, without = self._encode_slices(cells, n_counts, reciprocals)
+        counts = {"entries_without_median": without, "cells_with_tied_values": tied}
+        return Encoded(out_offsets, {"input_ids": input_ids}, {"length": np.diff(out_offsets)}, counts=counts)
+
+    def _encode_slices(
+        self, cells: Ragged, n_counts: NDArray[Any], reciprocals: NDArray[Any]
+    ) -> tuple[NDArray[np.int64], NDArray[np.int64], int, int]:
+        """`encode` in NumPy passes (float16 or integer arithmetic), a slice of ~`_SLICE_ENTRIES` at a time."""
         cuts = np.searchsorted(cells.offsets, np.arange(0, int(cells.offsets[-1]), _SLICE_ENTRIES), side="right") - 1
         bounds = np.unique(np.r_[0, cuts, cells.n_cells])
         offsets, tied, without = [np.zeros(1, np.int64)], 0, 0
@@ -152,9 +166,7 @@ class Geneformer:
             offsets.append(got_offsets[1:] + at)
             tied, without = tied + n_tied, without + n_without
         out_offsets = np.concatenate(offsets)
-        input_ids = ids[: int(out_offsets[-1])]
-        counts = {"entries_without_median": without, "cells_with_tied_values": tied}
-        return Encoded(out_offsets, {"input_ids": input_ids}, {"length": np.diff(out_offsets)}, counts=counts)
+        return out_offsets, ids[: int(out_offsets[-1])], tied, without
 
     def _encode_slice(
         self, cells: Ragged, n_counts: NDArray[Any], reciprocals: NDArray[Any], into: NDArray[np.int64]
