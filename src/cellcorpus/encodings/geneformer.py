@@ -35,7 +35,7 @@ from cellcorpus.formats.mds.safe_pickle import UnsafePickleError, load_mapping
 __all__ = ["Geneformer", "load_gene_medians"]
 
 CLS, EOS = "<cls>", "<eos>"
-# gene entries per slice of the kernel (see Geneformer.encode); tests shrink it to cross slices
+# gene entries per slice of the NumPy passes (Geneformer._encode_slices); tests shrink it to cross slices
 _SLICE_ENTRIES = 1 << 15
 
 
@@ -133,9 +133,9 @@ class Geneformer:
         return Prepared(keep, {"filtered_filter_pass": dropped}, {"n_counts": n_counts})
 
     def encode(self, cells: Ragged, prepared: Prepared) -> Encoded:
-        """Normalise, rank and truncate the unit's cells, a slice of ~`_SLICE_ENTRIES` entries at a time: the
-        arithmetic's temporaries then stay in the CPU's cache with the rank's own slice (3-12% faster than slices
-        of 4M entries here), and memory is the unit's output whatever its size."""
+        """Normalise, rank and truncate the unit's cells: in compiled passes that key each value as they compute
+        it (`core/rank.py::rank_scaled`), or in NumPy passes over slices where the arithmetic is float16. Memory
+        is the unit's output and a bounded buffer of keys, whatever the unit's size."""
         reciprocals = np.divide(1, self._medians())  # per token, as the reference divides by each median
         reciprocals[np.isnan(reciprocals)] = 0  # no median: the gene's values become 0 and are left out
         n_counts = prepared.per_cell["n_counts"]
@@ -152,7 +152,8 @@ class Geneformer:
     def _encode_slices(
         self, cells: Ragged, n_counts: NDArray[Any], reciprocals: NDArray[Any]
     ) -> tuple[NDArray[np.int64], NDArray[np.int64], int, int]:
-        """`encode` in NumPy passes (float16 or integer arithmetic), a slice of ~`_SLICE_ENTRIES` at a time."""
+        """`encode` in NumPy passes, a slice of ~`_SLICE_ENTRIES` entries at a time (its temporaries stay in the
+        CPU's cache): for float16 arithmetic, or token ids too wide to pack with the values."""
         cuts = np.searchsorted(cells.offsets, np.arange(0, int(cells.offsets[-1]), _SLICE_ENTRIES), side="right") - 1
         bounds = np.unique(np.r_[0, cuts, cells.n_cells])
         offsets, tied, without = [np.zeros(1, np.int64)], 0, 0
