@@ -65,11 +65,11 @@ def _rank_slice(
     """Cells lo..hi-1 of the batch, each `first`, its tokens by descending value, `last` (untruncated; written into
     `dest` when given, an 8-byte integer array), and the cells whose ranks need the reference's call; None when
     the keys have too few bits for the values."""
-    from cellcorpus.core.rank_kernels import fill_keys, take_tokens  # (compiled: loaded where used)
+    from cellcorpus.core.rank_kernels import fill_keys, slice_shifts, take_tokens  # (compiled: loaded where used)
 
     start, stop = int(offsets[lo]), int(offsets[hi])
     lengths = np.diff(offsets[lo : hi + 1])
-    value_bits = 63 - max(1, int(hi - lo - 1).bit_length()) - token_bits
+    value_bits = slice_shifts(hi - lo, token_bits, True)[0]
     if value_bits < _MIN_VALUE_BITS:
         return None
     n, extra = stop - start, int(first is not None) + int(last is not None)
@@ -82,7 +82,7 @@ def _rank_slice(
         wide = vals.dtype.itemsize == 8
         top = 0x7FF0000000000000 if wide else 0x7F800000  # +inf's bits
         bits = values.view(np.uint64 if wide else np.uint32)
-        shift = max(0, (63 if wide else 31) - value_bits)
+        shift = slice_shifts(hi - lo, token_bits, wide)[1]
         fill_keys(offsets, bits, tokens, lo, hi, top, shift, token_bits, value_bits + token_bits, entries)
     else:
         width = _descending_bits(vals, positive, entries)
@@ -182,7 +182,7 @@ def rank_scaled(
 
     The same keys as `rank_tokens`, but no array of values: they are keyed as computed, a slice of cells sorted
     at a time (`_SLICE_ENTRIES`, `_SLICE_CELLS`), many slices per compiled call."""
-    from cellcorpus.core.rank_kernels import scaled_keys, take_ranked  # (compiled: loaded where used)
+    from cellcorpus.core.rank_kernels import scaled_keys, scaled_values, slice_shifts, take_ranked  # (compiled)
 
     first_type = np.result_type(counts.dtype, per_cell.dtype)
     last_type = np.result_type(first_type, per_gene.dtype)
@@ -190,7 +190,7 @@ def rank_scaled(
     token_bits = max(1, top.bit_length())
     if first_type.kind != "f" or first_type.itemsize not in (4, 8) or last_type.itemsize not in (4, 8):
         return None
-    if 63 - (_SLICE_CELLS - 1).bit_length() - token_bits < _MIN_VALUE_BITS or (len(genes) and int(genes.min()) < 0):
+    if slice_shifts(_SLICE_CELLS, token_bits, True)[0] < _MIN_VALUE_BITS or (len(genes) and int(genes.min()) < 0):
         return None
     counts = counts.astype(first_type, copy=False)
     per_cell = per_cell.astype(first_type, copy=False)
@@ -233,9 +233,8 @@ def rank_scaled(
     tied_cells = np.flatnonzero(tied)
     for cell in tied_cells.tolist():  # the reference's own call on the cell's values alone
         start, stop = int(offsets[cell]), int(offsets[cell + 1])
-        values = counts[start:stop] * per_cell[cell]
-        values *= target[0]
-        values = values * per_gene[genes[start:stop]]
+        values, _ = scaled_values(np.array([0, stop - start]), counts[start:stop], genes[start:stop],
+                                  per_cell[cell : cell + 1], target_sum, per_gene)  # fmt: skip
         keep = values > 0
         order = np.argsort(-values[keep])[: int(min(kept[cell], limit))]
         at = int(out_offsets[cell]) + head
