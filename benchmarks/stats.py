@@ -107,12 +107,10 @@ def _clean_outputs(out: Path) -> None:
 
 def _clean(out: Path) -> None:
     """Remove every output; the input (raw/, input.json) stays for reruns."""
-    for name in ("stats", "merged", "work", "vocab", "config_stats.yaml"):
-        p = out / name
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
+    _clean_outputs(out)
+    if (out / "vocab").is_dir():
+        shutil.rmtree(out / "vocab")
+    (out / "config_stats.yaml").unlink(missing_ok=True)
 
 
 if __name__ == "__main__":
