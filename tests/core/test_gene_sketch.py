@@ -164,3 +164,43 @@ def test_packed_counts_add_up_to_the_same_sketch(tmp_path, max_bytes):
         sparse = sparse.add(genes, values)
     built = total.sketch()
     assert np.array_equal(built.keys, sparse.keys) and np.array_equal(built.counts, sparse.counts)
+
+
+@pytest.mark.parametrize("block", [1 << 22, 700])  # the whole table at once, or a few genes per block
+def test_medians_off_the_dense_table_equal_the_sparse_sketchs(monkeypatch, block):
+    import cellcorpus.core.gene_sketch as gs
+
+    monkeypatch.setattr(gs, "_MEDIAN_BLOCK", block)
+    dense = GeneCounts(310, 0.005)  # genes 300..309 never seen: no median for them
+    for genes, values in _batches(6):
+        dense.add(genes, values)
+    dense.add(np.full(4, 7), np.array([3.0, 3.0, 900.0, 900.0]))  # an even count whose middle values lie apart
+    genes, n, medians = dense.medians()
+    want_genes, want_n, want_medians = dense.sketch().medians()
+    assert np.array_equal(genes, want_genes) and np.array_equal(n, want_n)
+    assert np.array_equal(medians, want_medians)  # bit for bit
+    assert genes.tolist() == list(range(300)) and n.tolist() == dense.per_gene()[:300].tolist()
+    assert (n % 2 == 1).any() and (n % 2 == 0).any()  # both kinds of middle
+
+
+def test_a_unit_file_of_the_earlier_zstd_format_adds_the_same(tmp_path):
+    import pyarrow as pa
+
+    unit = GeneCounts(300, 0.005)
+    for genes, values in _batches(7):
+        unit.add(genes, values)
+    packed = unit.packed()
+    assert str(packed["table_codec"]) == "lz4"
+    raw = np.ascontiguousarray(unit.table, dtype=np.dtype(str(packed["table_dtype"])))
+    old = {k: packed[k] for k in ("table_meta", "table_dtype")}
+    old["table_zstd"] = np.frombuffer(pa.compress(raw, codec="zstd", asbytes=True), dtype=np.uint8)
+    sums = []
+    for name, content in (("new", packed), ("old", old)):
+        np.savez(tmp_path / f"{name}.npz", **content)
+        total = GeneCounts(300, 0.005, dtype=np.uint64)
+        with np.load(tmp_path / f"{name}.npz") as z:
+            total.add_packed(z)
+        sums.append(total.sketch())
+    want = unit.sketch()
+    for got in sums:
+        assert np.array_equal(got.keys, want.keys) and np.array_equal(got.counts, want.counts)

@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 from cellcorpus.core.jit import float_bits, njit
 from cellcorpus.core.log_buckets import BUCKET_LIMIT, TABLE_SHIFT, TABLE_START, bucket_by_log, log_buckets
 
-__all__ = ["count_cells", "CellSums", "GroupedValues", "add_columns", "GROUP_BITS"]
+__all__ = ["count_cells", "CellSums", "GroupedValues", "GROUP_BITS"]
 
 GROUP_BITS = 8  # genes per group: 2^8 (a group's table slice, 256 rows, stays in the core's cache)
 _BUCKET_BITS = 21  # a packed word: (gene within its group) << 21 | (bucket + 2^20)
@@ -225,17 +225,3 @@ def count_cells(
         return sums, None
     used = int(np.count_nonzero(chunk_fill))
     return sums, GroupedValues(pool, chunk_group[:used], chunk_fill[:used], low, high)
-
-
-@njit
-def _add_columns(dest: Any, src: Any, first: int) -> None:
-    for g in range(src.shape[0]):
-        for j in range(src.shape[1]):
-            dest[g, first + j] += src[g, j]
-
-
-def add_columns(dest: NDArray[Any], src: NDArray[Any], first: int) -> None:
-    """dest[:, first : first + src's columns] += src, in dest's dtype (an unsigned count table into a wider one)."""
-    if src.shape[0] != dest.shape[0] or first < 0 or first + src.shape[1] > dest.shape[1]:
-        raise ValueError(f"a {src.shape} table does not fit {dest.shape} at column {first}")
-    _add_columns(dest, np.ascontiguousarray(src), first)

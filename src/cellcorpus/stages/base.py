@@ -237,6 +237,8 @@ class StageRun(Generic[M]):
     after_manifest: Callable[[], None] = lambda: None  # cleanup once the manifest is the completion record
     settings: dict[str, Any] | None = None  # recorded in the manifest: what a refusal names as different
     appending: bool = False  # new inputs are added to the finished output (tokenize's --append), not a rebuild
+    # called in this process as each unit of this run finishes (see `run_units`): what is kept of its result
+    keep: Callable[[Any, UnitResult], UnitResult] | None = None
 
 
 def run_stage(stage: StageRun[M], spec: ExecutorSpec, reporter: Reporter | None) -> StageSummary:
@@ -269,6 +271,7 @@ def run_stage(stage: StageRun[M], spec: ExecutorSpec, reporter: Reporter | None)
         cells_of=stage.cells_of,
         reporter=reporter,
         is_current=stage.is_current,
+        keep=stage.keep,
     )
     body, summary = stage.finalize(units, [results[u.unit_id] for u in units])
     manifest_path = stage.out.local_dir / MANIFEST

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cellcorpus.config import STATS_LOCATION_KEYS, Config, HuggingfaceConfig, StatsConfig, config_hash
-from cellcorpus.core.gene_sketch import GeneCounts, GeneSketch
+from cellcorpus.core.gene_sketch import GeneCounts
 from cellcorpus.core.genemap import merge_duplicate_tokens
 from cellcorpus.core.sketch import ValueCounts
 from cellcorpus.core.tokenize import scan_counts, tokenize_csr
@@ -148,22 +148,40 @@ def _settings(hf: HuggingfaceConfig, st: StatsConfig, n_counts_column: str | Non
     }
 
 
-def _merge(parts: Path, units: Sequence[WorkUnit], accuracy: float, size: int) -> tuple[GeneSketch, Any, Any, Any]:
-    """The units' sketches and sums added up: each unit's (gene, bucket) counts added into one dense table
-    (`GeneCounts`), one unit's file read at a time. A count is at most the number of cells, so 32-bit counts hold
-    it below 2^32 cells (half the memory traffic of 64-bit ones: the merge is memory-bound)."""
-    nonzero, totals = np.zeros(size, np.int64), np.zeros(size)
-    per_cell = ValueCounts()
-    wide = sum(u.n_cells for u in units) >= 1 << 32
-    table = GeneCounts(size, accuracy, dtype=np.uint64 if wide else np.uint32)
-    for u in units:
-        with np.load(parts / f"{u.unit_id}.npz") as z:
-            nonzero += z["nonzero"]
-            totals += z["totals"]
-            values, counts = z["genes_per_cell"]
-            per_cell = per_cell.merge(ValueCounts(values, counts.astype(np.int64), float(values @ counts)))
-            table.add_packed(z)
-    return table.sketch(), nonzero, totals, per_cell
+class _UnitMerge:
+    """The units' count tables added into one dense table (`GeneCounts`), each as its unit finishes: the parent
+    reads and adds one file (~25 ms) while the workers count, instead of all of them after the last. Counts are
+    integers, so the sum is the same in any order. A count is at most the number of cells, so 32-bit counts hold
+    it below 2^32 cells (half the memory traffic of 64-bit ones: the adds are memory-bound)."""
+
+    def __init__(self, parts: Path, n_cells: int, accuracy: float, size: int) -> None:
+        self.parts = parts
+        wide = n_cells >= 1 << 32
+        self.table = GeneCounts(size, accuracy, dtype=np.uint64 if wide else np.uint32)
+        self.merged: set[str] = set()
+
+    def add(self, unit: WorkUnit, result: UnitResult) -> UnitResult:
+        """Count in one finished unit's table (`StageRun.keep`)."""
+        with np.load(self.parts / f"{unit.unit_id}.npz") as z:
+            self.table.add_packed(z)
+        self.merged.add(unit.unit_id)
+        return result
+
+    def finish(self, units: Sequence[WorkUnit]) -> tuple[GeneCounts, Any, Any, Any]:
+        """The table with the units of an earlier run added too; the per-gene and per-cell sums, added in unit
+        order (floating-point sums: the same order every run)."""
+        nonzero, totals = np.zeros(self.table.n_genes, np.int64), np.zeros(self.table.n_genes)
+        per_cell = ValueCounts()
+        for u in units:
+            with np.load(self.parts / f"{u.unit_id}.npz") as z:
+                if u.unit_id not in self.merged:
+                    self.table.add_packed(z)
+                    self.merged.add(u.unit_id)
+                nonzero += z["nonzero"]
+                totals += z["totals"]
+                values, counts = z["genes_per_cell"]
+                per_cell = per_cell.merge(ValueCounts(values, counts.astype(np.int64), float(values @ counts)))
+        return self.table, nonzero, totals, per_cell
 
 
 @locked("stats")
@@ -186,13 +204,15 @@ def run_stats(cfg: Config | Plan, spec: ExecutorSpec | None = None, reporter: Re
     size = max(vocab.values(), default=-1) + 1
     outputs = {name: str(root / name) for name in STATS_FILES}
 
+    merge = _UnitMerge(parts, sum(f.n_obs for f in inputs), st.relative_accuracy, size)
+
     def plan_units() -> list[WorkUnit]:
         parts.mkdir(parents=True, exist_ok=True)
         return row_units(inputs, st.unit_cells)
 
     def finalize(units: Sequence[WorkUnit], results: list[UnitResult]) -> tuple[dict[str, Any], StageSummary]:
-        sketch, nonzero, totals, per_cell = _merge(parts, units, st.relative_accuracy, size)
-        genes, n, medians = sketch.medians()
+        table, nonzero, totals, per_cell = merge.finish(units)
+        genes, n, medians = table.medians()
         names = {i: g for g, i in vocab.items()}
         n_cells = sum(r.counts["cells"] for r in results)
         seen = np.flatnonzero(nonzero > 0)
@@ -260,5 +280,6 @@ def run_stats(cfg: Config | Plan, spec: ExecutorSpec | None = None, reporter: Re
         cells_of=lambda u: u.n_cells,
         is_current=lambda u, r: r.extra.get("input_checksum") == u.checksum,
         settings=settings,
+        keep=lambda u, r: merge.add(u, r),
     )
     return run_stage(stage, spec, reporter)
