@@ -5,11 +5,12 @@
 Input: the synthetic Tahoe-like plates of bench.py (~2,000 genes per cell), read once before the first row so
 that no row pays for the disk while the others read from the page cache. Rows (each in a fresh process: its
 own peak RSS): the stats stage (every cell, per-gene sketches merged) and tokenize (the default Tahoe-x1
-encoding, unshuffled, test_size 0.01) with the same processes, `--repeat` times in alternating order (this
-VM's speed drifts by tens of percent within minutes). It prints cells/s, seconds, peak RSS of the main
-process and of the largest worker per row, and the ratio of stats' time to tokenize's: per pair, and of the
-fastest of each. Nothing is asserted; the numbers go in docs/scaling.md. Outputs are removed at the end (the
-input is kept for reruns).
+encoding, unshuffled, test_size 0.01) with the same processes, each as its command runs it (in an executor
+session: workers start while the inputs are inspected; the pool's shutdown is timed too), `--repeat` times
+in alternating order (this VM's speed drifts by tens of percent within minutes). It prints cells/s, seconds,
+peak RSS of the main process and of the largest worker per row, and the ratio of stats' time to tokenize's: per
+pair, and of the fastest of each. Nothing is asserted; the numbers go in docs/scaling.md. Outputs are removed at
+the end (the input is kept for reruns).
 """
 
 from __future__ import annotations
@@ -47,17 +48,14 @@ def config(out: Path, num_proc: int) -> Path:
 
 def job(kind: str, arg: str) -> None:
     from cellcorpus.config import load_config
+    from cellcorpus.exec.runner import executor_session
+    from cellcorpus.stages.stats import run_stats
+    from cellcorpus.stages.tokenize import run_tokenize
 
     cfg = load_config(arg)
     t = time.perf_counter()
-    if kind == "stats":
-        from cellcorpus.stages.stats import run_stats
-
-        n = run_stats(cfg).counts["cells"]
-    else:
-        from cellcorpus.stages.tokenize import run_tokenize
-
-        n = run_tokenize(cfg).counts["cells_read"]
+    with executor_session():  # as `cellcorpus stats` / `cellcorpus tokenize` run it: the pool's shutdown counted
+        n = run_stats(cfg).counts["cells"] if kind == "stats" else run_tokenize(cfg).counts["cells_read"]
     seconds = time.perf_counter() - t
     main_mb, worker_mb = _peak_rss_mb()
     print(json.dumps({"cells": n, "seconds": seconds, "rss_main_mb": main_mb, "rss_worker_mb": worker_mb}))

@@ -192,6 +192,25 @@ def test_warm_up_starts_every_worker_with_the_stage_imported():
     warm_up(spec, ("cellcorpus.stages.tokenize",))  # outside a session: nothing is started (and nothing leaks)
 
 
+def _kernels_loaded():
+    from cellcorpus.core.cell_kernels import _count, _scatter, _sums
+
+    return [len(kernel.signatures) for kernel in (_sums, _scatter, _count)]
+
+
+def test_warm_up_calls_a_named_function_after_the_import():
+    """stats warms its workers with "cellcorpus.core.cell_kernels:load_kernels": each worker has numba's passes
+    loaded (one signature each) before its first unit."""
+    from cellcorpus.exec.runner import ExecutorSpec, executor_session, open_executor, warm_up
+
+    spec = ExecutorSpec(num_proc=2)
+    with executor_session():
+        warm_up(spec, ("cellcorpus.stages.stats", "cellcorpus.core.cell_kernels:load_kernels"))
+        with open_executor(spec) as (ex, _):
+            loaded = [ex.submit(_kernels_loaded).result() for _ in range(4)]
+    assert loaded == [[1, 1, 1]] * 4
+
+
 def test_a_pool_shut_down_with_a_worker_at_the_start_barrier_does_not_wait_for_it():
     """A refusal just after the pool started cancels start tasks not yet taken; a worker that took one waits at
     the start barrier for the others (here: one start task, as if the other's had been cancelled), and the

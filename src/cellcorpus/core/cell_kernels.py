@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 from cellcorpus.core.jit import float_bits, njit
 from cellcorpus.core.log_buckets import BUCKET_LIMIT, TABLE_SHIFT, TABLE_START, bucket_by_log, log_buckets
 
-__all__ = ["count_cells", "CellSums", "GroupedValues", "GROUP_BITS"]
+__all__ = ["count_cells", "CellSums", "GroupedValues", "GROUP_BITS", "load_kernels"]
 
 GROUP_BITS = 8  # genes per group: 2^8 (a group's table slice, 256 rows, stays in the core's cache)
 _BUCKET_BITS = 21  # a packed word: (gene within its group) << 21 | (bucket + 2^20)
@@ -225,3 +225,14 @@ def count_cells(
         return sums, None
     used = int(np.count_nonzero(chunk_fill))
     return sums, GroupedValues(pool, chunk_group[:used], chunk_fill[:used], low, high)
+
+
+def load_kernels() -> None:
+    """Load the passes for the usual input (int32 columns, float32 counts; compiled if not cached yet) now: numba
+    takes ~0.8 s to start in a process, which a worker warmed up this way (`exec.runner.warm_up`) pays while the
+    parent still inspects the inputs, not in its first unit. Other dtypes load when first used."""
+    indptr = np.array([0, 2], np.int64)
+    _, grouped = count_cells(indptr, np.array([0, 1], np.int32), np.array([1, 2], np.float32), 2,
+                             np.arange(2, dtype=np.int32), 1.0, 1.01)  # fmt: skip
+    assert grouped is not None
+    grouped.count_into(np.zeros((2, grouped.high - grouped.low + 1), np.uint32), grouped.low)

@@ -103,13 +103,18 @@ def _open_executor(spec: ExecutorSpec) -> Iterator[tuple[Executor, int]]:
 
 def _import_modules(names: tuple[str, ...]) -> None:
     for name in names:
-        importlib.import_module(name)
+        module, _, call = name.partition(":")
+        loaded = importlib.import_module(module)
+        if call:
+            getattr(loaded, call)()
 
 
 def warm_up(spec: ExecutorSpec, modules: Sequence[str]) -> None:
     """Start the session's local workers now, each importing `modules`, while this process goes on with its
     checks: a spawned worker otherwise starts (and imports ~0.5 s of modules) only when the first unit is
-    submitted. A no-op outside an executor session, for one process, or on Dask."""
+    submitted. An entry "package.module:function" also calls that function (no arguments) after the import:
+    compiled kernels loaded before the first unit. A no-op outside an executor session, for one process, or on
+    Dask."""
     if spec.dask or spec.num_proc <= 1 or _SESSION.get() is None:
         return
     from cellcorpus.exec.local import one_per_worker

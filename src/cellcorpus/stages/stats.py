@@ -29,7 +29,7 @@ from cellcorpus.core.sketch import ValueCounts
 from cellcorpus.core.tokenize import scan_counts, tokenize_csr
 from cellcorpus.core.vocab import VocabLookup
 from cellcorpus.errors import InputError
-from cellcorpus.exec.runner import ExecutorSpec, Reporter
+from cellcorpus.exec.runner import ExecutorSpec, Reporter, warm_up
 from cellcorpus.io.atomic import atomic_path, write_json_atomic
 from cellcorpus.io.paths import Publisher
 from cellcorpus.io.vocab import load_vocab, vocab_lookup
@@ -190,13 +190,15 @@ def run_stats(cfg: Config | Plan, spec: ExecutorSpec | None = None, reporter: Re
     plan = plan_for(cfg, "stats", spec)  # (`locked` resolved it: this is that plan)
     cfg, layout, spec = plan.cfg, plan.layout, plan.executor
     hf, st = cfg.need("huggingface"), cfg.need("stats")
+    out = Publisher(st.output_root, staging=".")
+    root = out.local_dir
+    if not all((root / name).exists() for name in STATS_FILES):  # (likely to run: workers start meanwhile)
+        warm_up(spec, ("cellcorpus.stages.stats", "cellcorpus.core.cell_kernels:load_kernels"))
     vocab = load_vocab(hf.vocab_file)
     inputs, _ = discover_and_inspect(hf, vocab, layout.decompressed)
     n_counts_column = hf.geneformer.n_counts_column if hf.geneformer else "n_counts"
     settings = _settings(hf, st, n_counts_column)
     stage_hash = config_hash(settings, [(f.rel_path, f.n_bytes, f.checksum) for f in inputs])
-    out = Publisher(st.output_root, staging=".")
-    root = out.local_dir
     parts = root / "parts"
     ctx = StatsContext(
         hf, hf.vocab_file, str(parts), st.target_sum, st.relative_accuracy, n_counts_column, min(hf.unit_cells, _BLOCK)

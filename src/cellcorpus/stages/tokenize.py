@@ -31,7 +31,7 @@ from cellcorpus.core.split import assign_valid, choose_groups, equal_pairs, key_
 from cellcorpus.core.tokenize import Ragged, columns_ascending, row_stats, scan_counts, tokenize_csr
 from cellcorpus.encodings import UnitInput, column_specs, encoding_for
 from cellcorpus.errors import ConfigError, InputError
-from cellcorpus.exec.runner import ExecutorSpec, Reporter
+from cellcorpus.exec.runner import ExecutorSpec, Reporter, warm_up
 from cellcorpus.formats.arrow import cell_schema, cells_table, compact_part, read_arrow, write_stream
 from cellcorpus.formats.fingerprints import publish_fingerprints, read_id_list, write_unit_fingerprints
 from cellcorpus.formats.shuffle_plan import write_part_bounds
@@ -502,6 +502,9 @@ def run_tokenize(
     notes = preflight(plan)  # the config first; then every input, opened once for both checks
     out = layout.merged_root()
     out_dir = out.local_dir
+    markers = [f"{s}.dataset/state.json" for s in SPLITS]
+    if not all((out_dir / m).exists() for m in markers):  # (likely to run: workers start while inputs are read)
+        warm_up(spec, ("cellcorpus.stages.tokenize",))
     remove_temporaries(out_dir, MANIFEST)  # a killed run's half-written files, by the names this stage writes
     for split in SPLITS:
         for name in ("data-*-of-*.arrow", "state.json", "dataset_info.json"):
@@ -510,7 +513,6 @@ def run_tokenize(
     drop_duplicates = cfg.dedup is not None and cfg.dedup.policy == "drop"
     work_hash, work_settings = _work_settings(hf, drop_duplicates)
     stage_hash = _stage_hash(work_hash, inputs)  # over the sorted listing: what a rerun without --append computes
-    markers = [f"{s}.dataset/state.json" for s in SPLITS]
     # numbered as the finished build recorded them; with --append, the new files after them (base: what they extend)
     inputs, base = resolve_inputs(out, inputs, work_hash, stage_hash, markers, plan.append)
     todo = base.new if base else inputs  # the files this run tokenizes
