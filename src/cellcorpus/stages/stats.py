@@ -112,7 +112,7 @@ def stats_unit(unit: WorkUnit, ctx: StatsContext) -> UnitResult:
         column_totals = block_totals if column_totals is None else column_totals + block_totals
         per_cell = per_cell.merge(ValueCounts.of(n_genes.astype(np.float64)))
         counts += float(cell_totals.sum())
-    packed, nonzero = sketch.packed(), sketch.per_gene()  # (a gene's values counted: its non-zero cells)
+    packed = sketch.packed()
     totals = np.zeros(size)
     if mapped is not None and column_totals is not None:
         known = mapped[0] >= 0
@@ -122,7 +122,6 @@ def stats_unit(unit: WorkUnit, ctx: StatsContext) -> UnitResult:
         np.savez(
             f,
             **packed,
-            nonzero=nonzero,
             totals=totals,
             genes_per_cell=np.stack([per_cell.values, per_cell.counts.astype(np.float64)]),
         )
@@ -167,21 +166,20 @@ class _UnitMerge:
         self.merged.add(unit.unit_id)
         return result
 
-    def finish(self, units: Sequence[WorkUnit]) -> tuple[GeneCounts, Any, Any, Any]:
+    def finish(self, units: Sequence[WorkUnit]) -> tuple[GeneCounts, Any, Any]:
         """The table with the units of an earlier run added too; the per-gene and per-cell sums, added in unit
         order (floating-point sums: the same order every run)."""
-        nonzero, totals = np.zeros(self.table.n_genes, np.int64), np.zeros(self.table.n_genes)
+        totals = np.zeros(self.table.n_genes)
         per_cell = ValueCounts()
         for u in units:
             with np.load(self.parts / f"{u.unit_id}.npz") as z:
                 if u.unit_id not in self.merged:
                     self.table.add_packed(z)
                     self.merged.add(u.unit_id)
-                nonzero += z["nonzero"]
                 totals += z["totals"]
                 values, counts = z["genes_per_cell"]
                 per_cell = per_cell.merge(ValueCounts(values, counts.astype(np.int64), float(values @ counts)))
-        return self.table, nonzero, totals, per_cell
+        return self.table, totals, per_cell
 
 
 @locked("stats")
@@ -213,8 +211,10 @@ def run_stats(cfg: Config | Plan, spec: ExecutorSpec | None = None, reporter: Re
         return row_units(inputs, st.unit_cells)
 
     def finalize(units: Sequence[WorkUnit], results: list[UnitResult]) -> tuple[dict[str, Any], StageSummary]:
-        table, nonzero, totals, per_cell = merge.finish(units)
-        genes, n, medians = table.medians()
+        table, totals, per_cell = merge.finish(units)
+        genes, n, medians = table.medians()  # (n: each gene's values counted, its non-zero cells)
+        nonzero = np.zeros(size, np.int64)
+        nonzero[genes] = n
         names = {i: g for g, i in vocab.items()}
         n_cells = sum(r.counts["cells"] for r in results)
         seen = np.flatnonzero(nonzero > 0)
