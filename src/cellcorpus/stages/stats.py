@@ -16,7 +16,7 @@ import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -37,6 +37,9 @@ from cellcorpus.manifest import Ledger, StatsManifest, UnitResult, file_checksum
 from cellcorpus.plan import Plan, plan_for
 from cellcorpus.sources.inputs import discover_and_inspect, gene_mapping, input_format
 from cellcorpus.stages.base import StageRun, StageSummary, WorkUnit, locked, row_units, run_stage
+
+if TYPE_CHECKING:
+    from cellcorpus.core.cell_kernels import CellSums  # (compiled module: not imported where nothing counts)
 
 __all__ = ["run_stats", "stats_unit", "StatsContext", "STATS_FILES"]
 
@@ -70,48 +73,57 @@ def _gene_map(hf: HuggingfaceConfig, var_ids: np.ndarray, lookup: VocabLookup) -
     return mapping.gene_map, mapping.n_colliding > 0
 
 
+def _count_block(
+    unit: WorkUnit, start: int, stop: int, ctx: StatsContext, lookup: VocabLookup, sketch: GeneCounts,
+    mapped: tuple[np.ndarray, bool] | None,
+) -> tuple[tuple[np.ndarray, bool], CellSums]:  # fmt: skip
+    """Rows start..stop of a unit counted into `sketch`: (the file's gene map, the rows' sums). The rows and their
+    (gene, bucket) pairs (~0.4 GB for 16k cells of ~2,000 genes) are freed on return, before the next rows are
+    read."""
+    from cellcorpus.core.cell_kernels import count_cells  # (compiled: loaded where used)
+
+    hf, gamma, size = ctx.hf, sketch.sparse.gamma, sketch.n_genes
+    block = input_format(hf).read_block(unit.path, start, stop, hf)
+    mapped = mapped or _gene_map(hf, block.var_ids, lookup)  # one file: the same columns in every block
+    gene_map, collide = mapped
+    indptr = np.asarray(block.indptr, dtype=np.int64)
+    if block.data.dtype.kind not in "biuf":
+        raise InputError(f"{unit.path} rows {start}-{stop}: {scan_counts(block.data).problem}")
+    given = block.obs.get(ctx.n_counts_column) if ctx.n_counts_column else None
+    n_counts = None if given is None else np.asarray(given, dtype=np.float64)
+    # genes that share a vocabulary id are summed per cell first: this pass only sums (no column maps)
+    spread = np.full(len(gene_map), -1, np.int64) if collide else gene_map
+    sums, grouped = count_cells(indptr, block.indices, block.data, len(gene_map), spread, ctx.target_sum,
+                                gamma, n_counts)  # fmt: skip
+    if sums.bad_column_cell >= 0:
+        raise InputError(f"{unit.path} rows {start}-{stop}: a stored column index is outside the file's "
+                         f"{len(gene_map):,} genes")  # fmt: skip
+    if grouped is None:  # negative or NaN/infinite counts: described as tokenize describes them
+        raise InputError(f"{unit.path} rows {start}-{stop}: {scan_counts(block.data).problem}")
+    if collide:
+        cells = tokenize_csr(indptr, block.indices, block.data, gene_map, None, 0, sums.n_zero, np.float64)
+        offsets, genes, values, _ = merge_duplicate_tokens(cells.offsets, cells.genes, cells.expressions)
+        scale = sums.totals if n_counts is None else n_counts
+        _, grouped = count_cells(offsets, genes, values, size, np.arange(size), ctx.target_sum, gamma, scale)
+        assert grouped is not None
+    sketch.add_grouped(grouped)
+    return mapped, sums
+
+
 def stats_unit(unit: WorkUnit, ctx: StatsContext) -> UnitResult:
     """One unit's per-gene sketch and sums, written to `parts/<unit>.npz`; its rows are read `block_cells` at a
     time (bounded memory) and counted into one table as they come."""
-    from cellcorpus.core.cell_kernels import count_cells  # (compiled: loaded where used)
-
-    hf = ctx.hf
     lookup = vocab_lookup(ctx.vocab_file)  # once per process: gene_id_map's table is cached with it
     size = max(lookup.vocab.values(), default=-1) + 1
     sketch = GeneCounts(size, ctx.relative_accuracy)
-    gamma = sketch.sparse.gamma
     column_totals, per_cell, counts = None, ValueCounts(), 0.0
     mapped: tuple[np.ndarray, bool] | None = None
     for start in range(unit.row_start, unit.row_stop, ctx.block_cells):
         stop = min(start + ctx.block_cells, unit.row_stop)
-        block = input_format(hf).read_block(unit.path, start, stop, hf)
-        mapped = mapped or _gene_map(hf, block.var_ids, lookup)  # one file: the same columns in every block
-        gene_map, collide = mapped
-        indptr = np.asarray(block.indptr, dtype=np.int64)
-        if block.data.dtype.kind not in "biuf":
-            raise InputError(f"{unit.path} rows {start}-{stop}: {scan_counts(block.data).problem}")
-        given = block.obs.get(ctx.n_counts_column) if ctx.n_counts_column else None
-        n_counts = None if given is None else np.asarray(given, dtype=np.float64)
-        # genes that share a vocabulary id are summed per cell first: this pass only sums (no column maps)
-        spread = np.full(len(gene_map), -1, np.int64) if collide else gene_map
-        sums, grouped = count_cells(indptr, block.indices, block.data, len(gene_map), spread, ctx.target_sum,
-                                    gamma, n_counts)  # fmt: skip
-        if sums.bad_column_cell >= 0:
-            raise InputError(f"{unit.path} rows {start}-{stop}: a stored column index is outside the file's "
-                             f"{len(gene_map):,} genes")  # fmt: skip
-        if grouped is None:  # negative or NaN/infinite counts: described as tokenize describes them
-            raise InputError(f"{unit.path} rows {start}-{stop}: {scan_counts(block.data).problem}")
-        if collide:
-            cells = tokenize_csr(indptr, block.indices, block.data, gene_map, None, 0, sums.n_zero, np.float64)
-            offsets, genes, values, _ = merge_duplicate_tokens(cells.offsets, cells.genes, cells.expressions)
-            scale = sums.totals if n_counts is None else n_counts
-            _, grouped = count_cells(offsets, genes, values, size, np.arange(size), ctx.target_sum, gamma, scale)
-            assert grouped is not None
-        sketch.add_grouped(grouped)
-        cell_totals, n_genes, block_totals = sums.totals, sums.n_genes, sums.column_totals
-        column_totals = block_totals if column_totals is None else column_totals + block_totals
-        per_cell = per_cell.merge(ValueCounts.of(n_genes.astype(np.float64)))
-        counts += float(cell_totals.sum())
+        mapped, sums = _count_block(unit, start, stop, ctx, lookup, sketch, mapped)
+        column_totals = sums.column_totals if column_totals is None else column_totals + sums.column_totals
+        per_cell = per_cell.merge(ValueCounts.of(sums.n_genes.astype(np.float64)))
+        counts += float(sums.totals.sum())
     packed = sketch.packed()
     totals = np.zeros(size)
     if mapped is not None and column_totals is not None:
