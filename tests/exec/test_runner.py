@@ -3,6 +3,7 @@ named and the cause's exit code, finished units are kept for the rerun."""
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -209,6 +210,31 @@ def test_warm_up_calls_a_named_function_after_the_import():
         with open_executor(spec) as (ex, _):
             loaded = [ex.submit(_kernels_loaded).result() for _ in range(4)]
     assert loaded == [[1, 1, 1]] * 4
+
+
+def _recorded(sent, submit, fn, *args):
+    sent.append(args)
+    return submit(fn, *args)
+
+
+def test_warm_up_sends_each_entry_once_per_session(monkeypatch):
+    """`cellcorpus run` warms its workers for tokenize, then tokenize asks again: nothing is sent the second time;
+    a new entry is sent to every worker; a new session starts afresh."""
+    from cellcorpus.exec.runner import ExecutorSpec, executor_session, open_executor, warm_up
+
+    spec = ExecutorSpec(num_proc=2)
+    for _ in range(2):  # the second session warms again
+        with executor_session():
+            warm_up(spec, ("cellcorpus.stages.tokenize",))
+            with open_executor(spec) as (ex, _n):
+                sent: list = []
+                monkeypatch.setattr(ex, "submit", functools.partial(_recorded, sent, ex.submit))
+                warm_up(spec, ("cellcorpus.stages.tokenize",))
+                assert sent == []
+                warm_up(spec, ("cellcorpus.stages.tokenize", "cellcorpus.stages.stats"))
+                assert [names for _fn, names in sent] == [("cellcorpus.stages.stats",)] * 2
+                monkeypatch.undo()
+                assert ex.submit(_modules_loaded, ("cellcorpus.stages.stats",)).result() == [True]
 
 
 def test_a_pool_shut_down_with_a_worker_at_the_start_barrier_does_not_wait_for_it():

@@ -50,9 +50,10 @@ class ExecutorSpec:
     direct_io: str = "auto"  # `io.direct`, applied in this process while units run and in every worker
 
 
-_SESSION: ContextVar[tuple[ExitStack, dict[ExecutorSpec, tuple[Executor, int]]] | None] = ContextVar(
-    "cellcorpus_executor_session", default=None
-)
+# per session: its exit stack, its executors by spec, and the modules each spec's workers were warmed with
+_SESSION: ContextVar[
+    tuple[ExitStack, dict[ExecutorSpec, tuple[Executor, int]], dict[ExecutorSpec, set[str]]] | None
+] = ContextVar("cellcorpus_executor_session", default=None)
 
 
 @contextmanager
@@ -62,7 +63,7 @@ def executor_session() -> Iterator[None]:
     LocalCluster ~3.5 s; a shuffled `run` used to open five of them.
     """
     with ExitStack() as stack:
-        token = _SESSION.set((stack, {}))
+        token = _SESSION.set((stack, {}, {}))
         try:
             yield
         finally:
@@ -74,7 +75,7 @@ def open_executor(spec: ExecutorSpec) -> Iterator[tuple[Executor, int]]:
     """(executor, number of workers) for the spec; shut down on exit, or at the end of the executor session."""
     session = _SESSION.get()
     if session is not None:
-        stack, pools = session
+        stack, pools, _ = session
         if spec not in pools:
             pools[spec] = stack.enter_context(_open_executor(spec))
         yield pools[spec]
@@ -113,15 +114,22 @@ def warm_up(spec: ExecutorSpec, modules: Sequence[str]) -> None:
     """Start the session's local workers now, each importing `modules`, while this process goes on with its
     checks: a spawned worker otherwise starts (and imports ~0.5 s of modules) only when the first unit is
     submitted. An entry "package.module:function" also calls that function (no arguments) after the import:
-    compiled kernels loaded before the first unit. A no-op outside an executor session, for one process, or on
-    Dask."""
-    if spec.dask or spec.num_proc <= 1 or _SESSION.get() is None:
+    compiled kernels loaded before the first unit. Entries the session's workers were already warmed with are
+    not sent again (`cellcorpus run` warms for tokenize, then tokenize itself asks). A no-op outside an executor
+    session, for one process, or on Dask."""
+    session = _SESSION.get()
+    if spec.dask or spec.num_proc <= 1 or session is None:
         return
+    warmed = session[2].setdefault(spec, set())
+    todo = tuple(name for name in modules if name not in warmed)
+    if not todo:
+        return
+    warmed.update(todo)
     from cellcorpus.exec.local import one_per_worker
 
     with open_executor(spec) as (ex, n):
         for _ in range(n):  # each worker takes exactly one (one_per_worker waits for the others)
-            ex.submit(one_per_worker, _import_modules, tuple(modules))
+            ex.submit(one_per_worker, _import_modules, todo)
 
 
 class HasUnitId(Protocol):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 from cellcorpus.errors import ConfigError
-from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units
+from cellcorpus.exec.runner import ExecutorSpec, Reporter, run_units, warm_up
 from cellcorpus.io.lock import hold_locks
 from cellcorpus.io.owned import claim_dir
 from cellcorpus.io.paths import Publisher, same_location
@@ -20,7 +20,10 @@ from cellcorpus.layout import MANIFEST, OUTPUT_RECORDS
 from cellcorpus.manifest import Ledger, StageManifest, UnitResult, read_manifest, write_manifest
 from cellcorpus.plan import Plan, plan_for
 
-__all__ = ["WorkUnit", "row_units", "StageSummary", "StageRun", "run_stage", "decide_rerun", "locked", "stage_locks"]
+__all__ = [
+    "WorkUnit", "row_units", "StageSummary", "StageRun", "run_stage", "decide_rerun", "locked", "stage_locks",
+    "warm_up_unless_complete",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=StageManifest)
@@ -239,6 +242,13 @@ class StageRun(Generic[M]):
     appending: bool = False  # new inputs are added to the finished output (tokenize's --append), not a rebuild
     # called in this process as each unit of this run finishes (see `run_units`): what is kept of its result
     keep: Callable[[Any, UnitResult], UnitResult] | None = None
+
+
+def warm_up_unless_complete(spec: ExecutorSpec, out_dir: Path, markers: Sequence[str], modules: Sequence[str]) -> None:
+    """Start the workers (`warm_up`) while the stage checks its inputs, unless the output's markers are all there:
+    a stage that will be skipped then starts none, and does not wait for them at its end."""
+    if not all((out_dir / m).exists() for m in markers):
+        warm_up(spec, modules)
 
 
 def run_stage(stage: StageRun[M], spec: ExecutorSpec, reporter: Reporter | None) -> StageSummary:

@@ -29,14 +29,22 @@ from cellcorpus.core.sketch import ValueCounts
 from cellcorpus.core.tokenize import scan_counts, tokenize_csr
 from cellcorpus.core.vocab import VocabLookup
 from cellcorpus.errors import InputError
-from cellcorpus.exec.runner import ExecutorSpec, Reporter, warm_up
+from cellcorpus.exec.runner import ExecutorSpec, Reporter
 from cellcorpus.io.atomic import atomic_path, write_json_atomic
 from cellcorpus.io.paths import Publisher
 from cellcorpus.io.vocab import load_vocab, vocab_lookup
 from cellcorpus.manifest import Ledger, StatsManifest, UnitResult, file_checksum, output_record
 from cellcorpus.plan import Plan, plan_for
 from cellcorpus.sources.inputs import discover_and_inspect, gene_mapping, input_format
-from cellcorpus.stages.base import StageRun, StageSummary, WorkUnit, locked, row_units, run_stage
+from cellcorpus.stages.base import (
+    StageRun,
+    StageSummary,
+    WorkUnit,
+    locked,
+    row_units,
+    run_stage,
+    warm_up_unless_complete,
+)
 
 if TYPE_CHECKING:
     from cellcorpus.core.cell_kernels import CellSums  # (compiled module: not imported where nothing counts)
@@ -202,8 +210,8 @@ def run_stats(cfg: Config | Plan, spec: ExecutorSpec | None = None, reporter: Re
     hf, st = cfg.need("huggingface"), cfg.need("stats")
     out = Publisher(st.output_root, staging=".")
     root = out.local_dir
-    if not all((root / name).exists() for name in STATS_FILES):  # (likely to run: workers start meanwhile)
-        warm_up(spec, ("cellcorpus.stages.stats", "cellcorpus.core.cell_kernels:load_kernels"))
+    kernels = ("cellcorpus.stages.stats", "cellcorpus.core.cell_kernels:load_kernels")  # (by name: not loaded here)
+    warm_up_unless_complete(spec, root, STATS_FILES, kernels)
     vocab = load_vocab(hf.vocab_file)
     inputs, _ = discover_and_inspect(hf, vocab, layout.decompressed)
     n_counts_column = hf.geneformer.n_counts_column if hf.geneformer else "n_counts"

@@ -31,7 +31,7 @@ from cellcorpus.core.split import assign_valid, choose_groups, equal_pairs, key_
 from cellcorpus.core.tokenize import Ragged, columns_ascending, row_stats, scan_counts, tokenize_csr
 from cellcorpus.encodings import UnitInput, column_specs, encoding_for
 from cellcorpus.errors import ConfigError, InputError
-from cellcorpus.exec.runner import ExecutorSpec, Reporter, warm_up
+from cellcorpus.exec.runner import ExecutorSpec, Reporter
 from cellcorpus.formats.arrow import cell_schema, cells_table, compact_part, read_arrow, write_stream
 from cellcorpus.formats.fingerprints import publish_fingerprints, read_id_list, write_unit_fingerprints
 from cellcorpus.formats.shuffle_plan import write_part_bounds
@@ -46,7 +46,16 @@ from cellcorpus.manifest import Ledger, TokenizeManifest, UnitResult, file_check
 from cellcorpus.plan import Plan, plan_for
 from cellcorpus.sources.base import InputFile, RawBlock
 from cellcorpus.sources.inputs import discover_and_inspect, gene_mapping, input_format, obs_index_column
-from cellcorpus.stages.base import FusedExport, StageRun, StageSummary, WorkUnit, locked, row_units, run_stage
+from cellcorpus.stages.base import (
+    FusedExport,
+    StageRun,
+    StageSummary,
+    WorkUnit,
+    locked,
+    row_units,
+    run_stage,
+    warm_up_unless_complete,
+)
 from cellcorpus.stages.preflight import check_renames, preflight
 from cellcorpus.stages.tokenize_append import AppendBase, abandon_append, merge_counts, resolve_inputs
 from cellcorpus.stages.tokenize_dedup import DUPLICATES_KEY, find_duplicates
@@ -503,8 +512,7 @@ def run_tokenize(
     out = layout.merged_root()
     out_dir = out.local_dir
     markers = [f"{s}.dataset/state.json" for s in SPLITS]
-    if not all((out_dir / m).exists() for m in markers):  # (likely to run: workers start while inputs are read)
-        warm_up(spec, ("cellcorpus.stages.tokenize",))
+    warm_up_unless_complete(spec, out_dir, markers, ("cellcorpus.stages.tokenize",))
     remove_temporaries(out_dir, MANIFEST)  # a killed run's half-written files, by the names this stage writes
     for split in SPLITS:
         for name in ("data-*-of-*.arrow", "state.json", "dataset_info.json"):
