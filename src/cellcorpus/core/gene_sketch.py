@@ -191,18 +191,6 @@ class GeneCounts:
         columns += table  # (NumPy casts the narrow counts in cache-sized pieces: no compiled kernel, so a merging
         # process never starts numba, ~0.8 s)
 
-    def per_gene(self) -> NDArray[np.int64]:
-        """Values counted per gene (ids 0..n_genes-1)."""
-        out = np.zeros(self.n_genes, np.int64)
-        if self.table is not None:
-            out += self.table.sum(axis=1, dtype=np.int64)
-        if len(self.sparse.keys):
-            genes, _ = self.sparse.pairs()
-            out += np.bincount(genes, weights=self.sparse.counts, minlength=self.n_genes)[: self.n_genes].astype(
-                np.int64
-            )
-        return out
-
     def packed(self) -> dict[str, NDArray[Any]]:
         """Everything counted, for a file: the dense table LZ4-compressed in the smallest unsigned dtype its counts
         fit (mostly zeros and small counts: ~60% of the raw bytes; zstd's ~35% takes 2.5x as long to read back,
@@ -243,10 +231,10 @@ class GeneCounts:
         step = max(1, _MEDIAN_BLOCK // max(width, 1))
         for first in range(0, self.n_genes, step):
             block = self.table[first : first + step]
-            fits = int(block.sum(axis=1, dtype=np.uint64).max()) <= np.iinfo(block.dtype).max  # (stats: a gene's
-            # values number at most the cells, and the dtype holds those; a running sum in it is ~2x as fast)
+            n = block.sum(axis=1, dtype=np.int64)  # values per gene
+            fits = int(n.max(initial=0)) <= np.iinfo(block.dtype).max  # (stats: a gene's values number at most
+            # the cells, and the dtype holds those; a running sum in it is ~2x as fast)
             cum = np.cumsum(block, axis=1, dtype=block.dtype if fits else np.uint64)
-            n = cum[:, -1].astype(np.int64)
             lo = np.argmax(cum > ((n - 1) // 2)[:, None], axis=1)  # the bucket holding rank (n-1)//2
             hi = np.argmax(cum > (n // 2)[:, None], axis=1)
             seen = np.flatnonzero(n)
