@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from bench import _peak_rss_mb, hf_section, input_arguments, prepared_input, run_job  # noqa: E402 - shared
+from bench import _peak_rss_mb, hf_section, input_arguments, into_page_cache, prepared_input, run_job  # noqa: E402 - shared
 
 
 def dictionaries(out: Path) -> tuple[Path, Path]:
@@ -119,10 +119,7 @@ def main() -> None:
     plate = one / "plate00.h5ad"
     if not plate.exists():
         plate.symlink_to(raw / "plate00.h5ad")
-    for f in sorted(raw.glob("*.h5ad")):  # into the page cache, for every row alike
-        with open(f, "rb") as fh:
-            while fh.read(1 << 24):
-                pass
+    into_page_cache(raw)  # for every row alike
 
     def reference() -> dict:
         r = run_job("reference", json.dumps({"out": str(out), "path": str(plate)}), __file__)

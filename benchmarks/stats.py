@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench import _peak_rss_mb, hf_section, input_arguments, prepared_input, run_job, vocab_section  # noqa: E402
+from bench import _peak_rss_mb, hf_section, input_arguments, into_page_cache, prepared_input, run_job, vocab_section  # noqa: E402
 
 
 def config(out: Path, num_proc: int) -> Path:
@@ -76,10 +76,7 @@ def main() -> None:
     from cellcorpus.stages.vocab import run_vocab
 
     run_vocab(load_config(path))
-    for f in sorted((out / "raw").glob("*.h5ad")):  # into the page cache, for every row alike
-        with open(f, "rb") as fh:
-            while fh.read(1 << 24):
-                pass
+    into_page_cache(out / "raw")  # for every row alike
     print(f"{'stage':10} {'cells':>10} {'s':>8} {'cells/s':>10} {'RSS main':>9} {'RSS worker':>11}")
     seconds: dict[str, list[float]] = {"stats": [], "tokenize": []}
     for i in range(args.repeat):
